@@ -1,0 +1,8 @@
+//! Plain-Rust scheduling core: no pyo3 here, so it is tested with `cargo test`
+//! and reusable from any front end.
+
+pub mod amount;
+pub mod check;
+pub mod messages;
+pub mod queue_wait;
+pub mod wake;

@@ -1,0 +1,195 @@
+//! Wake-ups for waiters when a scheduler releases resources.
+//!
+//! A waiter reads the [`WakeSignal::generation`] *before* it reads stats; if a
+//! release happens after that, the generation has moved and the waiter's
+//! sleep ends at once, so no release between "check failed" and "go to sleep"
+//! is lost. Blocking waiters use the condition variable; async waiters
+//! register a one-shot waker (which, in the binding, resolves a future on its
+//! event loop).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+/// A one-shot callback run (outside the lock) when the generation moves.
+pub type Waker = Box<dyn FnOnce() + Send>;
+
+/// Identifies a registered waker so its owner can remove it (cancellation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WakerId(u64);
+
+impl From<WakerId> for u64 {
+    fn from(id: WakerId) -> u64 {
+        id.0
+    }
+}
+
+impl From<u64> for WakerId {
+    fn from(raw: u64) -> WakerId {
+        WakerId(raw)
+    }
+}
+
+#[derive(Default)]
+struct State {
+    next_id: u64,
+    wakers: Vec<(WakerId, Waker)>,
+}
+
+/// Generation counter + condition variable + registered wakers.
+#[derive(Default)]
+pub struct WakeSignal {
+    /// Written only with `state` locked (so condvar predicates and
+    /// `subscribe` see it consistently); read lock-free on the hot path.
+    generation: AtomicU64,
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+impl WakeSignal {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    // The state is a counter and a list that every critical section leaves
+    // consistent, so a panic elsewhere while holding the lock cannot corrupt
+    // it: recovering from poisoning is sound.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The current generation; take it before reading stats.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Something was released: wake every waiter.
+    pub fn notify(&self) {
+        let wakers = {
+            let mut state = self.lock();
+            self.generation.fetch_add(1, Ordering::AcqRel);
+            std::mem::take(&mut state.wakers)
+        };
+        self.changed.notify_all();
+        for (_, waker) in wakers {
+            waker();
+        }
+    }
+
+    /// Blocks up to `timeout` until the generation differs from `seen`.
+    /// Returns whether it did.
+    pub fn wait_changed(&self, seen: u64, timeout: Duration) -> bool {
+        let state = self.lock();
+        let (state, _) = self
+            .changed
+            .wait_timeout_while(state, timeout, |_| self.generation() == seen)
+            .unwrap_or_else(PoisonError::into_inner);
+        drop(state);
+        self.generation() != seen
+    }
+
+    /// Registers `waker` to run on the next notify, unless the generation has
+    /// already moved past `seen`: then the waker is handed back to run now.
+    pub fn subscribe(&self, seen: u64, waker: Waker) -> Result<WakerId, Waker> {
+        let mut state = self.lock();
+        if self.generation() != seen {
+            return Err(waker);
+        }
+        let id = WakerId(state.next_id);
+        state.next_id = state.next_id.wrapping_add(1);
+        state.wakers.push((id, waker));
+        Ok(id)
+    }
+
+    /// Removes a waker that has not run; no-op if it already ran.
+    pub fn unsubscribe(&self, id: WakerId) {
+        let removed = {
+            let mut state = self.lock();
+            state
+                .wakers
+                .iter()
+                .position(|(w, _)| *w == id)
+                .map(|pos| state.wakers.swap_remove(pos))
+        };
+        // Dropped outside the lock: a waker may own objects whose drop is not trivial.
+        drop(removed);
+    }
+
+    /// Number of registered wakers (for tests and introspection).
+    pub fn pending_wakers(&self) -> usize {
+        self.lock().wakers.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    #[test]
+    fn notify_wakes_a_blocked_waiter_promptly() {
+        let signal = Arc::new(WakeSignal::new());
+        let seen = signal.generation();
+        let s2 = Arc::clone(&signal);
+        let t = std::thread::spawn(move || {
+            let start = Instant::now();
+            let woke = s2.wait_changed(seen, Duration::from_secs(10));
+            (woke, start.elapsed())
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        signal.notify();
+        let (woke, waited) = t.join().unwrap_or((false, Duration::MAX));
+        assert!(woke);
+        assert!(waited < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_release_before_the_wait_is_not_lost() {
+        let signal = WakeSignal::new();
+        let seen = signal.generation();
+        signal.notify();
+        assert!(signal.wait_changed(seen, Duration::from_secs(0)));
+        assert!(signal.subscribe(seen, Box::new(|| {})).is_err());
+    }
+
+    #[test]
+    fn wait_times_out_without_notify() {
+        let signal = WakeSignal::new();
+        assert!(!signal.wait_changed(signal.generation(), Duration::from_millis(5)));
+    }
+
+    #[test]
+    fn wakers_run_once_and_unsubscribe_removes() {
+        let signal = WakeSignal::new();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let h = Arc::clone(&hits);
+        let seen = signal.generation();
+        let kept = signal.subscribe(
+            seen,
+            Box::new(move || {
+                h.fetch_add(1, Ordering::SeqCst);
+            }),
+        );
+        let h = Arc::clone(&hits);
+        let removed = signal.subscribe(
+            seen,
+            Box::new(move || {
+                h.fetch_add(100, Ordering::SeqCst);
+            }),
+        );
+        assert!(kept.is_ok());
+        if let Ok(id) = removed {
+            signal.unsubscribe(id);
+        }
+        assert_eq!(signal.pending_wakers(), 1);
+        signal.notify();
+        signal.notify();
+        assert_eq!(hits.load(Ordering::SeqCst), 1);
+        assert_eq!(signal.pending_wakers(), 0);
+        if let Ok(id) = kept {
+            signal.unsubscribe(id); // already ran: harmless
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! PyO3 bindings: Python classes over [`crate::core`], error mapping, and the
+//! bridge to the thin Python coroutines that drive async waits.
+
+mod drivers;
+mod errors;
+mod inputs;
+mod schedulers;
+
+use pyo3::prelude::*;
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add_class::<schedulers::PermissiveScheduler>()?;
+    m.add_class::<schedulers::SafetyScheduler>()?;
+    m.add_class::<schedulers::QueueScheduler>()?;
+    m.add_class::<schedulers::QueueWaitState>()?;
+    m.add_class::<schedulers::FixedStats>()?;
+    m.add(
+        "InvalidRequirement",
+        py.get_type::<errors::InvalidRequirement>(),
+    )?;
+    m.add("InvalidManifest", py.get_type::<errors::InvalidManifest>())?;
+    m.add("InvalidStats", py.get_type::<errors::InvalidStats>())?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

@@ -1,0 +1,626 @@
+//! The seed's schedulers as Python classes.
+//!
+//! Instances of the exact classes take a native fast path; a Python subclass
+//! (or an instance whose attributes were patched) goes through normal
+//! attribute dispatch, so overriding `allocate` or `_check_resources` works
+//! exactly as with the reference.
+
+use std::time::{Duration, Instant};
+
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PySet, PyTuple};
+use pyo3::PyTypeInfo;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use super::drivers;
+use super::errors::{describe, seconds};
+use super::inputs::{format_value, queue_check, safety_check};
+use crate::core::messages::{self, WaitKind};
+use crate::core::queue_wait::{QueueWait, Step};
+use crate::core::wake::{WakeSignal, WakerId};
+
+/// True when `slf` is an instance of exactly `T` with nothing patched onto
+/// it, so calling the Rust implementation is what attribute lookup would do.
+fn is_pristine<T: PyTypeInfo>(slf: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let py = slf.py();
+    if !slf.get_type().is(T::type_object(py)) {
+        return Ok(false);
+    }
+    let dict = slf.getattr(intern!(py, "__dict__"))?;
+    Ok(dict.cast::<PyDict>().map(|d| d.is_empty()).unwrap_or(false))
+}
+
+fn require_callable(field: &str, value: &Bound<'_, PyAny>) -> PyResult<()> {
+    if value.is_callable() {
+        Ok(())
+    } else {
+        Err(pyo3::exceptions::PyTypeError::new_err(format!(
+            "{field} must be callable (returning a stats mapping), got {}",
+            describe(value)
+        )))
+    }
+}
+
+/// What the reference's default `allocate_async` does once it has the stats:
+/// `self.allocate(plugin_meta, lambda: stats)`.
+fn allocate_with_stats<'py>(
+    slf: &Bound<'py, PyAny>,
+    plugin_meta: &Bound<'py, PyAny>,
+    stats: Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = slf.py();
+    let fixed = Bound::new(
+        py,
+        FixedStats {
+            stats: stats.unbind(),
+        },
+    )?;
+    slf.call_method1(intern!(py, "allocate"), (plugin_meta, fixed))
+}
+
+/// `lambda: stats` for a subclass's `allocate` called from `allocate_async`.
+#[pyclass(module = "plugin_scheduling", frozen, name = "FixedStats")]
+pub struct FixedStats {
+    stats: Py<PyAny>,
+}
+
+#[pymethods]
+impl FixedStats {
+    #[new]
+    fn new(stats: Py<PyAny>) -> Self {
+        Self { stats }
+    }
+
+    fn __call__(&self, py: Python<'_>) -> Py<PyAny> {
+        self.stats.clone_ref(py)
+    }
+}
+
+/// Allows every execution (development / default mode).
+#[pyclass(module = "plugin_scheduling", subclass, frozen, dict, weakref)]
+pub struct PermissiveScheduler;
+
+#[pymethods]
+impl PermissiveScheduler {
+    // Accepts anything so a Python subclass's own `__init__` arguments pass
+    // through `__new__`, as with a plain Python class; `__init__` checks them.
+    #[new]
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> Self {
+        Self
+    }
+
+    fn __init__(&self) {}
+
+    /// Always `True`; the stats provider is not called.
+    fn allocate(
+        &self,
+        _plugin_meta: &Bound<'_, PyAny>,
+        _stats_provider: &Bound<'_, PyAny>,
+    ) -> bool {
+        true
+    }
+
+    /// Awaits the provider once, then allocates (as the reference's default).
+    fn allocate_async<'py>(
+        slf: &Bound<'py, Self>,
+        plugin_meta: &Bound<'py, PyAny>,
+        stats_provider: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        drivers::call(
+            slf.py(),
+            "allocate_after_stats",
+            (slf, plugin_meta, stats_provider),
+        )
+    }
+
+    fn _allocate_with_stats<'py>(
+        slf: &Bound<'py, Self>,
+        plugin_meta: &Bound<'py, PyAny>,
+        stats: Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        if is_pristine::<Self>(slf.as_any())? {
+            return Ok(pyo3::types::PyBool::new(slf.py(), true)
+                .to_owned()
+                .into_any());
+        }
+        allocate_with_stats(slf.as_any(), plugin_meta, stats)
+    }
+
+    fn on_execution_start(&self, _plugin_name: &Bound<'_, PyAny>) {}
+
+    fn on_execution_finish(&self, _plugin_name: &Bound<'_, PyAny>) {}
+
+    fn __repr__(&self) -> &'static str {
+        "PermissiveScheduler()"
+    }
+
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        reduce(slf.as_any())
+    }
+}
+
+/// Pickle support: `(type(self), (), self.__dict__)`.
+fn reduce<'py>(slf: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let py = slf.py();
+    let state = slf.getattr(intern!(py, "__dict__"))?;
+    Ok((slf.get_type(), PyTuple::empty(py), state)
+        .into_pyobject(py)?
+        .into_any())
+}
+
+/// Blocks a plugin whose declared VRAM / RAM exceeds what the stats show.
+#[pyclass(module = "plugin_scheduling", subclass, frozen, dict, weakref)]
+pub struct SafetyScheduler;
+
+#[pymethods]
+impl SafetyScheduler {
+    #[new]
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> Self {
+        Self
+    }
+
+    fn __init__(&self) {}
+
+    /// Checks requirements, printing the seed's lines (no GPU stats: warns
+    /// and allows; blocked: says what was needed and what was free).
+    fn _check_resources(
+        &self,
+        plugin_meta: &Bound<'_, PyAny>,
+        stats: &Bound<'_, PyAny>,
+    ) -> PyResult<bool> {
+        safety_check(plugin_meta, stats)
+    }
+
+    fn allocate<'py>(
+        slf: &Bound<'py, Self>,
+        plugin_meta: &Bound<'py, PyAny>,
+        stats_provider: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        require_callable("stats_provider", stats_provider)?;
+        let stats = stats_provider.call0()?;
+        if is_pristine::<Self>(slf.as_any())? {
+            let allowed = safety_check(plugin_meta, &stats)?;
+            return Ok(pyo3::types::PyBool::new(py, allowed).to_owned().into_any());
+        }
+        slf.call_method1(intern!(py, "_check_resources"), (plugin_meta, stats))
+    }
+
+    fn allocate_async<'py>(
+        slf: &Bound<'py, Self>,
+        plugin_meta: &Bound<'py, PyAny>,
+        stats_provider: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        drivers::call(
+            slf.py(),
+            "allocate_after_stats",
+            (slf, plugin_meta, stats_provider),
+        )
+    }
+
+    fn _allocate_with_stats<'py>(
+        slf: &Bound<'py, Self>,
+        plugin_meta: &Bound<'py, PyAny>,
+        stats: Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        if is_pristine::<Self>(slf.as_any())? {
+            let allowed = safety_check(plugin_meta, &stats)?;
+            return Ok(pyo3::types::PyBool::new(slf.py(), allowed)
+                .to_owned()
+                .into_any());
+        }
+        allocate_with_stats(slf.as_any(), plugin_meta, stats)
+    }
+
+    fn on_execution_start(&self, _plugin_name: &Bound<'_, PyAny>) {}
+
+    fn on_execution_finish(&self, _plugin_name: &Bound<'_, PyAny>) {}
+
+    fn __repr__(&self) -> &'static str {
+        "SafetyScheduler()"
+    }
+
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        reduce(slf.as_any())
+    }
+}
+
+/// `timeout` / `poll_interval` as given (for `str()` in log lines and for
+/// reading back) and as seconds.
+struct Setting {
+    value: Py<PyAny>,
+    seconds: f64,
+}
+
+struct QueueSettings {
+    timeout: Setting,
+    poll_interval: Setting,
+    logger: Option<Py<PyAny>>,
+}
+
+/// Waits until resources fit or `timeout` passes; wakes at once when
+/// `on_execution_finish` is called on it, and every `poll_interval` otherwise.
+#[pyclass(module = "plugin_scheduling", subclass, frozen, dict, weakref)]
+pub struct QueueScheduler {
+    settings: Mutex<QueueSettings>,
+    active: Py<PySet>,
+    wake: WakeSignal,
+}
+
+const DEFAULT_TIMEOUT: f64 = 300.0;
+const DEFAULT_POLL_INTERVAL: f64 = 2.0;
+/// Longest stretch a blocking wait stays in Rust without checking for
+/// signals: Ctrl-C is honoured within this.
+const SIGNAL_CHECK: Duration = Duration::from_millis(50);
+
+impl QueueScheduler {
+    // The settings are plain values that every critical section leaves
+    // consistent, so recovering from a poisoned lock is sound.
+    fn settings(&self) -> MutexGuard<'_, QueueSettings> {
+        self.settings.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn logger<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        if let Some(logger) = &slf.get().settings().logger {
+            return Ok(logger.bind(py).clone());
+        }
+        let name = format!("plugin_scheduling.{}", slf.get_type().name()?);
+        let logger = py
+            .import(intern!(py, "logging"))?
+            .getattr(intern!(py, "getLogger"))?
+            .call1((name,))?;
+        slf.get().settings().logger = Some(logger.clone().unbind());
+        Ok(logger)
+    }
+
+    /// One turn of the wait loop after the stats were read: admit, give up
+    /// (logged as the reference logs it), or sleep for the returned seconds.
+    fn step<'py>(
+        slf: &Bound<'py, Self>,
+        wait: &QueueWait,
+        plugin_meta: &Bound<'py, PyAny>,
+        stats: &Bound<'py, PyAny>,
+        kind: WaitKind,
+        pristine: bool,
+    ) -> PyResult<Option<(Step, f64)>> {
+        let py = slf.py();
+        let admitted = if pristine {
+            queue_check(plugin_meta, stats)?
+        } else {
+            slf.call_method1(intern!(py, "_check_resources"), (plugin_meta, stats))?
+                .is_truthy()?
+        };
+        let (timeout, poll_seconds, poll_value) = {
+            let s = slf.get().settings();
+            (
+                s.timeout.seconds,
+                s.poll_interval.seconds,
+                s.poll_interval.value.clone_ref(py),
+            )
+        };
+        match wait.step(admitted, timeout, Instant::now()) {
+            Step::Admit => Ok(Some((Step::Admit, 0.0))),
+            Step::GiveUp => {
+                let name = format_value(&plugin_meta.getattr(intern!(py, "name"))?)?;
+                Self::logger(slf)?
+                    .call_method1(intern!(py, "error"), (messages::timed_out(&name),))?;
+                Ok(Some((Step::GiveUp, 0.0)))
+            }
+            Step::Sleep => {
+                let line = messages::busy(kind, &format_value(poll_value.bind(py))?);
+                Self::logger(slf)?.call_method1(intern!(py, "info"), (line,))?;
+                Ok(Some((Step::Sleep, poll_seconds)))
+            }
+        }
+    }
+}
+
+/// Sleeps up to `seconds` with the GIL released, ending early when the
+/// scheduler's generation moves past `seen`; checks for signals (Ctrl-C)
+/// at least every [`SIGNAL_CHECK`].
+fn sleep_or_wake(py: Python<'_>, wake: &WakeSignal, seen: u64, seconds: f64) -> PyResult<()> {
+    // A too-large finite delay has no deadline: it sleeps until woken.
+    let deadline = Duration::try_from_secs_f64(seconds)
+        .ok()
+        .and_then(|d| Instant::now().checked_add(d));
+    loop {
+        let slice = match deadline {
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Ok(());
+                }
+                left.min(SIGNAL_CHECK)
+            }
+            None => SIGNAL_CHECK,
+        };
+        if py.detach(|| wake.wait_changed(seen, slice)) {
+            return Ok(());
+        }
+        py.check_signals()?;
+    }
+}
+
+#[pymethods]
+impl QueueScheduler {
+    #[new]
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn new(
+        py: Python<'_>,
+        _args: &Bound<'_, PyTuple>,
+        _kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Self> {
+        let setting = |secs: f64| -> PyResult<Setting> {
+            Ok(Setting {
+                value: pyo3::types::PyFloat::new(py, secs).into_any().unbind(),
+                seconds: secs,
+            })
+        };
+        Ok(Self {
+            settings: Mutex::new(QueueSettings {
+                timeout: setting(DEFAULT_TIMEOUT)?,
+                poll_interval: setting(DEFAULT_POLL_INTERVAL)?,
+                logger: None,
+            }),
+            active: PySet::empty(py)?.unbind(),
+            wake: WakeSignal::new(),
+        })
+    }
+
+    #[pyo3(signature = (timeout = None, poll_interval = None))]
+    fn __init__(
+        slf: &Bound<'_, Self>,
+        timeout: Option<&Bound<'_, PyAny>>,
+        poll_interval: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let default_timeout = pyo3::types::PyFloat::new(py, DEFAULT_TIMEOUT).into_any();
+        let default_poll = pyo3::types::PyFloat::new(py, DEFAULT_POLL_INTERVAL).into_any();
+        Self::set_timeout(slf, timeout.unwrap_or(&default_timeout))?;
+        Self::set_poll_interval(slf, poll_interval.unwrap_or(&default_poll))?;
+        slf.get().settings().logger = None;
+        slf.get().active.bind(py).clear();
+        Ok(())
+    }
+
+    /// Maximum seconds to wait for resources (`inf`: no limit).
+    #[getter]
+    fn timeout(&self, py: Python<'_>) -> Py<PyAny> {
+        self.settings().timeout.value.clone_ref(py)
+    }
+
+    #[setter]
+    fn set_timeout(slf: &Bound<'_, Self>, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        let secs = seconds("timeout", value, true)?;
+        slf.get().settings().timeout = Setting {
+            value: value.clone().unbind(),
+            seconds: secs,
+        };
+        Ok(())
+    }
+
+    /// Seconds between re-checks when nothing wakes the waiter earlier.
+    #[getter]
+    fn poll_interval(&self, py: Python<'_>) -> Py<PyAny> {
+        self.settings().poll_interval.value.clone_ref(py)
+    }
+
+    #[setter]
+    fn set_poll_interval(slf: &Bound<'_, Self>, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        let secs = seconds("poll_interval", value, false)?;
+        slf.get().settings().poll_interval = Setting {
+            value: value.clone().unbind(),
+            seconds: secs,
+        };
+        Ok(())
+    }
+
+    /// `logging.getLogger("plugin_scheduling.<class name>")` unless replaced.
+    #[getter(logger)]
+    fn get_logger<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        Self::logger(slf)
+    }
+
+    #[setter(logger)]
+    fn set_logger(&self, value: Py<PyAny>) {
+        self.settings().logger = Some(value);
+    }
+
+    /// The live set behind `get_active_plugins()` (the reference's attribute).
+    #[getter]
+    fn _active_plugins(&self, py: Python<'_>) -> Py<PySet> {
+        self.active.clone_ref(py)
+    }
+
+    fn _check_resources(
+        &self,
+        plugin_meta: &Bound<'_, PyAny>,
+        stats: &Bound<'_, PyAny>,
+    ) -> PyResult<bool> {
+        queue_check(plugin_meta, stats)
+    }
+
+    /// Blocks (GIL released, Ctrl-C honoured) until the plugin fits or
+    /// `timeout` passes.
+    fn allocate(
+        slf: &Bound<'_, Self>,
+        plugin_meta: &Bound<'_, PyAny>,
+        stats_provider: &Bound<'_, PyAny>,
+    ) -> PyResult<bool> {
+        let py = slf.py();
+        require_callable("stats_provider", stats_provider)?;
+        let pristine = is_pristine::<Self>(slf.as_any())?;
+        let this = slf.get();
+        let wait = QueueWait::start();
+        loop {
+            // Read before the stats: a release after this point ends the sleep.
+            let seen = this.wake.generation();
+            let stats = stats_provider.call0()?;
+            match Self::step(
+                slf,
+                &wait,
+                plugin_meta,
+                &stats,
+                WaitKind::Blocking,
+                pristine,
+            )? {
+                Some((Step::Admit, _)) => return Ok(true),
+                Some((Step::GiveUp, _)) | None => return Ok(false),
+                Some((Step::Sleep, secs)) => sleep_or_wake(py, &this.wake, seen, secs)?,
+            }
+        }
+    }
+
+    /// Awaits the provider, and between checks awaits a release or
+    /// `poll_interval` without blocking the event loop. Cancellation-safe.
+    fn allocate_async<'py>(
+        slf: &Bound<'py, Self>,
+        plugin_meta: &Bound<'py, PyAny>,
+        stats_provider: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        drivers::call(
+            slf.py(),
+            "queue_allocate",
+            (slf, plugin_meta, stats_provider),
+        )
+    }
+
+    /// Starts an async wait (used by `_drivers.queue_allocate`).
+    fn _begin_wait(slf: &Bound<'_, Self>) -> PyResult<QueueWaitState> {
+        Ok(QueueWaitState {
+            scheduler: slf.clone().unbind(),
+            wait: QueueWait::start(),
+            seen: std::sync::atomic::AtomicU64::new(slf.get().wake.generation()),
+            pristine: is_pristine::<Self>(slf.as_any())?,
+        })
+    }
+
+    fn on_execution_start(&self, py: Python<'_>, plugin_name: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.active.bind(py).add(plugin_name)
+    }
+
+    /// Marks the plugin finished and wakes every waiter to re-check at once.
+    fn on_execution_finish(&self, py: Python<'_>, plugin_name: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.active.bind(py).discard(plugin_name)?;
+        self.wake.notify();
+        Ok(())
+    }
+
+    /// A new set of the plugins currently executing.
+    fn get_active_plugins<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PySet>> {
+        PySet::new(py, self.active.bind(py).iter())
+    }
+
+    /// Number of async waiters currently registered for a wake-up.
+    fn _pending_wakers(&self) -> usize {
+        self.wake.pending_wakers()
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        let s = self.settings();
+        Ok(format!(
+            "QueueScheduler(timeout={}, poll_interval={})",
+            s.timeout.value.bind(py).repr()?,
+            s.poll_interval.value.bind(py).repr()?
+        ))
+    }
+
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let (timeout, poll) = {
+            let s = slf.get().settings();
+            (
+                s.timeout.value.clone_ref(py),
+                s.poll_interval.value.clone_ref(py),
+            )
+        };
+        let state = slf.getattr(intern!(py, "__dict__"))?;
+        Ok((slf.get_type(), (timeout, poll), state)
+            .into_pyobject(py)?
+            .into_any())
+    }
+}
+
+/// One async wait on a `QueueScheduler`; driven by `_drivers.queue_allocate`.
+#[pyclass(module = "plugin_scheduling", frozen, name = "QueueWaitState")]
+pub struct QueueWaitState {
+    scheduler: Py<QueueScheduler>,
+    wait: QueueWait,
+    /// Generation read before the latest stats (see `WakeSignal`).
+    seen: std::sync::atomic::AtomicU64,
+    pristine: bool,
+}
+
+#[pymethods]
+impl QueueWaitState {
+    /// After the stats of one turn: `True` (admitted), `False` (gave up) or
+    /// the seconds to sleep before the next turn. Logs as the reference.
+    fn after_stats<'py>(
+        &self,
+        py: Python<'py>,
+        plugin_meta: &Bound<'py, PyAny>,
+        stats: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let slf = self.scheduler.bind(py);
+        let out = QueueScheduler::step(
+            slf,
+            &self.wait,
+            plugin_meta,
+            stats,
+            WaitKind::Async,
+            self.pristine,
+        )?;
+        Ok(match out {
+            Some((Step::Admit, _)) => pyo3::types::PyBool::new(py, true).to_owned().into_any(),
+            Some((Step::Sleep, secs)) => pyo3::types::PyFloat::new(py, secs).into_any(),
+            Some((Step::GiveUp, _)) | None => {
+                pyo3::types::PyBool::new(py, false).to_owned().into_any()
+            }
+        })
+    }
+
+    /// Registers `wake(loop, future)` to run on the next release; if one
+    /// already happened since the stats were read, returns `None` and the
+    /// caller must not sleep.
+    fn subscribe(
+        &self,
+        py: Python<'_>,
+        wake: Py<PyAny>,
+        event_loop: Py<PyAny>,
+        future: Py<PyAny>,
+    ) -> Option<u64> {
+        let seen = self.seen.load(std::sync::atomic::Ordering::Acquire);
+        let waker = Box::new(move || {
+            Python::attach(|py| {
+                if let Err(err) = wake.call1(py, (event_loop, future)) {
+                    err.write_unraisable(py, None);
+                }
+            })
+        });
+        match self.scheduler.get().wake.subscribe(seen, waker) {
+            Ok(id) => Some(id.into()),
+            Err(waker) => {
+                // Dropped with the GIL held; not run: the caller skips the sleep.
+                let _ = py;
+                drop(waker);
+                None
+            }
+        }
+    }
+
+    /// Removes the waker (after a wake, a timer or a cancellation) and reads
+    /// the generation for the next turn.
+    #[pyo3(signature = (token))]
+    fn unsubscribe(&self, token: Option<u64>) {
+        let signal = &self.scheduler.get().wake;
+        if let Some(token) = token {
+            signal.unsubscribe(WakerId::from(token));
+        }
+        self.seen
+            .store(signal.generation(), std::sync::atomic::Ordering::Release);
+    }
+}

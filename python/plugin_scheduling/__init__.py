@@ -8,6 +8,7 @@ A drop-in, Rust-core replacement for ``cjm_plugin_system.core.scheduling``::
 
 from __future__ import annotations
 
+from . import _drivers
 from ._base import ResourceScheduler
 from ._core import (
     InvalidManifest,
@@ -18,6 +19,12 @@ from ._core import (
     SafetyScheduler,
     __version__,
 )
+
+# The async methods are coroutines written in Python over the Rust checks
+# (see _drivers); installed here so the classes are complete on import.
+PermissiveScheduler.allocate_async = _drivers.allocate_async  # type: ignore[method-assign]
+SafetyScheduler.allocate_async = _drivers.allocate_async  # type: ignore[method-assign]
+QueueScheduler.allocate_async = _drivers.queue_allocate_async  # type: ignore[method-assign]
 
 for _scheduler in (PermissiveScheduler, SafetyScheduler, QueueScheduler):
     ResourceScheduler.register(_scheduler)

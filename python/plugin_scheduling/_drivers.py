@@ -1,26 +1,31 @@
-"""The awaiting half of the async paths; every decision is made in Rust.
+"""The async methods of the built-in schedulers: thin coroutines over Rust.
 
-A Python ``async def`` is the cheapest way to await the caller's coroutine
-(measured faster than a Rust awaitable that returns via ``StopIteration``), and
-it runs entirely in the caller's event loop: no thread, no tokio.
+Awaiting the caller's coroutine is cheapest in a Python ``async def`` (a Rust
+awaitable returning through ``StopIteration`` measured slower), and it runs
+entirely in the caller's event loop: no thread, no tokio. Every decision is
+made in Rust; these functions only await. ``__init__`` installs them as the
+classes' ``allocate_async`` methods.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Awaitable, Callable, Mapping
+
+StatsProvider = Callable[[], Awaitable[Mapping[str, Any]]]
 
 
-async def allocate_after_stats(scheduler: Any, plugin_meta: Any, stats_provider: Any) -> Any:
-    """The reference's default ``allocate_async``: await stats once, then allocate."""
+async def allocate_async(self: Any, plugin_meta: Any, stats_provider: StatsProvider) -> Any:
+    """Await the stats once, then decide (the reference's default ``allocate_async``;
+    a subclass's ``allocate`` is honoured)."""
     stats = await stats_provider()
-    return scheduler._allocate_with_stats(plugin_meta, stats)
+    return self._allocate_with_stats(plugin_meta, stats)
 
 
-async def queue_allocate(scheduler: Any, plugin_meta: Any, stats_provider: Any) -> bool:
-    """``QueueScheduler.allocate_async``: check, then sleep until a release or
-    ``poll_interval``, until admitted or timed out."""
-    wait = scheduler._begin_wait()
+async def queue_allocate_async(self: Any, plugin_meta: Any, stats_provider: StatsProvider) -> bool:
+    """Wait for resources without blocking the loop: re-check when the scheduler
+    releases a plugin, else every ``poll_interval``; give up after ``timeout``."""
+    wait = self._begin_wait()
     while True:
         stats = await stats_provider()
         step = wait.after_stats(plugin_meta, stats)

@@ -5,6 +5,7 @@
 use pyo3::exceptions::PyAttributeError;
 use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyString};
 
 use super::errors::{self, describe, InvalidManifest, InvalidStats};
@@ -17,14 +18,37 @@ use crate::core::messages;
 /// types) is compared by Python's own `>`, so every decision and every
 /// exception is the one the reference would produce.
 pub struct PyAmount<'py> {
-    pub value: Bound<'py, PyAny>,
+    /// `None`: the field was absent and the reference's default `0` applies
+    /// (kept as a Rust number so the hot path allocates nothing).
+    value: Option<Bound<'py, PyAny>>,
     num: Option<Num>,
 }
 
 impl<'py> PyAmount<'py> {
     pub fn new(value: Bound<'py, PyAny>) -> Self {
         let num = as_num(&value);
-        Self { value, num }
+        Self {
+            value: Some(value),
+            num,
+        }
+    }
+
+    fn default_zero() -> Self {
+        Self {
+            value: None,
+            num: Some(Num::Int(0)),
+        }
+    }
+
+    /// The value as a Python object (materialising the default `0`).
+    pub fn into_value(self, py: Python<'py>) -> Bound<'py, PyAny> {
+        match self.value {
+            Some(value) => value,
+            None => 0_i32
+                .into_pyobject(py)
+                .map(Bound::into_any)
+                .unwrap_or_else(|never| match never {}),
+        }
     }
 }
 
@@ -47,7 +71,12 @@ impl Amount for PyAmount<'_> {
     fn exceeds(&self, other: &Self) -> PyResult<bool> {
         match (self.num, other.num) {
             (Some(a), Some(b)) => Ok(a.exceeds(&b).unwrap_or_else(|never| match never {})),
-            _ => self.value.gt(&other.value),
+            // Only values that are not plain numbers reach this arm, and
+            // those always carry their object.
+            _ => match (&self.value, &other.value) {
+                (Some(a), Some(b)) => a.gt(b),
+                _ => Ok(false),
+            },
         }
     }
 }
@@ -60,21 +89,20 @@ enum Source {
     Stats,
 }
 
-/// `mapping.get(key, default)` (Python's `None` when `default` is `None`),
-/// with a fast path for exact dicts.
+/// Marks "absent" in `.get(key, ABSENT)` on mappings that are not dicts,
+/// where a stored `None` must stay distinguishable from a missing key.
+static ABSENT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// `mapping.get(key)`, `None` (Rust) when the key is absent; a stored
+/// Python `None` is returned as such. Fast path for exact dicts.
 fn get<'py>(
     mapping: &Bound<'py, PyAny>,
     key: &Bound<'py, PyString>,
-    default: Option<&Bound<'py, PyAny>>,
     source: Source,
-) -> PyResult<Bound<'py, PyAny>> {
+) -> PyResult<Option<Bound<'py, PyAny>>> {
     let py = mapping.py();
     if let Ok(dict) = mapping.cast_exact::<PyDict>() {
-        return Ok(match (dict.get_item(key)?, default) {
-            (Some(found), _) => found,
-            (None, Some(default)) => default.clone(),
-            (None, None) => py.None().into_bound(py),
-        });
+        return dict.get_item(key);
     }
     let method = match mapping.getattr(intern!(py, "get")) {
         Ok(method) => method,
@@ -83,10 +111,22 @@ fn get<'py>(
         }
         Err(err) => return Err(err),
     };
-    match default {
-        Some(default) => method.call1((key, default)),
-        None => method.call1((key,)),
-    }
+    let absent = ABSENT.get_or_try_init(py, || {
+        py.import(intern!(py, "builtins"))?
+            .getattr(intern!(py, "object"))?
+            .call0()
+            .map(Bound::unbind)
+    })?;
+    let found = method.call1((key, absent))?;
+    Ok((!found.is(absent)).then_some(found))
+}
+
+/// A requirement, `0` when absent (`reqs.get(key, 0)`).
+fn requirement<'py>(
+    resources: &Bound<'py, PyAny>,
+    key: &Bound<'py, PyString>,
+) -> PyResult<PyAmount<'py>> {
+    Ok(get(resources, key, Source::Resources)?.map_or_else(PyAmount::default_zero, PyAmount::new))
 }
 
 /// A stats figure: `stats.get(key)`, absent and `None` alike.
@@ -94,8 +134,20 @@ fn stat<'py>(
     stats: &Bound<'py, PyAny>,
     key: &Bound<'py, PyString>,
 ) -> PyResult<Option<PyAmount<'py>>> {
-    let value = get(stats, key, None, Source::Stats)?;
-    Ok((!value.is_none()).then(|| PyAmount::new(value)))
+    Ok(get(stats, key, Source::Stats)?
+        .filter(|value| !value.is_none())
+        .map(PyAmount::new))
+}
+
+/// Python truthiness, without a call for the common exact values.
+fn truthy(value: &Bound<'_, PyAny>) -> PyResult<bool> {
+    if let Ok(dict) = value.cast_exact::<PyDict>() {
+        return Ok(!dict.is_empty());
+    }
+    if let Ok(flag) = value.cast_exact::<PyBool>() {
+        return Ok(flag.is_true());
+    }
+    value.is_truthy()
 }
 
 fn not_a_mapping(value: &Bound<'_, PyAny>, source: Source, cause: PyErr) -> PyErr {
@@ -128,8 +180,10 @@ fn resources_of<'py>(plugin_meta: &Bound<'py, PyAny>) -> PyResult<Option<Bound<'
         Err(err) if err.is_instance_of::<PyAttributeError>(py) => return Ok(None),
         Err(err) => return Err(err),
     };
-    let resources = get(&manifest, intern!(py, "resources"), None, Source::Manifest)?;
-    Ok(resources.is_truthy()?.then_some(resources))
+    match get(&manifest, intern!(py, "resources"), Source::Manifest)? {
+        Some(resources) if truthy(&resources)? => Ok(Some(resources)),
+        _ => Ok(None),
+    }
 }
 
 /// Runs the seed's check for `plugin_meta` against `stats`.
@@ -142,37 +196,19 @@ pub fn decide<'py>(
     let Some(resources) = resources_of(plugin_meta)? else {
         return Ok(Decision::Allowed);
     };
-    let zero = 0_i32.into_pyobject(py)?.into_any();
-    let no = PyBool::new(py, false).to_owned().into_any();
-    let requires_gpu = get(
-        &resources,
-        intern!(py, "requires_gpu"),
-        Some(&no),
-        Source::Resources,
-    )?
-    .is_truthy()?;
-
+    let requires_gpu = match get(&resources, intern!(py, "requires_gpu"), Source::Resources)? {
+        Some(flag) => truthy(&flag)?,
+        None => false,
+    };
     let mut gpu_vram_mb = None;
     let mut gpu_free_memory_mb = None;
     if requires_gpu {
-        let needed = get(
-            &resources,
-            intern!(py, "min_gpu_vram_mb"),
-            Some(&zero),
-            Source::Resources,
-        )?;
-        gpu_vram_mb = Some(PyAmount::new(needed));
+        gpu_vram_mb = Some(requirement(&resources, intern!(py, "min_gpu_vram_mb"))?);
         gpu_free_memory_mb = stat(stats, intern!(py, "gpu_free_memory_mb"))?;
     }
-    let needed_ram = get(
-        &resources,
-        intern!(py, "min_system_ram_mb"),
-        Some(&zero),
-        Source::Resources,
-    )?;
     let requirements = Requirements {
         gpu_vram_mb,
-        system_ram_mb: PyAmount::new(needed_ram),
+        system_ram_mb: requirement(&resources, intern!(py, "min_system_ram_mb"))?,
     };
     let availability = Availability {
         gpu_free_memory_mb,
@@ -183,8 +219,8 @@ pub fn decide<'py>(
             py,
             check::CompareError {
                 resource: e.resource,
-                needed: e.needed.value,
-                available: e.available.value,
+                needed: e.needed.into_value(py),
+                available: e.available.into_value(py),
                 source: e.source,
             },
         )
@@ -195,10 +231,10 @@ pub fn decide<'py>(
 pub fn format_value(value: &Bound<'_, PyAny>) -> PyResult<String> {
     let py = value.py();
     let builtins = py.import(intern!(py, "builtins"))?;
-    Ok(builtins
+    builtins
         .getattr(intern!(py, "format"))?
         .call1((value,))?
-        .extract::<String>()?)
+        .extract::<String>()
 }
 
 /// `print(line)` through Python, so `sys.stdout` redirection captures it.
@@ -227,8 +263,8 @@ pub fn safety_check(plugin_meta: &Bound<'_, PyAny>, stats: &Bound<'_, PyAny>) ->
             let line = messages::blocked(
                 &name,
                 resource,
-                &format_value(&needed.value)?,
-                &format_value(&available.value)?,
+                &format_value(&needed.into_value(py))?,
+                &format_value(&available.into_value(py))?,
             );
             print(py, &line)?;
             Ok(false)

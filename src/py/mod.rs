@@ -1,7 +1,6 @@
-//! PyO3 bindings: Python classes over [`crate::core`], error mapping, and the
-//! bridge to the thin Python coroutines that drive async waits.
+//! PyO3 bindings: Python classes over [`crate::core`] and error mapping. The
+//! async methods are thin Python coroutines (`_drivers.py`) over these.
 
-mod drivers;
 mod errors;
 mod inputs;
 mod schedulers;

@@ -11,24 +11,21 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PySet, PyTuple};
 use pyo3::PyTypeInfo;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use super::drivers;
 use super::errors::{describe, seconds};
 use super::inputs::{format_value, queue_check, safety_check};
 use crate::core::messages::{self, WaitKind};
 use crate::core::queue_wait::{QueueWait, Step};
 use crate::core::wake::{WakeSignal, WakerId};
 
-/// True when `slf` is an instance of exactly `T` with nothing patched onto
-/// it, so calling the Rust implementation is what attribute lookup would do.
+/// True when `slf` is an instance of exactly `T`. Such instances have no
+/// `__dict__` (nothing can be patched onto them), so calling the Rust
+/// implementation directly is what attribute lookup would do; anything else
+/// (a Python subclass) goes through normal dispatch.
 fn is_pristine<T: PyTypeInfo>(slf: &Bound<'_, PyAny>) -> PyResult<bool> {
-    let py = slf.py();
-    if !slf.get_type().is(T::type_object(py)) {
-        return Ok(false);
-    }
-    let dict = slf.getattr(intern!(py, "__dict__"))?;
-    Ok(dict.cast::<PyDict>().map(|d| d.is_empty()).unwrap_or(false))
+    Ok(slf.get_type().is(T::type_object(slf.py())))
 }
 
 fn require_callable(field: &str, value: &Bound<'_, PyAny>) -> PyResult<()> {
@@ -78,7 +75,7 @@ impl FixedStats {
 }
 
 /// Allows every execution (development / default mode).
-#[pyclass(module = "plugin_scheduling", subclass, frozen, dict, weakref)]
+#[pyclass(module = "plugin_scheduling", subclass, frozen, weakref)]
 pub struct PermissiveScheduler;
 
 #[pymethods]
@@ -100,19 +97,6 @@ impl PermissiveScheduler {
         _stats_provider: &Bound<'_, PyAny>,
     ) -> bool {
         true
-    }
-
-    /// Awaits the provider once, then allocates (as the reference's default).
-    fn allocate_async<'py>(
-        slf: &Bound<'py, Self>,
-        plugin_meta: &Bound<'py, PyAny>,
-        stats_provider: &Bound<'py, PyAny>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        drivers::call(
-            slf.py(),
-            "allocate_after_stats",
-            (slf, plugin_meta, stats_provider),
-        )
     }
 
     fn _allocate_with_stats<'py>(
@@ -137,21 +121,23 @@ impl PermissiveScheduler {
     }
 
     fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
-        reduce(slf.as_any())
+        reduce(slf.as_any(), PyTuple::empty(slf.py()))
     }
 }
 
-/// Pickle support: `(type(self), (), self.__dict__)`.
-fn reduce<'py>(slf: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+/// Pickle support: `(type(self), args, self.__dict__ or None)`; a Python
+/// subclass's attributes travel in the state.
+fn reduce<'py>(slf: &Bound<'py, PyAny>, args: Bound<'py, PyTuple>) -> PyResult<Bound<'py, PyAny>> {
     let py = slf.py();
-    let state = slf.getattr(intern!(py, "__dict__"))?;
-    Ok((slf.get_type(), PyTuple::empty(py), state)
-        .into_pyobject(py)?
-        .into_any())
+    let state = match slf.getattr(intern!(py, "__dict__")) {
+        Ok(state) => state,
+        Err(_) => py.None().into_bound(py),
+    };
+    Ok((slf.get_type(), args, state).into_pyobject(py)?.into_any())
 }
 
 /// Blocks a plugin whose declared VRAM / RAM exceeds what the stats show.
-#[pyclass(module = "plugin_scheduling", subclass, frozen, dict, weakref)]
+#[pyclass(module = "plugin_scheduling", subclass, frozen, weakref)]
 pub struct SafetyScheduler;
 
 #[pymethods]
@@ -189,18 +175,6 @@ impl SafetyScheduler {
         slf.call_method1(intern!(py, "_check_resources"), (plugin_meta, stats))
     }
 
-    fn allocate_async<'py>(
-        slf: &Bound<'py, Self>,
-        plugin_meta: &Bound<'py, PyAny>,
-        stats_provider: &Bound<'py, PyAny>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        drivers::call(
-            slf.py(),
-            "allocate_after_stats",
-            (slf, plugin_meta, stats_provider),
-        )
-    }
-
     fn _allocate_with_stats<'py>(
         slf: &Bound<'py, Self>,
         plugin_meta: &Bound<'py, PyAny>,
@@ -224,7 +198,7 @@ impl SafetyScheduler {
     }
 
     fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
-        reduce(slf.as_any())
+        reduce(slf.as_any(), PyTuple::empty(slf.py()))
     }
 }
 
@@ -243,7 +217,7 @@ struct QueueSettings {
 
 /// Waits until resources fit or `timeout` passes; wakes at once when
 /// `on_execution_finish` is called on it, and every `poll_interval` otherwise.
-#[pyclass(module = "plugin_scheduling", subclass, frozen, dict, weakref)]
+#[pyclass(module = "plugin_scheduling", subclass, frozen, weakref)]
 pub struct QueueScheduler {
     settings: Mutex<QueueSettings>,
     active: Py<PySet>,
@@ -475,26 +449,12 @@ impl QueueScheduler {
         }
     }
 
-    /// Awaits the provider, and between checks awaits a release or
-    /// `poll_interval` without blocking the event loop. Cancellation-safe.
-    fn allocate_async<'py>(
-        slf: &Bound<'py, Self>,
-        plugin_meta: &Bound<'py, PyAny>,
-        stats_provider: &Bound<'py, PyAny>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        drivers::call(
-            slf.py(),
-            "queue_allocate",
-            (slf, plugin_meta, stats_provider),
-        )
-    }
-
-    /// Starts an async wait (used by `_drivers.queue_allocate`).
+    /// Starts an async wait (used by `_drivers.queue_allocate_async`).
     fn _begin_wait(slf: &Bound<'_, Self>) -> PyResult<QueueWaitState> {
         Ok(QueueWaitState {
             scheduler: slf.clone().unbind(),
             wait: QueueWait::start(),
-            seen: std::sync::atomic::AtomicU64::new(slf.get().wake.generation()),
+            seen: AtomicU64::new(slf.get().wake.generation()),
             pristine: is_pristine::<Self>(slf.as_any())?,
         })
     }
@@ -538,20 +498,17 @@ impl QueueScheduler {
                 s.poll_interval.value.clone_ref(py),
             )
         };
-        let state = slf.getattr(intern!(py, "__dict__"))?;
-        Ok((slf.get_type(), (timeout, poll), state)
-            .into_pyobject(py)?
-            .into_any())
+        reduce(slf.as_any(), PyTuple::new(py, [timeout, poll])?)
     }
 }
 
-/// One async wait on a `QueueScheduler`; driven by `_drivers.queue_allocate`.
+/// One async wait on a `QueueScheduler`; driven by `_drivers.queue_allocate_async`.
 #[pyclass(module = "plugin_scheduling", frozen, name = "QueueWaitState")]
 pub struct QueueWaitState {
     scheduler: Py<QueueScheduler>,
     wait: QueueWait,
     /// Generation read before the latest stats (see `WakeSignal`).
-    seen: std::sync::atomic::AtomicU64,
+    seen: AtomicU64,
     pristine: bool,
 }
 
@@ -593,7 +550,7 @@ impl QueueWaitState {
         event_loop: Py<PyAny>,
         future: Py<PyAny>,
     ) -> Option<u64> {
-        let seen = self.seen.load(std::sync::atomic::Ordering::Acquire);
+        let seen = self.seen.load(Ordering::Acquire);
         let waker = Box::new(move || {
             Python::attach(|py| {
                 if let Err(err) = wake.call1(py, (event_loop, future)) {
@@ -620,7 +577,6 @@ impl QueueWaitState {
         if let Some(token) = token {
             signal.unsubscribe(WakerId::from(token));
         }
-        self.seen
-            .store(signal.generation(), std::sync::atomic::Ordering::Release);
+        self.seen.store(signal.generation(), Ordering::Release);
     }
 }

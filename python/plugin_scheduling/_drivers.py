@@ -10,6 +10,7 @@ classes' ``allocate_async`` methods.
 from __future__ import annotations
 
 import asyncio
+from time import monotonic as _monotonic
 from typing import Any, Awaitable, Callable, Mapping
 
 StatsProvider = Callable[[], Awaitable[Mapping[str, Any]]]
@@ -25,13 +26,21 @@ async def allocate_async(self: Any, plugin_meta: Any, stats_provider: StatsProvi
 async def queue_allocate_async(self: Any, plugin_meta: Any, stats_provider: StatsProvider) -> bool:
     """Wait for resources without blocking the loop: re-check when the scheduler
     releases a plugin, else every ``poll_interval``; give up after ``timeout``."""
-    wait = self._begin_wait()
-    while True:
+    # Read before the first stats, so a release while they are fetched is not lost.
+    seen = self._generation
+    started = _monotonic()
+    stats = await stats_provider()
+    if self._check_resources(plugin_meta, stats):  # the pass path: one Rust call
+        return True
+    wait = self._begin_wait(_monotonic() - started, seen)
+    step = wait.after_refusal(plugin_meta)
+    while step is not False:
+        await _sleep_or_wake(wait, step)
         stats = await stats_provider()
         step = wait.after_stats(plugin_meta, stats)
-        if step is True or step is False:
-            return step
-        await _sleep_or_wake(wait, step)
+        if step is True:
+            return True
+    return False
 
 
 async def _sleep_or_wake(wait: Any, seconds: float) -> None:

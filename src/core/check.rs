@@ -105,21 +105,61 @@ pub fn check<A: Amount>(
     availability: Availability<A>,
     missing_gpu: MissingGpuStats,
 ) -> Result<Decision<A>, CompareError<A, A::Error>> {
-    if let Some(needed) = requirements.gpu_vram_mb {
-        match availability.gpu_free_memory_mb {
-            None if missing_gpu == MissingGpuStats::AllowWithWarning => {
+    let Requirements {
+        gpu_vram_mb,
+        system_ram_mb,
+    } = requirements;
+    let Availability {
+        gpu_free_memory_mb,
+        memory_available_mb,
+    } = availability;
+    let gpu = gpu_vram_mb.map(|needed| move || Ok((needed, gpu_free_memory_mb)));
+    let ram = move || Ok((system_ram_mb, memory_available_mb));
+    check_lazily(gpu, ram, missing_gpu).map_err(|e| match e {
+        CheckError::Compare(compare) => compare,
+        CheckError::Read(never) => never,
+    })
+}
+
+/// Why a lazy check failed: reading a figure, or comparing two.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CheckError<A, E, R> {
+    Read(R),
+    Compare(CompareError<A, E>),
+}
+
+/// [`check`] reading each pair of figures (needed, available) only when the
+/// reference would read it: `gpu` is `Some` for a GPU plugin and is read
+/// first; `ram` is not read at all when the decision is made on the GPU.
+pub fn check_lazily<A, R, G, M>(
+    gpu: Option<G>,
+    ram: M,
+    missing_gpu: MissingGpuStats,
+) -> Result<Decision<A>, CheckError<A, A::Error, R>>
+where
+    A: Amount,
+    G: FnOnce() -> Result<(A, Option<A>), R>,
+    M: FnOnce() -> Result<(A, Option<A>), R>,
+{
+    if let Some(read_gpu) = gpu {
+        match read_gpu().map_err(CheckError::Read)? {
+            (_, None) if missing_gpu == MissingGpuStats::AllowWithWarning => {
                 return Ok(Decision::AllowedWithoutGpuStats);
             }
-            None => {}
-            Some(available) => {
-                if let Some(block) = compare(Resource::GpuVram, needed, available)? {
+            (_, None) => {}
+            (needed, Some(available)) => {
+                if let Some(block) =
+                    compare(Resource::GpuVram, needed, available).map_err(CheckError::Compare)?
+                {
                     return Ok(block);
                 }
             }
         }
     }
-    if let Some(available) = availability.memory_available_mb {
-        if let Some(block) = compare(Resource::SystemRam, requirements.system_ram_mb, available)? {
+    if let (needed, Some(available)) = ram().map_err(CheckError::Read)? {
+        if let Some(block) =
+            compare(Resource::SystemRam, needed, available).map_err(CheckError::Compare)?
+        {
             return Ok(block);
         }
     }
@@ -152,6 +192,38 @@ fn compare<A: Amount>(
 mod tests {
     use super::*;
     use crate::core::amount::Num;
+    use std::cell::RefCell;
+
+    #[test]
+    fn lazy_check_reads_ram_only_when_the_reference_would() {
+        let reads = RefCell::new(Vec::new());
+        let gpu = || {
+            reads.borrow_mut().push("gpu");
+            Ok::<_, ()>((Num::Int(8000), Some(Num::Int(4096))))
+        };
+        let ram = || {
+            reads.borrow_mut().push("ram");
+            Ok::<_, ()>((Num::Int(1), Some(Num::Int(2))))
+        };
+        let d = check_lazily(Some(gpu), ram, MissingGpuStats::SkipFigure);
+        assert!(matches!(
+            d,
+            Ok(Decision::Blocked {
+                resource: Resource::GpuVram,
+                ..
+            })
+        ));
+        assert_eq!(*reads.borrow(), vec!["gpu"]);
+    }
+
+    #[test]
+    fn lazy_check_passes_read_errors_through() {
+        let ram = || Err::<(Num, Option<Num>), _>("no mapping");
+        type Read = fn() -> Result<(Num, Option<Num>), &'static str>;
+        let none: Option<Read> = None;
+        let d = check_lazily(none, ram, MissingGpuStats::SkipFigure);
+        assert_eq!(d, Err(CheckError::Read("no mapping")));
+    }
 
     fn reqs(gpu: Option<i64>, ram: i64) -> Requirements<Num> {
         Requirements {

@@ -5,12 +5,11 @@
 use pyo3::exceptions::PyAttributeError;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyString};
 
 use super::errors::{self, describe, InvalidManifest, InvalidStats};
 use crate::core::amount::{Amount, Num};
-use crate::core::check::{self, Availability, Decision, MissingGpuStats, Requirements};
+use crate::core::check::{self, CheckError, Decision, MissingGpuStats};
 use crate::core::messages;
 
 /// A Python value used as an amount of MB. Plain ints, floats and bools
@@ -44,11 +43,22 @@ impl<'py> PyAmount<'py> {
     pub fn into_value(self, py: Python<'py>) -> Bound<'py, PyAny> {
         match self.value {
             Some(value) => value,
-            None => 0_i32
-                .into_pyobject(py)
-                .map(Bound::into_any)
-                .unwrap_or_else(|never| match never {}),
+            None => Self::zero(py),
         }
+    }
+
+    fn object(&self, py: Python<'py>) -> Bound<'py, PyAny> {
+        match &self.value {
+            Some(value) => value.clone(),
+            None => Self::zero(py),
+        }
+    }
+
+    fn zero(py: Python<'py>) -> Bound<'py, PyAny> {
+        0_i32
+            .into_pyobject(py)
+            .map(Bound::into_any)
+            .unwrap_or_else(|never| match never {})
     }
 }
 
@@ -71,11 +81,14 @@ impl Amount for PyAmount<'_> {
     fn exceeds(&self, other: &Self) -> PyResult<bool> {
         match (self.num, other.num) {
             (Some(a), Some(b)) => Ok(a.exceeds(&b).unwrap_or_else(|never| match never {})),
-            // Only values that are not plain numbers reach this arm, and
-            // those always carry their object.
-            _ => match (&self.value, &other.value) {
-                (Some(a), Some(b)) => a.gt(b),
-                _ => Ok(false),
+            // At least one side is not a plain number, so it carries its
+            // object (and its `py`); the default `0` is materialised.
+            _ => match self.value.as_ref().or(other.value.as_ref()) {
+                Some(any) => {
+                    let py = any.py();
+                    self.object(py).gt(other.object(py))
+                }
+                None => Ok(false),
             },
         }
     }
@@ -89,15 +102,26 @@ enum Source {
     Stats,
 }
 
-/// Marks "absent" in `.get(key, ABSENT)` on mappings that are not dicts,
-/// where a stored `None` must stay distinguishable from a missing key.
-static ABSENT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+/// The reference's default for a `.get(key, default)`.
+#[derive(Clone, Copy)]
+enum GetDefault {
+    /// `.get(key)`
+    Nothing,
+    /// `.get('resources', {})`
+    EmptyDict,
+    /// `.get('requires_gpu', False)`
+    False,
+    /// `.get('min_..._mb', 0)`
+    Zero,
+}
 
-/// `mapping.get(key)`, `None` (Rust) when the key is absent; a stored
-/// Python `None` is returned as such. Fast path for exact dicts.
+/// `mapping.get(key, default)` exactly as the reference calls it; `None`
+/// (Rust) when an exact dict lacks the key, so the default costs nothing on
+/// the hot path. Other mappings get the real call with the real default.
 fn get<'py>(
     mapping: &Bound<'py, PyAny>,
     key: &Bound<'py, PyString>,
+    default: GetDefault,
     source: Source,
 ) -> PyResult<Option<Bound<'py, PyAny>>> {
     let py = mapping.py();
@@ -111,14 +135,13 @@ fn get<'py>(
         }
         Err(err) => return Err(err),
     };
-    let absent = ABSENT.get_or_try_init(py, || {
-        py.import(intern!(py, "builtins"))?
-            .getattr(intern!(py, "object"))?
-            .call0()
-            .map(Bound::unbind)
-    })?;
-    let found = method.call1((key, absent))?;
-    Ok((!found.is(absent)).then_some(found))
+    let found = match default {
+        GetDefault::Nothing => method.call1((key,))?,
+        GetDefault::EmptyDict => method.call1((key, PyDict::new(py)))?,
+        GetDefault::False => method.call1((key, false))?,
+        GetDefault::Zero => method.call1((key, 0))?,
+    };
+    Ok(Some(found))
 }
 
 /// A requirement, `0` when absent (`reqs.get(key, 0)`).
@@ -126,7 +149,8 @@ fn requirement<'py>(
     resources: &Bound<'py, PyAny>,
     key: &Bound<'py, PyString>,
 ) -> PyResult<PyAmount<'py>> {
-    Ok(get(resources, key, Source::Resources)?.map_or_else(PyAmount::default_zero, PyAmount::new))
+    Ok(get(resources, key, GetDefault::Zero, Source::Resources)?
+        .map_or_else(PyAmount::default_zero, PyAmount::new))
 }
 
 /// A stats figure: `stats.get(key)`, absent and `None` alike.
@@ -134,7 +158,7 @@ fn stat<'py>(
     stats: &Bound<'py, PyAny>,
     key: &Bound<'py, PyString>,
 ) -> PyResult<Option<PyAmount<'py>>> {
-    Ok(get(stats, key, Source::Stats)?
+    Ok(get(stats, key, GetDefault::Nothing, Source::Stats)?
         .filter(|value| !value.is_none())
         .map(PyAmount::new))
 }
@@ -180,7 +204,12 @@ fn resources_of<'py>(plugin_meta: &Bound<'py, PyAny>) -> PyResult<Option<Bound<'
         Err(err) if err.is_instance_of::<PyAttributeError>(py) => return Ok(None),
         Err(err) => return Err(err),
     };
-    match get(&manifest, intern!(py, "resources"), Source::Manifest)? {
+    match get(
+        &manifest,
+        intern!(py, "resources"),
+        GetDefault::EmptyDict,
+        Source::Manifest,
+    )? {
         Some(resources) if truthy(&resources)? => Ok(Some(resources)),
         _ => Ok(None),
     }
@@ -196,26 +225,32 @@ pub fn decide<'py>(
     let Some(resources) = resources_of(plugin_meta)? else {
         return Ok(Decision::Allowed);
     };
-    let requires_gpu = match get(&resources, intern!(py, "requires_gpu"), Source::Resources)? {
+    let requires_gpu = match get(
+        &resources,
+        intern!(py, "requires_gpu"),
+        GetDefault::False,
+        Source::Resources,
+    )? {
         Some(flag) => truthy(&flag)?,
         None => false,
     };
-    let mut gpu_vram_mb = None;
-    let mut gpu_free_memory_mb = None;
-    if requires_gpu {
-        gpu_vram_mb = Some(requirement(&resources, intern!(py, "min_gpu_vram_mb"))?);
-        gpu_free_memory_mb = stat(stats, intern!(py, "gpu_free_memory_mb"))?;
-    }
-    let requirements = Requirements {
-        gpu_vram_mb,
-        system_ram_mb: requirement(&resources, intern!(py, "min_system_ram_mb"))?,
+    // Each pair is read (needed, then available) only when the reference
+    // would read it, so custom mappings see the same calls.
+    let gpu = requires_gpu.then_some(|| {
+        Ok((
+            requirement(&resources, intern!(py, "min_gpu_vram_mb"))?,
+            stat(stats, intern!(py, "gpu_free_memory_mb"))?,
+        ))
+    });
+    let ram = || {
+        Ok((
+            requirement(&resources, intern!(py, "min_system_ram_mb"))?,
+            stat(stats, intern!(py, "memory_available_mb"))?,
+        ))
     };
-    let availability = Availability {
-        gpu_free_memory_mb,
-        memory_available_mb: stat(stats, intern!(py, "memory_available_mb"))?,
-    };
-    check::check(requirements, availability, missing_gpu).map_err(|e| {
-        errors::compare_error(
+    check::check_lazily(gpu, ram, missing_gpu).map_err(|e| match e {
+        CheckError::Read(err) => err,
+        CheckError::Compare(e) => errors::compare_error(
             py,
             check::CompareError {
                 resource: e.resource,
@@ -223,7 +258,7 @@ pub fn decide<'py>(
                 available: e.available.into_value(py),
                 source: e.source,
             },
-        )
+        ),
     })
 }
 

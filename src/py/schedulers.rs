@@ -11,7 +11,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PySet, PyTuple};
 use pyo3::PyTypeInfo;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use super::errors::{describe, seconds};
@@ -20,12 +20,47 @@ use crate::core::messages::{self, WaitKind};
 use crate::core::queue_wait::{QueueWait, Step};
 use crate::core::wake::{WakeSignal, WakerId};
 
-/// True when `slf` is an instance of exactly `T`. Such instances have no
-/// `__dict__` (nothing can be patched onto them), so calling the Rust
-/// implementation directly is what attribute lookup would do; anything else
-/// (a Python subclass) goes through normal dispatch.
-fn is_pristine<T: PyTypeInfo>(slf: &Bound<'_, PyAny>) -> PyResult<bool> {
-    Ok(slf.get_type().is(T::type_object(slf.py())))
+/// A scheduler that remembers whether anything was ever set on its
+/// instance `__dict__` (e.g. `mock.patch.object(scheduler, "allocate")`).
+pub trait Patchable {
+    fn patched(&self) -> &AtomicBool;
+}
+
+/// True when `slf` is an instance of exactly `T` and nothing was ever set on
+/// its instance: then calling the Rust implementation directly is what
+/// attribute lookup would do. Anything else (a Python subclass, a patched
+/// instance) goes through normal dispatch, as with the reference.
+fn is_pristine<
+    T: PyTypeInfo + pyo3::PyClass<Frozen = pyo3::pyclass::boolean_struct::True> + Patchable + Sync,
+>(
+    slf: &Bound<'_, T>,
+) -> PyResult<bool> {
+    Ok(slf.as_any().get_type().is(T::type_object(slf.py()))
+        && !slf.get().patched().load(Ordering::Relaxed))
+}
+
+/// `object.__setattr__` / `object.__delattr__` after flagging the instance.
+fn set_instance_attr(
+    slf: &Bound<'_, PyAny>,
+    patched: &AtomicBool,
+    name: &Bound<'_, PyAny>,
+    value: Option<&Bound<'_, PyAny>>,
+) -> PyResult<()> {
+    patched.store(true, Ordering::Relaxed);
+    let value_ptr = value.map_or(std::ptr::null_mut(), |v| v.as_ptr());
+    // SAFETY: `slf` and `name` are live objects borrowed for the whole call
+    // (we hold the GIL), and `value_ptr` is either a live object borrowed the
+    // same way or NULL, which `PyObject_GenericSetAttr` documents as
+    // "delete the attribute". It does not steal references. It is the
+    // generic instance-dict setter that `object.__setattr__` would run; we
+    // call it directly because `object.__setattr__` refuses (the "Carlo
+    // Verre" check) to act on a type that overrides `__setattr__`.
+    let status =
+        unsafe { pyo3::ffi::PyObject_GenericSetAttr(slf.as_ptr(), name.as_ptr(), value_ptr) };
+    if status != 0 {
+        return Err(PyErr::fetch(slf.py()));
+    }
+    Ok(())
 }
 
 fn require_callable(field: &str, value: &Bound<'_, PyAny>) -> PyResult<()> {
@@ -75,27 +110,46 @@ impl FixedStats {
 }
 
 /// Allows every execution (development / default mode).
-#[pyclass(module = "plugin_scheduling", subclass, frozen, weakref)]
-pub struct PermissiveScheduler;
+#[pyclass(module = "plugin_scheduling", subclass, frozen, dict, weakref)]
+pub struct PermissiveScheduler {
+    patched: AtomicBool,
+}
+
+impl Patchable for PermissiveScheduler {
+    fn patched(&self) -> &AtomicBool {
+        &self.patched
+    }
+}
 
 #[pymethods]
 impl PermissiveScheduler {
+    fn __setattr__(
+        slf: &Bound<'_, Self>,
+        name: &Bound<'_, PyAny>,
+        value: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        set_instance_attr(slf.as_any(), slf.get().patched(), name, Some(value))
+    }
+
+    fn __delattr__(slf: &Bound<'_, Self>, name: &Bound<'_, PyAny>) -> PyResult<()> {
+        set_instance_attr(slf.as_any(), slf.get().patched(), name, None)
+    }
+
     // Accepts anything so a Python subclass's own `__init__` arguments pass
     // through `__new__`, as with a plain Python class; `__init__` checks them.
     #[new]
     #[pyo3(signature = (*_args, **_kwargs))]
     fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> Self {
-        Self
+        Self {
+            patched: AtomicBool::new(false),
+        }
     }
 
     fn __init__(&self) {}
 
     /// Always `True`; the stats provider is not called.
-    fn allocate(
-        &self,
-        _plugin_meta: &Bound<'_, PyAny>,
-        _stats_provider: &Bound<'_, PyAny>,
-    ) -> bool {
+    fn allocate(&self, plugin_meta: &Bound<'_, PyAny>, stats_provider: &Bound<'_, PyAny>) -> bool {
+        let _ = (plugin_meta, stats_provider);
         true
     }
 
@@ -104,7 +158,7 @@ impl PermissiveScheduler {
         plugin_meta: &Bound<'py, PyAny>,
         stats: Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        if is_pristine::<Self>(slf.as_any())? {
+        if is_pristine::<Self>(slf)? {
             return Ok(pyo3::types::PyBool::new(slf.py(), true)
                 .to_owned()
                 .into_any());
@@ -112,9 +166,13 @@ impl PermissiveScheduler {
         allocate_with_stats(slf.as_any(), plugin_meta, stats)
     }
 
-    fn on_execution_start(&self, _plugin_name: &Bound<'_, PyAny>) {}
+    fn on_execution_start(&self, plugin_name: &Bound<'_, PyAny>) {
+        let _ = plugin_name;
+    }
 
-    fn on_execution_finish(&self, _plugin_name: &Bound<'_, PyAny>) {}
+    fn on_execution_finish(&self, plugin_name: &Bound<'_, PyAny>) {
+        let _ = plugin_name;
+    }
 
     fn __repr__(&self) -> &'static str {
         "PermissiveScheduler()"
@@ -137,15 +195,37 @@ fn reduce<'py>(slf: &Bound<'py, PyAny>, args: Bound<'py, PyTuple>) -> PyResult<B
 }
 
 /// Blocks a plugin whose declared VRAM / RAM exceeds what the stats show.
-#[pyclass(module = "plugin_scheduling", subclass, frozen, weakref)]
-pub struct SafetyScheduler;
+#[pyclass(module = "plugin_scheduling", subclass, frozen, dict, weakref)]
+pub struct SafetyScheduler {
+    patched: AtomicBool,
+}
+
+impl Patchable for SafetyScheduler {
+    fn patched(&self) -> &AtomicBool {
+        &self.patched
+    }
+}
 
 #[pymethods]
 impl SafetyScheduler {
+    fn __setattr__(
+        slf: &Bound<'_, Self>,
+        name: &Bound<'_, PyAny>,
+        value: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        set_instance_attr(slf.as_any(), slf.get().patched(), name, Some(value))
+    }
+
+    fn __delattr__(slf: &Bound<'_, Self>, name: &Bound<'_, PyAny>) -> PyResult<()> {
+        set_instance_attr(slf.as_any(), slf.get().patched(), name, None)
+    }
+
     #[new]
     #[pyo3(signature = (*_args, **_kwargs))]
     fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> Self {
-        Self
+        Self {
+            patched: AtomicBool::new(false),
+        }
     }
 
     fn __init__(&self) {}
@@ -168,7 +248,7 @@ impl SafetyScheduler {
         let py = slf.py();
         require_callable("stats_provider", stats_provider)?;
         let stats = stats_provider.call0()?;
-        if is_pristine::<Self>(slf.as_any())? {
+        if is_pristine::<Self>(slf)? {
             let allowed = safety_check(plugin_meta, &stats)?;
             return Ok(pyo3::types::PyBool::new(py, allowed).to_owned().into_any());
         }
@@ -180,7 +260,7 @@ impl SafetyScheduler {
         plugin_meta: &Bound<'py, PyAny>,
         stats: Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        if is_pristine::<Self>(slf.as_any())? {
+        if is_pristine::<Self>(slf)? {
             let allowed = safety_check(plugin_meta, &stats)?;
             return Ok(pyo3::types::PyBool::new(slf.py(), allowed)
                 .to_owned()
@@ -189,9 +269,13 @@ impl SafetyScheduler {
         allocate_with_stats(slf.as_any(), plugin_meta, stats)
     }
 
-    fn on_execution_start(&self, _plugin_name: &Bound<'_, PyAny>) {}
+    fn on_execution_start(&self, plugin_name: &Bound<'_, PyAny>) {
+        let _ = plugin_name;
+    }
 
-    fn on_execution_finish(&self, _plugin_name: &Bound<'_, PyAny>) {}
+    fn on_execution_finish(&self, plugin_name: &Bound<'_, PyAny>) {
+        let _ = plugin_name;
+    }
 
     fn __repr__(&self) -> &'static str {
         "SafetyScheduler()"
@@ -217,8 +301,9 @@ struct QueueSettings {
 
 /// Waits until resources fit or `timeout` passes; wakes at once when
 /// `on_execution_finish` is called on it, and every `poll_interval` otherwise.
-#[pyclass(module = "plugin_scheduling", subclass, frozen, weakref)]
+#[pyclass(module = "plugin_scheduling", subclass, frozen, dict, weakref)]
 pub struct QueueScheduler {
+    patched: AtomicBool,
     settings: Mutex<QueueSettings>,
     active: Py<PySet>,
     wake: WakeSignal,
@@ -251,23 +336,30 @@ impl QueueScheduler {
         Ok(logger)
     }
 
-    /// One turn of the wait loop after the stats were read: admit, give up
-    /// (logged as the reference logs it), or sleep for the returned seconds.
-    fn step<'py>(
-        slf: &Bound<'py, Self>,
-        wait: &QueueWait,
-        plugin_meta: &Bound<'py, PyAny>,
-        stats: &Bound<'py, PyAny>,
-        kind: WaitKind,
+    /// The check, through `self._check_resources` unless `pristine`.
+    fn admits(
+        slf: &Bound<'_, Self>,
+        plugin_meta: &Bound<'_, PyAny>,
+        stats: &Bound<'_, PyAny>,
         pristine: bool,
-    ) -> PyResult<Option<(Step, f64)>> {
+    ) -> PyResult<bool> {
+        if pristine {
+            return queue_check(plugin_meta, stats);
+        }
+        slf.call_method1(intern!(slf.py(), "_check_resources"), (plugin_meta, stats))?
+            .is_truthy()
+    }
+
+    /// After a failed check: give up if `timeout` has passed (logged as the
+    /// reference logs it, returns `None`), else log and return the seconds
+    /// to sleep before the next check.
+    fn after_refusal(
+        slf: &Bound<'_, Self>,
+        wait: &QueueWait,
+        plugin_meta: &Bound<'_, PyAny>,
+        kind: WaitKind,
+    ) -> PyResult<Option<f64>> {
         let py = slf.py();
-        let admitted = if pristine {
-            queue_check(plugin_meta, stats)?
-        } else {
-            slf.call_method1(intern!(py, "_check_resources"), (plugin_meta, stats))?
-                .is_truthy()?
-        };
         let (timeout, poll_seconds, poll_value) = {
             let s = slf.get().settings();
             (
@@ -276,18 +368,18 @@ impl QueueScheduler {
                 s.poll_interval.value.clone_ref(py),
             )
         };
-        match wait.step(admitted, timeout, Instant::now()) {
-            Step::Admit => Ok(Some((Step::Admit, 0.0))),
+        match wait.step(false, timeout, Instant::now()) {
+            Step::Admit => Ok(Some(0.0)),
             Step::GiveUp => {
                 let name = format_value(&plugin_meta.getattr(intern!(py, "name"))?)?;
                 Self::logger(slf)?
                     .call_method1(intern!(py, "error"), (messages::timed_out(&name),))?;
-                Ok(Some((Step::GiveUp, 0.0)))
+                Ok(None)
             }
             Step::Sleep => {
                 let line = messages::busy(kind, &format_value(poll_value.bind(py))?);
                 Self::logger(slf)?.call_method1(intern!(py, "info"), (line,))?;
-                Ok(Some((Step::Sleep, poll_seconds)))
+                Ok(Some(poll_seconds))
             }
         }
     }
@@ -319,8 +411,26 @@ fn sleep_or_wake(py: Python<'_>, wake: &WakeSignal, seen: u64, seconds: f64) -> 
     }
 }
 
+impl Patchable for QueueScheduler {
+    fn patched(&self) -> &AtomicBool {
+        &self.patched
+    }
+}
+
 #[pymethods]
 impl QueueScheduler {
+    fn __setattr__(
+        slf: &Bound<'_, Self>,
+        name: &Bound<'_, PyAny>,
+        value: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        set_instance_attr(slf.as_any(), slf.get().patched(), name, Some(value))
+    }
+
+    fn __delattr__(slf: &Bound<'_, Self>, name: &Bound<'_, PyAny>) -> PyResult<()> {
+        set_instance_attr(slf.as_any(), slf.get().patched(), name, None)
+    }
+
     #[new]
     #[pyo3(signature = (*_args, **_kwargs))]
     fn new(
@@ -340,6 +450,7 @@ impl QueueScheduler {
                 poll_interval: setting(DEFAULT_POLL_INTERVAL)?,
                 logger: None,
             }),
+            patched: AtomicBool::new(false),
             active: PySet::empty(py)?.unbind(),
             wake: WakeSignal::new(),
         })
@@ -427,35 +538,43 @@ impl QueueScheduler {
     ) -> PyResult<bool> {
         let py = slf.py();
         require_callable("stats_provider", stats_provider)?;
-        let pristine = is_pristine::<Self>(slf.as_any())?;
+        let pristine = is_pristine::<Self>(slf)?;
         let this = slf.get();
         let wait = QueueWait::start();
         loop {
             // Read before the stats: a release after this point ends the sleep.
             let seen = this.wake.generation();
             let stats = stats_provider.call0()?;
-            match Self::step(
-                slf,
-                &wait,
-                plugin_meta,
-                &stats,
-                WaitKind::Blocking,
-                pristine,
-            )? {
-                Some((Step::Admit, _)) => return Ok(true),
-                Some((Step::GiveUp, _)) | None => return Ok(false),
-                Some((Step::Sleep, secs)) => sleep_or_wake(py, &this.wake, seen, secs)?,
+            if Self::admits(slf, plugin_meta, &stats, pristine)? {
+                return Ok(true);
+            }
+            match Self::after_refusal(slf, &wait, plugin_meta, WaitKind::Blocking)? {
+                None => return Ok(false),
+                Some(secs) => sleep_or_wake(py, &this.wake, seen, secs)?,
             }
         }
     }
 
-    /// Starts an async wait (used by `_drivers.queue_allocate_async`).
-    fn _begin_wait(slf: &Bound<'_, Self>) -> PyResult<QueueWaitState> {
+    /// The wake generation; an async waiter reads it before its first stats.
+    #[getter]
+    fn _generation(&self) -> u64 {
+        self.wake.generation()
+    }
+
+    /// Continues an async wait after a failed first check (used by
+    /// `_drivers.queue_allocate_async`): `elapsed` seconds since it started,
+    /// `seen` the generation read before the first stats.
+    fn _begin_wait(slf: &Bound<'_, Self>, elapsed: f64, seen: u64) -> PyResult<QueueWaitState> {
+        let now = Instant::now();
+        let started = Duration::try_from_secs_f64(elapsed)
+            .ok()
+            .and_then(|d| now.checked_sub(d))
+            .unwrap_or(now);
         Ok(QueueWaitState {
             scheduler: slf.clone().unbind(),
-            wait: QueueWait::start(),
-            seen: AtomicU64::new(slf.get().wake.generation()),
-            pristine: is_pristine::<Self>(slf.as_any())?,
+            wait: QueueWait::start_at(started),
+            seen: AtomicU64::new(seen),
+            pristine: is_pristine::<Self>(slf)?,
         })
     }
 
@@ -514,8 +633,23 @@ pub struct QueueWaitState {
 
 #[pymethods]
 impl QueueWaitState {
-    /// After the stats of one turn: `True` (admitted), `False` (gave up) or
-    /// the seconds to sleep before the next turn. Logs as the reference.
+    /// After the first (failed) check: `False` (gave up) or the seconds to
+    /// sleep. Logs as the reference.
+    fn after_refusal<'py>(
+        &self,
+        py: Python<'py>,
+        plugin_meta: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let slf = self.scheduler.bind(py);
+        let next = QueueScheduler::after_refusal(slf, &self.wait, plugin_meta, WaitKind::Async)?;
+        Ok(match next {
+            Some(secs) => pyo3::types::PyFloat::new(py, secs).into_any(),
+            None => pyo3::types::PyBool::new(py, false).to_owned().into_any(),
+        })
+    }
+
+    /// After the stats of a later turn: `True` (admitted), `False` (gave up)
+    /// or the seconds to sleep before the next turn.
     fn after_stats<'py>(
         &self,
         py: Python<'py>,
@@ -523,21 +657,10 @@ impl QueueWaitState {
         stats: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let slf = self.scheduler.bind(py);
-        let out = QueueScheduler::step(
-            slf,
-            &self.wait,
-            plugin_meta,
-            stats,
-            WaitKind::Async,
-            self.pristine,
-        )?;
-        Ok(match out {
-            Some((Step::Admit, _)) => pyo3::types::PyBool::new(py, true).to_owned().into_any(),
-            Some((Step::Sleep, secs)) => pyo3::types::PyFloat::new(py, secs).into_any(),
-            Some((Step::GiveUp, _)) | None => {
-                pyo3::types::PyBool::new(py, false).to_owned().into_any()
-            }
-        })
+        if QueueScheduler::admits(slf, plugin_meta, stats, self.pristine)? {
+            return Ok(pyo3::types::PyBool::new(py, true).to_owned().into_any());
+        }
+        self.after_refusal(py, plugin_meta)
     }
 
     /// Registers `wake(loop, future)` to run on the next release; if one

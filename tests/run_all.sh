@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Every check of the project, Rust and Python. Run from anywhere after
+# `pip install '.[test]'`; README's second command and .ci/run call this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== cargo fmt --check"
+cargo fmt --check
+echo "== cargo clippy -D warnings"
+cargo clippy --all-targets --locked -- -D warnings
+echo "== cargo test (Rust core)"
+cargo test --locked
+echo "== stubtest (_core.pyi against the built extension)"
+python -m mypy.stubtest plugin_scheduling._core --allowlist tests/stubtest_allowlist.txt
+echo "== pytest"
+# pytest exits 5 when it collected no test: set -e makes that a failure.
+python -m pytest -p no:cacheprovider

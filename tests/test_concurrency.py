@@ -38,7 +38,7 @@ from types import SimpleNamespace
 import pytest
 
 import plugin_scheduling
-from plugin_scheduling import QueueScheduler
+from plugin_scheduling import PermissiveScheduler, QueueScheduler, SafetyScheduler
 from cjm_plugin_system.core import scheduling as ref
 
 META = SimpleNamespace(
@@ -442,6 +442,43 @@ def test_cancel_under_release_churn_from_another_thread():
         assert sched._pending_wakers() == 0
 
     asyncio.run(main())
+
+
+def test_waiter_abandoned_in_closed_loop_is_garbage_collected():
+    import gc
+    import weakref
+
+    async def never():
+        return dict(BUSY)
+
+    def abandon():
+        sched = QueueScheduler(timeout=60, poll_interval=LONG_POLL)
+        loop = asyncio.new_event_loop()
+        loop.create_task(sched.allocate_async(META, never))
+        loop.run_until_complete(asyncio.sleep(0.01))
+        assert sched._pending_wakers() == 1
+        loop.close()  # closed without cancelling the waiter
+        return weakref.ref(sched), weakref.ref(loop)
+
+    sched_ref, loop_ref = abandon()
+    gc.collect()
+    assert loop_ref() is None, "closed event loop kept alive by the scheduler's waker"
+    assert sched_ref() is None, "scheduler kept alive by its own waker (uncollectable cycle)"
+
+
+@pytest.mark.parametrize("cls", [QueueScheduler, SafetyScheduler, PermissiveScheduler])
+def test_cycles_through_a_scheduler_are_collected(cls):
+    import gc
+    import weakref
+
+    sched = cls()
+    sched.me = sched  # through the instance __dict__
+    if cls is QueueScheduler:
+        sched._active_plugins.add(sched)  # through the active set
+    ref = weakref.ref(sched)
+    del sched
+    gc.collect()
+    assert ref() is None
 
 
 # ---------------------------------------------------------------------------

@@ -11,8 +11,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-/// A one-shot callback run (outside the lock) when the generation moves.
-pub type Waker = Box<dyn FnOnce() + Send>;
+/// A one-shot wake-up run (outside the lock) when the generation moves.
+/// Any `FnOnce() + Send` closure is one; the binding uses a plain struct so
+/// the objects it holds can be shown to Python's garbage collector.
+pub trait Waker: Send {
+    fn wake(self);
+}
+
+impl<F: FnOnce() + Send> Waker for F {
+    fn wake(self) {
+        self()
+    }
+}
 
 /// Identifies a registered waker so its owner can remove it (cancellation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,23 +40,34 @@ impl From<u64> for WakerId {
     }
 }
 
-#[derive(Default)]
-struct State {
+struct State<W> {
     next_id: u64,
-    wakers: Vec<(WakerId, Waker)>,
+    wakers: Vec<(WakerId, W)>,
 }
 
 /// Generation counter + condition variable + registered wakers.
-#[derive(Default)]
-pub struct WakeSignal {
+pub struct WakeSignal<W = Box<dyn FnOnce() + Send>> {
     /// Written only with `state` locked (so condvar predicates and
     /// `subscribe` see it consistently); read lock-free on the hot path.
     generation: AtomicU64,
-    state: Mutex<State>,
+    state: Mutex<State<W>>,
     changed: Condvar,
 }
 
-impl WakeSignal {
+impl<W: Waker> Default for WakeSignal<W> {
+    fn default() -> Self {
+        Self {
+            generation: AtomicU64::new(0),
+            state: Mutex::new(State {
+                next_id: 0,
+                wakers: Vec::new(),
+            }),
+            changed: Condvar::new(),
+        }
+    }
+}
+
+impl<W: Waker> WakeSignal<W> {
     pub fn new() -> Self {
         Self::default()
     }
@@ -54,7 +75,7 @@ impl WakeSignal {
     // The state is a counter and a list that every critical section leaves
     // consistent, so a panic elsewhere while holding the lock cannot corrupt
     // it: recovering from poisoning is sound.
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, State<W>> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -72,7 +93,7 @@ impl WakeSignal {
         };
         self.changed.notify_all();
         for (_, waker) in wakers {
-            waker();
+            waker.wake();
         }
     }
 
@@ -90,7 +111,7 @@ impl WakeSignal {
 
     /// Registers `waker` to run on the next notify, unless the generation has
     /// already moved past `seen`: then the waker is handed back to run now.
-    pub fn subscribe(&self, seen: u64, waker: Waker) -> Result<WakerId, Waker> {
+    pub fn subscribe(&self, seen: u64, waker: W) -> Result<WakerId, W> {
         let mut state = self.lock();
         if self.generation() != seen {
             return Err(waker);
@@ -115,6 +136,27 @@ impl WakeSignal {
         drop(removed);
     }
 
+    /// Calls `visit` on each registered waker, unless another thread holds
+    /// the lock right now (then visits none: for a garbage collector, seeing
+    /// fewer references only keeps objects alive longer, never frees early).
+    pub fn try_visit_wakers<E>(&self, mut visit: impl FnMut(&W) -> Result<(), E>) -> Result<(), E> {
+        let state = match self.state.try_lock() {
+            Ok(state) => state,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Ok(()),
+        };
+        state.wakers.iter().try_for_each(|(_, waker)| visit(waker))
+    }
+
+    /// Removes every registered waker without running it (to break
+    /// reference cycles); returns them so the caller decides where they drop.
+    pub fn take_wakers(&self) -> Vec<W> {
+        std::mem::take(&mut self.lock().wakers)
+            .into_iter()
+            .map(|(_, waker)| waker)
+            .collect()
+    }
+
     /// Number of registered wakers (for tests and introspection).
     pub fn pending_wakers(&self) -> usize {
         self.lock().wakers.len()
@@ -130,7 +172,7 @@ mod tests {
 
     #[test]
     fn notify_wakes_a_blocked_waiter_promptly() {
-        let signal = Arc::new(WakeSignal::new());
+        let signal: Arc<WakeSignal> = Arc::new(WakeSignal::new());
         let seen = signal.generation();
         let s2 = Arc::clone(&signal);
         let t = std::thread::spawn(move || {
@@ -147,7 +189,7 @@ mod tests {
 
     #[test]
     fn a_release_before_the_wait_is_not_lost() {
-        let signal = WakeSignal::new();
+        let signal: WakeSignal = WakeSignal::new();
         let seen = signal.generation();
         signal.notify();
         assert!(signal.wait_changed(seen, Duration::from_secs(0)));
@@ -156,13 +198,13 @@ mod tests {
 
     #[test]
     fn wait_times_out_without_notify() {
-        let signal = WakeSignal::new();
+        let signal: WakeSignal = WakeSignal::new();
         assert!(!signal.wait_changed(signal.generation(), Duration::from_millis(5)));
     }
 
     #[test]
     fn wakers_run_once_and_unsubscribe_removes() {
-        let signal = WakeSignal::new();
+        let signal: WakeSignal = WakeSignal::new();
         let hits = Arc::new(AtomicUsize::new(0));
         let h = Arc::clone(&hits);
         let seen = signal.generation();
@@ -191,5 +233,26 @@ mod tests {
         if let Ok(id) = kept {
             signal.unsubscribe(id); // already ran: harmless
         }
+    }
+}
+
+#[cfg(test)]
+mod visit_tests {
+    use super::*;
+
+    #[test]
+    fn visit_and_take_see_registered_wakers_only() {
+        let signal: WakeSignal = WakeSignal::new();
+        let seen = signal.generation();
+        assert!(signal.subscribe(seen, Box::new(|| {})).is_ok());
+        assert!(signal.subscribe(seen, Box::new(|| {})).is_ok());
+        let mut count = 0;
+        let visited: Result<(), ()> = signal.try_visit_wakers(|_| {
+            count += 1;
+            Ok(())
+        });
+        assert_eq!((visited, count), (Ok(()), 2));
+        assert_eq!(signal.take_wakers().len(), 2);
+        assert_eq!(signal.pending_wakers(), 0);
     }
 }

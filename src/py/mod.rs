@@ -3,6 +3,7 @@
 
 mod errors;
 mod inputs;
+mod queue;
 mod schedulers;
 
 use pyo3::prelude::*;
@@ -11,8 +12,8 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<schedulers::PermissiveScheduler>()?;
     m.add_class::<schedulers::SafetyScheduler>()?;
-    m.add_class::<schedulers::QueueScheduler>()?;
-    m.add_class::<schedulers::QueueWaitState>()?;
+    m.add_class::<queue::QueueScheduler>()?;
+    m.add_class::<queue::QueueWaitState>()?;
     m.add_class::<schedulers::FixedStats>()?;
     m.add(
         "InvalidRequirement",

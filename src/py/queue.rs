@@ -1,0 +1,478 @@
+//! `QueueScheduler`: waits until a plugin fits, woken at once by a release.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use pyo3::gc::PyVisit;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PySet, PyTuple};
+use pyo3::PyTraverseError;
+
+use super::errors::seconds;
+use super::inputs::{format_value, queue_check};
+use super::schedulers::{is_pristine, reduce, require_callable, set_instance_attr, Patchable};
+use crate::core::messages::{self, WaitKind};
+use crate::core::queue_wait::{QueueWait, Step};
+use crate::core::wake::{WakeSignal, Waker, WakerId};
+
+/// A registered async waiter: on a release, `wake(event_loop, future)` runs
+/// (`_drivers.wake`, which resolves the future on its loop's thread). Kept
+/// as data, not a closure, so the garbage collector can see what it holds.
+pub struct AsyncWaker {
+    wake: Py<PyAny>,
+    event_loop: Py<PyAny>,
+    future: Py<PyAny>,
+}
+
+impl Waker for AsyncWaker {
+    fn wake(self) {
+        Python::attach(|py| {
+            if let Err(err) = self.wake.call1(py, (self.event_loop, self.future)) {
+                err.write_unraisable(py, None);
+            }
+        })
+    }
+}
+
+/// `timeout` / `poll_interval` as given (for `str()` in log lines and for
+/// reading back) and as seconds.
+struct Setting {
+    value: Py<PyAny>,
+    seconds: f64,
+}
+
+struct QueueSettings {
+    timeout: Setting,
+    poll_interval: Setting,
+    logger: Option<Py<PyAny>>,
+}
+
+/// Waits until resources fit or `timeout` passes; wakes at once when
+/// `on_execution_finish` is called on it, and every `poll_interval` otherwise.
+#[pyclass(module = "plugin_scheduling", subclass, frozen, dict, weakref)]
+pub struct QueueScheduler {
+    patched: AtomicBool,
+    settings: Mutex<QueueSettings>,
+    active: Py<PySet>,
+    wake: WakeSignal<AsyncWaker>,
+}
+
+const DEFAULT_TIMEOUT: f64 = 300.0;
+const DEFAULT_POLL_INTERVAL: f64 = 2.0;
+/// Longest stretch a blocking wait stays in Rust without checking for
+/// signals: Ctrl-C is honoured within this.
+const SIGNAL_CHECK: Duration = Duration::from_millis(50);
+
+impl QueueScheduler {
+    // The settings are plain values that every critical section leaves
+    // consistent, so recovering from a poisoned lock is sound.
+    fn settings(&self) -> MutexGuard<'_, QueueSettings> {
+        self.settings.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn logger<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        if let Some(logger) = &slf.get().settings().logger {
+            return Ok(logger.bind(py).clone());
+        }
+        let name = format!("plugin_scheduling.{}", slf.get_type().name()?);
+        let logger = py
+            .import(intern!(py, "logging"))?
+            .getattr(intern!(py, "getLogger"))?
+            .call1((name,))?;
+        slf.get().settings().logger = Some(logger.clone().unbind());
+        Ok(logger)
+    }
+
+    /// The check, through `self._check_resources` unless `pristine`.
+    fn admits(
+        slf: &Bound<'_, Self>,
+        plugin_meta: &Bound<'_, PyAny>,
+        stats: &Bound<'_, PyAny>,
+        pristine: bool,
+    ) -> PyResult<bool> {
+        if pristine {
+            return queue_check(plugin_meta, stats);
+        }
+        slf.call_method1(intern!(slf.py(), "_check_resources"), (plugin_meta, stats))?
+            .is_truthy()
+    }
+
+    /// After a failed check: give up if `timeout` has passed (logged as the
+    /// reference logs it, returns `None`), else log and return the seconds
+    /// to sleep before the next check.
+    fn after_refusal(
+        slf: &Bound<'_, Self>,
+        wait: &QueueWait,
+        plugin_meta: &Bound<'_, PyAny>,
+        kind: WaitKind,
+    ) -> PyResult<Option<f64>> {
+        let py = slf.py();
+        let (timeout, poll_seconds, poll_value) = {
+            let s = slf.get().settings();
+            (
+                s.timeout.seconds,
+                s.poll_interval.seconds,
+                s.poll_interval.value.clone_ref(py),
+            )
+        };
+        match wait.step(false, timeout, Instant::now()) {
+            Step::Admit => Ok(Some(0.0)),
+            Step::GiveUp => {
+                let name = format_value(&plugin_meta.getattr(intern!(py, "name"))?)?;
+                Self::logger(slf)?
+                    .call_method1(intern!(py, "error"), (messages::timed_out(&name),))?;
+                Ok(None)
+            }
+            Step::Sleep => {
+                let line = messages::busy(kind, &format_value(poll_value.bind(py))?);
+                Self::logger(slf)?.call_method1(intern!(py, "info"), (line,))?;
+                Ok(Some(poll_seconds))
+            }
+        }
+    }
+}
+
+/// Sleeps up to `seconds` with the GIL released, ending early when the
+/// scheduler's generation moves past `seen`; checks for signals (Ctrl-C)
+/// at least every [`SIGNAL_CHECK`].
+fn sleep_or_wake<W: Waker>(
+    py: Python<'_>,
+    wake: &WakeSignal<W>,
+    seen: u64,
+    seconds: f64,
+) -> PyResult<()> {
+    // A too-large finite delay has no deadline: it sleeps until woken.
+    let deadline = Duration::try_from_secs_f64(seconds)
+        .ok()
+        .and_then(|d| Instant::now().checked_add(d));
+    loop {
+        let slice = match deadline {
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Ok(());
+                }
+                left.min(SIGNAL_CHECK)
+            }
+            None => SIGNAL_CHECK,
+        };
+        if py.detach(|| wake.wait_changed(seen, slice)) {
+            return Ok(());
+        }
+        py.check_signals()?;
+    }
+}
+
+impl Patchable for QueueScheduler {
+    fn patched(&self) -> &AtomicBool {
+        &self.patched
+    }
+}
+
+#[pymethods]
+impl QueueScheduler {
+    // Garbage-collector support: a waiter's future (via its task and
+    // coroutine) refers back to this scheduler, and the active set may hold
+    // anything, so cycles through here must be visible and breakable.
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.active)?;
+        if let Ok(settings) = self.settings.try_lock() {
+            visit.call(&settings.timeout.value)?;
+            visit.call(&settings.poll_interval.value)?;
+            visit.call(&settings.logger)?;
+        }
+        self.wake.try_visit_wakers(|waker| {
+            visit.call(&waker.wake)?;
+            visit.call(&waker.event_loop)?;
+            visit.call(&waker.future)
+        })
+    }
+
+    fn __clear__(&self) {
+        // Dropping the wakers breaks the cycle; their futures are not resolved.
+        drop(self.wake.take_wakers());
+        self.settings().logger = None;
+    }
+
+    fn __setattr__(
+        slf: &Bound<'_, Self>,
+        name: &Bound<'_, PyAny>,
+        value: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        set_instance_attr(slf.as_any(), slf.get().patched(), name, Some(value))
+    }
+
+    fn __delattr__(slf: &Bound<'_, Self>, name: &Bound<'_, PyAny>) -> PyResult<()> {
+        set_instance_attr(slf.as_any(), slf.get().patched(), name, None)
+    }
+
+    #[new]
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn new(
+        py: Python<'_>,
+        _args: &Bound<'_, PyTuple>,
+        _kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Self> {
+        let setting = |secs: f64| -> PyResult<Setting> {
+            Ok(Setting {
+                value: pyo3::types::PyFloat::new(py, secs).into_any().unbind(),
+                seconds: secs,
+            })
+        };
+        Ok(Self {
+            settings: Mutex::new(QueueSettings {
+                timeout: setting(DEFAULT_TIMEOUT)?,
+                poll_interval: setting(DEFAULT_POLL_INTERVAL)?,
+                logger: None,
+            }),
+            patched: AtomicBool::new(false),
+            active: PySet::empty(py)?.unbind(),
+            wake: WakeSignal::new(),
+        })
+    }
+
+    #[pyo3(signature = (timeout = None, poll_interval = None))]
+    fn __init__(
+        slf: &Bound<'_, Self>,
+        timeout: Option<&Bound<'_, PyAny>>,
+        poll_interval: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let default_timeout = pyo3::types::PyFloat::new(py, DEFAULT_TIMEOUT).into_any();
+        let default_poll = pyo3::types::PyFloat::new(py, DEFAULT_POLL_INTERVAL).into_any();
+        Self::set_timeout(slf, timeout.unwrap_or(&default_timeout))?;
+        Self::set_poll_interval(slf, poll_interval.unwrap_or(&default_poll))?;
+        slf.get().settings().logger = None;
+        slf.get().active.bind(py).clear();
+        Ok(())
+    }
+
+    /// Maximum seconds to wait for resources (`inf`: no limit).
+    #[getter]
+    fn timeout(&self, py: Python<'_>) -> Py<PyAny> {
+        self.settings().timeout.value.clone_ref(py)
+    }
+
+    #[setter]
+    fn set_timeout(slf: &Bound<'_, Self>, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        let secs = seconds("timeout", value, true)?;
+        slf.get().settings().timeout = Setting {
+            value: value.clone().unbind(),
+            seconds: secs,
+        };
+        Ok(())
+    }
+
+    /// Seconds between re-checks when nothing wakes the waiter earlier.
+    #[getter]
+    fn poll_interval(&self, py: Python<'_>) -> Py<PyAny> {
+        self.settings().poll_interval.value.clone_ref(py)
+    }
+
+    #[setter]
+    fn set_poll_interval(slf: &Bound<'_, Self>, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        let secs = seconds("poll_interval", value, false)?;
+        slf.get().settings().poll_interval = Setting {
+            value: value.clone().unbind(),
+            seconds: secs,
+        };
+        Ok(())
+    }
+
+    /// `logging.getLogger("plugin_scheduling.<class name>")` unless replaced.
+    #[getter(logger)]
+    fn get_logger<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        Self::logger(slf)
+    }
+
+    #[setter(logger)]
+    fn set_logger(&self, value: Py<PyAny>) {
+        self.settings().logger = Some(value);
+    }
+
+    /// The live set behind `get_active_plugins()` (the reference's attribute).
+    #[getter]
+    fn _active_plugins(&self, py: Python<'_>) -> Py<PySet> {
+        self.active.clone_ref(py)
+    }
+
+    fn _check_resources(
+        &self,
+        plugin_meta: &Bound<'_, PyAny>,
+        stats: &Bound<'_, PyAny>,
+    ) -> PyResult<bool> {
+        queue_check(plugin_meta, stats)
+    }
+
+    /// Blocks (GIL released, Ctrl-C honoured) until the plugin fits or
+    /// `timeout` passes.
+    fn allocate(
+        slf: &Bound<'_, Self>,
+        plugin_meta: &Bound<'_, PyAny>,
+        stats_provider: &Bound<'_, PyAny>,
+    ) -> PyResult<bool> {
+        let py = slf.py();
+        require_callable("stats_provider", stats_provider)?;
+        let pristine = is_pristine::<Self>(slf)?;
+        let this = slf.get();
+        let wait = QueueWait::start();
+        loop {
+            // Read before the stats: a release after this point ends the sleep.
+            let seen = this.wake.generation();
+            let stats = stats_provider.call0()?;
+            if Self::admits(slf, plugin_meta, &stats, pristine)? {
+                return Ok(true);
+            }
+            match Self::after_refusal(slf, &wait, plugin_meta, WaitKind::Blocking)? {
+                None => return Ok(false),
+                Some(secs) => sleep_or_wake(py, &this.wake, seen, secs)?,
+            }
+        }
+    }
+
+    /// The wake generation; an async waiter reads it before its first stats.
+    #[getter]
+    fn _generation(&self) -> u64 {
+        self.wake.generation()
+    }
+
+    /// Continues an async wait after a failed first check (used by
+    /// `_drivers.queue_allocate_async`): `elapsed` seconds since it started,
+    /// `seen` the generation read before the first stats.
+    fn _begin_wait(slf: &Bound<'_, Self>, elapsed: f64, seen: u64) -> PyResult<QueueWaitState> {
+        let now = Instant::now();
+        let started = Duration::try_from_secs_f64(elapsed)
+            .ok()
+            .and_then(|d| now.checked_sub(d))
+            .unwrap_or(now);
+        Ok(QueueWaitState {
+            scheduler: slf.clone().unbind(),
+            wait: QueueWait::start_at(started),
+            seen: AtomicU64::new(seen),
+            pristine: is_pristine::<Self>(slf)?,
+        })
+    }
+
+    fn on_execution_start(&self, py: Python<'_>, plugin_name: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.active.bind(py).add(plugin_name)
+    }
+
+    /// Marks the plugin finished and wakes every waiter to re-check at once.
+    fn on_execution_finish(&self, py: Python<'_>, plugin_name: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.active.bind(py).discard(plugin_name)?;
+        self.wake.notify();
+        Ok(())
+    }
+
+    /// A new set of the plugins currently executing.
+    fn get_active_plugins<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PySet>> {
+        PySet::new(py, self.active.bind(py).iter())
+    }
+
+    /// Number of async waiters currently registered for a wake-up.
+    fn _pending_wakers(&self) -> usize {
+        self.wake.pending_wakers()
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        let s = self.settings();
+        Ok(format!(
+            "QueueScheduler(timeout={}, poll_interval={})",
+            s.timeout.value.bind(py).repr()?,
+            s.poll_interval.value.bind(py).repr()?
+        ))
+    }
+
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let (timeout, poll) = {
+            let s = slf.get().settings();
+            (
+                s.timeout.value.clone_ref(py),
+                s.poll_interval.value.clone_ref(py),
+            )
+        };
+        reduce(slf.as_any(), PyTuple::new(py, [timeout, poll])?)
+    }
+}
+
+/// One async wait on a `QueueScheduler`; driven by `_drivers.queue_allocate_async`.
+#[pyclass(module = "plugin_scheduling", frozen, name = "QueueWaitState")]
+pub struct QueueWaitState {
+    scheduler: Py<QueueScheduler>,
+    wait: QueueWait,
+    /// Generation read before the latest stats (see `WakeSignal`).
+    seen: AtomicU64,
+    pristine: bool,
+}
+
+#[pymethods]
+impl QueueWaitState {
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.scheduler)
+    }
+
+    /// After the first (failed) check: `False` (gave up) or the seconds to
+    /// sleep. Logs as the reference.
+    fn after_refusal<'py>(
+        &self,
+        py: Python<'py>,
+        plugin_meta: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let slf = self.scheduler.bind(py);
+        let next = QueueScheduler::after_refusal(slf, &self.wait, plugin_meta, WaitKind::Async)?;
+        Ok(match next {
+            Some(secs) => pyo3::types::PyFloat::new(py, secs).into_any(),
+            None => pyo3::types::PyBool::new(py, false).to_owned().into_any(),
+        })
+    }
+
+    /// After the stats of a later turn: `True` (admitted), `False` (gave up)
+    /// or the seconds to sleep before the next turn.
+    fn after_stats<'py>(
+        &self,
+        py: Python<'py>,
+        plugin_meta: &Bound<'py, PyAny>,
+        stats: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let slf = self.scheduler.bind(py);
+        if QueueScheduler::admits(slf, plugin_meta, stats, self.pristine)? {
+            return Ok(pyo3::types::PyBool::new(py, true).to_owned().into_any());
+        }
+        self.after_refusal(py, plugin_meta)
+    }
+
+    /// Registers `wake(loop, future)` to run on the next release; if one
+    /// already happened since the stats were read, returns `None` and the
+    /// caller must not sleep.
+    fn subscribe(&self, wake: Py<PyAny>, event_loop: Py<PyAny>, future: Py<PyAny>) -> Option<u64> {
+        let seen = self.seen.load(Ordering::Acquire);
+        let waker = AsyncWaker {
+            wake,
+            event_loop,
+            future,
+        };
+        match self.scheduler.get().wake.subscribe(seen, waker) {
+            Ok(id) => Some(id.into()),
+            Err(waker) => {
+                // Dropped with the GIL held; not run: the caller skips the sleep.
+                drop(waker);
+                None
+            }
+        }
+    }
+
+    /// Removes the waker (after a wake, a timer or a cancellation) and reads
+    /// the generation for the next turn.
+    #[pyo3(signature = (token))]
+    fn unsubscribe(&self, token: Option<u64>) {
+        let signal = &self.scheduler.get().wake;
+        if let Some(token) = token {
+            signal.unsubscribe(WakerId::from(token));
+        }
+        self.seen.store(signal.generation(), Ordering::Release);
+    }
+}

@@ -12,7 +12,7 @@ use pyo3::PyTraverseError;
 
 use super::errors::seconds;
 use super::inputs::{format_value, queue_check};
-use super::schedulers::{is_pristine, reduce, require_callable, set_instance_attr, Patchable};
+use super::schedulers::{is_pristine, patchable, reduce, require_callable};
 use crate::core::messages::{self, WaitKind};
 use crate::core::queue_wait::{QueueWait, Step};
 use crate::core::wake::{WakeSignal, Waker, WakerId};
@@ -166,11 +166,7 @@ fn sleep_or_wake<W: Waker>(
     }
 }
 
-impl Patchable for QueueScheduler {
-    fn patched(&self) -> &AtomicBool {
-        &self.patched
-    }
-}
+patchable!(QueueScheduler);
 
 #[pymethods]
 impl QueueScheduler {
@@ -195,18 +191,6 @@ impl QueueScheduler {
         // Dropping the wakers breaks the cycle; their futures are not resolved.
         drop(self.wake.take_wakers());
         self.settings().logger = None;
-    }
-
-    fn __setattr__(
-        slf: &Bound<'_, Self>,
-        name: &Bound<'_, PyAny>,
-        value: &Bound<'_, PyAny>,
-    ) -> PyResult<()> {
-        set_instance_attr(slf.as_any(), slf.get().patched(), name, Some(value))
-    }
-
-    fn __delattr__(slf: &Bound<'_, Self>, name: &Bound<'_, PyAny>) -> PyResult<()> {
-        set_instance_attr(slf.as_any(), slf.get().patched(), name, None)
     }
 
     #[new]

@@ -6,9 +6,11 @@
 //! attribute dispatch, so overriding `allocate` or `_check_resources` works
 //! exactly as with the reference.
 
+use pyo3::gc::PyVisit;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::types::{PyBool, PyDict, PyTuple};
+use pyo3::PyTraverseError;
 use pyo3::PyTypeInfo;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -69,6 +71,20 @@ pub fn require_callable(field: &str, value: &Bound<'_, PyAny>) -> PyResult<()> {
     }
 }
 
+/// Pickle support: `(type(self), args, self.__dict__ or None)`; a Python
+/// subclass's attributes travel in the state.
+pub fn reduce<'py>(
+    slf: &Bound<'py, PyAny>,
+    args: Bound<'py, PyTuple>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = slf.py();
+    let state = match slf.getattr(intern!(py, "__dict__")) {
+        Ok(state) => state,
+        Err(_) => py.None().into_bound(py),
+    };
+    Ok((slf.get_type(), args, state).into_pyobject(py)?.into_any())
+}
+
 /// What the reference's default `allocate_async` does once it has the stats:
 /// `self.allocate(plugin_meta, lambda: stats)`.
 fn allocate_with_stats<'py>(
@@ -94,6 +110,10 @@ pub struct FixedStats {
 
 #[pymethods]
 impl FixedStats {
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.stats)
+    }
+
     #[new]
     fn new(stats: Py<PyAny>) -> Self {
         Self { stats }
@@ -104,92 +124,121 @@ impl FixedStats {
     }
 }
 
+/// Attribute setting and deleting for a built-in scheduler class `$ty` (which
+/// has a `patched: AtomicBool` field) that flag the instance as patched (see
+/// [`is_pristine`]). A separate `#[pymethods]` block (pyo3's
+/// `multiple-pymethods`), so each class keeps its own methods in plain code.
+macro_rules! patchable {
+    ($ty:ident) => {
+        impl $crate::py::schedulers::Patchable for $ty {
+            fn patched(&self) -> &::std::sync::atomic::AtomicBool {
+                &self.patched
+            }
+        }
+
+        #[::pyo3::pymethods]
+        impl $ty {
+            fn __setattr__(
+                slf: &::pyo3::Bound<'_, Self>,
+                name: &::pyo3::Bound<'_, ::pyo3::PyAny>,
+                value: &::pyo3::Bound<'_, ::pyo3::PyAny>,
+            ) -> ::pyo3::PyResult<()> {
+                $crate::py::schedulers::set_instance_attr(
+                    slf.as_any(),
+                    &slf.get().patched,
+                    name,
+                    Some(value),
+                )
+            }
+
+            fn __delattr__(
+                slf: &::pyo3::Bound<'_, Self>,
+                name: &::pyo3::Bound<'_, ::pyo3::PyAny>,
+            ) -> ::pyo3::PyResult<()> {
+                $crate::py::schedulers::set_instance_attr(
+                    slf.as_any(),
+                    &slf.get().patched,
+                    name,
+                    None,
+                )
+            }
+        }
+    };
+}
+pub(crate) use patchable;
+
+/// What a scheduler with no state of its own (the seed's Permissive and
+/// Safety) shares: constructor, no-op lifecycle hooks, pickling, and
+/// `_allocate_with_stats` deciding natively with `$decide(plugin_meta, stats)`.
+macro_rules! stateless_scheduler {
+    ($ty:ident, decide = $decide:expr) => {
+        patchable!($ty);
+
+        #[pymethods]
+        impl $ty {
+            // Accepts anything so a Python subclass's own `__init__` arguments
+            // pass through `__new__`, as with a plain Python class; `__init__`
+            // checks them.
+            #[new]
+            #[pyo3(signature = (*_args, **_kwargs))]
+            fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> Self {
+                Self {
+                    patched: AtomicBool::new(false),
+                }
+            }
+
+            fn __init__(&self) {}
+
+            fn _allocate_with_stats<'py>(
+                slf: &Bound<'py, Self>,
+                plugin_meta: &Bound<'py, PyAny>,
+                stats: Bound<'py, PyAny>,
+            ) -> PyResult<Bound<'py, PyAny>> {
+                if is_pristine::<Self>(slf)? {
+                    let allowed: bool = ($decide)(plugin_meta, &stats)?;
+                    return Ok(PyBool::new(slf.py(), allowed).to_owned().into_any());
+                }
+                allocate_with_stats(slf.as_any(), plugin_meta, stats)
+            }
+
+            fn on_execution_start(&self, plugin_name: &Bound<'_, PyAny>) {
+                let _ = plugin_name;
+            }
+
+            fn on_execution_finish(&self, plugin_name: &Bound<'_, PyAny>) {
+                let _ = plugin_name;
+            }
+
+            fn __repr__(&self) -> &'static str {
+                concat!(stringify!($ty), "()")
+            }
+
+            fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+                reduce(slf.as_any(), PyTuple::empty(slf.py()))
+            }
+        }
+    };
+}
+
 /// Allows every execution (development / default mode).
 #[pyclass(module = "plugin_scheduling", subclass, frozen, dict, weakref)]
 pub struct PermissiveScheduler {
     patched: AtomicBool,
 }
 
-impl Patchable for PermissiveScheduler {
-    fn patched(&self) -> &AtomicBool {
-        &self.patched
-    }
+stateless_scheduler!(PermissiveScheduler, decide = always_allowed);
+
+fn always_allowed(_plugin_meta: &Bound<'_, PyAny>, _stats: &Bound<'_, PyAny>) -> PyResult<bool> {
+    Ok(true)
 }
 
 #[pymethods]
 impl PermissiveScheduler {
-    fn __setattr__(
-        slf: &Bound<'_, Self>,
-        name: &Bound<'_, PyAny>,
-        value: &Bound<'_, PyAny>,
-    ) -> PyResult<()> {
-        set_instance_attr(slf.as_any(), slf.get().patched(), name, Some(value))
-    }
-
-    fn __delattr__(slf: &Bound<'_, Self>, name: &Bound<'_, PyAny>) -> PyResult<()> {
-        set_instance_attr(slf.as_any(), slf.get().patched(), name, None)
-    }
-
-    // Accepts anything so a Python subclass's own `__init__` arguments pass
-    // through `__new__`, as with a plain Python class; `__init__` checks them.
-    #[new]
-    #[pyo3(signature = (*_args, **_kwargs))]
-    fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> Self {
-        Self {
-            patched: AtomicBool::new(false),
-        }
-    }
-
-    fn __init__(&self) {}
-
     /// Always `True`; the stats provider is not called.
     fn allocate(&self, plugin_meta: &Bound<'_, PyAny>, stats_provider: &Bound<'_, PyAny>) -> bool {
         let _ = (plugin_meta, stats_provider);
         true
     }
-
-    fn _allocate_with_stats<'py>(
-        slf: &Bound<'py, Self>,
-        plugin_meta: &Bound<'py, PyAny>,
-        stats: Bound<'py, PyAny>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        if is_pristine::<Self>(slf)? {
-            return Ok(pyo3::types::PyBool::new(slf.py(), true)
-                .to_owned()
-                .into_any());
-        }
-        allocate_with_stats(slf.as_any(), plugin_meta, stats)
-    }
-
-    fn on_execution_start(&self, plugin_name: &Bound<'_, PyAny>) {
-        let _ = plugin_name;
-    }
-
-    fn on_execution_finish(&self, plugin_name: &Bound<'_, PyAny>) {
-        let _ = plugin_name;
-    }
-
-    fn __repr__(&self) -> &'static str {
-        "PermissiveScheduler()"
-    }
-
-    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
-        reduce(slf.as_any(), PyTuple::empty(slf.py()))
-    }
-}
-
-/// Pickle support: `(type(self), args, self.__dict__ or None)`; a Python
-/// subclass's attributes travel in the state.
-pub fn reduce<'py>(
-    slf: &Bound<'py, PyAny>,
-    args: Bound<'py, PyTuple>,
-) -> PyResult<Bound<'py, PyAny>> {
-    let py = slf.py();
-    let state = match slf.getattr(intern!(py, "__dict__")) {
-        Ok(state) => state,
-        Err(_) => py.None().into_bound(py),
-    };
-    Ok((slf.get_type(), args, state).into_pyobject(py)?.into_any())
 }
 
 /// Blocks a plugin whose declared VRAM / RAM exceeds what the stats show.
@@ -198,36 +247,10 @@ pub struct SafetyScheduler {
     patched: AtomicBool,
 }
 
-impl Patchable for SafetyScheduler {
-    fn patched(&self) -> &AtomicBool {
-        &self.patched
-    }
-}
+stateless_scheduler!(SafetyScheduler, decide = safety_check);
 
 #[pymethods]
 impl SafetyScheduler {
-    fn __setattr__(
-        slf: &Bound<'_, Self>,
-        name: &Bound<'_, PyAny>,
-        value: &Bound<'_, PyAny>,
-    ) -> PyResult<()> {
-        set_instance_attr(slf.as_any(), slf.get().patched(), name, Some(value))
-    }
-
-    fn __delattr__(slf: &Bound<'_, Self>, name: &Bound<'_, PyAny>) -> PyResult<()> {
-        set_instance_attr(slf.as_any(), slf.get().patched(), name, None)
-    }
-
-    #[new]
-    #[pyo3(signature = (*_args, **_kwargs))]
-    fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> Self {
-        Self {
-            patched: AtomicBool::new(false),
-        }
-    }
-
-    fn __init__(&self) {}
-
     /// Checks requirements, printing the seed's lines (no GPU stats: warns
     /// and allows; blocked: says what was needed and what was free).
     fn _check_resources(
@@ -248,38 +271,8 @@ impl SafetyScheduler {
         let stats = stats_provider.call0()?;
         if is_pristine::<Self>(slf)? {
             let allowed = safety_check(plugin_meta, &stats)?;
-            return Ok(pyo3::types::PyBool::new(py, allowed).to_owned().into_any());
+            return Ok(PyBool::new(py, allowed).to_owned().into_any());
         }
         slf.call_method1(intern!(py, "_check_resources"), (plugin_meta, stats))
-    }
-
-    fn _allocate_with_stats<'py>(
-        slf: &Bound<'py, Self>,
-        plugin_meta: &Bound<'py, PyAny>,
-        stats: Bound<'py, PyAny>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        if is_pristine::<Self>(slf)? {
-            let allowed = safety_check(plugin_meta, &stats)?;
-            return Ok(pyo3::types::PyBool::new(slf.py(), allowed)
-                .to_owned()
-                .into_any());
-        }
-        allocate_with_stats(slf.as_any(), plugin_meta, stats)
-    }
-
-    fn on_execution_start(&self, plugin_name: &Bound<'_, PyAny>) {
-        let _ = plugin_name;
-    }
-
-    fn on_execution_finish(&self, plugin_name: &Bound<'_, PyAny>) {
-        let _ = plugin_name;
-    }
-
-    fn __repr__(&self) -> &'static str {
-        "SafetyScheduler()"
-    }
-
-    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
-        reduce(slf.as_any(), PyTuple::empty(slf.py()))
     }
 }

@@ -5,4 +5,5 @@ pub mod amount;
 pub mod check;
 pub mod messages;
 pub mod queue_wait;
+pub mod stats;
 pub mod wake;

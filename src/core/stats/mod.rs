@@ -1,0 +1,7 @@
+//! Machine stats: live (sysinfo + NVML) and simulated, in one reading type.
+
+pub mod gpu;
+pub mod host;
+pub mod monitor;
+pub mod simulated;
+pub mod snapshot;

@@ -17,6 +17,9 @@ from ._core import (
     PermissiveScheduler,
     QueueScheduler,
     SafetyScheduler,
+    SimulatedOutOfMemory,
+    SimulatedSystem,
+    SystemMonitor,
     __version__,
 )
 
@@ -25,6 +28,8 @@ from ._core import (
 PermissiveScheduler.allocate_async = _drivers.allocate_async  # type: ignore[method-assign]
 SafetyScheduler.allocate_async = _drivers.allocate_async  # type: ignore[method-assign]
 QueueScheduler.allocate_async = _drivers.queue_allocate_async  # type: ignore[method-assign]
+SystemMonitor.snapshot_async = _drivers.snapshot_async  # type: ignore[attr-defined]
+SimulatedSystem.snapshot_async = _drivers.snapshot_async  # type: ignore[attr-defined]
 
 for _scheduler in (PermissiveScheduler, SafetyScheduler, QueueScheduler):
     ResourceScheduler.register(_scheduler)
@@ -38,5 +43,8 @@ __all__ = [
     "QueueScheduler",
     "ResourceScheduler",
     "SafetyScheduler",
+    "SimulatedOutOfMemory",
+    "SimulatedSystem",
+    "SystemMonitor",
     "__version__",
 ]

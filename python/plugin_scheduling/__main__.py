@@ -1,4 +1,4 @@
-"""Command line: ``python -m plugin_scheduling demo``."""
+"""Command line: ``python -m plugin_scheduling {demo,stats}``."""
 
 from __future__ import annotations
 
@@ -7,16 +7,29 @@ import sys
 from typing import Sequence
 
 
+def _positive_seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m plugin_scheduling", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m plugin_scheduling")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("demo", help="plugins queueing for a simulated GPU")
+    commands.add_parser("demo", help="plugins queueing for a GPU (simulated) on this machine's real RAM/CPU")
+    stats = commands.add_parser("stats", help="this machine's RAM, CPU and GPUs")
+    stats.add_argument("--json", action="store_true", help="print the SystemStats dict as JSON")
+    stats.add_argument("--watch", type=_positive_seconds, metavar="SECONDS", help="refresh until Ctrl-C")
     args = parser.parse_args(argv)
     if args.command == "demo":
         from . import _demo
 
         _demo.main()
-    return 0
+        return 0
+    from . import _cli_stats
+
+    return _cli_stats.run(as_json=args.json, watch=args.watch)
 
 
 if __name__ == "__main__":

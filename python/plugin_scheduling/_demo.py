@@ -1,9 +1,10 @@
-"""``python -m plugin_scheduling demo``: plugins queue for a simulated GPU.
+"""``python -m plugin_scheduling demo``: plugins queue for a GPU.
 
-A scripted machine (one 24 GB GPU, 64 GB RAM) is shared by four plugins that
-each load a model (occupy VRAM) while they run. A QueueScheduler admits them
-as memory frees up; a finishing plugin wakes the waiters at once, and a
-SafetyScheduler shows the same checks refusing instead of waiting.
+This machine's real RAM and CPU (SystemMonitor) plus a simulated 24 GB GPU
+(SimulatedSystem) are shared by four plugins that each load a model (occupy
+VRAM and RAM) while they run. A QueueScheduler admits them as memory frees
+up; a finishing plugin wakes the waiters at once, and a SafetyScheduler shows
+the same check refusing instead of waiting.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict
 
-from . import QueueScheduler, SafetyScheduler
+from . import QueueScheduler, SafetyScheduler, SimulatedSystem, SystemMonitor
 
 
 @dataclass
@@ -38,30 +39,23 @@ class DemoPlugin:
         }
 
 
-class ScriptedMachine:
-    """A stats provider over scripted totals; plugins occupy and free memory."""
+class DemoMachine:
+    """Real host stats with a simulated GPU; plugins occupy what they load."""
 
-    def __init__(self, gpu_total_mb: int, ram_total_mb: int) -> None:
-        self.gpu_total_mb = gpu_total_mb
-        self.ram_total_mb = ram_total_mb
-        self._used_gpu = 0
-        self._used_ram = 0
-        self._lock = threading.Lock()
+    def __init__(self, gpu_total_mb: int) -> None:
+        self.real = SystemMonitor()
+        self.sim = SimulatedSystem(gpus=[gpu_total_mb], host=self.real)
 
     def __call__(self) -> Dict[str, Any]:
-        with self._lock:
-            return {
-                "gpu_type": "NVIDIA (simulated)",
-                "gpu_total_memory_mb": self.gpu_total_mb,
-                "gpu_free_memory_mb": self.gpu_total_mb - self._used_gpu,
-                "memory_total_mb": self.ram_total_mb,
-                "memory_available_mb": self.ram_total_mb - self._used_ram,
-            }
+        return self.sim()
 
     def occupy(self, plugin: DemoPlugin, sign: int = 1) -> None:
-        with self._lock:
-            self._used_gpu += sign * plugin.vram_mb
-            self._used_ram += sign * plugin.ram_mb
+        if sign > 0:
+            self.sim.occupy(plugin.vram_mb)
+            self.sim.occupy_ram(plugin.ram_mb)
+        else:
+            self.sim.free(plugin.vram_mb)
+            self.sim.free_ram(plugin.ram_mb)
 
 
 def run(out: Any = print) -> None:
@@ -70,14 +64,21 @@ def run(out: Any = print) -> None:
     def say(text: str) -> None:
         out(f"[{time.monotonic() - start:5.2f}s] {text}")
 
-    machine = ScriptedMachine(gpu_total_mb=24_000, ram_total_mb=64_000)
+    machine = DemoMachine(gpu_total_mb=24_000)
     plugins = [
-        DemoPlugin("whisper-large", vram_mb=10_000, ram_mb=8_000, seconds=0.6),
-        DemoPlugin("llama-8b", vram_mb=16_000, ram_mb=16_000, seconds=0.5),
-        DemoPlugin("sdxl", vram_mb=12_000, ram_mb=12_000, seconds=0.4),
-        DemoPlugin("embedder", vram_mb=2_000, ram_mb=2_000, seconds=0.3),
+        DemoPlugin("whisper-large", vram_mb=10_000, ram_mb=1_000, seconds=0.6),
+        DemoPlugin("llama-8b", vram_mb=16_000, ram_mb=1_500, seconds=0.5),
+        DemoPlugin("sdxl", vram_mb=12_000, ram_mb=1_200, seconds=0.4),
+        DemoPlugin("embedder", vram_mb=2_000, ram_mb=200, seconds=0.3),
     ]
-    say(f"machine: GPU {machine.gpu_total_mb} MB, RAM {machine.ram_total_mb} MB (simulated)")
+    real = machine.real()
+    gpus = real["details"]["gpus"]
+    this_gpu = ", ".join(g["name"] for g in gpus) if gpus else "none"
+    say(
+        f"this machine: CPU {real['cpu_percent']:.0f} %, RAM {real['memory_available_mb']:,.0f} MB available"
+        f" of {real['memory_total_mb']:,.0f} MB (real); GPU: {this_gpu}"
+    )
+    say("plugins share a simulated 24,000 MB GPU (SimulatedSystem over the real RAM and CPU)")
 
     say("SafetyScheduler refuses what does not fit right now:")
     safety = SafetyScheduler()
@@ -99,7 +100,7 @@ def run(out: Any = print) -> None:
                 if scheduler._check_resources(plugin, machine()):
                     machine.occupy(plugin)
                     break
-        say(f"{plugin.name}: admitted, loads {plugin.vram_mb} MB VRAM  {machine()['gpu_free_memory_mb']} MB free")
+        say(f"{plugin.name}: admitted, loads {plugin.vram_mb} MB VRAM, {machine()['gpu_free_memory_mb']:,.0f} MB free")
         scheduler.on_execution_start(plugin.name)
         time.sleep(plugin.seconds)
         machine.occupy(plugin, -1)

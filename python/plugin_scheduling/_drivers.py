@@ -59,6 +59,15 @@ async def _sleep_or_wake(wait: Any, seconds: float) -> None:
         wait.unsubscribe(token)
 
 
+async def snapshot_async(self: Any) -> Any:
+    """The stats dict without blocking the event loop: the cached reading when
+    fresh (no thread hop), else the blocking read in the loop's default executor."""
+    fresh = self._fresh()
+    if fresh is not None:
+        return fresh
+    return await asyncio.get_running_loop().run_in_executor(None, self.snapshot)
+
+
 def _resolve(future: "asyncio.Future[None]") -> None:
     if not future.done():
         future.set_result(None)

@@ -22,6 +22,12 @@ create_exception!(
 );
 create_exception!(
     plugin_scheduling,
+    SimulatedOutOfMemory,
+    pyo3::exceptions::PyRuntimeError,
+    "A SimulatedSystem refused to occupy more memory than is free (as a real allocation would fail)."
+);
+create_exception!(
+    plugin_scheduling,
     InvalidStats,
     PyAttributeError,
     "The stats provider returned something that is not a mapping."

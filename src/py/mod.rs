@@ -5,6 +5,7 @@ mod errors;
 mod inputs;
 mod queue;
 mod schedulers;
+mod stats;
 
 use pyo3::prelude::*;
 
@@ -21,6 +22,12 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     )?;
     m.add("InvalidManifest", py.get_type::<errors::InvalidManifest>())?;
     m.add("InvalidStats", py.get_type::<errors::InvalidStats>())?;
+    m.add_class::<stats::SystemMonitor>()?;
+    m.add_class::<stats::SimulatedSystem>()?;
+    m.add(
+        "SimulatedOutOfMemory",
+        py.get_type::<errors::SimulatedOutOfMemory>(),
+    )?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

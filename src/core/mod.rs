@@ -5,5 +5,6 @@ pub mod amount;
 pub mod check;
 pub mod messages;
 pub mod queue_wait;
+pub mod reserve;
 pub mod stats;
 pub mod wake;

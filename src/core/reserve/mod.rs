@@ -1,0 +1,3 @@
+//! Reservations: per-device admission that never double-books.
+
+pub mod ledger;

@@ -6,6 +6,7 @@ mod inputs;
 mod queue;
 mod schedulers;
 mod stats;
+mod waiting;
 
 use pyo3::prelude::*;
 

@@ -1,6 +1,6 @@
 //! `QueueScheduler`: waits until a plugin fits, woken at once by a release.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -13,28 +13,10 @@ use pyo3::PyTraverseError;
 use super::errors::seconds;
 use super::inputs::{format_value, queue_check};
 use super::schedulers::{is_pristine, patchable, reduce, require_callable};
+use super::waiting::{class_logger, sleep_or_wake, AsyncWaker, WakeSlot};
 use crate::core::messages::{self, WaitKind};
 use crate::core::queue_wait::{QueueWait, Step};
-use crate::core::wake::{WakeSignal, Waker, WakerId};
-
-/// A registered async waiter: on a release, `wake(event_loop, future)` runs
-/// (`_drivers.wake`, which resolves the future on its loop's thread). Kept
-/// as data, not a closure, so the garbage collector can see what it holds.
-pub struct AsyncWaker {
-    wake: Py<PyAny>,
-    event_loop: Py<PyAny>,
-    future: Py<PyAny>,
-}
-
-impl Waker for AsyncWaker {
-    fn wake(self) {
-        Python::attach(|py| {
-            if let Err(err) = self.wake.call1(py, (self.event_loop, self.future)) {
-                err.write_unraisable(py, None);
-            }
-        })
-    }
-}
+use crate::core::wake::WakeSignal;
 
 /// `timeout` / `poll_interval` as given (for `str()` in log lines and for
 /// reading back) and as seconds.
@@ -61,9 +43,6 @@ pub struct QueueScheduler {
 
 const DEFAULT_TIMEOUT: f64 = 300.0;
 const DEFAULT_POLL_INTERVAL: f64 = 2.0;
-/// Longest stretch a blocking wait stays in Rust without checking for
-/// signals: Ctrl-C is honoured within this.
-const SIGNAL_CHECK: Duration = Duration::from_millis(50);
 
 impl QueueScheduler {
     // The settings are plain values that every critical section leaves
@@ -77,11 +56,7 @@ impl QueueScheduler {
         if let Some(logger) = &slf.get().settings().logger {
             return Ok(logger.bind(py).clone());
         }
-        let name = format!("plugin_scheduling.{}", slf.get_type().name()?);
-        let logger = py
-            .import(intern!(py, "logging"))?
-            .getattr(intern!(py, "getLogger"))?
-            .call1((name,))?;
+        let logger = class_logger(slf.as_any())?;
         slf.get().settings().logger = Some(logger.clone().unbind());
         Ok(logger)
     }
@@ -132,37 +107,6 @@ impl QueueScheduler {
                 Ok(Some(poll_seconds))
             }
         }
-    }
-}
-
-/// Sleeps up to `seconds` with the GIL released, ending early when the
-/// scheduler's generation moves past `seen`; checks for signals (Ctrl-C)
-/// at least every [`SIGNAL_CHECK`].
-fn sleep_or_wake<W: Waker>(
-    py: Python<'_>,
-    wake: &WakeSignal<W>,
-    seen: u64,
-    seconds: f64,
-) -> PyResult<()> {
-    // A too-large finite delay has no deadline: it sleeps until woken.
-    let deadline = Duration::try_from_secs_f64(seconds)
-        .ok()
-        .and_then(|d| Instant::now().checked_add(d));
-    loop {
-        let slice = match deadline {
-            Some(deadline) => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Ok(());
-                }
-                left.min(SIGNAL_CHECK)
-            }
-            None => SIGNAL_CHECK,
-        };
-        if py.detach(|| wake.wait_changed(seen, slice)) {
-            return Ok(());
-        }
-        py.check_signals()?;
     }
 }
 
@@ -335,7 +279,7 @@ impl QueueScheduler {
         Ok(QueueWaitState {
             scheduler: slf.clone().unbind(),
             wait: QueueWait::start_at(started),
-            seen: AtomicU64::new(seen),
+            slot: WakeSlot::new(seen),
             pristine: is_pristine::<Self>(slf)?,
         })
     }
@@ -388,8 +332,7 @@ impl QueueScheduler {
 pub struct QueueWaitState {
     scheduler: Py<QueueScheduler>,
     wait: QueueWait,
-    /// Generation read before the latest stats (see `WakeSignal`).
-    seen: AtomicU64,
+    slot: WakeSlot,
     pristine: bool,
 }
 
@@ -433,30 +376,14 @@ impl QueueWaitState {
     /// already happened since the stats were read, returns `None` and the
     /// caller must not sleep.
     fn subscribe(&self, wake: Py<PyAny>, event_loop: Py<PyAny>, future: Py<PyAny>) -> Option<u64> {
-        let seen = self.seen.load(Ordering::Acquire);
-        let waker = AsyncWaker {
-            wake,
-            event_loop,
-            future,
-        };
-        match self.scheduler.get().wake.subscribe(seen, waker) {
-            Ok(id) => Some(id.into()),
-            Err(waker) => {
-                // Dropped with the GIL held; not run: the caller skips the sleep.
-                drop(waker);
-                None
-            }
-        }
+        self.slot
+            .subscribe(&self.scheduler.get().wake, wake, event_loop, future)
     }
 
     /// Removes the waker (after a wake, a timer or a cancellation) and reads
     /// the generation for the next turn.
     #[pyo3(signature = (token))]
     fn unsubscribe(&self, token: Option<u64>) {
-        let signal = &self.scheduler.get().wake;
-        if let Some(token) = token {
-            signal.unsubscribe(WakerId::from(token));
-        }
-        self.seen.store(signal.generation(), Ordering::Release);
+        self.slot.unsubscribe(&self.scheduler.get().wake, token);
     }
 }

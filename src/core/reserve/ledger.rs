@@ -442,3 +442,109 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn limits() -> Limits {
+        Limits {
+            headroom: 0.9,
+            settle: Duration::from_secs(2),
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Grant { gpus: u32, vram: f64, ram: f64 },
+        Release(usize),
+        Advance(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0u32..3, 0.0f64..30_000.0, 0.0f64..20_000.0).prop_map(|(gpus, vram, ram)| Op::Grant {
+                gpus,
+                vram,
+                ram
+            }),
+            (0usize..16).prop_map(Op::Release),
+            (0u64..3_000).prop_map(Op::Advance),
+        ]
+    }
+
+    fn machine() -> Reading {
+        Reading {
+            devices: vec![
+                DeviceReading {
+                    index: 0,
+                    total_mb: 24_000.0,
+                    free_mb: 24_000.0,
+                },
+                DeviceReading {
+                    index: 1,
+                    total_mb: 16_000.0,
+                    free_mb: 16_000.0,
+                },
+                DeviceReading {
+                    index: 2,
+                    total_mb: 80_000.0,
+                    free_mb: 80_000.0,
+                },
+            ],
+            ram_total_mb: Some(64_000.0),
+            ram_available_mb: Some(64_000.0),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn reservations_never_exceed_capacity_and_release_returns_to_zero(ops in proptest::collection::vec(op(), 1..60)) {
+            let mut ledger = Ledger::new();
+            let reading = machine();
+            let mut now = Instant::now();
+            let mut held: Vec<GrantId> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Grant { gpus, vram, ram } => {
+                        let need = Need { gpu_count: gpus, vram_mb: vram, ram_mb: ram };
+                        if let Ok(g) = ledger.grant("p", &need, &reading, limits(), now) {
+                            prop_assert_eq!(g.devices.len() as u32, gpus);
+                            held.push(g.id);
+                        }
+                    }
+                    Op::Release(i) => {
+                        if !held.is_empty() {
+                            let id = held.remove(i % held.len());
+                            prop_assert!(ledger.release(id).is_some());
+                        }
+                    }
+                    Op::Advance(ms) => now += Duration::from_millis(ms),
+                }
+                for d in &reading.devices {
+                    let reserved = ledger.reserved_by_device().get(&d.index).copied().unwrap_or(0.0);
+                    prop_assert!(reserved <= 0.9 * d.total_mb + 1e-6, "device {} over: {}", d.index, reserved);
+                }
+                prop_assert!(ledger.reserved_ram_mb() <= 0.9 * 64_000.0 + 1e-6);
+            }
+            for id in held {
+                prop_assert!(ledger.release(id).is_some());
+            }
+            prop_assert_eq!(ledger.grants().count(), 0);
+            prop_assert!(ledger.reserved_by_device().is_empty());
+            prop_assert_eq!(ledger.reserved_ram_mb(), 0.0);
+        }
+
+        #[test]
+        fn placement_is_deterministic(vram in 0.0f64..30_000.0, gpus in 1u32..3, pre in 0.0f64..20_000.0) {
+            let run = || {
+                let mut ledger = Ledger::new();
+                let now = Instant::now();
+                let _ = ledger.grant("x", &Need { gpu_count: 1, vram_mb: pre, ram_mb: 0.0 }, &machine(), limits(), now);
+                ledger.place(&Need { gpu_count: gpus, vram_mb: vram, ram_mb: 0.0 }, &machine(), limits(), now)
+            };
+            prop_assert_eq!(run(), run());
+        }
+    }
+}

@@ -1,3 +1,4 @@
 //! Reservations: per-device admission that never double-books.
 
 pub mod ledger;
+pub mod waiters;

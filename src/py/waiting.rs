@@ -1,0 +1,124 @@
+//! What the waiting schedulers share: async wakers the garbage collector
+//! can see, the blocking sleep that ends on a release or Ctrl-C, and the
+//! per-wait generation slot that makes async waits lose no release.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use pyo3::intern;
+use pyo3::prelude::*;
+
+use crate::core::wake::{WakeSignal, Waker, WakerId};
+
+/// Longest stretch a blocking wait stays in Rust without checking for
+/// signals: Ctrl-C is honoured within this.
+const SIGNAL_CHECK: Duration = Duration::from_millis(50);
+
+/// A registered async waiter: on a release, `wake(event_loop, future)` runs
+/// (`_drivers.wake`, which resolves the future on its loop's thread). Kept
+/// as data, not a closure, so the garbage collector can see what it holds.
+pub struct AsyncWaker {
+    pub wake: Py<PyAny>,
+    pub event_loop: Py<PyAny>,
+    pub future: Py<PyAny>,
+}
+
+impl Waker for AsyncWaker {
+    fn wake(self) {
+        Python::attach(|py| {
+            if let Err(err) = self.wake.call1(py, (self.event_loop, self.future)) {
+                err.write_unraisable(py, None);
+            }
+        })
+    }
+}
+
+/// Sleeps up to `seconds` with the GIL released, ending early when the
+/// scheduler's generation moves past `seen`; checks for signals (Ctrl-C)
+/// at least every [`SIGNAL_CHECK`].
+pub fn sleep_or_wake<W: Waker>(
+    py: Python<'_>,
+    wake: &WakeSignal<W>,
+    seen: u64,
+    seconds: f64,
+) -> PyResult<()> {
+    // A too-large finite delay has no deadline: it sleeps until woken.
+    let deadline = Duration::try_from_secs_f64(seconds)
+        .ok()
+        .and_then(|d| Instant::now().checked_add(d));
+    loop {
+        let slice = match deadline {
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Ok(());
+                }
+                left.min(SIGNAL_CHECK)
+            }
+            None => SIGNAL_CHECK,
+        };
+        if py.detach(|| wake.wait_changed(seen, slice)) {
+            return Ok(());
+        }
+        py.check_signals()?;
+    }
+}
+
+/// The generation an async wait last read (before its stats), so a release
+/// between "check failed" and "go to sleep" ends the sleep at once.
+pub struct WakeSlot {
+    seen: AtomicU64,
+}
+
+impl WakeSlot {
+    pub fn new(seen: u64) -> Self {
+        Self {
+            seen: AtomicU64::new(seen),
+        }
+    }
+
+    pub fn seen(&self) -> u64 {
+        self.seen.load(Ordering::Acquire)
+    }
+
+    pub fn mark(&self, generation: u64) {
+        self.seen.store(generation, Ordering::Release);
+    }
+
+    /// Registers `wake(event_loop, future)` for the next release; `None` when
+    /// one already happened since [`WakeSlot::seen`] (then: do not sleep).
+    pub fn subscribe(
+        &self,
+        signal: &WakeSignal<AsyncWaker>,
+        wake: Py<PyAny>,
+        event_loop: Py<PyAny>,
+        future: Py<PyAny>,
+    ) -> Option<u64> {
+        let waker = AsyncWaker {
+            wake,
+            event_loop,
+            future,
+        };
+        // On `Err` the waker is handed back and dropped here, not run.
+        signal.subscribe(self.seen(), waker).ok().map(u64::from)
+    }
+
+    /// Removes the waker if still registered and reads the generation for
+    /// the next turn.
+    pub fn unsubscribe(&self, signal: &WakeSignal<AsyncWaker>, token: Option<u64>) {
+        if let Some(token) = token {
+            signal.unsubscribe(WakerId::from(token));
+        }
+        self.mark(signal.generation());
+    }
+}
+
+/// `logging.getLogger("plugin_scheduling.<class name>")`, as the reference
+/// names its logger after `type(self).__name__`.
+pub fn class_logger<'py>(slf: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let py = slf.py();
+    let name = format!("plugin_scheduling.{}", slf.get_type().name()?);
+    py.import(intern!(py, "logging"))?
+        .getattr(intern!(py, "getLogger"))?
+        .call1((name,))
+}

@@ -909,3 +909,22 @@ def test_many_processes_wait_and_exit_cleanly():
     elapsed = time.monotonic() - t0
     assert not failures, failures
     assert elapsed < 30, elapsed
+
+
+def test_garbage_collection_during_construction_does_not_crash():
+    """A collection can run while a Python subclass instance is half built
+    (CPython allocates its __dict__ first); __traverse__ must cope. Run in a
+    subprocess: the failure mode is a segfault."""
+    code = (
+        "import gc, plugin_scheduling as ps\n"
+        "gc.set_threshold(1, 1, 1)\n"
+        "class Q(ps.QueueScheduler): pass\n"
+        "class R(ps.ReservationScheduler): pass\n"
+        "for _ in range(300):\n"
+        "    ps.QueueScheduler(); Q(); ps.ReservationScheduler(); R()\n"
+        "    ps.SafetyScheduler(); ps.PermissiveScheduler()\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "ok"

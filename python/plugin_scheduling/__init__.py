@@ -8,14 +8,17 @@ A drop-in, Rust-core replacement for ``cjm_plugin_system.core.scheduling``::
 
 from __future__ import annotations
 
-from . import _drivers
+from . import _drivers, _lease
 from ._base import ResourceScheduler
 from ._core import (
     InvalidManifest,
     InvalidRequirement,
     InvalidStats,
     PermissiveScheduler,
+    Grant,
     QueueScheduler,
+    ReservationScheduler,
+    ReservationTimeout,
     SafetyScheduler,
     SimulatedOutOfMemory,
     SimulatedSystem,
@@ -28,10 +31,15 @@ from ._core import (
 PermissiveScheduler.allocate_async = _drivers.allocate_async  # type: ignore[method-assign]
 SafetyScheduler.allocate_async = _drivers.allocate_async  # type: ignore[method-assign]
 QueueScheduler.allocate_async = _drivers.queue_allocate_async  # type: ignore[method-assign]
+ReservationScheduler.allocate_async = _drivers.reservation_allocate_async  # type: ignore[attr-defined]
+ReservationScheduler._reserve_async = _drivers.reserve_async  # type: ignore[attr-defined]
+ReservationScheduler.lease = _lease.lease  # type: ignore[attr-defined]
+ReservationScheduler.lease_async = _lease.lease_async  # type: ignore[attr-defined]
+ReservationScheduler._repr_html_ = _lease.repr_html  # type: ignore[attr-defined]
 SystemMonitor.snapshot_async = _drivers.snapshot_async  # type: ignore[attr-defined]
 SimulatedSystem.snapshot_async = _drivers.snapshot_async  # type: ignore[attr-defined]
 
-for _scheduler in (PermissiveScheduler, SafetyScheduler, QueueScheduler):
+for _scheduler in (PermissiveScheduler, SafetyScheduler, QueueScheduler, ReservationScheduler):
     ResourceScheduler.register(_scheduler)
 del _scheduler
 
@@ -39,8 +47,11 @@ __all__ = [
     "InvalidManifest",
     "InvalidRequirement",
     "InvalidStats",
+    "Grant",
     "PermissiveScheduler",
     "QueueScheduler",
+    "ReservationScheduler",
+    "ReservationTimeout",
     "ResourceScheduler",
     "SafetyScheduler",
     "SimulatedOutOfMemory",

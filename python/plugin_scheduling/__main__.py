@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import Sequence
 
 
 def _positive_seconds(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}") from None
+    if not (value > 0 and math.isfinite(value) and value <= 86_400):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds in (0, 86400], got {text!r}")
     return value
 
 

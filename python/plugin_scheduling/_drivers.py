@@ -43,6 +43,31 @@ async def queue_allocate_async(self: Any, plugin_meta: Any, stats_provider: Stat
     return False
 
 
+async def reserve_async(self: Any, plugin_meta: Any, stats_provider: StatsProvider) -> Any:
+    """``ReservationScheduler``: wait for a reservation without blocking the loop;
+    the ``Grant``, or ``None`` after ``timeout``. Only the waiter whose turn it is
+    reads stats; a cancelled waiter leaves the line at once."""
+    wait = self._begin_wait(plugin_meta)
+    try:
+        while True:
+            if wait.my_turn():
+                stats = await stats_provider()
+                grant = wait.try_grant(stats)
+                if grant is not None:
+                    return grant
+            step = wait.after_refusal()
+            if step is False:
+                return None
+            await _sleep_or_wake(wait, step)
+    finally:
+        wait.leave()  # no-op after a grant
+
+
+async def reservation_allocate_async(self: Any, plugin_meta: Any, stats_provider: StatsProvider) -> bool:
+    """``ReservationScheduler.allocate_async``: reserve, or ``False`` after ``timeout``."""
+    return await self._reserve_async(plugin_meta, stats_provider) is not None
+
+
 async def _sleep_or_wake(wait: Any, seconds: float) -> None:
     loop = asyncio.get_running_loop()
     woken = loop.create_future()

@@ -28,6 +28,12 @@ create_exception!(
 );
 create_exception!(
     plugin_scheduling,
+    ReservationTimeout,
+    pyo3::exceptions::PyTimeoutError,
+    "A lease could not reserve what the plugin needs within the scheduler's timeout."
+);
+create_exception!(
+    plugin_scheduling,
     InvalidStats,
     PyAttributeError,
     "The stats provider returned something that is not a mapping."

@@ -4,6 +4,7 @@
 mod errors;
 mod inputs;
 mod queue;
+mod reservation;
 mod schedulers;
 mod stats;
 mod waiting;
@@ -23,8 +24,15 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     )?;
     m.add("InvalidManifest", py.get_type::<errors::InvalidManifest>())?;
     m.add("InvalidStats", py.get_type::<errors::InvalidStats>())?;
+    m.add_class::<reservation::ReservationScheduler>()?;
+    m.add_class::<reservation::ReservationWait>()?;
+    m.add_class::<reservation::PyGrant>()?;
     m.add_class::<stats::SystemMonitor>()?;
     m.add_class::<stats::SimulatedSystem>()?;
+    m.add(
+        "ReservationTimeout",
+        py.get_type::<errors::ReservationTimeout>(),
+    )?;
     m.add(
         "SimulatedOutOfMemory",
         py.get_type::<errors::SimulatedOutOfMemory>(),

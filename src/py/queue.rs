@@ -13,7 +13,7 @@ use pyo3::PyTraverseError;
 use super::errors::seconds;
 use super::inputs::{format_value, queue_check};
 use super::schedulers::{is_pristine, patchable, reduce, require_callable};
-use super::waiting::{class_logger, sleep_or_wake, AsyncWaker, WakeSlot};
+use super::waiting::{class_logger, sleep_or_wake, AsyncWaker, Constructed, WakeSlot};
 use crate::core::messages::{self, WaitKind};
 use crate::core::queue_wait::{QueueWait, Step};
 use crate::core::wake::WakeSignal;
@@ -35,6 +35,7 @@ struct QueueSettings {
 /// `on_execution_finish` is called on it, and every `poll_interval` otherwise.
 #[pyclass(module = "plugin_scheduling", subclass, frozen, dict, weakref)]
 pub struct QueueScheduler {
+    constructed: Constructed,
     patched: AtomicBool,
     settings: Mutex<QueueSettings>,
     active: Py<PySet>,
@@ -118,6 +119,9 @@ impl QueueScheduler {
     // coroutine) refers back to this scheduler, and the active set may hold
     // anything, so cycles through here must be visible and breakable.
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if !self.constructed.get() {
+            return Ok(());
+        }
         visit.call(&self.active)?;
         if let Ok(settings) = self.settings.try_lock() {
             visit.call(&settings.timeout.value)?;
@@ -132,6 +136,9 @@ impl QueueScheduler {
     }
 
     fn __clear__(&self) {
+        if !self.constructed.get() {
+            return;
+        }
         // Dropping the wakers breaks the cycle; their futures are not resolved.
         drop(self.wake.take_wakers());
         self.settings().logger = None;
@@ -151,6 +158,7 @@ impl QueueScheduler {
             })
         };
         Ok(Self {
+            constructed: Constructed::new(),
             settings: Mutex::new(QueueSettings {
                 timeout: setting(DEFAULT_TIMEOUT)?,
                 poll_interval: setting(DEFAULT_POLL_INTERVAL)?,

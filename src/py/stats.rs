@@ -31,7 +31,12 @@ impl SystemMonitor {
     #[pyo3(signature = (min_refresh = None))]
     fn new(min_refresh: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
         let min_refresh = match min_refresh {
-            Some(value) => Duration::from_secs_f64(seconds("min_refresh", value, false)?),
+            Some(value) => {
+                let secs = seconds("min_refresh", value, false)?;
+                Duration::try_from_secs_f64(secs).map_err(|_| {
+                    PyValueError::new_err(format!("min_refresh is too large: {secs} seconds"))
+                })?
+            }
             None => DEFAULT_MIN_REFRESH,
         };
         let monitor = Monitor::new(min_refresh).map_err(PyOSError::new_err)?;
@@ -146,8 +151,22 @@ impl SimulatedSystem {
             .map_err(sim_error)
     }
 
-    fn occupy_ram(&self, mb: f64) -> PyResult<()> {
-        self.machine().occupy(None, mb).map_err(sim_error)
+    /// Occupy `mb` of RAM; with a `host`, what fits is the real available
+    /// RAM less what was already occupied here.
+    fn occupy_ram(&self, py: Python<'_>, mb: f64) -> PyResult<()> {
+        let real_available = match &self.host {
+            Some(monitor) => {
+                let monitor = Arc::clone(monitor);
+                Some(
+                    py.detach(move || monitor.host_reading())
+                        .memory_available_mb,
+                )
+            }
+            None => None,
+        };
+        self.machine()
+            .occupy_ram(mb, real_available)
+            .map_err(sim_error)
     }
 
     fn free_ram(&self, mb: f64) -> PyResult<()> {

@@ -122,3 +122,26 @@ pub fn class_logger<'py>(slf: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>>
         .getattr(intern!(py, "getLogger"))?
         .call1((name,))
 }
+
+/// Marks a pyclass value as written. A Python subclass instance is tracked by
+/// the garbage collector before pyo3 writes the Rust value into it (CPython's
+/// `object_new` allocates the instance dict first, which can trigger a
+/// collection), and allocation zeroes memory: so a `false` here means "not
+/// constructed yet" and `__traverse__` must visit nothing.
+pub struct Constructed(std::sync::atomic::AtomicBool);
+
+impl Constructed {
+    pub fn new() -> Self {
+        Self(std::sync::atomic::AtomicBool::new(true))
+    }
+
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+impl Default for Constructed {
+    fn default() -> Self {
+        Self::new()
+    }
+}

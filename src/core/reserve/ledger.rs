@@ -260,6 +260,17 @@ impl Ledger {
         Some(grant.id)
     }
 
+    /// Marks one grant started (a lease); `false` if it is gone.
+    pub fn start_grant(&mut self, id: GrantId) -> bool {
+        match self.grants.get_mut(&id) {
+            Some(grant) => {
+                grant.started = true;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Releases the oldest started grant of `plugin` (or, if none started,
     /// the oldest unstarted one).
     pub fn finish(&mut self, plugin: &str) -> Option<Grant> {

@@ -76,6 +76,19 @@ impl GpuProbe {
     }
 }
 
+impl Drop for GpuProbe {
+    fn drop(&mut self) {
+        if let State::Ready { nvml, pid } = std::mem::replace(&mut self.state, State::NotYetTried) {
+            if pid != std::process::id() {
+                // Inherited across fork and never re-initialised here: an
+                // nvmlShutdown from this process would act on the parent's
+                // driver state. Leak it instead.
+                std::mem::forget(nvml);
+            }
+        }
+    }
+}
+
 fn init() -> Result<Nvml, String> {
     let result = match std::env::var_os(NVML_LIBRARY_ENV) {
         Some(path) => Nvml::builder().lib_path(&path).init(),

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use super::gpu::GpuProbe;
 use super::host::HostProbe;
-use super::snapshot::Snapshot;
+use super::snapshot::{HostReading, Snapshot};
 
 /// Default `min_refresh`: readings younger than this are served from the
 /// cache, so many concurrent callers do not hammer NVML and /proc. Short
@@ -14,24 +14,28 @@ pub const DEFAULT_MIN_REFRESH: Duration = Duration::from_millis(100);
 
 pub struct Monitor {
     min_refresh: Duration,
-    inner: Mutex<Inner>,
+    /// Held while the machine is read (slow), so concurrent callers share
+    /// one reading.
+    probes: Mutex<Probes>,
+    /// Held only to copy an `Arc` in or out (fast): checking for a fresh
+    /// reading never waits for a reading in progress.
+    cached: Mutex<Option<(Instant, Arc<Snapshot>)>>,
 }
 
-struct Inner {
+struct Probes {
     host: HostProbe,
     gpu: GpuProbe,
-    cached: Option<(Instant, Arc<Snapshot>)>,
 }
 
 impl Monitor {
     pub fn new(min_refresh: Duration) -> Result<Self, String> {
         Ok(Self {
             min_refresh,
-            inner: Mutex::new(Inner {
+            probes: Mutex::new(Probes {
                 host: HostProbe::new()?,
                 gpu: GpuProbe::new(),
-                cached: None,
             }),
+            cached: Mutex::new(None),
         })
     }
 
@@ -39,16 +43,16 @@ impl Monitor {
         self.min_refresh
     }
 
-    // Every critical section leaves `Inner` usable (a cache entry is replaced
-    // whole), so recovering from poisoning is sound.
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    // Both locks guard values that are replaced whole (a cache entry) or
+    // left usable by every reading, so recovering from poisoning is sound.
+    fn cache(&self) -> MutexGuard<'_, Option<(Instant, Arc<Snapshot>)>> {
+        self.cached.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The cached reading if it is younger than `min_refresh`.
+    /// The cached reading if it is younger than `min_refresh`; never waits
+    /// for a reading in progress.
     pub fn fresh(&self) -> Option<Arc<Snapshot>> {
-        let inner = self.lock();
-        match &inner.cached {
+        match &*self.cache() {
             Some((at, snap)) if at.elapsed() < self.min_refresh => Some(Arc::clone(snap)),
             _ => None,
         }
@@ -57,34 +61,45 @@ impl Monitor {
     /// A reading no older than `min_refresh`; refreshes (blocking: NVML and
     /// /proc) when needed. Concurrent callers wait for one refresh and share it.
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        let mut inner = self.lock();
-        if let Some((at, snap)) = &inner.cached {
-            if at.elapsed() < self.min_refresh {
-                return Arc::clone(snap);
-            }
+        if let Some(snap) = self.fresh() {
+            return snap;
         }
-        let snap = Arc::new(inner.read());
-        inner.cached = Some((Instant::now(), Arc::clone(&snap)));
+        let mut probes = self.probes.lock().unwrap_or_else(PoisonError::into_inner);
+        // Another caller may have refreshed while we waited for the probes.
+        if let Some(snap) = self.fresh() {
+            return snap;
+        }
+        let snap = Arc::new(probes.read());
+        *self.cache() = Some((Instant::now(), Arc::clone(&snap)));
         snap
+    }
+
+    /// The host figures only (for a simulated machine over the real host).
+    pub fn host_reading(&self) -> HostReading {
+        self.snapshot().host
     }
 
     /// Forget the cached reading (e.g. right after a plugin freed memory).
     pub fn invalidate(&self) {
-        self.lock().cached = None;
+        *self.cache() = None;
     }
 }
 
-impl Inner {
+impl Probes {
     fn read(&mut self) -> Snapshot {
         let host = self.host.read();
         let (mut gpus, gpu_unavailable) = match self.gpu.read() {
             Ok(gpus) => (gpus, None),
             Err(reason) => (Vec::new(), Some(reason)),
         };
-        let pids: Vec<u32> = gpus
+        // A process on several GPUs is listed once: sysinfo drops a process
+        // whose pid it is asked to refresh twice.
+        let mut pids: Vec<u32> = gpus
             .iter()
             .flat_map(|g| g.processes.iter().map(|p| p.pid))
             .collect();
+        pids.sort_unstable();
+        pids.dedup();
         if !pids.is_empty() {
             let described = self.host.describe_processes(&pids);
             for process in gpus.iter_mut().flat_map(|g| g.processes.iter_mut()) {

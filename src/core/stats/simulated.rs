@@ -154,6 +154,26 @@ impl SimulatedMachine {
         Ok(())
     }
 
+    /// Occupy RAM; with a real host, what fits is `real_available_mb` (its
+    /// reading, which does not see simulated use) less what is occupied here.
+    pub fn occupy_ram(&mut self, mb: f64, real_available_mb: Option<f64>) -> Result<(), SimError> {
+        let Some(real) = real_available_mb else {
+            return self.occupy(None, mb);
+        };
+        let mb = amount("mb", mb)?;
+        self.apply_script();
+        let free = (real - self.ram_used_mb).max(0.0);
+        if mb > free {
+            return Err(SimError::OutOfMemory {
+                device: None,
+                requested_mb: mb,
+                free_mb: free,
+            });
+        }
+        self.ram_used_mb += mb;
+        Ok(())
+    }
+
     pub fn free(&mut self, device: Option<usize>, mb: f64) -> Result<(), SimError> {
         let mb = amount("mb", mb)?;
         self.apply_script();

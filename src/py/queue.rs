@@ -128,11 +128,7 @@ impl QueueScheduler {
             visit.call(&settings.poll_interval.value)?;
             visit.call(&settings.logger)?;
         }
-        self.wake.try_visit_wakers(|waker| {
-            visit.call(&waker.wake)?;
-            visit.call(&waker.event_loop)?;
-            visit.call(&waker.future)
-        })
+        AsyncWaker::visit_all(&self.wake, &visit)
     }
 
     fn __clear__(&self) {

@@ -694,11 +694,7 @@ impl ReservationScheduler {
         if let Ok(settings) = self.settings.try_lock() {
             visit.call(&settings.logger)?;
         }
-        self.wake.try_visit_wakers(|waker| {
-            visit.call(&waker.wake)?;
-            visit.call(&waker.event_loop)?;
-            visit.call(&waker.future)
-        })
+        AsyncWaker::visit_all(&self.wake, &visit)
     }
 
     fn __clear__(&self) {

@@ -5,8 +5,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use pyo3::gc::PyVisit;
 use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::PyTraverseError;
 
 use crate::core::wake::{WakeSignal, Waker, WakerId};
 
@@ -21,6 +23,20 @@ pub struct AsyncWaker {
     pub wake: Py<PyAny>,
     pub event_loop: Py<PyAny>,
     pub future: Py<PyAny>,
+}
+
+impl AsyncWaker {
+    /// Shows the garbage collector every object the registered wakers hold.
+    pub fn visit_all(
+        signal: &WakeSignal<AsyncWaker>,
+        visit: &PyVisit<'_>,
+    ) -> Result<(), PyTraverseError> {
+        signal.try_visit_wakers(|waker| {
+            visit.call(&waker.wake)?;
+            visit.call(&waker.event_loop)?;
+            visit.call(&waker.future)
+        })
+    }
 }
 
 impl Waker for AsyncWaker {

@@ -195,3 +195,15 @@ def test_queue_logger_level_and_message(caplog):
         "ERROR",
         "Timeout waiting for resources for whisper",
     )
+
+
+@pytest.mark.parametrize("example", ["async_app.py", "reservations.py"])
+def test_examples_run(example):
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parent.parent / "examples" / example
+    result = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    if example == "reservations.py":
+        assert "ReservationScheduler admits:  ['" in result.stdout
+        assert result.stdout.count("'whisper'") + result.stdout.count("'llama'") >= 3  # 2 + 1

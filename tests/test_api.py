@@ -3,6 +3,7 @@ field, subclassing, pickling, and no side effects at import."""
 
 from __future__ import annotations
 
+import ast
 import io
 import logging
 import pickle
@@ -206,5 +207,5 @@ def test_examples_run(example):
     assert result.returncode == 0, result.stderr
     if example == "reservations.py":
         lines = dict(line.split(":", 1) for line in result.stdout.splitlines() if "admits:" in line)
-        assert len(eval(lines["SafetyScheduler admits"])) == 2  # check-then-act: both
-        assert len(eval(lines["ReservationScheduler admits"])) == 1  # never double-booked
+        assert len(ast.literal_eval(lines["SafetyScheduler admits"])) == 2  # check-then-act: both
+        assert len(ast.literal_eval(lines["ReservationScheduler admits"])) == 1  # never double-booked

@@ -26,20 +26,20 @@ async def allocate_async(self: Any, plugin_meta: Any, stats_provider: StatsProvi
 async def queue_allocate_async(self: Any, plugin_meta: Any, stats_provider: StatsProvider) -> bool:
     """Wait for resources without blocking the loop: re-check when the scheduler
     releases a plugin, else every ``poll_interval``; give up after ``timeout``."""
-    # Read before the first stats, so a release while they are fetched is not lost.
-    seen = self._generation
     started = _monotonic()
     stats = await stats_provider()
-    if self._check_resources(plugin_meta, stats):  # the pass path: one Rust call
+    first = self._first_turn(plugin_meta, stats, started)  # the pass path: one Rust call
+    if first is True:
         return True
-    wait = self._begin_wait(_monotonic() - started, seen)
-    step = wait.after_refusal(plugin_meta)
-    while step is not False:
+    wait, step = first
+    while step >= 0:
         await _sleep_or_wake(wait, step)
         stats = await stats_provider()
         step = wait.after_stats(plugin_meta, stats)
         if step is True:
             return True
+        if step is False:
+            return False
     return False
 
 

@@ -9,7 +9,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A one-shot wake-up run (outside the lock) when the generation moves.
 /// Any `FnOnce() + Send` closure is one; the binding uses a plain struct so
@@ -47,6 +47,12 @@ struct State<W> {
 
 /// Generation counter + condition variable + registered wakers.
 pub struct WakeSignal<W = Box<dyn FnOnce() + Send>> {
+    /// Reference point for `last_notify_ns`.
+    epoch: Instant,
+    /// When the last notify happened, in ns since `epoch` (0: never), so a
+    /// waiter that did not read the generation up front can still tell
+    /// whether a release happened since it started.
+    last_notify_ns: AtomicU64,
     /// Written only with `state` locked (so condvar predicates and
     /// `subscribe` see it consistently); read lock-free on the hot path.
     generation: AtomicU64,
@@ -57,6 +63,8 @@ pub struct WakeSignal<W = Box<dyn FnOnce() + Send>> {
 impl<W: Waker> Default for WakeSignal<W> {
     fn default() -> Self {
         Self {
+            epoch: Instant::now(),
+            last_notify_ns: AtomicU64::new(0),
             generation: AtomicU64::new(0),
             state: Mutex::new(State {
                 next_id: 0,
@@ -88,6 +96,9 @@ impl<W: Waker> WakeSignal<W> {
     pub fn notify(&self) {
         let wakers = {
             let mut state = self.lock();
+            let since_epoch = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.last_notify_ns
+                .store(since_epoch.max(1), Ordering::Release);
             self.generation.fetch_add(1, Ordering::AcqRel);
             std::mem::take(&mut state.wakers)
         };
@@ -95,6 +106,17 @@ impl<W: Waker> WakeSignal<W> {
         for (_, waker) in wakers {
             waker.wake();
         }
+    }
+
+    /// Whether a notify happened at or after `since`.
+    pub fn notified_since(&self, since: Instant) -> bool {
+        let last = self.last_notify_ns.load(Ordering::Acquire);
+        if last == 0 {
+            return false;
+        }
+        let since_ns = u64::try_from(since.saturating_duration_since(self.epoch).as_nanos())
+            .unwrap_or(u64::MAX);
+        last >= since_ns
     }
 
     /// Blocks up to `timeout` until the generation differs from `seen`.
@@ -194,6 +216,16 @@ mod tests {
         signal.notify();
         assert!(signal.wait_changed(seen, Duration::from_secs(0)));
         assert!(signal.subscribe(seen, Box::new(|| {})).is_err());
+    }
+
+    #[test]
+    fn notified_since_tells_releases_after_a_start() {
+        let signal: WakeSignal = WakeSignal::new();
+        let start = Instant::now();
+        assert!(!signal.notified_since(start));
+        signal.notify();
+        assert!(signal.notified_since(start));
+        assert!(!signal.notified_since(Instant::now() + Duration::from_secs(1)));
     }
 
     #[test]

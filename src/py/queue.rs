@@ -265,27 +265,49 @@ impl QueueScheduler {
         }
     }
 
-    /// The wake generation; an async waiter reads it before its first stats.
-    #[getter]
-    fn _generation(&self) -> u64 {
-        self.wake.generation()
-    }
-
-    /// Continues an async wait after a failed first check (used by
-    /// `_drivers.queue_allocate_async`): `elapsed` seconds since it started,
-    /// `seen` the generation read before the first stats.
-    fn _begin_wait(slf: &Bound<'_, Self>, elapsed: f64, seen: u64) -> PyResult<QueueWaitState> {
+    /// The first turn of an async wait (used by `_drivers.queue_allocate_async`),
+    /// after the first stats: `True` when admitted, else the state of the
+    /// wait, which has logged as the reference does and says how to go on.
+    /// `started` is `time.monotonic()` read before the first stats; a
+    /// release since then is not lost (the first sleep ends at once).
+    fn _first_turn<'py>(
+        slf: &Bound<'py, Self>,
+        plugin_meta: &Bound<'py, PyAny>,
+        stats: &Bound<'py, PyAny>,
+        started: f64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let pristine = is_pristine::<Self>(slf)?;
+        if Self::admits(slf, plugin_meta, stats, pristine)? {
+            return Ok(pyo3::types::PyBool::new(py, true).to_owned().into_any());
+        }
+        // Only on the slow path: map the caller's monotonic start to an Instant.
+        let py_now: f64 = py
+            .import(intern!(py, "time"))?
+            .getattr(intern!(py, "monotonic"))?
+            .call0()?
+            .extract()?;
         let now = Instant::now();
-        let started = Duration::try_from_secs_f64(elapsed)
+        let started = Duration::try_from_secs_f64((py_now - started).max(0.0))
             .ok()
-            .and_then(|d| now.checked_sub(d))
+            .and_then(|elapsed| now.checked_sub(elapsed))
             .unwrap_or(now);
-        Ok(QueueWaitState {
+        let this = slf.get();
+        let generation = this.wake.generation();
+        let seen = if this.wake.notified_since(started) {
+            generation.wrapping_sub(1) // a release during the first stats: do not sleep
+        } else {
+            generation
+        };
+        let state = QueueWaitState {
             scheduler: slf.clone().unbind(),
             wait: QueueWait::start_at(started),
             slot: WakeSlot::new(seen),
-            pristine: is_pristine::<Self>(slf)?,
-        })
+            pristine,
+        };
+        let next = Self::after_refusal(slf, &state.wait, plugin_meta, WaitKind::Async)?;
+        let out = (Bound::new(py, state)?, next.map_or(-1.0, |secs| secs));
+        Ok(out.into_pyobject(py)?.into_any())
     }
 
     fn on_execution_start(&self, py: Python<'_>, plugin_name: &Bound<'_, PyAny>) -> PyResult<()> {

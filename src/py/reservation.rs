@@ -240,17 +240,39 @@ fn reading(stats: &Bound<'_, PyAny>) -> PyResult<Reading> {
         _ => None,
     };
     if let Some(gpus) = gpus {
-        for (position, gpu) in gpus.try_iter()?.enumerate() {
+        let not_a_list = |_| {
+            PyTypeError::new_err(format!(
+                "stats['details']['gpus'] must be a list of device mappings, got {}",
+                describe(&gpus)
+            ))
+        };
+        for (position, gpu) in gpus.try_iter().map_err(not_a_list)?.enumerate() {
             let gpu = gpu?;
+            let field = |name: &str| format!("stats['details']['gpus'][{position}][{name:?}]");
+            if !gpu.hasattr(intern!(py, "get"))? {
+                return Err(PyTypeError::new_err(format!(
+                    "stats['details']['gpus'][{position}] must be a mapping, got {}",
+                    describe(&gpu)
+                )));
+            }
             let index = match get_item(&gpu, "index")? {
-                Some(i) => i.extract::<u32>()?,
+                Some(i) => i.extract::<u32>().map_err(|_| {
+                    PyTypeError::new_err(format!(
+                        "{} must be an int >= 0, got {}",
+                        field("index"),
+                        describe(&i)
+                    ))
+                })?,
                 None => position as u32,
             };
-            let (Some(total), Some(free)) = (
-                stat(&gpu, "memory_total_mb")?,
-                stat(&gpu, "memory_free_mb")?,
-            ) else {
-                continue;
+            let free = match get_item(&gpu, "memory_free_mb")? {
+                Some(v) => mb(&field("memory_free_mb"), &v)?,
+                None => continue,
+            };
+            let total = match get_item(&gpu, "memory_total_mb")? {
+                Some(v) => mb(&field("memory_total_mb"), &v)?,
+                // Unknown total: only the live check applies.
+                None => f64::INFINITY,
             };
             devices.push(DeviceReading {
                 index,
@@ -260,14 +282,13 @@ fn reading(stats: &Bound<'_, PyAny>) -> PyResult<Reading> {
         }
     }
     if devices.is_empty() {
-        if let (Some(total), Some(free)) = (
-            stat(stats, "gpu_total_memory_mb")?,
-            stat(stats, "gpu_free_memory_mb")?,
-        ) {
-            if total > 0.0 {
+        let total = stat(stats, "gpu_total_memory_mb")?;
+        if let Some(free) = stat(stats, "gpu_free_memory_mb")? {
+            // A total of 0 is how some monitors say "no GPU".
+            if total.is_none_or(|t| t > 0.0) {
                 devices.push(DeviceReading {
                     index: 0,
-                    total_mb: total,
+                    total_mb: total.unwrap_or(f64::INFINITY),
                     free_mb: free,
                 });
             }
@@ -380,6 +401,11 @@ pub struct ReservationWait {
     scheduler: Py<ReservationScheduler>,
     plugin: String,
     need: Need,
+    /// When `allocate` was called: the place in line is by call time, even
+    /// when the first stats are slow.
+    arrived: Instant,
+    /// The need exceeds what the machine could ever grant: give up at once.
+    never_fits: AtomicBool,
     wait: QueueWait,
     place_in_line: Mutex<Option<WaiterId>>,
     last_refusal: Mutex<Option<String>>,
@@ -404,6 +430,8 @@ impl ReservationWait {
             scheduler: slf.clone().unbind(),
             plugin,
             need,
+            arrived: now,
+            never_fits: AtomicBool::new(false),
             wait: QueueWait::start_at(now),
             place_in_line: Mutex::new(place),
             last_refusal: Mutex::new(None),
@@ -431,7 +459,7 @@ impl ReservationWait {
         let Some(need) = scheduler.need_for(self.need, &reading) else {
             *lock(&self.last_refusal) =
                 Some("no GPU figures in the stats (on_missing_stats='block')".into());
-            self.join_line(now);
+            self.join_line();
             return Ok(None);
         };
         let (limits, start_timeout) = {
@@ -458,8 +486,12 @@ impl ReservationWait {
                 Ok(Some(PyGrant::from(&grant)))
             }
             (Err(refusal), expired) => {
+                if !Ledger::can_ever_fit(&need, &reading, limits) {
+                    self.never_fits
+                        .store(true, std::sync::atomic::Ordering::Release);
+                }
                 *lock(&self.last_refusal) = Some(refusal_text(&refusal));
-                self.join_line(now);
+                self.join_line();
                 if expired {
                     scheduler.wake.notify();
                 }
@@ -468,16 +500,15 @@ impl ReservationWait {
         }
     }
 
-    fn join_line(&self, now: Instant) {
+    /// Takes a place in line (if not in it yet), by the time of the call.
+    fn join_line(&self) {
         let mut place = lock(&self.place_in_line);
         if place.is_none() {
-            *place = Some(
-                self.scheduler
-                    .get()
-                    .state()
-                    .queue
-                    .join(&self.plugin, self.need, now),
-            );
+            *place = Some(self.scheduler.get().state().queue.join(
+                &self.plugin,
+                self.need,
+                self.arrived,
+            ));
         }
     }
 
@@ -500,13 +531,23 @@ impl ReservationWait {
             let s = slf.get().settings();
             (s.timeout, s.poll_interval)
         };
-        match self.wait.step(false, timeout, Instant::now()) {
+        let why = || {
+            lock(&self.last_refusal)
+                .clone()
+                .unwrap_or_else(|| "waiting in line".into())
+        };
+        if self.never_fits.load(std::sync::atomic::Ordering::Acquire) {
+            self.leave_line();
+            let line = format!("{} can never fit on this machine ({})", self.plugin, why());
+            ReservationScheduler::cached_logger(slf)?
+                .call_method1(intern!(py, "error"), (line,))?;
+            return Ok(None);
+        }
+        let now = Instant::now();
+        match self.wait.step(false, timeout, now) {
             Step::GiveUp => {
                 self.leave_line();
-                let why = lock(&self.last_refusal)
-                    .clone()
-                    .unwrap_or_else(|| "waiting in line".into());
-                let line = format!("{} ({why})", messages::timed_out(&self.plugin));
+                let line = format!("{} ({})", messages::timed_out(&self.plugin), why());
                 ReservationScheduler::cached_logger(slf)?
                     .call_method1(intern!(py, "error"), (line,))?;
                 Ok(None)
@@ -515,7 +556,10 @@ impl ReservationWait {
                 let line = messages::busy(kind, &poll.to_string());
                 ReservationScheduler::cached_logger(slf)?
                     .call_method1(intern!(py, "info"), (line,))?;
-                Ok(Some(poll))
+                // Never sleep past the deadline (unlike the seed's queue,
+                // which overshoots by up to a poll_interval).
+                let left = timeout - now.saturating_duration_since(self.arrived).as_secs_f64();
+                Ok(Some(poll.min(left.max(0.0) + 0.001)))
             }
         }
     }

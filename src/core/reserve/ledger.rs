@@ -202,23 +202,46 @@ impl Ledger {
                 .collect();
             devices.sort_unstable();
         }
-        if need.ram_mb > 0.0 {
-            if let Some(total) = reading.ram_total_mb {
-                let (reserved, recent) = self.reserved_ram(now, limits.settle);
-                let mut available = limits.headroom * total - reserved;
-                if let Some(free) = reading.ram_available_mb {
-                    available = available.min(free - recent);
-                }
-                if need.ram_mb > available {
-                    return Err(Refusal::Ram {
-                        needed_mb: need.ram_mb,
-                        available_mb: available,
-                        holders: self.holders(None),
-                    });
-                }
+        if need.ram_mb > 0.0
+            && (reading.ram_total_mb.is_some() || reading.ram_available_mb.is_some())
+        {
+            let (reserved, recent) = self.reserved_ram(now, limits.settle);
+            // An unknown total leaves only the live check; an unknown live
+            // figure leaves only the capacity check.
+            let capacity = reading
+                .ram_total_mb
+                .map_or(f64::INFINITY, |t| limits.headroom * t - reserved);
+            let live = reading
+                .ram_available_mb
+                .map_or(f64::INFINITY, |free| free - recent);
+            let available = capacity.min(live);
+            if need.ram_mb > available {
+                return Err(Refusal::Ram {
+                    needed_mb: need.ram_mb,
+                    available_mb: available,
+                    holders: self.holders(None),
+                });
             }
         }
         Ok(devices)
+    }
+
+    /// Whether `need` could ever be granted on this machine, whatever is
+    /// released: within `headroom × total` on enough devices, and in RAM.
+    pub fn can_ever_fit(need: &Need, reading: &Reading, limits: Limits) -> bool {
+        if need.gpu_count > 0 {
+            let big_enough = reading
+                .devices
+                .iter()
+                .filter(|d| need.vram_mb <= limits.headroom * d.total_mb)
+                .count();
+            if (big_enough as u32) < need.gpu_count {
+                return false;
+            }
+        }
+        reading
+            .ram_total_mb
+            .is_none_or(|total| need.ram_mb <= limits.headroom * total)
     }
 
     /// Atomic check-and-reserve.
@@ -429,6 +452,51 @@ mod tests {
         let expired = ledger.expire(t0 + Duration::from_secs(61), Duration::from_secs(60));
         assert_eq!(expired.len(), 1);
         assert_eq!(ledger.grants().count(), 0);
+    }
+
+    #[test]
+    fn unknown_totals_leave_the_live_check() {
+        let mut ledger = Ledger::new();
+        let r = Reading {
+            devices: vec![DeviceReading {
+                index: 0,
+                total_mb: f64::INFINITY,
+                free_mb: 8_000.0,
+            }],
+            ram_total_mb: None,
+            ram_available_mb: Some(1_000.0),
+        };
+        let now = Instant::now();
+        assert!(ledger.grant("a", &gpu(9_000.0), &r, LIMITS, now).is_err());
+        let ram = Need {
+            gpu_count: 0,
+            vram_mb: 0.0,
+            ram_mb: 2_000.0,
+        };
+        assert!(matches!(
+            ledger.grant("b", &ram, &r, LIMITS, now),
+            Err(Refusal::Ram { .. })
+        ));
+        assert!(Ledger::can_ever_fit(&gpu(9_000.0), &r, LIMITS));
+    }
+
+    #[test]
+    fn needs_beyond_the_machine_can_never_fit() {
+        let r = reading(&[(24_000.0, 24_000.0), (16_000.0, 16_000.0)]);
+        assert!(Ledger::can_ever_fit(&gpu(21_600.0), &r, LIMITS));
+        assert!(!Ledger::can_ever_fit(&gpu(21_601.0), &r, LIMITS));
+        let three = Need {
+            gpu_count: 3,
+            vram_mb: 1.0,
+            ram_mb: 0.0,
+        };
+        assert!(!Ledger::can_ever_fit(&three, &r, LIMITS));
+        let ram = Need {
+            gpu_count: 0,
+            vram_mb: 0.0,
+            ram_mb: 60_000.0,
+        };
+        assert!(!Ledger::can_ever_fit(&ram, &r, LIMITS));
     }
 
     #[test]

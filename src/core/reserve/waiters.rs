@@ -50,15 +50,24 @@ pub struct WaitQueue {
 }
 
 impl WaitQueue {
+    /// Adds a waiter who first asked at `arrived`.
     pub fn join(&mut self, plugin: &str, need: Need, now: Instant) -> WaiterId {
         let id = WaiterId(self.next_id);
         self.next_id += 1;
-        self.waiters.push(Waiter {
-            id,
-            plugin: plugin.to_owned(),
-            need,
-            arrived: now,
-        });
+        // Kept in arrival order (a waiter may join late, stamped with the
+        // time it first asked), so listing order is FIFO order.
+        let at = self
+            .waiters
+            .partition_point(|w| (w.arrived, w.id) <= (now, id));
+        self.waiters.insert(
+            at,
+            Waiter {
+                id,
+                plugin: plugin.to_owned(),
+                need,
+                arrived: now,
+            },
+        );
         id
     }
 
@@ -87,9 +96,7 @@ impl WaitQueue {
 
     /// 0-based place of `id` in the policy's order (FIFO: arrival order).
     pub fn position(&self, id: WaiterId) -> Option<usize> {
-        let mut order: Vec<&Waiter> = self.waiters.iter().collect();
-        order.sort_by_key(|w| (w.arrived, w.id));
-        order.iter().position(|w| w.id == id)
+        self.waiters.iter().position(|w| w.id == id)
     }
 }
 
@@ -118,5 +125,17 @@ mod tests {
         assert!(q.is_turn_of(b, &Fifo, t0));
         assert_eq!(q.position(c), Some(1));
         assert_eq!(q.len(), 2);
+    }
+
+    #[test]
+    fn a_late_joiner_keeps_its_arrival_place() {
+        let mut q = WaitQueue::default();
+        let t0 = Instant::now();
+        let late = q.join("b", NEED, t0 + Duration::from_millis(5));
+        let early = q.join("a", NEED, t0);
+        assert_eq!(q.position(early), Some(0));
+        assert_eq!(q.position(late), Some(1));
+        assert_eq!(q.waiters()[0].plugin, "a");
+        assert!(q.is_turn_of(early, &Fifo, t0));
     }
 }

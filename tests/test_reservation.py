@@ -1389,3 +1389,43 @@ def test_a_need_that_can_never_fit_gives_up_at_once_and_blocks_nobody(caplog):
     assert any("can never fit" in r.getMessage() for r in caplog.records)
     assert n_waiters(s) == 0
     assert s.allocate(gpu_meta("small", 1000), sim) is True
+
+
+@pytest.mark.parametrize("blocked_by", ["settle", "expiry"])
+def test_waiter_rechecks_when_the_ledger_changes_by_itself(blocked_by):
+    """No release announces that a grant settled (the reading now shows it) or
+    that an unstarted grant expired: the waiter must re-check then, not at
+    its next poll."""
+    if blocked_by == "settle":
+        # 48 GB card whose reading shows 24 GB free. Within the settle window
+        # the first 16 GB grant is subtracted from that reading (8 GB left);
+        # after it, the reading is taken to include it, so 16 GB more fit.
+        s = ReservationScheduler(timeout=20, poll_interval=LONG_POLL, headroom=1.0, settle_s=0.3)
+        stats = fixed(gpus_stats((0, 48000, 24000)))
+    else:
+        # Capacity allows one 16 GB grant at a time; the first is never
+        # started, so it expires and the second gets its place.
+        s = ReservationScheduler(timeout=20, poll_interval=LONG_POLL, headroom=0.5, settle_s=0, start_timeout=0.3)
+        stats = fixed(gpus_stats((0, 48000, 48000)))
+    assert s.allocate(gpu_meta("first", 16000), stats)
+    t0 = time.monotonic()
+    assert s.allocate(gpu_meta("second", 16000), stats)
+    waited = time.monotonic() - t0
+    assert 0.2 < waited < PROMPT, f"re-checked after {waited:.2f}s (poll_interval is {LONG_POLL}s)"
+
+
+def test_a_lease_is_not_released_by_a_name_based_finish():
+    sim = SimulatedSystem(gpus=[24000.0])
+    s = ReservationScheduler(timeout=1, poll_interval=0.05)
+    with s.lease(gpu_meta("w", 1000), sim) as grant:
+        s.on_execution_finish("w")  # e.g. a host finishing another run of "w"
+        assert [g["id"] for g in s.snapshot()["grants"]] == [grant.id]
+    assert s.snapshot()["grants"] == []
+
+
+def test_record_peak_names_a_bad_field():
+    s = ReservationScheduler()
+    with pytest.raises(TypeError, match="vram_mb"):
+        s.record_peak("p", vram_mb="x")
+    with pytest.raises(ValueError, match="ram_mb"):
+        s.record_peak("p", ram_mb=-1)

@@ -557,9 +557,23 @@ impl ReservationWait {
                 ReservationScheduler::cached_logger(slf)?
                     .call_method1(intern!(py, "info"), (line,))?;
                 // Never sleep past the deadline (unlike the seed's queue,
-                // which overshoots by up to a poll_interval).
+                // which overshoots by up to a poll_interval), nor past the
+                // moment the ledger changes by itself (a grant settles or
+                // expires), which no release would announce.
                 let left = timeout - now.saturating_duration_since(self.arrived).as_secs_f64();
-                Ok(Some(poll.min(left.max(0.0) + 0.001)))
+                let (settle, start_timeout) = {
+                    let s = slf.get().settings();
+                    (s.limits.settle, s.start_timeout)
+                };
+                let change = slf
+                    .get()
+                    .state()
+                    .ledger
+                    .next_change(now, settle, start_timeout)
+                    .map_or(f64::INFINITY, |t| {
+                        t.saturating_duration_since(now).as_secs_f64()
+                    });
+                Ok(Some(poll.min(left.max(0.0) + 0.001).min(change + 0.001)))
             }
         }
     }
@@ -830,7 +844,7 @@ impl ReservationScheduler {
         let mut state = self.state();
         let found = state.ledger.get(GrantId(grant_id)).is_some();
         if found {
-            state.ledger.start_grant(GrantId(grant_id));
+            state.ledger.start_lease(GrantId(grant_id));
         }
         found
     }
@@ -862,9 +876,11 @@ impl ReservationScheduler {
         &self,
         py: Python<'py>,
         plugin_name: &str,
-        vram_mb: Option<f64>,
-        ram_mb: Option<f64>,
+        vram_mb: Option<&Bound<'py, PyAny>>,
+        ram_mb: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyDict>> {
+        let vram_mb = vram_mb.map(|v| mb("vram_mb", v)).transpose()?;
+        let ram_mb = ram_mb.map(|v| mb("ram_mb", v)).transpose()?;
         let peak = self
             .state()
             .peaks

@@ -55,6 +55,8 @@ pub struct Grant {
     pub ram_mb: f64,
     pub granted_at: Instant,
     pub started: bool,
+    /// Held by a lease (released by id): name-based start/finish skip it.
+    pub leased: bool,
 }
 
 impl Grant {
@@ -268,6 +270,7 @@ impl Ledger {
             ram_mb: need.ram_mb,
             granted_at: now,
             started: false,
+            leased: false,
         };
         self.grants.insert(id, grant.clone());
         Ok(grant)
@@ -278,16 +281,17 @@ impl Ledger {
         let grant = self
             .grants
             .values_mut()
-            .find(|g| g.plugin == plugin && !g.started)?;
+            .find(|g| g.plugin == plugin && !g.started && !g.leased)?;
         grant.started = true;
         Some(grant.id)
     }
 
-    /// Marks one grant started (a lease); `false` if it is gone.
-    pub fn start_grant(&mut self, id: GrantId) -> bool {
+    /// Marks one grant started and held by a lease; `false` if it is gone.
+    pub fn start_lease(&mut self, id: GrantId) -> bool {
         match self.grants.get_mut(&id) {
             Some(grant) => {
                 grant.started = true;
+                grant.leased = true;
                 true
             }
             None => false,
@@ -295,15 +299,38 @@ impl Ledger {
     }
 
     /// Releases the oldest started grant of `plugin` (or, if none started,
-    /// the oldest unstarted one).
+    /// the oldest unstarted one); grants held by leases are not touched.
     pub fn finish(&mut self, plugin: &str) -> Option<Grant> {
+        let by_name = |g: &&Grant| g.plugin == plugin && !g.leased;
         let id = self
             .grants
             .values()
-            .find(|g| g.plugin == plugin && g.started)
-            .or_else(|| self.grants.values().find(|g| g.plugin == plugin))
+            .filter(by_name)
+            .find(|g| g.started)
+            .or_else(|| self.grants.values().find(by_name))
             .map(|g| g.id)?;
         self.grants.remove(&id)
+    }
+
+    /// The next moment the ledger changes by itself: a recent grant leaves
+    /// the settle window (the readings now show it), or an unstarted grant
+    /// expires. A waiter re-checks then instead of at its next poll.
+    pub fn next_change(
+        &self,
+        now: Instant,
+        settle: Duration,
+        start_timeout: Duration,
+    ) -> Option<Instant> {
+        self.grants
+            .values()
+            .flat_map(|g| {
+                let settled = g.granted_at + settle;
+                let expires = (!g.started).then(|| g.granted_at + start_timeout);
+                [Some(settled), expires]
+            })
+            .flatten()
+            .filter(|&t| t > now)
+            .min()
     }
 
     pub fn release(&mut self, id: GrantId) -> Option<Grant> {
@@ -336,7 +363,8 @@ impl Ledger {
     }
 
     pub fn reserved_ram_mb(&self) -> f64 {
-        self.grants.values().map(|g| g.ram_mb).sum()
+        // `+ 0.0` turns the empty sum's -0.0 into 0.0.
+        self.grants.values().map(|g| g.ram_mb).sum::<f64>() + 0.0
     }
 }
 
@@ -497,6 +525,29 @@ mod tests {
             ram_mb: 60_000.0,
         };
         assert!(!Ledger::can_ever_fit(&ram, &r, LIMITS));
+    }
+
+    #[test]
+    fn leases_are_not_released_by_name_and_the_next_change_is_known() {
+        let mut ledger = Ledger::new();
+        let r = reading(&[(24_000.0, 24_000.0)]);
+        let t0 = Instant::now();
+        let leased = ledger
+            .grant("w", &gpu(1_000.0), &r, LIMITS, t0)
+            .map(|g| g.id);
+        assert!(leased.is_ok_and(|id| ledger.start_lease(id)));
+        assert_eq!(ledger.finish("w"), None);
+        assert_eq!(ledger.start("w"), None);
+        let settle = Duration::from_secs(2);
+        assert_eq!(
+            ledger.next_change(t0, settle, Duration::from_secs(60)),
+            Some(t0 + settle)
+        );
+        assert_eq!(
+            ledger.next_change(t0 + settle, settle, Duration::from_secs(60)),
+            None
+        );
+        assert_eq!(ledger.reserved_ram_mb().to_bits(), 0.0f64.to_bits());
     }
 
     #[test]

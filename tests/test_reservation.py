@@ -1429,3 +1429,26 @@ def test_record_peak_names_a_bad_field():
         s.record_peak("p", vram_mb="x")
     with pytest.raises(ValueError, match="ram_mb"):
         s.record_peak("p", ram_mb=-1)
+
+
+def test_peaks_are_recorded_from_attributed_gpu_processes(tmp_path):
+    """A process attached to a grant: its GPU memory in a SystemMonitor-shaped
+    reading becomes the plugin's peak, and later grants reserve it × margin."""
+    s = ReservationScheduler(timeout=1, poll_interval=0.05, peaks_path=tmp_path / "peaks.json", peak_margin=1.5)
+    stats = gpus_stats((0, 80000, 80000))
+    grant = s._reserve(gpu_meta("whisper", 1000), fixed(stats))
+    assert grant is not None
+    assert s.attach_pid(grant.id, 4242) is True
+    assert s.attach_pid(10**6, 1) is False  # no such grant
+    stats["details"]["gpus"][0]["processes"] = [
+        {"pid": 4242, "used_gpu_mb": 6000.0, "name": "python", "command": "python worker.py"},
+        {"pid": 999, "used_gpu_mb": 50000.0, "name": "other", "command": "other"},  # not ours
+        {"pid": "junk", "used_gpu_mb": None},  # skipped, not an error
+    ]
+    assert s.observe(stats) == 1
+    assert s.peaks()["whisper"]["vram_mb"] == 6000.0
+    s._release_grant(grant.id)
+    again = s._reserve(gpu_meta("whisper", 1000), fixed(gpus_stats((0, 80000, 80000))))
+    assert again is not None and again.vram_mb == 9000.0  # max(1000, 6000 × 1.5)
+    reloaded = ReservationScheduler(peaks_path=tmp_path / "peaks.json")
+    assert reloaded.peaks()["whisper"]["vram_mb"] == 6000.0

@@ -301,6 +301,49 @@ fn reading(stats: &Bound<'_, PyAny>) -> PyResult<Reading> {
     })
 }
 
+/// `(pid, used_gpu_mb)` of each GPU process in `details['gpus'][*]['processes']`
+/// (as `SystemMonitor` reports them); entries it cannot read are skipped.
+fn gpu_processes(stats: &Bound<'_, PyAny>) -> PyResult<Vec<(u32, f64)>> {
+    let py = stats.py();
+    let mut out = Vec::new();
+    let Some(details) = get_item(stats, "details")? else {
+        return Ok(out);
+    };
+    if !details.hasattr(intern!(py, "get"))? {
+        return Ok(out);
+    }
+    let Some(gpus) = get_item(&details, "gpus")? else {
+        return Ok(out);
+    };
+    let Ok(gpus) = gpus.try_iter() else {
+        return Ok(out);
+    };
+    for gpu in gpus.flatten() {
+        if !gpu.hasattr(intern!(py, "get"))? {
+            continue;
+        }
+        let Some(processes) = get_item(&gpu, "processes")? else {
+            continue;
+        };
+        let Ok(processes) = processes.try_iter() else {
+            continue;
+        };
+        for process in processes.flatten() {
+            if !process.hasattr(intern!(py, "get"))? {
+                continue;
+            }
+            let pid = get_item(&process, "pid")?.and_then(|p| p.extract::<u32>().ok());
+            let used = get_item(&process, "used_gpu_mb")?.and_then(|u| u.extract::<f64>().ok());
+            if let (Some(pid), Some(used)) = (pid, used) {
+                if used.is_finite() && used >= 0.0 {
+                    out.push((pid, used));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 fn refusal_text(r: &Refusal) -> String {
     match r {
         Refusal::NotEnoughDevices { needed, present } => {
@@ -379,6 +422,32 @@ impl ReservationScheduler {
         state.ledger.place(need, reading, limits, now)
     }
 
+    /// Records peaks for plugins whose grants have processes attached, from
+    /// the per-process GPU memory in `stats` (the largest use on one device).
+    fn observe_peaks(&self, stats: &Bound<'_, PyAny>) -> PyResult<usize> {
+        let processes = gpu_processes(stats)?;
+        if processes.is_empty() {
+            return Ok(0);
+        }
+        let mut state = self.state();
+        let observed: Vec<(String, f64)> = processes
+            .iter()
+            .filter_map(|&(pid, used)| {
+                state
+                    .ledger
+                    .plugin_of_pid(pid)
+                    .map(|p| (p.to_owned(), used))
+            })
+            .collect();
+        for (plugin, used) in &observed {
+            state
+                .peaks
+                .record(plugin, Some(*used), None)
+                .map_err(PyValueError::new_err)?;
+        }
+        Ok(observed.len())
+    }
+
     /// `need` adjusted for stats without GPU figures (`on_missing_stats`).
     fn need_for(&self, need: Need, reading: &Reading) -> Option<Need> {
         if need.gpu_count == 0 || !reading.devices.is_empty() {
@@ -455,6 +524,7 @@ impl ReservationWait {
     fn try_grant(&self, stats: &Bound<'_, PyAny>) -> PyResult<Option<PyGrant>> {
         let scheduler = self.scheduler.get();
         let reading = reading(stats)?;
+        scheduler.observe_peaks(stats)?;
         let now = Instant::now();
         let Some(need) = scheduler.need_for(self.need, &reading) else {
             *lock(&self.last_refusal) =
@@ -855,6 +925,19 @@ impl ReservationScheduler {
             self.wake.notify();
         }
         released
+    }
+
+    /// Records that process `pid` runs the plugin of grant `grant_id`, so
+    /// its GPU memory (from a `SystemMonitor` reading passed to `observe`,
+    /// or read while someone waits) is recorded as the plugin's peak.
+    fn attach_pid(&self, grant_id: u64, pid: u32) -> bool {
+        self.state().ledger.attach_pid(GrantId(grant_id), pid)
+    }
+
+    /// Records peaks from a stats reading (see `attach_pid`); returns how many
+    /// processes were attributed to a grant.
+    fn observe(&self, stats: &Bound<'_, PyAny>) -> PyResult<usize> {
+        self.observe_peaks(stats)
     }
 
     /// Names of plugins with a started reservation (a new set).

@@ -57,6 +57,8 @@ pub struct Grant {
     pub started: bool,
     /// Held by a lease (released by id): name-based start/finish skip it.
     pub leased: bool,
+    /// Processes running this grant's plugin, for measured peaks.
+    pub pids: Vec<u32>,
 }
 
 impl Grant {
@@ -271,6 +273,7 @@ impl Ledger {
             granted_at: now,
             started: false,
             leased: false,
+            pids: Vec::new(),
         };
         self.grants.insert(id, grant.clone());
         Ok(grant)
@@ -296,6 +299,27 @@ impl Ledger {
             }
             None => false,
         }
+    }
+
+    /// Records that `pid` runs the grant's plugin; `false` if the grant is gone.
+    pub fn attach_pid(&mut self, id: GrantId, pid: u32) -> bool {
+        match self.grants.get_mut(&id) {
+            Some(grant) => {
+                if !grant.pids.contains(&pid) {
+                    grant.pids.push(pid);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The plugin whose grant has `pid` attached, if any.
+    pub fn plugin_of_pid(&self, pid: u32) -> Option<&str> {
+        self.grants
+            .values()
+            .find(|g| g.pids.contains(&pid))
+            .map(|g| g.plugin.as_str())
     }
 
     /// Releases the oldest started grant of `plugin` (or, if none started,

@@ -6,9 +6,10 @@
 //! `explain`, `snapshot` and measured peaks. The decisions are in
 //! `core::reserve`; this layer reads manifests and stats and waits.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
@@ -53,6 +54,28 @@ struct State {
     ledger: Ledger,
     queue: WaitQueue,
     peaks: Peaks,
+    /// Each waiter in line has its own wake signal, so a release wakes only
+    /// the one whose turn it is (FIFO: the others could not take it anyway).
+    signals: HashMap<WaiterId, Arc<WakeSignal<AsyncWaker>>>,
+}
+
+impl State {
+    fn join(
+        &mut self,
+        plugin: &str,
+        need: Need,
+        arrived: Instant,
+        signal: &Arc<WakeSignal<AsyncWaker>>,
+    ) -> WaiterId {
+        let id = self.queue.join(plugin, need, arrived);
+        self.signals.insert(id, Arc::clone(signal));
+        id
+    }
+
+    fn leave(&mut self, id: WaiterId) -> bool {
+        self.signals.remove(&id);
+        self.queue.leave(id)
+    }
 }
 
 /// Reserves what a plugin declares (per GPU device, and RAM) atomically:
@@ -64,7 +87,6 @@ pub struct ReservationScheduler {
     patched: AtomicBool,
     settings: Mutex<Settings>,
     state: Mutex<State>,
-    wake: WakeSignal<AsyncWaker>,
     policy: Box<dyn Policy>,
 }
 
@@ -448,6 +470,20 @@ impl ReservationScheduler {
         Ok(observed.len())
     }
 
+    /// Wakes the waiter whose turn it is now (if any). The signal is
+    /// notified outside the state lock: an async waker runs Python code.
+    fn notify_head(&self) {
+        let head = {
+            let state = self.state();
+            self.policy
+                .pick(state.queue.waiters(), Instant::now())
+                .and_then(|id| state.signals.get(&id).cloned())
+        };
+        if let Some(signal) = head {
+            signal.notify();
+        }
+    }
+
     /// `need` adjusted for stats without GPU figures (`on_missing_stats`).
     fn need_for(&self, need: Need, reading: &Reading) -> Option<Need> {
         if need.gpu_count == 0 || !reading.devices.is_empty() {
@@ -478,6 +514,8 @@ pub struct ReservationWait {
     wait: QueueWait,
     place_in_line: Mutex<Option<WaiterId>>,
     last_refusal: Mutex<Option<String>>,
+    /// This waiter's own wake signal (see `State::signals`).
+    signal: Arc<WakeSignal<AsyncWaker>>,
     slot: WakeSlot,
 }
 
@@ -490,10 +528,11 @@ impl ReservationWait {
         let (plugin, declared) = declared_need(plugin_meta)?;
         let need = this.effective_need(&plugin, declared);
         let now = Instant::now();
+        let signal = Arc::new(WakeSignal::new());
         // FIFO fairness: a newcomer does not overtake waiters already in line.
         let place = {
             let mut state = this.state();
-            (!state.queue.is_empty()).then(|| state.queue.join(&plugin, need, now))
+            (!state.queue.is_empty()).then(|| state.join(&plugin, need, now, &signal))
         };
         Ok(Self {
             scheduler: slf.clone().unbind(),
@@ -504,7 +543,8 @@ impl ReservationWait {
             wait: QueueWait::start_at(now),
             place_in_line: Mutex::new(place),
             last_refusal: Mutex::new(None),
-            slot: WakeSlot::new(this.wake.generation()),
+            slot: WakeSlot::new(signal.generation()),
+            signal,
         })
     }
 
@@ -544,7 +584,7 @@ impl ReservationWait {
                 .grant(&self.plugin, &need, &reading, limits, now);
             if result.is_ok() {
                 if let Some(id) = lock(&self.place_in_line).take() {
-                    state.queue.leave(id);
+                    state.leave(id);
                 }
             }
             (result, expired)
@@ -552,7 +592,7 @@ impl ReservationWait {
         match granted {
             (Ok(grant), _) => {
                 // The next in line may now try.
-                scheduler.wake.notify();
+                scheduler.notify_head();
                 Ok(Some(PyGrant::from(&grant)))
             }
             (Err(refusal), expired) => {
@@ -563,7 +603,7 @@ impl ReservationWait {
                 *lock(&self.last_refusal) = Some(refusal_text(&refusal));
                 self.join_line();
                 if expired {
-                    scheduler.wake.notify();
+                    scheduler.notify_head();
                 }
                 Ok(None)
             }
@@ -574,10 +614,11 @@ impl ReservationWait {
     fn join_line(&self) {
         let mut place = lock(&self.place_in_line);
         if place.is_none() {
-            *place = Some(self.scheduler.get().state().queue.join(
+            *place = Some(self.scheduler.get().state().join(
                 &self.plugin,
                 self.need,
                 self.arrived,
+                &self.signal,
             ));
         }
     }
@@ -586,9 +627,9 @@ impl ReservationWait {
     fn leave_line(&self) {
         if let Some(id) = lock(&self.place_in_line).take() {
             let scheduler = self.scheduler.get();
-            let left = scheduler.state().queue.leave(id);
+            let left = scheduler.state().leave(id);
             if left {
-                scheduler.wake.notify();
+                scheduler.notify_head();
             }
         }
     }
@@ -678,13 +719,12 @@ impl ReservationWait {
     }
 
     fn subscribe(&self, wake: Py<PyAny>, event_loop: Py<PyAny>, future: Py<PyAny>) -> Option<u64> {
-        self.slot
-            .subscribe(&self.scheduler.get().wake, wake, event_loop, future)
+        self.slot.subscribe(&self.signal, wake, event_loop, future)
     }
 
     #[pyo3(signature = (token))]
     fn unsubscribe(&self, token: Option<u64>) {
-        self.slot.unsubscribe(&self.scheduler.get().wake, token);
+        self.slot.unsubscribe(&self.signal, token);
     }
 }
 
@@ -735,8 +775,8 @@ impl ReservationScheduler {
                 ledger: Ledger::new(),
                 queue: WaitQueue::default(),
                 peaks: Peaks::in_memory(),
+                signals: HashMap::new(),
             }),
-            wake: WakeSignal::new(),
             policy: Box::new(Fifo),
         }
     }
@@ -822,14 +862,22 @@ impl ReservationScheduler {
         if let Ok(settings) = self.settings.try_lock() {
             visit.call(&settings.logger)?;
         }
-        AsyncWaker::visit_all(&self.wake, &visit)
+        if let Ok(state) = self.state.try_lock() {
+            for signal in state.signals.values() {
+                AsyncWaker::visit_all(signal, &visit)?;
+            }
+        }
+        Ok(())
     }
 
     fn __clear__(&self) {
         if !self.constructed.get() {
             return;
         }
-        drop(self.wake.take_wakers());
+        let signals: Vec<_> = self.state().signals.values().cloned().collect();
+        for signal in signals {
+            drop(signal.take_wakers());
+        }
         self.settings().logger = None;
     }
 
@@ -866,7 +914,7 @@ impl ReservationScheduler {
         let py = slf.py();
         require_callable("stats_provider", stats_provider)?;
         let wait = ReservationWait::begin(slf, plugin_meta)?;
-        let signal = &slf.get().wake;
+        let signal = Arc::clone(&wait.signal);
         let result = (|| loop {
             let seen = signal.generation();
             if wait.is_my_turn() {
@@ -877,7 +925,7 @@ impl ReservationScheduler {
             }
             match wait.refused(py, WaitKind::Blocking)? {
                 None => return Ok(None),
-                Some(secs) => sleep_or_wake(py, signal, seen, secs)?,
+                Some(secs) => sleep_or_wake(py, &signal, seen, secs)?,
             }
         })();
         // On success the place was already given up; on error (provider
@@ -906,7 +954,7 @@ impl ReservationScheduler {
     fn on_execution_finish(&self, plugin_name: &str) {
         let released = self.state().ledger.finish(plugin_name).is_some();
         if released {
-            self.wake.notify();
+            self.notify_head();
         }
     }
 
@@ -922,7 +970,7 @@ impl ReservationScheduler {
     fn _release_grant(&self, grant_id: u64) -> bool {
         let released = self.state().ledger.release(GrantId(grant_id)).is_some();
         if released {
-            self.wake.notify();
+            self.notify_head();
         }
         released
     }
@@ -1101,7 +1149,11 @@ impl ReservationScheduler {
     }
 
     fn _pending_wakers(&self) -> usize {
-        self.wake.pending_wakers()
+        self.state()
+            .signals
+            .values()
+            .map(|s| s.pending_wakers())
+            .sum()
     }
 
     fn __repr__(&self) -> String {

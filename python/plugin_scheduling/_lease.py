@@ -13,19 +13,19 @@ from typing import Any, AsyncIterator, Iterator
 from ._core import ReservationTimeout
 
 
-def _timed_out(scheduler: Any, plugin_meta: Any) -> ReservationTimeout:
-    return ReservationTimeout(
-        f"no reservation for {getattr(plugin_meta, 'name', plugin_meta)!r} within timeout={scheduler.timeout}s"
-    )
+def _started(scheduler: Any, grant: Any, plugin_meta: Any) -> Any:
+    """The grant marked as held by a lease, or ReservationTimeout if none came."""
+    if grant is None:
+        name = getattr(plugin_meta, "name", plugin_meta)
+        raise ReservationTimeout(f"no reservation for {name!r} within timeout={scheduler.timeout}s")
+    scheduler._start_grant(grant.id)
+    return grant
 
 
 @contextmanager
 def lease(self: Any, plugin_meta: Any, stats_provider: Any) -> Iterator[Any]:
     """Reserve (blocking), yield the ``Grant``, release on exit."""
-    grant = self._reserve(plugin_meta, stats_provider)
-    if grant is None:
-        raise _timed_out(self, plugin_meta)
-    self._start_grant(grant.id)
+    grant = _started(self, self._reserve(plugin_meta, stats_provider), plugin_meta)
     try:
         yield grant
     finally:
@@ -35,10 +35,7 @@ def lease(self: Any, plugin_meta: Any, stats_provider: Any) -> Iterator[Any]:
 @asynccontextmanager
 async def lease_async(self: Any, plugin_meta: Any, stats_provider: Any) -> AsyncIterator[Any]:
     """Reserve (awaiting), yield the ``Grant``, release on exit or cancellation."""
-    grant = await self._reserve_async(plugin_meta, stats_provider)
-    if grant is None:
-        raise _timed_out(self, plugin_meta)
-    self._start_grant(grant.id)
+    grant = _started(self, await self._reserve_async(plugin_meta, stats_provider), plugin_meta)
     try:
         yield grant
     finally:

@@ -13,7 +13,7 @@ use pyo3::PyTraverseError;
 use super::errors::seconds;
 use super::inputs::{format_value, queue_check};
 use super::schedulers::{is_pristine, patchable, reduce, require_callable};
-use super::waiting::{class_logger, sleep_or_wake, AsyncWaker, Constructed, WakeSlot};
+use super::waiting::{sleep_or_wake, AsyncWaker, Constructed, LoggerCell, WakeSlot};
 use crate::core::messages::{self, WaitKind};
 use crate::core::queue_wait::{QueueWait, Step};
 use crate::core::wake::WakeSignal;
@@ -28,7 +28,6 @@ struct Setting {
 struct QueueSettings {
     timeout: Setting,
     poll_interval: Setting,
-    logger: Option<Py<PyAny>>,
 }
 
 /// Waits until resources fit or `timeout` passes; wakes at once when
@@ -38,6 +37,7 @@ pub struct QueueScheduler {
     constructed: Constructed,
     patched: AtomicBool,
     settings: Mutex<QueueSettings>,
+    logger: LoggerCell,
     active: Py<PySet>,
     wake: WakeSignal<AsyncWaker>,
 }
@@ -53,13 +53,7 @@ impl QueueScheduler {
     }
 
     fn logger<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
-        let py = slf.py();
-        if let Some(logger) = &slf.get().settings().logger {
-            return Ok(logger.bind(py).clone());
-        }
-        let logger = class_logger(slf.as_any())?;
-        slf.get().settings().logger = Some(logger.clone().unbind());
-        Ok(logger)
+        slf.get().logger.get(slf.as_any())
     }
 
     /// The check, through `self._check_resources` unless `pristine`.
@@ -126,8 +120,8 @@ impl QueueScheduler {
         if let Ok(settings) = self.settings.try_lock() {
             visit.call(&settings.timeout.value)?;
             visit.call(&settings.poll_interval.value)?;
-            visit.call(&settings.logger)?;
         }
+        self.logger.visit(&visit)?;
         AsyncWaker::visit_all(&self.wake, &visit)
     }
 
@@ -137,7 +131,7 @@ impl QueueScheduler {
         }
         // Dropping the wakers breaks the cycle; their futures are not resolved.
         drop(self.wake.take_wakers());
-        self.settings().logger = None;
+        self.logger.set(None);
     }
 
     #[new]
@@ -155,10 +149,10 @@ impl QueueScheduler {
         };
         Ok(Self {
             constructed: Constructed::new(),
+            logger: LoggerCell::default(),
             settings: Mutex::new(QueueSettings {
                 timeout: setting(DEFAULT_TIMEOUT)?,
                 poll_interval: setting(DEFAULT_POLL_INTERVAL)?,
-                logger: None,
             }),
             patched: AtomicBool::new(false),
             active: PySet::empty(py)?.unbind(),
@@ -177,7 +171,7 @@ impl QueueScheduler {
         let default_poll = pyo3::types::PyFloat::new(py, DEFAULT_POLL_INTERVAL).into_any();
         Self::set_timeout(slf, timeout.unwrap_or(&default_timeout))?;
         Self::set_poll_interval(slf, poll_interval.unwrap_or(&default_poll))?;
-        slf.get().settings().logger = None;
+        slf.get().logger.set(None);
         slf.get().active.bind(py).clear();
         Ok(())
     }
@@ -222,7 +216,7 @@ impl QueueScheduler {
 
     #[setter(logger)]
     fn set_logger(&self, value: Py<PyAny>) {
-        self.settings().logger = Some(value);
+        self.logger.set(Some(value));
     }
 
     /// The live set behind `get_active_plugins()` (the reference's attribute).

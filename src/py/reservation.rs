@@ -21,7 +21,7 @@ use pyo3::PyTraverseError;
 
 use super::errors::{describe, seconds, InvalidManifest};
 use super::schedulers::{patchable, require_callable};
-use super::waiting::{class_logger, sleep_or_wake, AsyncWaker, Constructed, WakeSlot};
+use super::waiting::{sleep_or_wake, AsyncWaker, Constructed, LoggerCell, WakeSlot};
 use crate::core::messages::{self, WaitKind};
 use crate::core::queue_wait::{QueueWait, Step};
 use crate::core::reserve::ledger::{
@@ -47,7 +47,6 @@ struct Settings {
     start_timeout: Duration,
     missing: MissingStats,
     peak_margin: f64,
-    logger: Option<Py<PyAny>>,
 }
 
 struct State {
@@ -86,6 +85,7 @@ pub struct ReservationScheduler {
     constructed: Constructed,
     patched: AtomicBool,
     settings: Mutex<Settings>,
+    logger: LoggerCell,
     state: Mutex<State>,
     policy: Box<dyn Policy>,
 }
@@ -409,13 +409,7 @@ impl ReservationScheduler {
     }
 
     fn cached_logger<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
-        let py = slf.py();
-        if let Some(logger) = &slf.get().settings().logger {
-            return Ok(logger.bind(py).clone());
-        }
-        let logger = class_logger(slf.as_any())?;
-        slf.get().settings().logger = Some(logger.clone().unbind());
-        Ok(logger)
+        slf.get().logger.get(slf.as_any())
     }
 
     /// The declared need raised to the measured peak × margin.
@@ -759,6 +753,7 @@ impl ReservationScheduler {
         Self {
             constructed: Constructed::new(),
             patched: AtomicBool::new(false),
+            logger: LoggerCell::default(),
             settings: Mutex::new(Settings {
                 timeout: DEFAULT_TIMEOUT,
                 poll_interval: DEFAULT_POLL_INTERVAL,
@@ -769,7 +764,6 @@ impl ReservationScheduler {
                 start_timeout: Duration::from_secs(60),
                 missing: MissingStats::Allow,
                 peak_margin: 1.1,
-                logger: None,
             }),
             state: Mutex::new(State {
                 ledger: Ledger::new(),
@@ -846,7 +840,6 @@ impl ReservationScheduler {
             start_timeout,
             missing,
             peak_margin,
-            logger: None,
         };
         this.state().peaks = peaks;
         if let Some(problem) = problem {
@@ -859,9 +852,7 @@ impl ReservationScheduler {
         if !self.constructed.get() {
             return Ok(());
         }
-        if let Ok(settings) = self.settings.try_lock() {
-            visit.call(&settings.logger)?;
-        }
+        self.logger.visit(&visit)?;
         if let Ok(state) = self.state.try_lock() {
             for signal in state.signals.values() {
                 AsyncWaker::visit_all(signal, &visit)?;
@@ -878,7 +869,7 @@ impl ReservationScheduler {
         for signal in signals {
             drop(signal.take_wakers());
         }
-        self.settings().logger = None;
+        self.logger.set(None);
     }
 
     #[getter]

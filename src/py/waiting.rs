@@ -129,14 +129,44 @@ impl WakeSlot {
     }
 }
 
-/// `logging.getLogger("plugin_scheduling.<class name>")`, as the reference
-/// names its logger after `type(self).__name__`.
-pub fn class_logger<'py>(slf: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
-    let py = slf.py();
-    let name = format!("plugin_scheduling.{}", slf.get_type().name()?);
-    py.import(intern!(py, "logging"))?
-        .getattr(intern!(py, "getLogger"))?
-        .call1((name,))
+/// A scheduler's `logger`: `logging.getLogger("plugin_scheduling.<class
+/// name>")` on first use (the reference names it after `type(self).__name__`),
+/// or whatever the user assigned.
+#[derive(Default)]
+pub struct LoggerCell(std::sync::Mutex<Option<Py<PyAny>>>);
+
+impl LoggerCell {
+    // A single Option replaced whole: recovering from poisoning is sound.
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Py<PyAny>>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn get<'py>(&self, owner: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let py = owner.py();
+        if let Some(logger) = &*self.slot() {
+            return Ok(logger.bind(py).clone());
+        }
+        let name = format!("plugin_scheduling.{}", owner.get_type().name()?);
+        let logger = py
+            .import(intern!(py, "logging"))?
+            .getattr(intern!(py, "getLogger"))?
+            .call1((name,))?;
+        *self.slot() = Some(logger.clone().unbind());
+        Ok(logger)
+    }
+
+    pub fn set(&self, logger: Option<Py<PyAny>>) {
+        *self.slot() = logger;
+    }
+
+    pub fn visit(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        match self.0.try_lock() {
+            Ok(slot) => visit.call(&*slot),
+            Err(_) => Ok(()),
+        }
+    }
 }
 
 /// Marks a pyclass value as written. A Python subclass instance is tracked by

@@ -5,6 +5,7 @@ mod errors;
 mod inputs;
 mod queue;
 mod reservation;
+mod reservation_inputs;
 mod schedulers;
 mod stats;
 mod waiting;

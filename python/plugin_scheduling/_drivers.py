@@ -31,15 +31,13 @@ async def queue_allocate_async(self: Any, plugin_meta: Any, stats_provider: Stat
     first = self._first_turn(plugin_meta, stats, started)  # the pass path: one Rust call
     if first is True:
         return True
-    wait, step = first
-    while step >= 0:
+    wait, step = first  # step: seconds to sleep, or False once it gave up
+    while step is not False:
         await _sleep_or_wake(wait, step)
         stats = await stats_provider()
         step = wait.after_stats(plugin_meta, stats)
         if step is True:
             return True
-        if step is False:
-            return False
     return False
 
 

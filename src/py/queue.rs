@@ -13,7 +13,7 @@ use pyo3::PyTraverseError;
 use super::errors::seconds;
 use super::inputs::{format_value, queue_check};
 use super::schedulers::{is_pristine, patchable, reduce, require_callable};
-use super::waiting::{sleep_or_wake, AsyncWaker, Constructed, LoggerCell, WakeSlot};
+use super::waiting::{async_step, sleep_or_wake, AsyncWaker, Constructed, LoggerCell, WakeSlot};
 use crate::core::messages::{self, WaitKind};
 use crate::core::queue_wait::{QueueWait, Step};
 use crate::core::wake::WakeSignal;
@@ -300,7 +300,7 @@ impl QueueScheduler {
             pristine,
         };
         let next = Self::after_refusal(slf, &state.wait, plugin_meta, WaitKind::Async)?;
-        let out = (Bound::new(py, state)?, next.map_or(-1.0, |secs| secs));
+        let out = (Bound::new(py, state)?, async_step(py, next));
         Ok(out.into_pyobject(py)?.into_any())
     }
 
@@ -362,21 +362,6 @@ impl QueueWaitState {
         visit.call(&self.scheduler)
     }
 
-    /// After the first (failed) check: `False` (gave up) or the seconds to
-    /// sleep. Logs as the reference.
-    fn after_refusal<'py>(
-        &self,
-        py: Python<'py>,
-        plugin_meta: &Bound<'py, PyAny>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let slf = self.scheduler.bind(py);
-        let next = QueueScheduler::after_refusal(slf, &self.wait, plugin_meta, WaitKind::Async)?;
-        Ok(match next {
-            Some(secs) => pyo3::types::PyFloat::new(py, secs).into_any(),
-            None => pyo3::types::PyBool::new(py, false).to_owned().into_any(),
-        })
-    }
-
     /// After the stats of a later turn: `True` (admitted), `False` (gave up)
     /// or the seconds to sleep before the next turn.
     fn after_stats<'py>(
@@ -389,7 +374,8 @@ impl QueueWaitState {
         if QueueScheduler::admits(slf, plugin_meta, stats, self.pristine)? {
             return Ok(pyo3::types::PyBool::new(py, true).to_owned().into_any());
         }
-        self.after_refusal(py, plugin_meta)
+        let next = QueueScheduler::after_refusal(slf, &self.wait, plugin_meta, WaitKind::Async)?;
+        Ok(async_step(py, next))
     }
 
     /// Registers `wake(loop, future)` to run on the next release; if one

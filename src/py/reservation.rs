@@ -22,7 +22,7 @@ use pyo3::PyTraverseError;
 use super::errors::seconds;
 use super::reservation_inputs::{declared_need, gpu_processes, mb, reading, refusal_text};
 use super::schedulers::{patchable, require_callable};
-use super::waiting::{sleep_or_wake, AsyncWaker, Constructed, LoggerCell, WakeSlot};
+use super::waiting::{async_step, sleep_or_wake, AsyncWaker, Constructed, LoggerCell, WakeSlot};
 use crate::core::messages::{self, WaitKind};
 use crate::core::queue_wait::{QueueWait, Step};
 use crate::core::reserve::ledger::{Grant, GrantId, Ledger, Limits, Need, Reading, Refusal};
@@ -445,10 +445,7 @@ impl ReservationWait {
 
     /// `False` (gave up) or the seconds to sleep.
     fn after_refusal<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        Ok(match self.refused(py, WaitKind::Async)? {
-            Some(secs) => pyo3::types::PyFloat::new(py, secs).into_any(),
-            None => pyo3::types::PyBool::new(py, false).to_owned().into_any(),
-        })
+        Ok(async_step(py, self.refused(py, WaitKind::Async)?))
     }
 
     fn leave(&self) {

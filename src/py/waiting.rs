@@ -191,3 +191,12 @@ impl Default for Constructed {
         Self::new()
     }
 }
+
+/// An async wait's next step as the driver reads it: the seconds to sleep,
+/// or `False` when it gave up.
+pub fn async_step(py: Python<'_>, next: Option<f64>) -> Bound<'_, PyAny> {
+    match next {
+        Some(secs) => pyo3::types::PyFloat::new(py, secs).into_any(),
+        None => pyo3::types::PyBool::new(py, false).to_owned().into_any(),
+    }
+}

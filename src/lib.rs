@@ -1,7 +1,7 @@
-//! plugin-scheduling: wiring only. The logic is in [`core`] (plain Rust);
-//! [`py`] is the thin PyO3 layer that exposes it as `plugin_scheduling._core`.
+//! plugin-scheduling's Python binding: wiring only. The logic is in the
+//! `plugin-scheduling-core` crate (plain Rust, no PyO3); [`py`] is the thin
+//! PyO3 layer that exposes it as `plugin_scheduling._core`.
 
-pub mod core;
 mod py;
 
 use pyo3::prelude::*;

@@ -4,12 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-echo "== cargo fmt --check"
-cargo fmt --check
+echo "== cargo fmt --all --check"
+cargo fmt --all --check
 echo "== cargo clippy -D warnings"
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test (Rust core)"
-cargo test --locked
+cargo test --workspace --locked
 echo "== stubtest (_core.pyi against the built extension)"
 python -m mypy.stubtest plugin_scheduling._core --allowlist tests/stubtest_allowlist.txt
 echo "== pytest"

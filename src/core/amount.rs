@@ -10,7 +10,7 @@ use std::cmp::Ordering;
 
 /// Something that can be asked "is this need larger than what is available?".
 ///
-/// The decision logic in [`crate::core::check`] is generic over it so that the
+/// The decision logic in [`crate::check`] is generic over it so that the
 /// Python binding can fall back to Python's own comparison for values that
 /// are not plain numbers, while pure-Rust callers use [`Num`].
 pub trait Amount {

@@ -191,7 +191,7 @@ fn compare<A: Amount>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::amount::Num;
+    use crate::amount::Num;
     use std::cell::RefCell;
 
     #[test]

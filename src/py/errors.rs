@@ -6,7 +6,7 @@ use pyo3::create_exception;
 use pyo3::exceptions::{PyAttributeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
-use crate::core::check::{CompareError, Resource};
+use plugin_scheduling_core::check::{CompareError, Resource};
 
 create_exception!(
     plugin_scheduling,

@@ -8,9 +8,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyString};
 
 use super::errors::{self, describe, InvalidManifest, InvalidStats};
-use crate::core::amount::{Amount, Num};
-use crate::core::check::{self, CheckError, Decision, MissingGpuStats};
-use crate::core::messages;
+use plugin_scheduling_core::amount::{Amount, Num};
+use plugin_scheduling_core::check::{self, CheckError, Decision, MissingGpuStats};
+use plugin_scheduling_core::messages;
 
 /// A Python value used as an amount of MB. Plain ints, floats and bools
 /// compare in Rust; anything else (big ints, Decimal, strings, None, user

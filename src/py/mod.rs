@@ -1,4 +1,4 @@
-//! PyO3 bindings: Python classes over [`crate::core`] and error mapping. The
+//! PyO3 bindings: Python classes over [`plugin_scheduling_core`] and error mapping. The
 //! async methods are thin Python coroutines (`_drivers.py`) over these.
 
 mod errors;

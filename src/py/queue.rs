@@ -14,9 +14,9 @@ use super::errors::seconds;
 use super::inputs::{format_value, queue_check};
 use super::schedulers::{is_pristine, patchable, reduce, require_callable};
 use super::waiting::{async_step, sleep_or_wake, AsyncWaker, Constructed, LoggerCell, WakeSlot};
-use crate::core::messages::{self, WaitKind};
-use crate::core::queue_wait::{QueueWait, Step};
-use crate::core::wake::WakeSignal;
+use plugin_scheduling_core::messages::{self, WaitKind};
+use plugin_scheduling_core::queue_wait::{QueueWait, Step};
+use plugin_scheduling_core::wake::WakeSignal;
 
 /// `timeout` / `poll_interval` as given (for `str()` in log lines and for
 /// reading back) and as seconds.

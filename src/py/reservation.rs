@@ -23,12 +23,14 @@ use super::errors::seconds;
 use super::reservation_inputs::{declared_need, gpu_processes, mb, reading, refusal_text};
 use super::schedulers::{patchable, require_callable};
 use super::waiting::{async_step, sleep_or_wake, AsyncWaker, Constructed, LoggerCell, WakeSlot};
-use crate::core::messages::{self, WaitKind};
-use crate::core::queue_wait::{QueueWait, Step};
-use crate::core::reserve::ledger::{Grant, GrantId, Ledger, Limits, Need, Reading, Refusal};
-use crate::core::reserve::peaks::{effective, Peaks};
-use crate::core::reserve::waiters::{Fifo, Policy, WaitQueue, WaiterId};
-use crate::core::wake::WakeSignal;
+use plugin_scheduling_core::messages::{self, WaitKind};
+use plugin_scheduling_core::queue_wait::{QueueWait, Step};
+use plugin_scheduling_core::reserve::ledger::{
+    Grant, GrantId, Ledger, Limits, Need, Reading, Refusal,
+};
+use plugin_scheduling_core::reserve::peaks::{effective, Peaks};
+use plugin_scheduling_core::reserve::waiters::{Fifo, Policy, WaitQueue, WaiterId};
+use plugin_scheduling_core::wake::WakeSignal;
 
 /// What to do when the stats have no GPU figures for a GPU plugin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

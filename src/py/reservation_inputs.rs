@@ -8,7 +8,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 
 use super::errors::{describe, InvalidManifest, InvalidStats};
-use crate::core::reserve::ledger::{DeviceReading, Need, Reading, Refusal};
+use plugin_scheduling_core::reserve::ledger::{DeviceReading, Need, Reading, Refusal};
 
 /// A non-negative finite number of MB from a manifest field.
 pub fn mb(field: &str, value: &Bound<'_, PyAny>) -> PyResult<f64> {

@@ -9,9 +9,9 @@ use pyo3::exceptions::{PyIndexError, PyOSError, PyValueError};
 use pyo3::prelude::*;
 
 use super::errors::{seconds, SimulatedOutOfMemory};
-use crate::core::stats::monitor::{Monitor, DEFAULT_MIN_REFRESH};
-use crate::core::stats::simulated::{ScriptedChange, SimError, SimulatedMachine};
-use crate::core::stats::snapshot::Snapshot;
+use plugin_scheduling_core::stats::monitor::{Monitor, DEFAULT_MIN_REFRESH};
+use plugin_scheduling_core::stats::simulated::{ScriptedChange, SimError, SimulatedMachine};
+use plugin_scheduling_core::stats::snapshot::Snapshot;
 
 fn to_dict<'py>(py: Python<'py>, snapshot: &Snapshot) -> PyResult<Bound<'py, PyAny>> {
     Ok(pythonize::pythonize(py, &snapshot.system_stats())?)

@@ -10,7 +10,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::PyTraverseError;
 
-use crate::core::wake::{WakeSignal, Waker, WakerId};
+use plugin_scheduling_core::wake::{WakeSignal, Waker, WakerId};
 
 /// Longest stretch a blocking wait stays in Rust without checking for
 /// signals: Ctrl-C is honoured within this.

@@ -46,6 +46,12 @@ class SchedulingPolicy:
 class FIFOPolicy(SchedulingPolicy):
     kind = "fifo"
 
+    def select_next_job(self, queue: Any, pending_jobs: Sequence[Any]) -> Any | None:
+        # Placeholder until the core policies land: earliest submit_time.
+        if not pending_jobs:
+            return None
+        return min(pending_jobs, key=lambda j: getattr(j, "submit_time", 0.0))
+
 
 class PriorityPolicy(SchedulingPolicy):
     kind = "priority"

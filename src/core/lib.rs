@@ -3,7 +3,10 @@
 
 pub mod amount;
 pub mod check;
+pub mod clock;
+pub mod error;
 pub mod messages;
+pub mod policy;
 pub mod queue_wait;
 pub mod reserve;
 pub mod stats;

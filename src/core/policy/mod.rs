@@ -1,0 +1,274 @@
+//! Scheduling policies: who goes next among waiting jobs.
+//!
+//! One policy model serves every place that orders work: the waiters of the
+//! reservation queue, the job scheduler, the batch API and the simulator.
+//! A policy gives each pending job a sort key (lower goes first; ties by
+//! submission time, then id, so every order is deterministic) and says how
+//! the order is applied ([`Admission`]): strictly (nobody passes the head),
+//! best effort (anyone who fits may go, in order) or EASY backfill (a later
+//! job may go only if it cannot delay the head). The pass that applies the
+//! order to resources is [`admit::admit`], generic over [`admit::Placement`].
+
+pub mod admit;
+mod builtin;
+pub mod fair_share;
+pub mod preempt;
+
+use std::fmt;
+use std::sync::Arc;
+
+pub use builtin::{
+    Backfill, BestEffortFifo, Deadline, Fifo, Multifactor, MultifactorWeights, Priority,
+    RoundRobin, ShortestJobFirst,
+};
+pub use fair_share::{FairShare, ShareKey, UsageBook};
+
+/// A job as a policy sees it (a waiter of the reservation queue, a job of
+/// the job scheduler, a row of a simulated trace).
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobInfo {
+    pub id: u64,
+    /// The plugin's (or job's) name; SJF history is kept per name.
+    pub name: Arc<str>,
+    /// 0–100, higher is more important (50 = NORMAL).
+    pub priority: f64,
+    pub user: Option<Arc<str>>,
+    pub project: Option<Arc<str>>,
+    /// Clock seconds when the job was submitted (its place in FIFO order).
+    pub submitted: f64,
+    /// Absolute clock seconds by which the job should have started... and
+    /// finished (the deadline policy boosts as it nears).
+    pub deadline: Option<f64>,
+    /// Seconds the job is expected to run (declared).
+    pub estimated_duration: Option<f64>,
+    /// Size for the size factor and SJF ties: GPUs asked for (at least 1).
+    pub size: f64,
+}
+
+impl JobInfo {
+    /// A job with only a name and a submission time (the rest default).
+    pub fn new(id: u64, name: &str, submitted: f64) -> Self {
+        Self {
+            id,
+            name: Arc::from(name),
+            priority: DEFAULT_PRIORITY,
+            user: None,
+            project: None,
+            submitted,
+            deadline: None,
+            estimated_duration: None,
+            size: 1.0,
+        }
+    }
+}
+
+/// The default priority (NORMAL).
+pub const DEFAULT_PRIORITY: f64 = 50.0;
+
+/// Named priorities and their numbers on the 0–100 scale.
+pub const PRIORITY_NAMES: [(&str, f64); 5] = [
+    ("CRITICAL", 100.0),
+    ("HIGH", 75.0),
+    ("NORMAL", 50.0),
+    ("LOW", 25.0),
+    ("BACKGROUND", 0.0),
+];
+
+/// Parses a priority name (case-insensitive) to its number.
+pub fn priority_from_name(name: &str) -> Option<f64> {
+    PRIORITY_NAMES
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|&(_, v)| v)
+}
+
+/// How an order is applied to the resources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Nobody passes the first job in order: it starts or everyone waits.
+    Strict,
+    /// In order, every job that fits now starts (Kueue's BestEffortFIFO).
+    BestEffort,
+    /// EASY backfill: the head gets the earliest start the running jobs'
+    /// expected ends allow; a later job starts now only if that cannot
+    /// delay the head.
+    Backfill,
+}
+
+/// What a policy may consult besides the jobs.
+#[derive(Debug, Clone, Copy)]
+pub struct Ctx {
+    pub now: f64,
+}
+
+/// A running job, for preemption advice.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunningJob {
+    pub job: JobInfo,
+    pub started: f64,
+    /// What it holds, in the units the caller compares (e.g. GPUs).
+    pub holds: f64,
+}
+
+/// Orders pending jobs. Implementations document their rule.
+pub trait Policy: Send + Sync + fmt::Debug {
+    /// The policy's name (`"fifo"`, `"priority"`, ...).
+    fn name(&self) -> &str;
+
+    fn admission(&self) -> Admission {
+        Admission::Strict
+    }
+
+    /// Sort key: lower goes first. Ties are broken by (submitted, id).
+    fn key(&self, job: &JobInfo, ctx: &Ctx) -> f64;
+
+    /// Whether keys change with `ctx.now` alone (then every decision
+    /// recomputes them; otherwise they change only when [`Policy::epoch`] does).
+    fn time_varying(&self) -> bool {
+        false
+    }
+
+    /// Bumped whenever the policy's own state changes the keys of jobs
+    /// already waiting (usage charged, a user served, history learned).
+    fn epoch(&self) -> u64 {
+        0
+    }
+
+    /// A job was started (round robin remembers whom it served).
+    fn on_start(&mut self, _job: &JobInfo, _now: f64) {}
+
+    /// A job ended after `ran_s` seconds holding `size` (usage, history).
+    fn on_finish(&mut self, _job: &JobInfo, _ran_s: f64, _now: f64) {}
+
+    /// Why a job is where it is, in the policy's terms.
+    fn describe(&self, job: &JobInfo, ctx: &Ctx) -> String {
+        let _ = (job, ctx);
+        format!("{} order", self.name())
+    }
+
+    /// Preemption advice: the running jobs to stop (smallest set first) so
+    /// that `new` can start, given it needs `needed` more units than are
+    /// free. Empty: no preemption. Policies without a notion of importance
+    /// never preempt.
+    fn should_preempt(&self, _running: &[RunningJob], _new: &JobInfo, _needed: f64) -> Vec<u64> {
+        Vec::new()
+    }
+}
+
+/// Total order of two jobs under `policy` at `ctx`.
+pub fn compare(policy: &dyn Policy, a: &JobInfo, b: &JobInfo, ctx: &Ctx) -> std::cmp::Ordering {
+    policy
+        .key(a, ctx)
+        .total_cmp(&policy.key(b, ctx))
+        .then(a.submitted.total_cmp(&b.submitted))
+        .then(a.id.cmp(&b.id))
+}
+
+/// Indices of `jobs` in policy order.
+pub fn order(policy: &dyn Policy, jobs: &[JobInfo], ctx: &Ctx) -> Vec<usize> {
+    let mut keyed: Vec<(f64, f64, u64, usize)> = jobs
+        .iter()
+        .enumerate()
+        .map(|(i, j)| (policy.key(j, ctx), j.submitted, j.id, i))
+        .collect();
+    keyed.sort_unstable_by(|a, b| {
+        a.0.total_cmp(&b.0)
+            .then(a.1.total_cmp(&b.1))
+            .then(a.2.cmp(&b.2))
+    });
+    keyed.into_iter().map(|k| k.3).collect()
+}
+
+/// The index of the job that goes next (one pass, no sort).
+pub fn select_next(policy: &dyn Policy, jobs: &[JobInfo], ctx: &Ctx) -> Option<usize> {
+    let mut best: Option<(f64, f64, u64, usize)> = None;
+    for (i, j) in jobs.iter().enumerate() {
+        let k = (policy.key(j, ctx), j.submitted, j.id, i);
+        let better = match &best {
+            None => true,
+            Some(b) => {
+                k.0.total_cmp(&b.0)
+                    .then(k.1.total_cmp(&b.1))
+                    .then(k.2.cmp(&b.2))
+                    .is_lt()
+            }
+        };
+        if better {
+            best = Some(k);
+        }
+    }
+    best.map(|b| b.3)
+}
+
+/// A policy by name, with default settings. `usage` backs `fair_share`
+/// and `multifactor` (a fresh in-memory book when `None`).
+pub fn by_name(name: &str, usage: Option<UsageBook>) -> Option<Box<dyn Policy>> {
+    let usage = || usage.clone().unwrap_or_default();
+    Some(match name {
+        "fifo" => Box::new(Fifo),
+        "best_effort_fifo" => Box::new(BestEffortFifo),
+        "priority" => Box::new(Priority::default()),
+        "fair_share" => Box::new(FairShare::new(usage(), ShareKey::User)),
+        "deadline" => Box::new(Deadline::default()),
+        "sjf" => Box::new(ShortestJobFirst::default()),
+        "round_robin" => Box::new(RoundRobin::new(ShareKey::User)),
+        "backfill" => Box::new(Backfill),
+        "multifactor" => Box::new(Multifactor::new(usage(), MultifactorWeights::default())),
+        _ => return None,
+    })
+}
+
+/// Every built-in policy name, in documentation order.
+pub const NAMES: [&str; 9] = [
+    "fifo",
+    "best_effort_fifo",
+    "priority",
+    "fair_share",
+    "deadline",
+    "sjf",
+    "round_robin",
+    "backfill",
+    "multifactor",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_resolve_and_report_themselves() {
+        for name in NAMES {
+            let p = by_name(name, None).expect(name);
+            assert_eq!(p.name(), name);
+        }
+        assert!(by_name("lottery", None).is_none());
+    }
+
+    #[test]
+    fn priority_names_map_to_the_documented_numbers() {
+        assert_eq!(priority_from_name("critical"), Some(100.0));
+        assert_eq!(priority_from_name("NORMAL"), Some(50.0));
+        assert_eq!(priority_from_name("BACKGROUND"), Some(0.0));
+        assert_eq!(priority_from_name("urgent"), None);
+    }
+
+    #[test]
+    fn select_next_agrees_with_order() {
+        let jobs: Vec<JobInfo> = (0..50)
+            .map(|i| {
+                let mut j = JobInfo::new(i, "p", (i % 7) as f64);
+                j.priority = ((i * 37) % 101) as f64;
+                j
+            })
+            .collect();
+        let ctx = Ctx { now: 100.0 };
+        for name in NAMES {
+            let p = by_name(name, None).expect(name);
+            assert_eq!(
+                select_next(p.as_ref(), &jobs, &ctx),
+                order(p.as_ref(), &jobs, &ctx).first().copied(),
+                "{name}"
+            );
+        }
+    }
+}

@@ -1,28 +1,64 @@
-//! The reservation ledger: what is promised on each GPU and in RAM, and the
-//! atomic check-and-reserve that never double-books.
+//! The reservation ledger: what is promised on each GPU and in each scalar
+//! pool (RAM, CPU cores, user-defined), and the atomic check-and-reserve
+//! that never double-books.
 //!
-//! A grant succeeds only if, on every device it uses (and for RAM):
-//! (a) capacity: the reservations on it plus the need stay within
+//! A grant succeeds only if, on every device it uses and in every pool:
+//! (a) capacity: the reservations plus the need stay within
 //!     `headroom × total`; and
-//! (b) live reading: the need fits what is observed free, less the
-//!     reservations granted so recently (`settle`) that the reading cannot
-//!     show their memory in use yet.
+//! (b) live reading: the need fits what is observed free, less the part of
+//!     recent grants (younger than `settle`) that the reading does not show
+//!     in use yet. What a reading shows is judged against the device's (or
+//!     pool's) use when the first of those grants was made, so a grant whose
+//!     memory is already visible is not subtracted a second time.
+//!
 //! Placement is best fit (the device left with the least spare capacity),
 //! lowest index on ties, so it is deterministic; a multi-GPU need is placed
 //! on `gpu_count` devices together or not at all.
+//!
+//! Sums per device and per pool are kept as grants come and go, so a
+//! decision costs O(devices + pools + recent grants), not O(grants).
 
-use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+
+use crate::policy::JobInfo;
+
+/// The pool name of system RAM (MB).
+pub const RAM_MB: &str = "ram_mb";
+/// The pool name of CPU cores.
+pub const CPU_CORES: &str = "cpu_cores";
 
 /// What a plugin asks for.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Need {
     /// Devices needed (0 for a CPU-only plugin).
     pub gpu_count: u32,
     /// VRAM per device, MB.
     pub vram_mb: f64,
-    /// System RAM, MB.
-    pub ram_mb: f64,
+    /// Amounts from scalar pools (`ram_mb`, `cpu_cores`, user-defined),
+    /// each name at most once.
+    pub pools: Vec<(Arc<str>, f64)>,
+}
+
+impl Need {
+    pub fn pool(&self, name: &str) -> f64 {
+        self.pools
+            .iter()
+            .find(|(n, _)| n.as_ref() == name)
+            .map_or(0.0, |p| p.1)
+    }
+
+    pub fn ram_mb(&self) -> f64 {
+        self.pool(RAM_MB)
+    }
+
+    /// Sets (or adds) a pool amount.
+    pub fn set_pool(&mut self, name: &str, amount: f64) {
+        match self.pools.iter_mut().find(|(n, _)| n.as_ref() == name) {
+            Some(p) => p.1 = amount,
+            None => self.pools.push((Arc::from(name), amount)),
+        }
+    }
 }
 
 /// One device as the stats show it now.
@@ -33,12 +69,35 @@ pub struct DeviceReading {
     pub free_mb: f64,
 }
 
-/// The machine as the stats show it now; `None` figures are unknown.
+/// One scalar pool as the stats show it; `None` figures are unknown.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolReading {
+    pub name: Arc<str>,
+    pub total: Option<f64>,
+    pub available: Option<f64>,
+}
+
+/// The machine as the stats show it now.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Reading {
     pub devices: Vec<DeviceReading>,
-    pub ram_total_mb: Option<f64>,
-    pub ram_available_mb: Option<f64>,
+    pub pools: Vec<PoolReading>,
+}
+
+impl Reading {
+    pub fn pool(&self, name: &str) -> Option<&PoolReading> {
+        self.pools.iter().find(|p| p.name.as_ref() == name)
+    }
+
+    /// Sets a pool's figures (replacing any earlier ones).
+    pub fn set_pool(&mut self, name: &str, total: Option<f64>, available: Option<f64>) {
+        self.pools.retain(|p| p.name.as_ref() != name);
+        self.pools.push(PoolReading {
+            name: Arc::from(name),
+            total,
+            available,
+        });
+    }
 }
 
 /// Identifies a grant.
@@ -51,14 +110,27 @@ pub struct Grant {
     pub id: GrantId,
     pub plugin: String,
     pub devices: Vec<u32>,
+    /// VRAM per device, MB.
     pub vram_mb: f64,
-    pub ram_mb: f64,
-    pub granted_at: Instant,
+    pub pools: Vec<(Arc<str>, f64)>,
+    /// Clock seconds.
+    pub granted_at: f64,
     pub started: bool,
     /// Held by a lease (released by id): name-based start/finish skip it.
     pub leased: bool,
     /// Processes running this grant's plugin, for measured peaks.
     pub pids: Vec<u32>,
+    /// Per device, its used MB in the reading that admitted this grant.
+    seen_used: Vec<f64>,
+    /// Per pool, its used amount in that reading (NaN: unknown).
+    seen_pool_used: Vec<f64>,
+    /// The job it serves (priority, user, ...), for policies and views.
+    pub job: Option<JobInfo>,
+    /// When the job is expected to end (start + estimated duration).
+    pub expected_end: Option<f64>,
+    /// Admitted without GPU figures (on_missing_stats='allow'): no device
+    /// was reserved although the plugin asked for one.
+    pub without_gpu_figures: bool,
 }
 
 impl Grant {
@@ -66,6 +138,17 @@ impl Grant {
     pub fn cuda_visible_devices(&self) -> String {
         let ids: Vec<String> = self.devices.iter().map(u32::to_string).collect();
         ids.join(",")
+    }
+
+    pub fn pool(&self, name: &str) -> f64 {
+        self.pools
+            .iter()
+            .find(|(n, _)| n.as_ref() == name)
+            .map_or(0.0, |p| p.1)
+    }
+
+    pub fn ram_mb(&self) -> f64 {
+        self.pool(RAM_MB)
     }
 }
 
@@ -79,11 +162,16 @@ pub enum Refusal {
         device: u32,
         needed_mb: f64,
         available_mb: f64,
+        /// MB granted within the settle window and not in the reading yet.
+        settling_mb: f64,
         holders: Vec<String>,
     },
-    Ram {
-        needed_mb: f64,
-        available_mb: f64,
+    /// A scalar pool (RAM, CPU cores, ...) is short.
+    Pool {
+        pool: Arc<str>,
+        needed: f64,
+        available: f64,
+        settling: f64,
         holders: Vec<String>,
     },
 }
@@ -91,16 +179,39 @@ pub enum Refusal {
 /// Ledger settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Limits {
-    /// Fraction of each device's (and RAM's) total that may be reserved.
+    /// Fraction of each device's (and pool's) total that may be reserved.
     pub headroom: f64,
-    /// How long a new grant's memory may be invisible in the readings.
-    pub settle: Duration,
+    /// Seconds a new grant's memory may be invisible in the readings.
+    pub settle_s: f64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Ledger {
     grants: BTreeMap<GrantId, Grant>,
     next_id: u64,
+    reserved_dev: HashMap<u32, f64>,
+    reserved_pool: HashMap<Arc<str>, f64>,
+    by_plugin: HashMap<String, BTreeSet<GrantId>>,
+    by_pid: HashMap<u32, GrantId>,
+    /// Grants in grant order (= time order) that may still be settling.
+    recent: VecDeque<GrantId>,
+    unstarted: BTreeSet<GrantId>,
+}
+
+fn add(map: &mut HashMap<u32, f64>, key: u32, v: f64) {
+    let e = map.entry(key).or_insert(0.0);
+    *e += v;
+    if e.abs() < 1e-6 {
+        map.remove(&key);
+    }
+}
+
+fn add_pool(map: &mut HashMap<Arc<str>, f64>, key: &Arc<str>, v: f64) {
+    let e = map.entry(key.clone()).or_insert(0.0);
+    *e += v;
+    if e.abs() < 1e-9 {
+        map.remove(key);
+    }
 }
 
 impl Ledger {
@@ -112,53 +223,114 @@ impl Ledger {
         self.grants.values()
     }
 
+    pub fn len(&self) -> usize {
+        self.grants.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.grants.is_empty()
+    }
+
     pub fn get(&self, id: GrantId) -> Option<&Grant> {
         self.grants.get(&id)
     }
 
-    /// VRAM reserved on `device`, and the part of it granted within `settle`.
-    fn reserved_on(&self, device: u32, now: Instant, settle: Duration) -> (f64, f64) {
-        self.grants
-            .values()
-            .filter(|g| g.devices.contains(&device))
-            .fold((0.0, 0.0), |(all, recent), g| {
-                let fresh = now.saturating_duration_since(g.granted_at) < settle;
-                (
-                    all + g.vram_mb,
-                    recent + if fresh { g.vram_mb } else { 0.0 },
-                )
-            })
+    fn recent_grants(&self, now: f64, settle_s: f64) -> impl Iterator<Item = &Grant> {
+        self.recent
+            .iter()
+            .filter_map(|id| self.grants.get(id))
+            .filter(move |g| now - g.granted_at < settle_s)
     }
 
-    fn reserved_ram(&self, now: Instant, settle: Duration) -> (f64, f64) {
-        self.grants.values().fold((0.0, 0.0), |(all, recent), g| {
-            let fresh = now.saturating_duration_since(g.granted_at) < settle;
-            (all + g.ram_mb, recent + if fresh { g.ram_mb } else { 0.0 })
-        })
+    /// MB granted on `d` within the settle window that its reading does not
+    /// show in use yet.
+    fn unseen_on(&self, d: &DeviceReading, limits: Limits, now: f64) -> f64 {
+        let mut granted = 0.0;
+        let mut baseline = f64::INFINITY;
+        for g in self.recent_grants(now, limits.settle_s) {
+            if let Some(pos) = g.devices.iter().position(|&x| x == d.index) {
+                granted += g.vram_mb;
+                baseline = baseline.min(g.seen_used[pos]);
+            }
+        }
+        if granted <= 0.0 {
+            return 0.0;
+        }
+        let shown = ((d.total_mb - d.free_mb) - baseline).max(0.0);
+        (granted - shown).max(0.0)
     }
 
-    fn holders(&self, device: Option<u32>) -> Vec<String> {
-        self.grants
-            .values()
-            .filter(|g| device.is_none_or(|d| g.devices.contains(&d)))
-            .filter(|g| {
-                if device.is_some() {
-                    g.vram_mb > 0.0
+    fn unseen_in(
+        &self,
+        pool: &PoolReading,
+        index_of: impl Fn(&Grant) -> Option<usize>,
+        limits: Limits,
+        now: f64,
+    ) -> f64 {
+        let mut granted = 0.0;
+        let mut baseline = f64::INFINITY;
+        for g in self.recent_grants(now, limits.settle_s) {
+            if let Some(i) = index_of(g) {
+                granted += g.pools[i].1;
+                let seen = g.seen_pool_used[i];
+                if seen.is_nan() {
+                    // Unknown at grant time: nothing is taken as shown.
+                    baseline = f64::NEG_INFINITY;
                 } else {
-                    g.ram_mb > 0.0
+                    baseline = baseline.min(seen);
                 }
+            }
+        }
+        if granted <= 0.0 {
+            return 0.0;
+        }
+        let shown = match (pool.total, pool.available) {
+            (Some(t), Some(a)) if baseline.is_finite() => ((t - a) - baseline).max(0.0),
+            _ => 0.0,
+        };
+        (granted - shown).max(0.0)
+    }
+
+    fn holders(&self, device: Option<u32>, pool: Option<&str>) -> Vec<String> {
+        self.grants
+            .values()
+            .filter(|g| match (device, pool) {
+                (Some(d), _) => g.devices.contains(&d) && g.vram_mb > 0.0,
+                (None, Some(p)) => g.pool(p) > 0.0,
+                (None, None) => false,
             })
             .map(|g| g.plugin.clone())
             .collect()
     }
 
-    /// What `need` could get on each device now: the smaller of the
-    /// capacity left and the settled free reading.
-    fn available_on(&self, d: &DeviceReading, limits: Limits, now: Instant) -> f64 {
-        let (reserved, recent) = self.reserved_on(d.index, now, limits.settle);
+    /// What a need could get on a device now (capacity left, live free
+    /// less unseen), and the unseen part.
+    fn available_on(&self, d: &DeviceReading, limits: Limits, now: f64) -> (f64, f64) {
+        let reserved = self.reserved_dev.get(&d.index).copied().unwrap_or(0.0);
         let capacity_left = limits.headroom * d.total_mb - reserved;
-        let live = d.free_mb - recent;
-        capacity_left.min(live)
+        let unseen = self.unseen_on(d, limits, now);
+        (capacity_left.min(d.free_mb - unseen), unseen)
+    }
+
+    /// What a pool has for a need now; `None` when the reading knows
+    /// nothing of it (no check).
+    fn available_in(&self, p: &PoolReading, limits: Limits, now: f64) -> Option<(f64, f64)> {
+        if p.total.is_none() && p.available.is_none() {
+            return None;
+        }
+        let reserved = self.reserved_pool.get(&p.name).copied().unwrap_or(0.0);
+        let capacity = p
+            .total
+            .map_or(f64::INFINITY, |t| limits.headroom * t - reserved);
+        let name = p.name.clone();
+        let unseen = self.unseen_in(
+            p,
+            |g| g.pools.iter().position(|(n, _)| *n == name),
+            limits,
+            now,
+        );
+        let live = p.available.map_or(f64::INFINITY, |a| a - unseen);
+        Some((capacity.min(live), unseen))
     }
 
     /// Checks without reserving: the devices the need would get, or why not.
@@ -167,7 +339,7 @@ impl Ledger {
         need: &Need,
         reading: &Reading,
         limits: Limits,
-        now: Instant,
+        now: f64,
     ) -> Result<Vec<u32>, Refusal> {
         let mut devices = Vec::new();
         if need.gpu_count > 0 {
@@ -179,22 +351,23 @@ impl Ledger {
                 });
             }
             let mut fits: Vec<(f64, u32)> = Vec::new();
-            let mut closest: Option<(f64, u32)> = None;
+            let mut closest: Option<(f64, f64, u32)> = None;
             for d in &reading.devices {
-                let available = self.available_on(d, limits, now);
+                let (available, unseen) = self.available_on(d, limits, now);
                 if need.vram_mb <= available {
                     fits.push((available - need.vram_mb, d.index));
-                } else if closest.is_none_or(|(best, _)| available > best) {
-                    closest = Some((available, d.index));
+                } else if closest.is_none_or(|(best, _, _)| available > best) {
+                    closest = Some((available, unseen, d.index));
                 }
             }
             if (fits.len() as u32) < need.gpu_count {
-                let (available_mb, device) = closest.unwrap_or((0.0, 0));
+                let (available_mb, settling_mb, device) = closest.unwrap_or((0.0, 0.0, 0));
                 return Err(Refusal::Vram {
                     device,
                     needed_mb: need.vram_mb,
                     available_mb,
-                    holders: self.holders(Some(device)),
+                    settling_mb,
+                    holders: self.holders(Some(device), None),
                 });
             }
             // Best fit: least spare first; ties by index (deterministic).
@@ -206,32 +379,30 @@ impl Ledger {
                 .collect();
             devices.sort_unstable();
         }
-        if need.ram_mb > 0.0
-            && (reading.ram_total_mb.is_some() || reading.ram_available_mb.is_some())
-        {
-            let (reserved, recent) = self.reserved_ram(now, limits.settle);
-            // An unknown total leaves only the live check; an unknown live
-            // figure leaves only the capacity check.
-            let capacity = reading
-                .ram_total_mb
-                .map_or(f64::INFINITY, |t| limits.headroom * t - reserved);
-            let live = reading
-                .ram_available_mb
-                .map_or(f64::INFINITY, |free| free - recent);
-            let available = capacity.min(live);
-            if need.ram_mb > available {
-                return Err(Refusal::Ram {
-                    needed_mb: need.ram_mb,
-                    available_mb: available,
-                    holders: self.holders(None),
-                });
+        for (name, amount) in &need.pools {
+            if *amount <= 0.0 {
+                continue;
+            }
+            let Some(p) = reading.pool(name) else {
+                continue;
+            };
+            if let Some((available, settling)) = self.available_in(p, limits, now) {
+                if *amount > available {
+                    return Err(Refusal::Pool {
+                        pool: name.clone(),
+                        needed: *amount,
+                        available,
+                        settling,
+                        holders: self.holders(None, Some(name)),
+                    });
+                }
             }
         }
         Ok(devices)
     }
 
     /// Whether `need` could ever be granted on this machine, whatever is
-    /// released: within `headroom × total` on enough devices, and in RAM.
+    /// released: within `headroom × total` on enough devices, and in pools.
     pub fn can_ever_fit(need: &Need, reading: &Reading, limits: Limits) -> bool {
         if need.gpu_count > 0 {
             let big_enough = reading
@@ -243,9 +414,12 @@ impl Ledger {
                 return false;
             }
         }
-        reading
-            .ram_total_mb
-            .is_none_or(|total| need.ram_mb <= limits.headroom * total)
+        need.pools.iter().all(|(name, amount)| {
+            reading
+                .pool(name)
+                .and_then(|p| p.total)
+                .is_none_or(|total| *amount <= limits.headroom * total)
+        })
     }
 
     /// Atomic check-and-reserve.
@@ -255,9 +429,36 @@ impl Ledger {
         need: &Need,
         reading: &Reading,
         limits: Limits,
-        now: Instant,
+        now: f64,
     ) -> Result<Grant, Refusal> {
         let devices = self.place(need, reading, limits, now)?;
+        let seen_used = devices
+            .iter()
+            .map(|i| {
+                reading
+                    .devices
+                    .iter()
+                    .find(|d| d.index == *i)
+                    .map_or(0.0, |d| d.total_mb - d.free_mb)
+            })
+            .collect();
+        let pools: Vec<(Arc<str>, f64)> = need
+            .pools
+            .iter()
+            .filter(|(_, v)| *v > 0.0)
+            .cloned()
+            .collect();
+        let seen_pool_used = pools
+            .iter()
+            .map(|(n, _)| match reading.pool(n) {
+                Some(PoolReading {
+                    total: Some(t),
+                    available: Some(a),
+                    ..
+                }) => t - a,
+                _ => f64::NAN,
+            })
+            .collect();
         let id = GrantId(self.next_id);
         self.next_id += 1;
         let grant = Grant {
@@ -269,36 +470,88 @@ impl Ledger {
             } else {
                 0.0
             },
-            ram_mb: need.ram_mb,
+            pools,
             granted_at: now,
             started: false,
             leased: false,
             pids: Vec::new(),
+            seen_used,
+            seen_pool_used,
+            job: None,
+            expected_end: None,
+            without_gpu_figures: false,
         };
-        self.grants.insert(id, grant.clone());
+        self.insert(grant.clone());
         Ok(grant)
     }
 
-    /// Marks the oldest unstarted grant of `plugin` started.
-    pub fn start(&mut self, plugin: &str) -> Option<GrantId> {
-        let grant = self
-            .grants
-            .values_mut()
-            .find(|g| g.plugin == plugin && !g.started && !g.leased)?;
-        grant.started = true;
-        Some(grant.id)
+    fn insert(&mut self, grant: Grant) {
+        for &d in &grant.devices {
+            add(&mut self.reserved_dev, d, grant.vram_mb);
+        }
+        for (name, v) in &grant.pools {
+            add_pool(&mut self.reserved_pool, name, *v);
+        }
+        self.by_plugin
+            .entry(grant.plugin.clone())
+            .or_default()
+            .insert(grant.id);
+        self.recent.push_back(grant.id);
+        if !grant.started {
+            self.unstarted.insert(grant.id);
+        }
+        self.grants.insert(grant.id, grant);
     }
 
-    /// Marks one grant started and held by a lease; `false` if it is gone.
-    pub fn start_lease(&mut self, id: GrantId) -> bool {
+    /// Mutable access for annotations (job, expected end, flags).
+    pub fn annotate(&mut self, id: GrantId, f: impl FnOnce(&mut Grant)) -> bool {
         match self.grants.get_mut(&id) {
-            Some(grant) => {
-                grant.started = true;
-                grant.leased = true;
+            Some(g) => {
+                f(g);
                 true
             }
             None => false,
         }
+    }
+
+    /// Drops settled grants from the recent list (they no longer matter).
+    pub fn settle(&mut self, now: f64, settle_s: f64) {
+        while let Some(id) = self.recent.front() {
+            match self.grants.get(id) {
+                Some(g) if now - g.granted_at < settle_s => break,
+                _ => {
+                    self.recent.pop_front();
+                }
+            }
+        }
+    }
+
+    /// Marks the oldest unstarted grant of `plugin` started.
+    pub fn start(&mut self, plugin: &str) -> Option<GrantId> {
+        let ids = self.by_plugin.get(plugin)?;
+        let id = ids
+            .iter()
+            .copied()
+            .find(|id| self.grants.get(id).is_some_and(|g| !g.started && !g.leased))?;
+        self.mark_started(id, false);
+        Some(id)
+    }
+
+    fn mark_started(&mut self, id: GrantId, leased: bool) -> bool {
+        match self.grants.get_mut(&id) {
+            Some(g) => {
+                g.started = true;
+                g.leased |= leased;
+                self.unstarted.remove(&id);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Marks one grant started and held by a lease; `false` if it is gone.
+    pub fn start_lease(&mut self, id: GrantId) -> bool {
+        self.mark_started(id, true)
     }
 
     /// Records that `pid` runs the grant's plugin; `false` if the grant is gone.
@@ -308,6 +561,7 @@ impl Ledger {
                 if !grant.pids.contains(&pid) {
                     grant.pids.push(pid);
                 }
+                self.by_pid.insert(pid, id);
                 true
             }
             None => false,
@@ -316,79 +570,105 @@ impl Ledger {
 
     /// The plugin whose grant has `pid` attached, if any.
     pub fn plugin_of_pid(&self, pid: u32) -> Option<&str> {
-        self.grants
-            .values()
-            .find(|g| g.pids.contains(&pid))
-            .map(|g| g.plugin.as_str())
+        let id = self.by_pid.get(&pid)?;
+        self.grants.get(id).map(|g| g.plugin.as_str())
+    }
+
+    pub fn has_pids(&self) -> bool {
+        !self.by_pid.is_empty()
     }
 
     /// Releases the oldest started grant of `plugin` (or, if none started,
     /// the oldest unstarted one); grants held by leases are not touched.
     pub fn finish(&mut self, plugin: &str) -> Option<Grant> {
-        let by_name = |g: &&Grant| g.plugin == plugin && !g.leased;
-        let id = self
-            .grants
-            .values()
-            .filter(by_name)
+        let ids = self.by_plugin.get(plugin)?;
+        let candidates = || {
+            ids.iter()
+                .filter_map(|id| self.grants.get(id))
+                .filter(|g| !g.leased)
+        };
+        let id = candidates()
             .find(|g| g.started)
-            .or_else(|| self.grants.values().find(by_name))
+            .or_else(|| candidates().next())
             .map(|g| g.id)?;
-        self.grants.remove(&id)
+        self.release(id)
     }
 
     /// The next moment the ledger changes by itself: a recent grant leaves
-    /// the settle window (the readings now show it), or an unstarted grant
-    /// expires. A waiter re-checks then instead of at its next poll.
-    pub fn next_change(
-        &self,
-        now: Instant,
-        settle: Duration,
-        start_timeout: Duration,
-    ) -> Option<Instant> {
-        self.grants
-            .values()
-            .flat_map(|g| {
-                let settled = g.granted_at + settle;
-                let expires = (!g.started).then(|| g.granted_at + start_timeout);
-                [Some(settled), expires]
-            })
-            .flatten()
-            .filter(|&t| t > now)
-            .min()
+    /// the settle window, or an unstarted grant expires.
+    pub fn next_change(&self, now: f64, settle_s: f64, start_timeout_s: f64) -> Option<f64> {
+        let settled = self
+            .recent_grants(now, settle_s)
+            .map(|g| g.granted_at + settle_s)
+            .find(|&t| t > now);
+        let expires = self
+            .unstarted
+            .iter()
+            .filter_map(|id| self.grants.get(id))
+            .map(|g| g.granted_at + start_timeout_s)
+            .find(|&t| t > now);
+        match (settled, expires) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     pub fn release(&mut self, id: GrantId) -> Option<Grant> {
-        self.grants.remove(&id)
+        let grant = self.grants.remove(&id)?;
+        for &d in &grant.devices {
+            add(&mut self.reserved_dev, d, -grant.vram_mb);
+        }
+        for (name, v) in &grant.pools {
+            add_pool(&mut self.reserved_pool, name, -*v);
+        }
+        if let Some(ids) = self.by_plugin.get_mut(&grant.plugin) {
+            ids.remove(&id);
+            if ids.is_empty() {
+                self.by_plugin.remove(&grant.plugin);
+            }
+        }
+        for pid in &grant.pids {
+            if self.by_pid.get(pid) == Some(&id) {
+                self.by_pid.remove(pid);
+            }
+        }
+        self.unstarted.remove(&id);
+        Some(grant)
     }
 
-    /// Releases grants never started within `start_timeout`.
-    pub fn expire(&mut self, now: Instant, start_timeout: Duration) -> Vec<Grant> {
-        let stale: Vec<GrantId> = self
-            .grants
-            .values()
-            .filter(|g| !g.started && now.saturating_duration_since(g.granted_at) >= start_timeout)
-            .map(|g| g.id)
-            .collect();
+    /// Releases grants never started within `start_timeout_s`.
+    pub fn expire(&mut self, now: f64, start_timeout_s: f64) -> Vec<Grant> {
+        let mut stale = Vec::new();
+        for id in &self.unstarted {
+            match self.grants.get(id) {
+                Some(g) if now - g.granted_at >= start_timeout_s => stale.push(*id),
+                // Ids grow with time: the rest are younger.
+                Some(_) => break,
+                None => stale.push(*id),
+            }
+        }
         stale
             .into_iter()
-            .filter_map(|id| self.grants.remove(&id))
+            .filter_map(|id| self.release(id))
             .collect()
     }
 
     /// Total VRAM reserved per device index.
     pub fn reserved_by_device(&self) -> BTreeMap<u32, f64> {
-        let mut out = BTreeMap::new();
-        for g in self.grants.values() {
-            for &d in &g.devices {
-                *out.entry(d).or_insert(0.0) += g.vram_mb;
-            }
-        }
-        out
+        self.reserved_dev.iter().map(|(&d, &v)| (d, v)).collect()
     }
 
-    pub fn reserved_ram_mb(&self) -> f64 {
-        // `+ 0.0` turns the empty sum's -0.0 into 0.0.
-        self.grants.values().map(|g| g.ram_mb).sum::<f64>() + 0.0
+    /// Total reserved per pool.
+    pub fn reserved_by_pool(&self) -> BTreeMap<Arc<str>, f64> {
+        self.reserved_pool
+            .iter()
+            .map(|(n, &v)| (n.clone(), v))
+            .collect()
+    }
+
+    pub fn reserved_pool(&self, name: &str) -> f64 {
+        // `+ 0.0` turns a -0.0 into 0.0.
+        self.reserved_pool.get(name).copied().unwrap_or(0.0) + 0.0
     }
 }
 
@@ -398,11 +678,11 @@ mod tests {
 
     const LIMITS: Limits = Limits {
         headroom: 0.9,
-        settle: Duration::from_secs(2),
+        settle_s: 2.0,
     };
 
     fn reading(devices: &[(f64, f64)]) -> Reading {
-        Reading {
+        let mut r = Reading {
             devices: devices
                 .iter()
                 .enumerate()
@@ -412,16 +692,25 @@ mod tests {
                     free_mb: free,
                 })
                 .collect(),
-            ram_total_mb: Some(64_000.0),
-            ram_available_mb: Some(60_000.0),
-        }
+            pools: Vec::new(),
+        };
+        r.set_pool(RAM_MB, Some(64_000.0), Some(60_000.0));
+        r
     }
 
     fn gpu(vram: f64) -> Need {
         Need {
             gpu_count: 1,
             vram_mb: vram,
-            ram_mb: 0.0,
+            pools: Vec::new(),
+        }
+    }
+
+    fn gpus(n: u32, vram: f64) -> Need {
+        Need {
+            gpu_count: n,
+            vram_mb: vram,
+            pools: Vec::new(),
         }
     }
 
@@ -429,25 +718,50 @@ mod tests {
     fn the_same_free_memory_is_never_granted_twice() {
         let mut ledger = Ledger::new();
         let r = reading(&[(24_000.0, 24_000.0)]);
-        let now = Instant::now();
-        assert!(ledger.grant("a", &gpu(12_000.0), &r, LIMITS, now).is_ok());
+        assert!(ledger.grant("a", &gpu(12_000.0), &r, LIMITS, 0.0).is_ok());
         // The reading still shows 24 GB free (the model is loading): the
         // settle window subtracts the first grant.
-        let second = ledger.grant("b", &gpu(12_000.0), &r, LIMITS, now);
-        assert!(matches!(second, Err(Refusal::Vram { .. })), "{second:?}");
+        let second = ledger.grant("b", &gpu(12_000.0), &r, LIMITS, 0.0);
+        match second {
+            Err(Refusal::Vram { settling_mb, .. }) => assert_eq!(settling_mb, 12_000.0),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_grant_already_in_the_reading_is_not_subtracted_twice() {
+        let mut ledger = Ledger::new();
+        let total = 24_576.0;
+        let r0 = reading(&[(total, total)]);
+        assert!(ledger.grant("a", &gpu(10_000.0), &r0, LIMITS, 0.0).is_ok());
+        // 0.4 s later the reading shows a's 10 GB in use: b (10 GB) fits.
+        let r1 = reading(&[(total, total - 10_000.0)]);
+        assert!(ledger.grant("b", &gpu(10_000.0), &r1, LIMITS, 0.4).is_ok());
+        // Only half of a third grant's memory shows: the rest still counts.
+        let r2 = reading(&[(total, total - 20_000.0)]);
+        let mut l2 = Ledger::new();
+        assert!(l2.grant("a", &gpu(10_000.0), &r0, LIMITS, 0.0).is_ok());
+        let partial = reading(&[(total, total - 5_000.0)]);
+        assert_eq!(l2.unseen_on(&partial.devices[0], LIMITS, 0.5), 5_000.0);
+        assert_eq!(l2.unseen_on(&r2.devices[0], LIMITS, 0.5), 0.0);
     }
 
     #[test]
     fn headroom_caps_reservations_even_when_readings_lag() {
         let mut ledger = Ledger::new();
         let r = reading(&[(10_000.0, 10_000.0)]);
-        let later = Instant::now() + Duration::from_secs(10);
-        assert!(ledger
-            .grant("a", &gpu(5_000.0), &r, LIMITS, Instant::now())
-            .is_ok());
+        assert!(ledger.grant("a", &gpu(5_000.0), &r, LIMITS, 0.0).is_ok());
         // Settled, and the (stale) reading says all free: capacity still refuses.
-        assert!(ledger.grant("b", &gpu(5_000.0), &r, LIMITS, later).is_err());
-        assert!(ledger.grant("b", &gpu(4_000.0), &r, LIMITS, later).is_ok());
+        assert!(ledger.grant("b", &gpu(5_000.0), &r, LIMITS, 10.0).is_err());
+        assert!(ledger.grant("b", &gpu(4_000.0), &r, LIMITS, 10.0).is_ok());
+    }
+
+    #[test]
+    fn a_zero_total_is_no_capacity_not_unknown() {
+        let mut ledger = Ledger::new();
+        let r = reading(&[(0.0, 8_000.0)]);
+        assert!(ledger.grant("a", &gpu(20_000.0), &r, LIMITS, 0.0).is_err());
+        assert!(!Ledger::can_ever_fit(&gpu(1.0), &r, LIMITS));
     }
 
     #[test]
@@ -458,32 +772,18 @@ mod tests {
             (16_000.0, 16_000.0),
             (80_000.0, 80_000.0),
         ]);
-        let now = Instant::now();
-        let g = ledger.grant("a", &gpu(10_000.0), &r, LIMITS, now);
+        let g = ledger.grant("a", &gpu(10_000.0), &r, LIMITS, 0.0);
         assert_eq!(g.map(|g| g.devices), Ok(vec![1]));
-        let two = Need {
-            gpu_count: 2,
-            vram_mb: 20_000.0,
-            ram_mb: 0.0,
-        };
-        let g = ledger.grant("b", &two, &r, LIMITS, now);
+        let g = ledger.grant("b", &gpus(2, 20_000.0), &r, LIMITS, 0.0);
         assert_eq!(
             g.as_ref().map(|g| g.cuda_visible_devices()),
             Ok("0,2".to_owned())
         );
-        let three = Need {
-            gpu_count: 3,
-            vram_mb: 1_000.0,
-            ram_mb: 0.0,
-        };
-        assert!(ledger.grant("c", &three, &r, LIMITS, now).is_ok());
-        let four = Need {
-            gpu_count: 4,
-            vram_mb: 1.0,
-            ram_mb: 0.0,
-        };
+        assert!(ledger
+            .grant("c", &gpus(3, 1_000.0), &r, LIMITS, 0.0)
+            .is_ok());
         assert_eq!(
-            ledger.grant("d", &four, &r, LIMITS, now).err(),
+            ledger.grant("d", &gpus(4, 1.0), &r, LIMITS, 0.0).err(),
             Some(Refusal::NotEnoughDevices {
                 needed: 4,
                 present: 3
@@ -492,108 +792,67 @@ mod tests {
     }
 
     #[test]
+    fn pools_are_data_ram_cpu_and_custom() {
+        let mut ledger = Ledger::new();
+        let mut r = reading(&[]);
+        r.set_pool(CPU_CORES, Some(8.0), None);
+        r.set_pool("licenses", Some(2.0), Some(2.0));
+        let mut need = Need::default();
+        need.set_pool(CPU_CORES, 4.0);
+        need.set_pool("licenses", 1.0);
+        need.set_pool(RAM_MB, 1_000.0);
+        let limits = Limits {
+            headroom: 1.0,
+            settle_s: 0.0,
+        };
+        assert!(ledger.grant("a", &need, &r, limits, 0.0).is_ok());
+        assert!(ledger.grant("b", &need, &r, limits, 0.0).is_ok());
+        match ledger.grant("c", &need, &r, limits, 0.0) {
+            Err(Refusal::Pool { pool, holders, .. }) => {
+                assert_eq!(pool.as_ref(), CPU_CORES);
+                assert_eq!(holders, vec!["a", "b"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(ledger.reserved_pool(CPU_CORES), 8.0);
+        assert!(ledger.finish("a").is_some());
+        assert_eq!(ledger.reserved_pool(CPU_CORES), 4.0);
+        // A pool the reading does not know is not checked.
+        let mut other = Need::default();
+        other.set_pool("unknown", 1e9);
+        assert!(ledger.place(&other, &r, limits, 0.0).is_ok());
+    }
+
+    #[test]
     fn counted_per_execution_start_finish_and_expiry() {
         let mut ledger = Ledger::new();
         let r = reading(&[(24_000.0, 24_000.0)]);
-        let t0 = Instant::now();
-        assert!(ledger.grant("w", &gpu(1_000.0), &r, LIMITS, t0).is_ok());
-        assert!(ledger.grant("w", &gpu(1_000.0), &r, LIMITS, t0).is_ok());
+        assert!(ledger.grant("w", &gpu(1_000.0), &r, LIMITS, 0.0).is_ok());
+        assert!(ledger.grant("w", &gpu(1_000.0), &r, LIMITS, 0.0).is_ok());
         assert!(ledger.start("w").is_some());
-        assert_eq!(ledger.reserved_by_device().get(&0), Some(&2_000.0));
-        assert!(ledger.finish("w").is_some_and(|g| g.started));
-        let expired = ledger.expire(t0 + Duration::from_secs(61), Duration::from_secs(60));
+        assert_eq!(ledger.next_change(0.0, 2.0, 60.0), Some(2.0));
+        let expired = ledger.expire(61.0, 60.0);
         assert_eq!(expired.len(), 1);
-        assert_eq!(ledger.grants().count(), 0);
+        assert_eq!(ledger.len(), 1);
+        assert!(ledger.finish("w").is_some());
+        assert!(ledger.finish("w").is_none());
+        assert!(ledger.reserved_by_device().is_empty());
     }
 
     #[test]
-    fn unknown_totals_leave_the_live_check() {
-        let mut ledger = Ledger::new();
-        let r = Reading {
-            devices: vec![DeviceReading {
-                index: 0,
-                total_mb: f64::INFINITY,
-                free_mb: 8_000.0,
-            }],
-            ram_total_mb: None,
-            ram_available_mb: Some(1_000.0),
-        };
-        let now = Instant::now();
-        assert!(ledger.grant("a", &gpu(9_000.0), &r, LIMITS, now).is_err());
-        let ram = Need {
-            gpu_count: 0,
-            vram_mb: 0.0,
-            ram_mb: 2_000.0,
-        };
-        assert!(matches!(
-            ledger.grant("b", &ram, &r, LIMITS, now),
-            Err(Refusal::Ram { .. })
-        ));
-        assert!(Ledger::can_ever_fit(&gpu(9_000.0), &r, LIMITS));
-    }
-
-    #[test]
-    fn needs_beyond_the_machine_can_never_fit() {
-        let r = reading(&[(24_000.0, 24_000.0), (16_000.0, 16_000.0)]);
-        assert!(Ledger::can_ever_fit(&gpu(21_600.0), &r, LIMITS));
-        assert!(!Ledger::can_ever_fit(&gpu(21_601.0), &r, LIMITS));
-        let three = Need {
-            gpu_count: 3,
-            vram_mb: 1.0,
-            ram_mb: 0.0,
-        };
-        assert!(!Ledger::can_ever_fit(&three, &r, LIMITS));
-        let ram = Need {
-            gpu_count: 0,
-            vram_mb: 0.0,
-            ram_mb: 60_000.0,
-        };
-        assert!(!Ledger::can_ever_fit(&ram, &r, LIMITS));
-    }
-
-    #[test]
-    fn leases_are_not_released_by_name_and_the_next_change_is_known() {
+    fn leases_are_not_touched_by_name_and_pids_index() {
         let mut ledger = Ledger::new();
         let r = reading(&[(24_000.0, 24_000.0)]);
-        let t0 = Instant::now();
-        let leased = ledger
-            .grant("w", &gpu(1_000.0), &r, LIMITS, t0)
-            .map(|g| g.id);
-        assert!(leased.is_ok_and(|id| ledger.start_lease(id)));
-        assert_eq!(ledger.finish("w"), None);
-        assert_eq!(ledger.start("w"), None);
-        let settle = Duration::from_secs(2);
-        assert_eq!(
-            ledger.next_change(t0, settle, Duration::from_secs(60)),
-            Some(t0 + settle)
-        );
-        assert_eq!(
-            ledger.next_change(t0 + settle, settle, Duration::from_secs(60)),
-            None
-        );
-        assert_eq!(ledger.reserved_ram_mb().to_bits(), 0.0f64.to_bits());
-    }
-
-    #[test]
-    fn ram_is_checked_against_headroom_and_live_reading() {
-        let mut ledger = Ledger::new();
-        let r = reading(&[]);
-        let now = Instant::now();
-        let big = Need {
-            gpu_count: 0,
-            vram_mb: 0.0,
-            ram_mb: 55_000.0,
-        };
-        assert!(ledger.grant("a", &big, &r, LIMITS, now).is_ok());
-        let small = Need {
-            gpu_count: 0,
-            vram_mb: 0.0,
-            ram_mb: 3_000.0,
-        };
-        assert!(matches!(
-            ledger.grant("b", &small, &r, LIMITS, now),
-            Err(Refusal::Ram { .. })
-        ));
+        let g = ledger
+            .grant("w", &gpu(1_000.0), &r, LIMITS, 0.0)
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(ledger.start_lease(g.id));
+        assert!(ledger.finish("w").is_none());
+        assert!(ledger.attach_pid(g.id, 42));
+        assert_eq!(ledger.plugin_of_pid(42), Some("w"));
+        assert!(ledger.release(g.id).is_some());
+        assert_eq!(ledger.plugin_of_pid(42), None);
+        assert!(!ledger.has_pids());
     }
 }
 
@@ -605,7 +864,7 @@ mod properties {
     fn limits() -> Limits {
         Limits {
             headroom: 0.9,
-            settle: Duration::from_secs(2),
+            settle_s: 2.0,
         }
     }
 
@@ -613,7 +872,7 @@ mod properties {
     enum Op {
         Grant { gpus: u32, vram: f64, ram: f64 },
         Release(usize),
-        Advance(u64),
+        Advance(f64),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -624,32 +883,35 @@ mod properties {
                 ram
             }),
             (0usize..16).prop_map(Op::Release),
-            (0u64..3_000).prop_map(Op::Advance),
+            (0.0f64..3.0).prop_map(Op::Advance),
         ]
     }
 
+    fn need(gpus: u32, vram: f64, ram: f64) -> Need {
+        let mut n = Need {
+            gpu_count: gpus,
+            vram_mb: vram,
+            pools: Vec::new(),
+        };
+        n.set_pool(RAM_MB, ram);
+        n
+    }
+
     fn machine() -> Reading {
-        Reading {
-            devices: vec![
-                DeviceReading {
-                    index: 0,
-                    total_mb: 24_000.0,
-                    free_mb: 24_000.0,
-                },
-                DeviceReading {
-                    index: 1,
-                    total_mb: 16_000.0,
-                    free_mb: 16_000.0,
-                },
-                DeviceReading {
-                    index: 2,
-                    total_mb: 80_000.0,
-                    free_mb: 80_000.0,
-                },
-            ],
-            ram_total_mb: Some(64_000.0),
-            ram_available_mb: Some(64_000.0),
-        }
+        let mut r = Reading {
+            devices: [24_000.0, 16_000.0, 80_000.0]
+                .iter()
+                .enumerate()
+                .map(|(i, &t)| DeviceReading {
+                    index: i as u32,
+                    total_mb: t,
+                    free_mb: t,
+                })
+                .collect(),
+            pools: Vec::new(),
+        };
+        r.set_pool(RAM_MB, Some(64_000.0), Some(64_000.0));
+        r
     }
 
     proptest! {
@@ -657,13 +919,12 @@ mod properties {
         fn reservations_never_exceed_capacity_and_release_returns_to_zero(ops in proptest::collection::vec(op(), 1..60)) {
             let mut ledger = Ledger::new();
             let reading = machine();
-            let mut now = Instant::now();
+            let mut now = 0.0;
             let mut held: Vec<GrantId> = Vec::new();
             for op in ops {
                 match op {
                     Op::Grant { gpus, vram, ram } => {
-                        let need = Need { gpu_count: gpus, vram_mb: vram, ram_mb: ram };
-                        if let Ok(g) = ledger.grant("p", &need, &reading, limits(), now) {
+                        if let Ok(g) = ledger.grant("p", &need(gpus, vram, ram), &reading, limits(), now) {
                             prop_assert_eq!(g.devices.len() as u32, gpus);
                             held.push(g.id);
                         }
@@ -674,29 +935,31 @@ mod properties {
                             prop_assert!(ledger.release(id).is_some());
                         }
                     }
-                    Op::Advance(ms) => now += Duration::from_millis(ms),
+                    Op::Advance(s) => {
+                        now += s;
+                        ledger.settle(now, 2.0);
+                    }
                 }
                 for d in &reading.devices {
                     let reserved = ledger.reserved_by_device().get(&d.index).copied().unwrap_or(0.0);
                     prop_assert!(reserved <= 0.9 * d.total_mb + 1e-6, "device {} over: {}", d.index, reserved);
                 }
-                prop_assert!(ledger.reserved_ram_mb() <= 0.9 * 64_000.0 + 1e-6);
+                prop_assert!(ledger.reserved_pool(RAM_MB) <= 0.9 * 64_000.0 + 1e-6);
             }
             for id in held {
                 prop_assert!(ledger.release(id).is_some());
             }
             prop_assert_eq!(ledger.grants().count(), 0);
             prop_assert!(ledger.reserved_by_device().is_empty());
-            prop_assert_eq!(ledger.reserved_ram_mb(), 0.0);
+            prop_assert_eq!(ledger.reserved_pool(RAM_MB), 0.0);
         }
 
         #[test]
         fn placement_is_deterministic(vram in 0.0f64..30_000.0, gpus in 1u32..3, pre in 0.0f64..20_000.0) {
             let run = || {
                 let mut ledger = Ledger::new();
-                let now = Instant::now();
-                let _ = ledger.grant("x", &Need { gpu_count: 1, vram_mb: pre, ram_mb: 0.0 }, &machine(), limits(), now);
-                ledger.place(&Need { gpu_count: gpus, vram_mb: vram, ram_mb: 0.0 }, &machine(), limits(), now)
+                let _ = ledger.grant("x", &need(1, pre, 0.0), &machine(), limits(), 0.0);
+                ledger.place(&need(gpus, vram, 0.0), &machine(), limits(), 0.0)
             };
             prop_assert_eq!(run(), run());
         }

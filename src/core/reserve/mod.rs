@@ -1,5 +1,6 @@
-//! Reservations: per-device admission that never double-books.
+//! Reservations: per-device and per-pool admission that never double-books,
+//! and the queue that owns the ledger, the waiters and the policy.
 
 pub mod ledger;
 pub mod peaks;
-pub mod waiters;
+pub mod queue;

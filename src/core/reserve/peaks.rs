@@ -1,7 +1,8 @@
 //! Measured peaks per plugin, so later grants reserve what a plugin really
 //! uses: `max(declared, observed peak × margin)`. Persisted as a small JSON
-//! file written atomically (temporary file + rename), so concurrent
-//! processes never read a torn file; the last writer wins per plugin.
+//! file written atomically (temporary file + rename) and merged under a file
+//! lock (max per plugin), so concurrent processes never read a torn file nor
+//! lose each other's peaks. Saves are batched (at most one per second).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,6 +19,12 @@ pub struct Peak {
 pub struct Peaks {
     by_plugin: BTreeMap<String, Peak>,
     path: Option<PathBuf>,
+    /// Recorded since the last successful save.
+    dirty: bool,
+    /// Clock seconds of the last save attempt.
+    last_attempt: Option<f64>,
+    /// The last save failure reported, so it is logged once, then on change.
+    reported: Option<String>,
 }
 
 fn valid(field: &str, value: Option<f64>) -> Result<Option<f64>, String> {
@@ -29,6 +36,39 @@ fn valid(field: &str, value: Option<f64>) -> Result<Option<f64>, String> {
     }
 }
 
+fn max_of(old: Option<f64>, new: Option<f64>) -> Option<f64> {
+    match (old, new) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn merge_into(into: &mut BTreeMap<String, Peak>, from: &BTreeMap<String, Peak>) -> bool {
+    let mut changed = false;
+    for (plugin, peak) in from {
+        let entry = into.entry(plugin.clone()).or_default();
+        let merged = Peak {
+            vram_mb: max_of(entry.vram_mb, peak.vram_mb),
+            ram_mb: max_of(entry.ram_mb, peak.ram_mb),
+        };
+        changed |= merged != *entry;
+        *entry = merged;
+    }
+    changed
+}
+
+fn load(path: &Path) -> Result<BTreeMap<String, Peak>, String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str::<BTreeMap<String, Peak>>(&text)
+            .map_err(|e| format!("ignoring corrupt peaks file {}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(e) => Err(format!("cannot read peaks file {}: {e}", path.display())),
+    }
+}
+
+/// Seconds between two saves of new peaks (writes are batched).
+pub const SAVE_INTERVAL_S: f64 = 1.0;
+
 impl Peaks {
     /// In memory only.
     pub fn in_memory() -> Self {
@@ -38,23 +78,14 @@ impl Peaks {
     /// Backed by `path`; an existing file is loaded (an unreadable or
     /// corrupt one is reported and replaced on the next write).
     pub fn at(path: PathBuf) -> (Self, Option<String>) {
-        let mut peaks = Self {
-            by_plugin: BTreeMap::new(),
-            path: Some(path.clone()),
+        let (by_plugin, problem) = match load(&path) {
+            Ok(map) => (map, None),
+            Err(problem) => (BTreeMap::new(), Some(problem)),
         };
-        let problem = match std::fs::read_to_string(&path) {
-            Ok(text) => match serde_json::from_str::<BTreeMap<String, Peak>>(&text) {
-                Ok(map) => {
-                    peaks.by_plugin = map;
-                    None
-                }
-                Err(e) => Some(format!(
-                    "ignoring corrupt peaks file {}: {e}",
-                    path.display()
-                )),
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => Some(format!("cannot read peaks file {}: {e}", path.display())),
+        let peaks = Self {
+            by_plugin,
+            path: Some(path),
+            ..Self::default()
         };
         (peaks, problem)
     }
@@ -71,7 +102,12 @@ impl Peaks {
         &self.by_plugin
     }
 
-    /// Keeps the larger of the stored and the new figures; saves if backed.
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    /// Keeps the larger of the stored and the new figures (in memory; a
+    /// backed book is saved by [`Peaks::flush`]).
     pub fn record(
         &mut self,
         plugin: &str,
@@ -81,29 +117,84 @@ impl Peaks {
         let vram_mb = valid("vram_mb", vram_mb)?;
         let ram_mb = valid("ram_mb", ram_mb)?;
         let entry = self.by_plugin.entry(plugin.to_owned()).or_default();
-        let max = |old: Option<f64>, new: Option<f64>| match (old, new) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
+        let merged = Peak {
+            vram_mb: max_of(entry.vram_mb, vram_mb),
+            ram_mb: max_of(entry.ram_mb, ram_mb),
         };
-        entry.vram_mb = max(entry.vram_mb, vram_mb);
-        entry.ram_mb = max(entry.ram_mb, ram_mb);
-        let peak = *entry;
-        self.save()?;
-        Ok(peak)
+        if merged != *entry {
+            *entry = merged;
+            self.dirty = self.path.is_some();
+        }
+        Ok(merged)
     }
 
-    fn save(&self) -> Result<(), String> {
-        let Some(path) = &self.path else {
+    /// Saves new peaks if there are any and `force` or the last attempt was
+    /// `SAVE_INTERVAL_S` ago. The file is merged, not overwritten: under an
+    /// exclusive lock on `<path>.lock`, what other processes saved is read,
+    /// the maximum per plugin kept (here too), and the result written to a
+    /// temporary file renamed over the old one. A failure keeps the peaks
+    /// dirty (retried later) and is returned once, then again only when the
+    /// message changes.
+    pub fn flush(&mut self, now: f64, force: bool) -> Option<String> {
+        if !self.dirty {
+            return None;
+        }
+        if !force && self.last_attempt.is_some_and(|t| now - t < SAVE_INTERVAL_S) {
+            return None;
+        }
+        self.last_attempt = Some(now);
+        match self.save() {
+            Ok(()) => {
+                self.dirty = false;
+                self.reported = None;
+                None
+            }
+            Err(problem) => {
+                if self.reported.as_deref() == Some(problem.as_str()) {
+                    None
+                } else {
+                    self.reported = Some(problem.clone());
+                    Some(problem)
+                }
+            }
+        }
+    }
+
+    fn save(&mut self) -> Result<(), String> {
+        let Some(path) = self.path.clone() else {
             return Ok(());
         };
-        let text = serde_json::to_string_pretty(&self.by_plugin).map_err(|e| e.to_string())?;
-        if let Some(dir) = path.parent() {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
+        let lock_path = path.with_extension("json.lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
+        lock.lock()
+            .map_err(|e| format!("cannot lock {}: {e}", lock_path.display()))?;
+        // Others' peaks first (a corrupt file is replaced).
+        if let Ok(theirs) = load(&path) {
+            merge_into(&mut self.by_plugin, &theirs);
+        }
+        let text = serde_json::to_string_pretty(&self.by_plugin).map_err(|e| e.to_string())?;
         let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-        std::fs::write(&tmp, text).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-        std::fs::rename(&tmp, path).map_err(|e| format!("cannot replace {}: {e}", path.display()))
+        let written = std::fs::write(&tmp, text)
+            .map_err(|e| format!("cannot write {}: {e}", tmp.display()))
+            .and_then(|()| {
+                std::fs::rename(&tmp, &path)
+                    .map_err(|e| format!("cannot replace {}: {e}", path.display()))
+            });
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        // The lock is released when `lock` is dropped.
+        drop(lock);
+        written
     }
 }
 
@@ -124,6 +215,9 @@ mod tests {
         assert_eq!(problem, None);
         assert!(peaks.record("whisper", Some(5_000.0), None).is_ok());
         assert!(peaks.record("whisper", Some(4_000.0), Some(900.0)).is_ok());
+        assert!(peaks.is_dirty());
+        assert_eq!(peaks.flush(0.0, true), None);
+        assert!(!peaks.is_dirty());
         let (reloaded, _) = Peaks::at(path);
         assert_eq!(
             reloaded.get("whisper"),
@@ -134,6 +228,41 @@ mod tests {
         );
         assert!(peaks.record("x", Some(-1.0), None).is_err());
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn writers_merge_instead_of_overwriting() {
+        let dir = std::env::temp_dir().join(format!("ps-peaks-merge-{}", std::process::id()));
+        let path = dir.join("peaks.json");
+        let (mut a, _) = Peaks::at(path.clone());
+        let (mut b, _) = Peaks::at(path.clone());
+        assert!(a.record("a", Some(1.0), None).is_ok());
+        assert!(b.record("b", Some(2.0), None).is_ok());
+        assert!(b.record("a", Some(0.5), None).is_ok());
+        assert_eq!(a.flush(0.0, true), None);
+        assert_eq!(b.flush(0.0, true), None);
+        let (c, _) = Peaks::at(path);
+        assert_eq!(c.get("a").vram_mb, Some(1.0));
+        assert_eq!(c.get("b").vram_mb, Some(2.0));
+        let leftovers = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| e.file_name().to_string_lossy().contains(".tmp."))
+                    .count()
+            })
+            .unwrap_or(0);
+        assert_eq!(leftovers, 0);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_failing_save_is_reported_once_and_retried() {
+        let (mut p, _) = Peaks::at(PathBuf::from("/proc/definitely/not/writable/peaks.json"));
+        assert!(p.record("a", Some(1.0), None).is_ok());
+        assert!(p.flush(0.0, true).is_some());
+        assert_eq!(p.flush(5.0, true), None);
+        assert!(p.is_dirty());
+        assert_eq!(p.get("a").vram_mb, Some(1.0));
     }
 
     #[test]

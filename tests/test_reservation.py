@@ -1218,6 +1218,9 @@ def test_explain_reports_fit_and_refusal_details():
         "vram_mb": 10000.0,
         "ram_mb": 500.0,
         "waiting_ahead": 0,
+        "waiting": 0,
+        "policy": "fifo",
+        "priority": 50.0,
         "would_wait": False,
         "devices": [1],
         "reason": "fits now",
@@ -1242,12 +1245,18 @@ def test_snapshot_repr_and_html():
     w.start()
     wait_until(lambda: n_waiters(s) == 1)
     snap = s.snapshot()
-    assert set(snap) == {"grants", "waiters", "reserved_vram_mb", "reserved_ram_mb", "policy"}
+    assert set(snap) == {"grants", "waiters", "reserved_vram_mb", "reserved_ram_mb", "reserved_pools", "policy"}
     (g,) = snap["grants"]
-    assert set(g) == {"id", "plugin", "devices", "vram_mb", "ram_mb", "started", "age_s"}
+    assert set(g) == {
+        "id", "plugin", "devices", "vram_mb", "ram_mb", "started", "age_s",
+        "without_gpu_figures", "priority", "user", "project",
+    }
     assert g["started"] is True and g["age_s"] >= 0
     (wt,) = snap["waiters"]
-    assert set(wt) == {"plugin", "position", "gpu_count", "vram_mb", "ram_mb", "waiting_s"}
+    assert set(wt) == {
+        "plugin", "position", "gpu_count", "vram_mb", "ram_mb", "waiting_s",
+        "priority", "user", "project", "reason", "passed_over",
+    }
     assert (wt["plugin"], wt["position"], wt["gpu_count"], wt["vram_mb"]) == ("<i>wait</i>", 0, 1, 8000.0)
     assert snap["reserved_vram_mb"] == {0: 6000.0} and snap["reserved_ram_mb"] == 2000.0
     r = repr(s)
@@ -1301,7 +1310,8 @@ def test_peaks_persist_round_trip(tmp_path, caplog):
     assert b.peaks() == a.peaks()
     with b.lease(gpu_meta("whisper", 1000), SimulatedSystem(gpus=[24000.0])) as g:
         assert g.vram_mb == pytest.approx(5500.0)
-    assert list(tmp_path.joinpath("state").iterdir()) == [path]  # no temp files left
+    # No temporary files left (the lock file that serialises writers stays).
+    assert sorted(tmp_path.joinpath("state").iterdir()) == [path, path.with_suffix(".json.lock")]
     # A corrupt file is reported, not fatal, and replaced on the next write.
     path.write_text("{not json")
     caplog.set_level(logging.WARNING, logger=OURS_LOGGER)

@@ -10,8 +10,11 @@ classes' ``allocate_async`` methods.
 from __future__ import annotations
 
 import asyncio
+import inspect
 from time import monotonic as _monotonic
 from typing import Any, Awaitable, Callable, Mapping
+
+from ._core import ReservationTimeout
 
 StatsProvider = Callable[[], Awaitable[Mapping[str, Any]]]
 
@@ -41,29 +44,50 @@ async def queue_allocate_async(self: Any, plugin_meta: Any, stats_provider: Stat
     return False
 
 
-async def reserve_async(self: Any, plugin_meta: Any, stats_provider: StatsProvider) -> Any:
+async def reserve_async(self: Any, plugin_meta: Any, stats_provider: StatsProvider, **job: Any) -> Any:
     """``ReservationScheduler``: wait for a reservation without blocking the loop;
-    the ``Grant``, or ``None`` after ``timeout``. Only the waiter whose turn it is
-    reads stats; a cancelled waiter leaves the line at once."""
-    wait = self._begin_wait(plugin_meta)
+    the ``Grant``, or ``ReservationTimeout`` after ``timeout`` (or at once when it
+    can never fit). Only the waiter whose turn it is reads stats (or any waiter
+    when that one has gone silent); a cancelled waiter leaves the line at once."""
+    wait = self._begin_wait(plugin_meta, **job)
     try:
         while True:
+            grant = wait.claim()  # granted by someone else's reading
+            if grant is not None:
+                return grant
             if wait.my_turn():
-                stats = await stats_provider()
-                grant = wait.try_grant(stats)
+                stats = await _awaited_stats(stats_provider)
+                grant = wait.offer(stats)
                 if grant is not None:
                     return grant
             step = wait.after_refusal()
             if step is False:
-                return None
+                raise wait.failure_error()
             await _sleep_or_wake(wait, step)
     finally:
         wait.leave()  # no-op after a grant
 
 
-async def reservation_allocate_async(self: Any, plugin_meta: Any, stats_provider: StatsProvider) -> bool:
-    """``ReservationScheduler.allocate_async``: reserve, or ``False`` after ``timeout``."""
-    return await self._reserve_async(plugin_meta, stats_provider) is not None
+async def _awaited_stats(stats_provider: StatsProvider) -> Any:
+    pending = stats_provider()
+    if not inspect.isawaitable(pending):
+        raise TypeError(
+            f"stats_provider returned {type(pending).__name__}; allocate_async needs an async "
+            "provider such as monitor.snapshot_async (a coroutine function)"
+        )
+    return await pending
+
+
+async def reservation_allocate_async(
+    self: Any, plugin_meta: Any, stats_provider: StatsProvider, **job: Any
+) -> bool:
+    """``ReservationScheduler.allocate_async``: reserve, or ``False`` after ``timeout``
+    (or when it can never fit). Keywords override ``manifest["scheduling"]``."""
+    try:
+        await self._reserve_async(plugin_meta, stats_provider, **job)
+    except ReservationTimeout:
+        return False
+    return True
 
 
 async def _sleep_or_wake(wait: Any, seconds: float) -> None:

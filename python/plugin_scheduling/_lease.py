@@ -10,22 +10,15 @@ from contextlib import asynccontextmanager, contextmanager
 from html import escape
 from typing import Any, AsyncIterator, Iterator
 
-from ._core import ReservationTimeout
-
-
-def _started(scheduler: Any, grant: Any, plugin_meta: Any) -> Any:
-    """The grant marked as held by a lease, or ReservationTimeout if none came."""
-    if grant is None:
-        name = getattr(plugin_meta, "name", plugin_meta)
-        raise ReservationTimeout(f"no reservation for {name!r} within timeout={scheduler.timeout}s")
-    scheduler._start_grant(grant.id)
-    return grant
-
 
 @contextmanager
-def lease(self: Any, plugin_meta: Any, stats_provider: Any) -> Iterator[Any]:
-    """Reserve (blocking), yield the ``Grant``, release on exit."""
-    grant = _started(self, self._reserve(plugin_meta, stats_provider), plugin_meta)
+def lease(self: Any, plugin_meta: Any, stats_provider: Any, **job: Any) -> Iterator[Any]:
+    """Reserve (blocking), yield the ``Grant``, release on exit. Raises
+    ``ReservationTimeout`` after ``timeout`` or when the need can never fit.
+    Keywords (priority, user, project, deadline_s, estimated_duration_s)
+    override ``manifest["scheduling"]``."""
+    grant = self._reserve(plugin_meta, stats_provider, **job)
+    self._start_grant(grant.id)
     try:
         yield grant
     finally:
@@ -33,9 +26,10 @@ def lease(self: Any, plugin_meta: Any, stats_provider: Any) -> Iterator[Any]:
 
 
 @asynccontextmanager
-async def lease_async(self: Any, plugin_meta: Any, stats_provider: Any) -> AsyncIterator[Any]:
+async def lease_async(self: Any, plugin_meta: Any, stats_provider: Any, **job: Any) -> AsyncIterator[Any]:
     """Reserve (awaiting), yield the ``Grant``, release on exit or cancellation."""
-    grant = _started(self, await self._reserve_async(plugin_meta, stats_provider), plugin_meta)
+    grant = await self._reserve_async(plugin_meta, stats_provider, **job)
+    self._start_grant(grant.id)
     try:
         yield grant
     finally:

@@ -100,3 +100,27 @@ pub fn seconds(field: &str, value: &Bound<'_, PyAny>, allow_infinite: bool) -> P
     }
     Ok(secs)
 }
+
+/// The one mapping of the core's error to Python exceptions: bad input to
+/// `ValueError`/`TypeError`, files and databases to `OSError`, a need that
+/// can never fit to [`ReservationTimeout`], a failed outside policy to
+/// `RuntimeError`.
+pub fn core_error(error: plugin_scheduling_core::error::Error) -> PyErr {
+    use plugin_scheduling_core::error::Error;
+    let message = error.to_string();
+    match error {
+        Error::InvalidValue { .. } => PyValueError::new_err(message),
+        Error::InvalidType { .. } => PyTypeError::new_err(message),
+        Error::Io { source, .. } => {
+            pyo3::exceptions::PyOSError::new_err((source.raw_os_error().unwrap_or(0), message))
+        }
+        Error::Database { .. } => pyo3::exceptions::PyOSError::new_err(message),
+        Error::NeverFits { .. } => ReservationTimeout::new_err(message),
+        Error::Policy { .. } => pyo3::exceptions::PyRuntimeError::new_err(message),
+    }
+}
+
+/// `?` on a core result in the binding: `core(result)?`.
+pub fn core<T>(result: plugin_scheduling_core::error::Result<T>) -> PyResult<T> {
+    result.map_err(core_error)
+}

@@ -3,6 +3,7 @@
 
 mod errors;
 mod inputs;
+mod policies;
 mod queue;
 mod reservation;
 mod reservation_inputs;
@@ -28,6 +29,9 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<reservation::ReservationScheduler>()?;
     m.add_class::<reservation::ReservationWait>()?;
     m.add_class::<reservation::PyGrant>()?;
+    m.add_class::<reservation::PyManualClock>()?;
+    m.add_class::<reservation::PendingJob>()?;
+    m.add_class::<policies::CorePolicy>()?;
     m.add_class::<stats::SystemMonitor>()?;
     m.add_class::<stats::SimulatedSystem>()?;
     m.add(

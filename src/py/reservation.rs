@@ -1,94 +1,106 @@
-//! `ReservationScheduler`: atomic per-GPU admission that never double-books.
+//! `ReservationScheduler`: the Python face of the core's reservation queue
+//! (`plugin_scheduling_core::reserve::queue`). This layer reads manifests
+//! and stats, waits (GIL released, Ctrl-C honoured; async waits through
+//! `_drivers`), logs, and calls wakers after unlocking. Every decision —
+//! who is next, what fits, where it goes — is the core's.
 //!
-//! Same interface as the seed's schedulers (`allocate`, `allocate_async`,
-//! `on_execution_start`, `on_execution_finish`, `get_active_plugins`), so it
-//! drops into the reference `PluginManager`, plus leases that cannot leak,
-//! `explain`, `snapshot` and measured peaks. The decisions are in
-//! `core::reserve`; this layer reads manifests and stats and waits.
+//! Lock rule: no Python code runs while the queue's lock is held (stats,
+//! manifests and policies are read before, wakers and logs run after), so a
+//! thread holding the GIL and waiting for the lock can never deadlock with
+//! the holder.
 
-use std::collections::HashMap;
+use std::cell::RefCell;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::gc::PyVisit;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PySet, PyTuple};
 use pyo3::PyTraverseError;
 
-use super::errors::seconds;
-use super::reservation_inputs::{declared_need, gpu_processes, mb, reading, refusal_text};
+use super::errors::{core, describe, seconds, ReservationTimeout};
+use super::reservation_inputs::{
+    declared_need, gpu_processes, job_info, mb, reading, JobOverrides,
+};
 use super::schedulers::{patchable, require_callable};
 use super::waiting::{async_step, sleep_or_wake, AsyncWaker, Constructed, LoggerCell, WakeSlot};
-use plugin_scheduling_core::messages::{self, WaitKind};
+use plugin_scheduling_core::clock::{Clock, ManualClock, SystemClock};
+use plugin_scheduling_core::error::finite_in;
+use plugin_scheduling_core::policy::{External, JobInfo, MultifactorWeights, PolicySpec};
 use plugin_scheduling_core::queue_wait::{QueueWait, Step};
-use plugin_scheduling_core::reserve::ledger::{
-    Grant, GrantId, Ledger, Limits, Need, Reading, Refusal,
+use plugin_scheduling_core::reserve::ledger::{Grant, GrantId, Limits, Need, RAM_MB};
+use plugin_scheduling_core::reserve::peaks::Peaks;
+use plugin_scheduling_core::reserve::queue::{
+    refusal_text, Event, MissingStats, Offer, ReservationQueue, Settings, WaiterId,
 };
-use plugin_scheduling_core::reserve::peaks::{effective, Peaks};
-use plugin_scheduling_core::reserve::waiters::{Fifo, Policy, WaitQueue, WaiterId};
 use plugin_scheduling_core::wake::WakeSignal;
 
-/// What to do when the stats have no GPU figures for a GPU plugin.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum MissingStats {
-    /// Admit (reserving RAM only), as the seed's schedulers do.
-    Allow,
-    /// Wait until GPU figures are available.
-    Block,
+type Signal = Arc<WakeSignal<AsyncWaker>>;
+type Queue = ReservationQueue<Signal>;
+
+/// A clock that moves only when told, for tests and notebooks:
+/// `ReservationScheduler(clock=ManualClock())` stamps arrivals, ages,
+/// deadlines, settle windows and expiries with it. (Waits still sleep in
+/// real time, bounded by `poll_interval`.)
+#[pyclass(
+    module = "plugin_scheduling",
+    frozen,
+    name = "ManualClock",
+    from_py_object
+)]
+#[derive(Clone)]
+pub struct PyManualClock(pub ManualClock);
+
+#[pymethods]
+impl PyManualClock {
+    #[new]
+    #[pyo3(signature = (start = 0.0))]
+    fn new(start: f64) -> PyResult<Self> {
+        core(finite_in("start", start, 0.0, 1e15))?;
+        Ok(Self(ManualClock::new(start)))
+    }
+
+    /// Seconds now.
+    fn now(&self) -> f64 {
+        self.0.now()
+    }
+
+    /// Moves time forward; returns the new time.
+    fn advance(&self, seconds: f64) -> PyResult<f64> {
+        core(finite_in("seconds", seconds, 0.0, 1e15))?;
+        Ok(self.0.advance(seconds))
+    }
+
+    fn __repr__(&self) -> String {
+        format!("ManualClock(now={})", self.0.now())
+    }
 }
 
-struct Settings {
+struct Waits {
     timeout: f64,
     poll_interval: f64,
-    limits: Limits,
-    start_timeout: Duration,
-    missing: MissingStats,
-    peak_margin: f64,
 }
 
-struct State {
-    ledger: Ledger,
-    queue: WaitQueue,
-    peaks: Peaks,
-    /// Each waiter in line has its own wake signal, so a release wakes only
-    /// the one whose turn it is (FIFO: the others could not take it anyway).
-    signals: HashMap<WaiterId, Arc<WakeSignal<AsyncWaker>>>,
-}
-
-impl State {
-    fn join(
-        &mut self,
-        plugin: &str,
-        need: Need,
-        arrived: Instant,
-        signal: &Arc<WakeSignal<AsyncWaker>>,
-    ) -> WaiterId {
-        let id = self.queue.join(plugin, need, arrived);
-        self.signals.insert(id, Arc::clone(signal));
-        id
-    }
-
-    fn leave(&mut self, id: WaiterId) -> bool {
-        self.signals.remove(&id);
-        self.queue.leave(id)
-    }
-}
-
-/// Reserves what a plugin declares (per GPU device, and RAM) atomically:
-/// concurrent callers never double-book. Waiters are served in policy order
-/// (FIFO); a release wakes the one whose turn it is at once.
+/// Reserves what a plugin declares (per GPU device, and RAM, CPU cores and
+/// declared pools) atomically: concurrent callers never double-book.
+/// Waiters are served in the policy's order; a release wakes the one whose
+/// turn it is at once.
 #[pyclass(module = "plugin_scheduling", subclass, frozen, dict, weakref)]
 pub struct ReservationScheduler {
     constructed: Constructed,
     patched: AtomicBool,
-    settings: Mutex<Settings>,
+    waits: Mutex<Waits>,
     logger: LoggerCell,
-    state: Mutex<State>,
-    policy: Box<dyn Policy>,
+    queue: Mutex<Queue>,
+    clock: Mutex<Arc<dyn Clock>>,
+    /// A Python policy object whose `select_next_job` decides (None: the
+    /// core policy decides alone).
+    outside_policy: Mutex<Option<Py<PyAny>>>,
+    warned_blocking: AtomicBool,
 }
 
 patchable!(ReservationScheduler);
@@ -106,6 +118,12 @@ pub struct PyGrant {
     vram_mb: f64,
     #[pyo3(get)]
     ram_mb: f64,
+    /// Scalar pools reserved (`ram_mb`, `cpu_cores`, declared pools).
+    #[pyo3(get)]
+    pools: Vec<(String, f64)>,
+    /// Admitted without GPU figures in the stats (no device reserved).
+    #[pyo3(get)]
+    without_gpu_figures: bool,
 }
 
 impl From<&Grant> for PyGrant {
@@ -115,7 +133,9 @@ impl From<&Grant> for PyGrant {
             plugin: g.plugin.clone(),
             devices: g.devices.clone(),
             vram_mb: g.vram_mb,
-            ram_mb: g.ram_mb,
+            ram_mb: g.ram_mb(),
+            pools: g.pools.iter().map(|(n, v)| (n.to_string(), *v)).collect(),
+            without_gpu_figures: g.without_gpu_figures,
         }
     }
 }
@@ -131,111 +151,231 @@ impl PyGrant {
 
     fn __repr__(&self) -> String {
         format!(
-            "Grant(id={}, plugin={:?}, devices={:?}, vram_mb={}, ram_mb={})",
+            "Grant(id={}, plugin={:?}, devices={:?}, vram_mb={:.0}, ram_mb={:.0})",
             self.id, self.plugin, self.devices, self.vram_mb, self.ram_mb
         )
     }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section leaves the ledger, queue and settings
-    // consistent (they change in single assignments or whole inserts and
-    // removals), so recovering from poisoning is sound.
+    // Every critical section leaves its data consistent (whole inserts,
+    // removals and assignments), so recovering from poisoning is sound.
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+thread_local! {
+    /// Schedulers whose stats provider this thread is running (re-entrancy).
+    static IN_PROVIDER: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` (a provider call) marked as inside `owner`'s provider.
+fn in_provider<T>(owner: usize, f: impl FnOnce() -> T) -> T {
+    IN_PROVIDER.with(|s| s.borrow_mut().push(owner));
+    let out = f();
+    IN_PROVIDER.with(|s| {
+        let mut s = s.borrow_mut();
+        if let Some(i) = s.iter().rposition(|&o| o == owner) {
+            s.remove(i);
+        }
+    });
+    out
+}
+
+fn reentrant(owner: usize) -> bool {
+    IN_PROVIDER.with(|s| s.borrow().contains(&owner))
+}
+
+fn notify(wakers: Vec<Signal>) {
+    for w in wakers {
+        w.notify();
+    }
+}
+
 impl ReservationScheduler {
-    fn settings(&self) -> MutexGuard<'_, Settings> {
-        lock(&self.settings)
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        lock(&self.queue)
     }
 
-    fn state(&self) -> MutexGuard<'_, State> {
-        lock(&self.state)
+    fn now(&self) -> f64 {
+        lock(&self.clock).now()
     }
 
     fn cached_logger<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         slf.get().logger.get(slf.as_any())
     }
 
-    /// The declared need raised to the measured peak × margin.
-    fn effective_need(&self, plugin: &str, declared: Need) -> Need {
-        let margin = self.settings().peak_margin;
-        let peak = self.state().peaks.get(plugin);
-        Need {
-            gpu_count: declared.gpu_count,
-            vram_mb: if declared.gpu_count > 0 {
-                effective(declared.vram_mb, peak.vram_mb, margin)
-            } else {
-                0.0
-            },
-            ram_mb: effective(declared.ram_mb, peak.ram_mb, margin),
+    fn log(slf: &Bound<'_, Self>, level: &str, line: String) -> PyResult<()> {
+        Self::cached_logger(slf)?.call_method1(level, (line,))?;
+        Ok(())
+    }
+
+    /// Logs what a decision produced (after unlocking) and saves peaks.
+    fn report(slf: &Bound<'_, Self>, events: &[Event]) -> PyResult<()> {
+        for e in events {
+            match e {
+                Event::Granted { grant } => Self::log(
+                    slf,
+                    "debug",
+                    format!(
+                        "granted {} (grant {}): devices {:?}, {:.0} MB VRAM each, {:.0} MB RAM",
+                        grant.plugin,
+                        grant.id.0,
+                        grant.devices,
+                        grant.vram_mb,
+                        grant.ram_mb()
+                    ),
+                )?,
+                Event::Expired { grant } => Self::log(
+                    slf,
+                    "warning",
+                    format!(
+                        "reservation for {} (grant {}) expired: not started within start_timeout",
+                        grant.plugin, grant.id.0
+                    ),
+                )?,
+                Event::Reclaimed { plugin, waited_s } => Self::log(
+                    slf,
+                    "warning",
+                    format!(
+                        "{plugin} did not collect its reservation within {waited_s:.1} s (its event loop closed or not running?): passed over, it keeps its place"
+                    ),
+                )?,
+                Event::AdmittedWithoutGpuFigures { plugin } => Self::log(
+                    slf,
+                    "warning",
+                    format!(
+                        "{plugin} requires a GPU but the stats have no GPU figures: admitted without a GPU reservation (on_missing_stats='allow'; use 'block' to wait)"
+                    ),
+                )?,
+            }
         }
+        Self::flush_peaks(slf, false)
     }
 
-    /// Where `need` would go now, or why not (no reservation made).
-    fn place(&self, need: &Need, reading: &Reading, now: Instant) -> Result<Vec<u32>, Refusal> {
-        let (limits, start_timeout) = {
-            let s = self.settings();
-            (s.limits, s.start_timeout)
-        };
-        let mut state = self.state();
-        state.ledger.expire(now, start_timeout);
-        state.ledger.place(need, reading, limits, now)
+    fn flush_peaks(slf: &Bound<'_, Self>, force: bool) -> PyResult<()> {
+        let now = slf.get().now();
+        let problem = slf.get().queue().peaks_mut().flush(now, force);
+        if let Some(problem) = problem {
+            Self::log(
+                slf,
+                "warning",
+                format!("{problem} (peaks are kept in memory; the save is retried)"),
+            )?;
+        }
+        Ok(())
     }
 
-    /// Records peaks for plugins whose grants have processes attached, from
-    /// the per-process GPU memory in `stats` (the largest use on one device).
+    /// Records peaks from `stats` for plugins whose grants have processes.
     fn observe_peaks(&self, stats: &Bound<'_, PyAny>) -> PyResult<usize> {
+        if !self.queue().ledger().has_pids() {
+            return Ok(0);
+        }
         let processes = gpu_processes(stats)?;
         if processes.is_empty() {
             return Ok(0);
         }
-        let mut state = self.state();
-        let observed: Vec<(String, f64)> = processes
-            .iter()
-            .filter_map(|&(pid, used)| {
-                state
-                    .ledger
-                    .plugin_of_pid(pid)
-                    .map(|p| (p.to_owned(), used))
-            })
-            .collect();
-        for (plugin, used) in &observed {
-            state
-                .peaks
-                .record(plugin, Some(*used), None)
-                .map_err(PyValueError::new_err)?;
-        }
-        Ok(observed.len())
+        Ok(self.queue().observe(&processes))
     }
 
-    /// Wakes the waiter whose turn it is now (if any). The signal is
-    /// notified outside the state lock: an async waker runs Python code.
-    fn notify_head(&self) {
-        let head = {
-            let state = self.state();
-            self.policy
-                .pick(state.queue.waiters(), Instant::now())
-                .and_then(|id| state.signals.get(&id).cloned())
+    /// Asks the outside (Python) policy, if any, who goes next; outside the
+    /// lock. Its exception reaches the caller.
+    fn consult_outside_policy(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let Some(policy) = lock(&slf.get().outside_policy)
+            .as_ref()
+            .map(|p| p.clone_ref(py))
+        else {
+            return Ok(());
         };
-        if let Some(signal) = head {
-            signal.notify();
+        let pending = slf.get().queue().pending_jobs();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let jobs = PyList::empty(py);
+        for (id, job, need) in &pending {
+            jobs.append(PendingJob::from_parts(*id, job, need))?;
+        }
+        let chosen = policy
+            .bind(py)
+            .call_method1(intern!(py, "select_next_job"), (slf, &jobs))?;
+        let head =
+            if chosen.is_none() {
+                None
+            } else {
+                let chosen: PyRef<'_, PendingJob> =
+                    chosen.extract().map_err(|_| {
+                        PyTypeError::new_err(format!(
+                    "{}.select_next_job must return one of the pending jobs or None, got {}",
+                    policy.bind(py).get_type().name().map(|n| n.to_string()).unwrap_or_default(),
+                    describe(&chosen)
+                ))
+                    })?;
+                Some(WaiterId(chosen.id))
+            };
+        slf.get().queue().set_external_head(head);
+        Ok(())
+    }
+}
+
+/// A waiting job as a Python policy sees it (seed 004's job fields).
+#[pyclass(module = "plugin_scheduling", frozen)]
+pub struct PendingJob {
+    #[pyo3(get)]
+    id: u64,
+    #[pyo3(get)]
+    name: String,
+    #[pyo3(get)]
+    priority: f64,
+    #[pyo3(get)]
+    user: Option<String>,
+    #[pyo3(get)]
+    project: Option<String>,
+    #[pyo3(get)]
+    submit_time: f64,
+    #[pyo3(get)]
+    deadline: Option<f64>,
+    #[pyo3(get)]
+    estimated_duration: Option<f64>,
+    gpu_count: u32,
+    vram_mb: f64,
+    ram_mb: f64,
+}
+
+impl PendingJob {
+    fn from_parts(id: WaiterId, job: &JobInfo, need: &Need) -> Self {
+        Self {
+            id: id.0,
+            name: job.name.to_string(),
+            priority: job.priority,
+            user: job.user.as_ref().map(|u| u.to_string()),
+            project: job.project.as_ref().map(|p| p.to_string()),
+            submit_time: job.submitted,
+            deadline: job.deadline,
+            estimated_duration: job.estimated_duration,
+            gpu_count: need.gpu_count,
+            vram_mb: need.vram_mb,
+            ram_mb: need.ram_mb(),
         }
     }
+}
 
-    /// `need` adjusted for stats without GPU figures (`on_missing_stats`).
-    fn need_for(&self, need: Need, reading: &Reading) -> Option<Need> {
-        if need.gpu_count == 0 || !reading.devices.is_empty() {
-            return Some(need);
-        }
-        match self.settings().missing {
-            MissingStats::Allow => Some(Need {
-                gpu_count: 0,
-                vram_mb: 0.0,
-                ..need
-            }),
-            MissingStats::Block => None,
-        }
+#[pymethods]
+impl PendingJob {
+    /// `{"gpu_count", "vram_mb", "ram_mb"}` (what the job asks for).
+    #[getter]
+    fn requirements<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        d.set_item("gpu_count", self.gpu_count)?;
+        d.set_item("vram_mb", self.vram_mb)?;
+        d.set_item("ram_mb", self.ram_mb)?;
+        Ok(d)
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "PendingJob(id={}, name={:?}, priority={}, user={:?}, submit_time={:.3})",
+            self.id, self.name, self.priority, self.user, self.submit_time
+        )
     }
 }
 
@@ -243,186 +383,181 @@ impl ReservationScheduler {
 #[pyclass(module = "plugin_scheduling", frozen, name = "ReservationWait")]
 pub struct ReservationWait {
     scheduler: Py<ReservationScheduler>,
+    id: WaiterId,
     plugin: String,
     need: Need,
-    /// When `allocate` was called: the place in line is by call time, even
-    /// when the first stats are slow.
-    arrived: Instant,
-    /// The need exceeds what the machine could ever grant: give up at once.
-    never_fits: AtomicBool,
     wait: QueueWait,
-    place_in_line: Mutex<Option<WaiterId>>,
-    last_refusal: Mutex<Option<String>>,
-    /// This waiter's own wake signal (see `State::signals`).
-    signal: Arc<WakeSignal<AsyncWaker>>,
+    started: Instant,
+    /// Set once the need is known never to fit (the wait ends at once).
+    never_fits: Mutex<Option<String>>,
+    last_reason: Mutex<Option<String>>,
+    /// This waiter's own wake signal.
+    signal: Signal,
     slot: WakeSlot,
+    left: AtomicBool,
 }
 
 impl ReservationWait {
     fn begin(
         slf: &Bound<'_, ReservationScheduler>,
         plugin_meta: &Bound<'_, PyAny>,
+        overrides: &JobOverrides<'_>,
     ) -> PyResult<Self> {
         let this = slf.get();
         let (plugin, declared) = declared_need(plugin_meta)?;
-        let need = this.effective_need(&plugin, declared);
-        let now = Instant::now();
-        let signal = Arc::new(WakeSignal::new());
-        // FIFO fairness: a newcomer does not overtake waiters already in line.
-        let place = {
-            let mut state = this.state();
-            (!state.queue.is_empty()).then(|| state.join(&plugin, need, now, &signal))
+        let now = this.now();
+        let job = job_info(plugin_meta, &plugin, &declared, now, overrides)?;
+        let signal: Signal = Arc::new(WakeSignal::new());
+        let (id, need) = {
+            let mut q = this.queue();
+            let need = q.effective_need(&plugin, &declared);
+            (
+                q.join(&plugin, need.clone(), job, Arc::clone(&signal)),
+                need,
+            )
         };
+        let started = Instant::now();
         Ok(Self {
             scheduler: slf.clone().unbind(),
+            id,
             plugin,
             need,
-            arrived: now,
-            never_fits: AtomicBool::new(false),
-            wait: QueueWait::start_at(now),
-            place_in_line: Mutex::new(place),
-            last_refusal: Mutex::new(None),
+            wait: QueueWait::start_at(started),
+            started,
+            never_fits: Mutex::new(None),
+            last_reason: Mutex::new(None),
             slot: WakeSlot::new(signal.generation()),
             signal,
+            left: AtomicBool::new(false),
         })
     }
 
-    fn is_my_turn(&self) -> bool {
-        let Some(id) = *lock(&self.place_in_line) else {
-            return true;
-        };
-        let scheduler = self.scheduler.get();
-        let state = scheduler.state();
-        state
-            .queue
-            .is_turn_of(id, scheduler.policy.as_ref(), Instant::now())
+    fn scheduler<'py>(&self, py: Python<'py>) -> &Bound<'py, ReservationScheduler> {
+        self.scheduler.bind(py)
     }
 
-    /// Reads `stats` and reserves if the need fits; `None` (and a place in
-    /// line) if not.
-    fn try_grant(&self, stats: &Bound<'_, PyAny>) -> PyResult<Option<PyGrant>> {
-        let scheduler = self.scheduler.get();
+    /// The grant a pass made for this waiter, if any (it leaves the line).
+    fn claim(&self, py: Python<'_>) -> PyResult<Option<PyGrant>> {
+        let s = self.scheduler(py).get();
+        let now = s.now();
+        Ok(s.queue().claim(self.id, now).map(|g| PyGrant::from(&g)))
+    }
+
+    fn is_my_turn(&self, py: Python<'_>) -> bool {
+        let s = self.scheduler(py).get();
+        let patience = lock(&s.waits).poll_interval + s.queue().settings.claim_s;
+        let now = s.now();
+        s.queue().may_offer(self.id, now, patience)
+    }
+
+    /// Brings `stats` to the queue: one admission pass. This waiter's grant,
+    /// or `None` (then it stays in line).
+    fn offer(&self, py: Python<'_>, stats: &Bound<'_, PyAny>) -> PyResult<Option<PyGrant>> {
+        let slf = self.scheduler(py);
+        let this = slf.get();
         let reading = reading(stats)?;
-        scheduler.observe_peaks(stats)?;
-        let now = Instant::now();
-        let Some(need) = scheduler.need_for(self.need, &reading) else {
-            *lock(&self.last_refusal) =
-                Some("no GPU figures in the stats (on_missing_stats='block')".into());
-            self.join_line();
-            return Ok(None);
+        this.observe_peaks(stats)?;
+        ReservationScheduler::consult_outside_policy(slf)?;
+        let now = this.now();
+        let (offer, never) = {
+            let mut q = this.queue();
+            let never = q.never_fits(&self.need, &reading);
+            let offer: Offer<Signal> = q.offer(Some(self.id), &reading, now);
+            (offer, never)
         };
-        let (limits, start_timeout) = {
-            let s = scheduler.settings();
-            (s.limits, s.start_timeout)
-        };
-        let granted = {
-            let mut state = scheduler.state();
-            let expired = !state.ledger.expire(now, start_timeout).is_empty();
-            let result = state
-                .ledger
-                .grant(&self.plugin, &need, &reading, limits, now);
-            if result.is_ok() {
-                if let Some(id) = lock(&self.place_in_line).take() {
-                    state.leave(id);
-                }
-            }
-            (result, expired)
-        };
-        match granted {
-            (Ok(grant), _) => {
-                // The next in line may now try.
-                scheduler.notify_head();
-                Ok(Some(PyGrant::from(&grant)))
-            }
-            (Err(refusal), expired) => {
-                if !Ledger::can_ever_fit(&need, &reading, limits) {
-                    self.never_fits
-                        .store(true, std::sync::atomic::Ordering::Release);
-                }
-                *lock(&self.last_refusal) = Some(refusal_text(&refusal));
-                self.join_line();
-                if expired {
-                    scheduler.notify_head();
-                }
-                Ok(None)
-            }
+        notify(offer.wake);
+        ReservationScheduler::report(slf, &offer.events)?;
+        if let Some(grant) = offer.mine {
+            return Ok(Some(PyGrant::from(&grant)));
         }
-    }
-
-    /// Takes a place in line (if not in it yet), by the time of the call.
-    fn join_line(&self) {
-        let mut place = lock(&self.place_in_line);
-        if place.is_none() {
-            *place = Some(self.scheduler.get().state().join(
-                &self.plugin,
-                self.need,
-                self.arrived,
-                &self.signal,
-            ));
+        let why = {
+            let mut q = this.queue();
+            q.why(self.id, now)
+        };
+        if never {
+            let reason = offer
+                .refusal
+                .as_ref()
+                .map_or_else(|| why.clone(), refusal_text);
+            *lock(&self.never_fits) = Some(reason);
         }
+        let changed = lock(&self.last_reason).as_deref() != Some(why.as_str());
+        if changed {
+            let poll = lock(&this.waits).poll_interval;
+            ReservationScheduler::log(
+                slf,
+                "info",
+                format!(
+                    "{} waits: {why} (re-checks on release, else every {poll} s)",
+                    self.plugin
+                ),
+            )?;
+            *lock(&self.last_reason) = Some(why);
+        }
+        Ok(None)
     }
 
     /// Gives up the place in line (idempotent) and lets the next one try.
-    fn leave_line(&self) {
-        if let Some(id) = lock(&self.place_in_line).take() {
-            let scheduler = self.scheduler.get();
-            let left = scheduler.state().leave(id);
-            if left {
-                scheduler.notify_head();
-            }
+    fn leave_line(&self, py: Python<'_>) {
+        if self.left.swap(true, Ordering::AcqRel) {
+            return;
         }
+        let s = self.scheduler(py).get();
+        let now = s.now();
+        let wake = s.queue().leave(self.id, now);
+        notify(wake);
     }
 
-    /// After a turn without a grant: give up after `timeout` (logged, leaves
-    /// the line) or log and return the seconds to sleep.
-    fn refused(&self, py: Python<'_>, kind: WaitKind) -> PyResult<Option<f64>> {
-        let slf = self.scheduler.bind(py);
+    /// Why the wait ended without a grant.
+    fn failure(&self, py: Python<'_>) -> String {
+        let s = self.scheduler(py).get();
+        if let Some(reason) = lock(&self.never_fits).clone() {
+            return format!("{} can never fit on this machine: {reason}", self.plugin);
+        }
+        let timeout = lock(&s.waits).timeout;
+        let why = lock(&self.last_reason)
+            .clone()
+            .unwrap_or_else(|| "waiting in line".into());
+        let name = pyo3::types::PyString::new(py, &self.plugin)
+            .repr()
+            .map_or_else(|_| self.plugin.clone(), |r| r.to_string());
+        format!(
+            "{}: no reservation for {name} within timeout={timeout}s ({why})",
+            plugin_scheduling_core::messages::timed_out(&self.plugin)
+        )
+    }
+
+    /// After a turn without a grant: `None` to give up (never fits, or
+    /// `timeout` passed: logged), else the seconds to sleep.
+    fn refused(&self, py: Python<'_>) -> PyResult<Option<f64>> {
+        let slf = self.scheduler(py);
+        let this = slf.get();
         let (timeout, poll) = {
-            let s = slf.get().settings();
-            (s.timeout, s.poll_interval)
+            let w = lock(&this.waits);
+            (w.timeout, w.poll_interval)
         };
-        let why = || {
-            lock(&self.last_refusal)
-                .clone()
-                .unwrap_or_else(|| "waiting in line".into())
-        };
-        if self.never_fits.load(std::sync::atomic::Ordering::Acquire) {
-            self.leave_line();
-            let line = format!("{} can never fit on this machine ({})", self.plugin, why());
-            ReservationScheduler::cached_logger(slf)?
-                .call_method1(intern!(py, "error"), (line,))?;
+        if lock(&self.never_fits).is_some() {
+            self.leave_line(py);
+            ReservationScheduler::log(slf, "error", self.failure(py))?;
             return Ok(None);
         }
         let now = Instant::now();
         match self.wait.step(false, timeout, now) {
             Step::GiveUp => {
-                self.leave_line();
-                let line = format!("{} ({})", messages::timed_out(&self.plugin), why());
-                ReservationScheduler::cached_logger(slf)?
-                    .call_method1(intern!(py, "error"), (line,))?;
+                self.leave_line(py);
+                ReservationScheduler::log(slf, "error", self.failure(py))?;
                 Ok(None)
             }
             Step::Admit | Step::Sleep => {
-                let line = messages::busy(kind, &poll.to_string());
-                ReservationScheduler::cached_logger(slf)?
-                    .call_method1(intern!(py, "info"), (line,))?;
-                // Never sleep past the deadline (unlike the seed's queue,
-                // which overshoots by up to a poll_interval), nor past the
-                // moment the ledger changes by itself (a grant settles or
-                // expires), which no release would announce.
-                let left = timeout - now.saturating_duration_since(self.arrived).as_secs_f64();
-                let (settle, start_timeout) = {
-                    let s = slf.get().settings();
-                    (s.limits.settle, s.start_timeout)
-                };
-                let change = slf
-                    .get()
-                    .state()
-                    .ledger
-                    .next_change(now, settle, start_timeout)
-                    .map_or(f64::INFINITY, |t| {
-                        t.saturating_duration_since(now).as_secs_f64()
-                    });
+                // Never past the deadline, nor past the moment the ledger
+                // changes by itself (a grant settles, expires or is taken
+                // back), which no release would announce.
+                let left = timeout - now.saturating_duration_since(self.started).as_secs_f64();
+                let clock_now = this.now();
+                let change = this
+                    .queue()
+                    .next_change(clock_now)
+                    .map_or(f64::INFINITY, |t| (t - clock_now).max(0.0));
                 Ok(Some(poll.min(left.max(0.0) + 0.001).min(change + 0.001)))
             }
         }
@@ -435,23 +570,33 @@ impl ReservationWait {
         visit.call(&self.scheduler)
     }
 
-    /// Whether this waiter may read stats and try now.
-    fn my_turn(&self) -> bool {
-        self.is_my_turn()
+    /// Whether this waiter should read stats and offer now.
+    fn my_turn(&self, py: Python<'_>) -> bool {
+        self.is_my_turn(py)
     }
 
-    #[pyo3(name = "try_grant")]
-    fn py_try_grant(&self, stats: &Bound<'_, PyAny>) -> PyResult<Option<PyGrant>> {
-        self.try_grant(stats)
+    #[pyo3(name = "claim")]
+    fn py_claim(&self, py: Python<'_>) -> PyResult<Option<PyGrant>> {
+        self.claim(py)
+    }
+
+    #[pyo3(name = "offer")]
+    fn py_offer(&self, py: Python<'_>, stats: &Bound<'_, PyAny>) -> PyResult<Option<PyGrant>> {
+        self.offer(py, stats)
     }
 
     /// `False` (gave up) or the seconds to sleep.
     fn after_refusal<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        Ok(async_step(py, self.refused(py, WaitKind::Async)?))
+        Ok(async_step(py, self.refused(py)?))
     }
 
-    fn leave(&self) {
-        self.leave_line();
+    /// The `ReservationTimeout` to raise for a wait that ended without a grant.
+    fn failure_error(&self, py: Python<'_>) -> PyErr {
+        ReservationTimeout::new_err(self.failure(py))
+    }
+
+    fn leave(&self, py: Python<'_>) {
+        self.leave_line(py);
     }
 
     fn subscribe(&self, wake: Py<PyAny>, event_loop: Py<PyAny>, future: Py<PyAny>) -> Option<u64> {
@@ -467,73 +612,208 @@ impl ReservationWait {
 const DEFAULT_TIMEOUT: f64 = 300.0;
 const DEFAULT_POLL_INTERVAL: f64 = 2.0;
 
-fn float_arg(field: &str, value: f64, min: f64, max: f64) -> PyResult<f64> {
-    if value.is_nan() || value < min || value > max {
-        return Err(PyValueError::new_err(format!(
-            "{field} must be between {min} and {max}, got {value}"
+fn float_arg(field: &str, value: &Bound<'_, PyAny>, min: f64, max: f64) -> PyResult<f64> {
+    if value.is_instance_of::<pyo3::types::PyString>()
+        || value.is_instance_of::<pyo3::types::PyBool>()
+    {
+        return Err(PyTypeError::new_err(format!(
+            "{field} must be a number, got {}",
+            describe(value)
         )));
     }
-    Ok(value)
+    let v: f64 = value.extract().map_err(|_| {
+        PyTypeError::new_err(format!("{field} must be a number, got {}", describe(value)))
+    })?;
+    if v.is_nan() || v < min || v > max {
+        return Err(PyValueError::new_err(format!(
+            "{field} must be between {min} and {max}, got {}",
+            describe(value)
+        )));
+    }
+    Ok(v)
 }
 
-/// `$XDG_STATE_HOME/plugin-scheduling/peaks.json`, or
-/// `~/.local/state/plugin-scheduling/peaks.json`.
-fn default_peaks_path() -> Option<PathBuf> {
+/// `$XDG_STATE_HOME/plugin-scheduling/<file>`, or
+/// `~/.local/state/plugin-scheduling/<file>`.
+pub fn state_path(file: &str) -> Option<PathBuf> {
     let base = std::env::var_os("XDG_STATE_HOME")
         .map(PathBuf::from)
         .or_else(|| {
             std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local").join("state"))
         })?;
-    Some(base.join("plugin-scheduling").join("peaks.json"))
+    Some(base.join("plugin-scheduling").join(file))
+}
+
+fn path_arg(field: &str, value: &Bound<'_, PyAny>) -> PyResult<PathBuf> {
+    let path: PathBuf = value.extract().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "{field} must be a path (str or os.PathLike), got {}",
+            describe(value)
+        ))
+    })?;
+    if path.as_os_str().as_encoded_bytes().contains(&0) || path.as_os_str().is_empty() {
+        return Err(PyValueError::new_err(format!(
+            "{field} must be a non-empty path without NUL bytes, got {}",
+            describe(value)
+        )));
+    }
+    Ok(path)
+}
+
+/// A policy argument as a core spec, or a Python object that decides.
+enum PolicyArg {
+    Core(PolicySpec),
+    Outside(Py<PyAny>, String),
+}
+
+fn policy_arg(value: &Bound<'_, PyAny>) -> PyResult<PolicyArg> {
+    let py = value.py();
+    if let Ok(name) = value.extract::<String>() {
+        return Ok(PolicyArg::Core(PolicySpec::named(&name)));
+    }
+    // `plugin_scheduling.policies` says whether the object is a built-in
+    // policy (and with which settings) or decides in Python.
+    let spec = py
+        .import(intern!(py, "plugin_scheduling.policies"))?
+        .getattr(intern!(py, "_core_spec"))?
+        .call1((value,))?;
+    if spec.is_none() {
+        if !value.hasattr(intern!(py, "select_next_job"))? {
+            return Err(PyTypeError::new_err(format!(
+                "policy must be a policy name, a plugin_scheduling.policies policy, or an object with select_next_job(queue, pending_jobs), got {}",
+                describe(value)
+            )));
+        }
+        let name = value
+            .getattr(intern!(py, "name"))
+            .and_then(|n| n.extract::<String>())
+            .unwrap_or_else(|_| {
+                value
+                    .get_type()
+                    .name()
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|_| "python".into())
+            });
+        return Ok(PolicyArg::Outside(value.clone().unbind(), name));
+    }
+    let spec: Bound<'_, PyDict> = spec.extract()?;
+    Ok(PolicyArg::Core(spec_from_dict(&spec)?))
+}
+
+/// A policy's settings dict (`{"name": ..., ...}`) as a core spec; each
+/// bad setting raises an error naming it.
+pub fn spec_from_dict(spec: &Bound<'_, PyDict>) -> PyResult<PolicySpec> {
+    let mut out = PolicySpec::named(
+        &spec
+            .get_item("name")?
+            .ok_or_else(|| PyValueError::new_err("policy spec without a name"))?
+            .extract::<String>()?,
+    );
+    let num = |key: &str| -> PyResult<Option<f64>> {
+        match spec.get_item(key)? {
+            Some(v) if !v.is_none() => Ok(Some(float_arg(key, &v, f64::MIN, f64::MAX)?)),
+            _ => Ok(None),
+        }
+    };
+    out.aging_per_s = num("aging_per_s")?;
+    out.half_life_s = num("half_life_s")?;
+    out.window_s = num("window_s")?;
+    out.boost = num("boost")?;
+    if let Some(by) = spec.get_item("by")?.filter(|v| !v.is_none()) {
+        out.by = Some(by.extract()?);
+    }
+    if let Some(path) = spec.get_item("usage_path")?.filter(|v| !v.is_none()) {
+        out.usage_path = Some(path_arg("usage_path", &path)?);
+    }
+    if let Some(shares) = spec.get_item("shares")?.filter(|v| !v.is_none()) {
+        let shares: Bound<'_, PyDict> = shares.extract().map_err(|_| {
+            PyTypeError::new_err(format!(
+                "shares must be a dict of account to shares, got {}",
+                describe(&shares)
+            ))
+        })?;
+        for (k, v) in shares.iter() {
+            let account: String = k.extract()?;
+            let field = format!("shares[{account:?}]");
+            out.shares
+                .push((account, float_arg(&field, &v, 0.0, f64::MAX)?));
+        }
+    }
+    if let Some(w) = spec.get_item("weights")?.filter(|v| !v.is_none()) {
+        let w: Bound<'_, PyDict> = w.extract()?;
+        let mut weights = MultifactorWeights::default();
+        for (k, v) in w.iter() {
+            let key: String = k.extract()?;
+            let field = format!("weights[{key:?}]");
+            let v = float_arg(&field, &v, 0.0, 1e12)?;
+            match key.as_str() {
+                "age" => weights.age = v,
+                "fair_share" => weights.fair_share = v,
+                "priority" => weights.priority = v,
+                "size" => weights.size = v,
+                "max_age_s" => weights.max_age_s = v,
+                "size_norm" => weights.size_norm = v,
+                other => {
+                    return Err(PyValueError::new_err(format!(
+                        "weights has no factor {other:?} (age, fair_share, priority, size, max_age_s, size_norm)"
+                    )))
+                }
+            }
+        }
+        out.weights = Some(weights);
+    }
+    Ok(out)
 }
 
 #[pymethods]
 impl ReservationScheduler {
     #[new]
-    #[pyo3(signature = (*_args, **_kwargs))]
+    #[pyo3(
+        signature = (*_args, **_kwargs),
+        text_signature = "(timeout=300.0, poll_interval=2.0, *, headroom=0.9, settle_s=2.0, start_timeout=60.0, on_missing_stats='allow', peaks_path=None, persist_peaks=False, peak_margin=1.1, policy='fifo', clock=None, claim_timeout=1.0)"
+    )]
     fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> Self {
         Self {
             constructed: Constructed::new(),
             patched: AtomicBool::new(false),
             logger: LoggerCell::default(),
-            settings: Mutex::new(Settings {
+            waits: Mutex::new(Waits {
                 timeout: DEFAULT_TIMEOUT,
                 poll_interval: DEFAULT_POLL_INTERVAL,
-                limits: Limits {
-                    headroom: 0.9,
-                    settle: Duration::from_secs(2),
-                },
-                start_timeout: Duration::from_secs(60),
-                missing: MissingStats::Allow,
-                peak_margin: 1.1,
             }),
-            state: Mutex::new(State {
-                ledger: Ledger::new(),
-                queue: WaitQueue::default(),
-                peaks: Peaks::in_memory(),
-                signals: HashMap::new(),
-            }),
-            policy: Box::new(Fifo),
+            queue: Mutex::new(ReservationQueue::new(
+                Box::new(plugin_scheduling_core::policy::Fifo),
+                Settings::default(),
+                Peaks::in_memory(),
+            )),
+            clock: Mutex::new(Arc::new(SystemClock)),
+            outside_policy: Mutex::new(None),
+            warned_blocking: AtomicBool::new(false),
         }
     }
 
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (timeout = None, poll_interval = None, *, headroom = 0.9, settle_s = 2.0,
-        start_timeout = 60.0, on_missing_stats = "allow", peaks_path = None, persist_peaks = false,
-        peak_margin = 1.1, policy = "fifo"))]
+    #[pyo3(signature = (timeout = None, poll_interval = None, *, headroom = None, settle_s = None,
+        start_timeout = None, on_missing_stats = "allow", peaks_path = None, persist_peaks = false,
+        peak_margin = None, policy = None, clock = None, claim_timeout = None))]
     fn __init__(
         slf: &Bound<'_, Self>,
         timeout: Option<&Bound<'_, PyAny>>,
         poll_interval: Option<&Bound<'_, PyAny>>,
-        headroom: f64,
-        settle_s: f64,
-        start_timeout: f64,
+        headroom: Option<&Bound<'_, PyAny>>,
+        settle_s: Option<&Bound<'_, PyAny>>,
+        start_timeout: Option<&Bound<'_, PyAny>>,
         on_missing_stats: &str,
-        peaks_path: Option<PathBuf>,
+        peaks_path: Option<&Bound<'_, PyAny>>,
         persist_peaks: bool,
-        peak_margin: f64,
-        policy: &str,
+        peak_margin: Option<&Bound<'_, PyAny>>,
+        policy: Option<&Bound<'_, PyAny>>,
+        clock: Option<&Bound<'_, PyAny>>,
+        claim_timeout: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
+        let opt = |v: Option<&Bound<'_, PyAny>>, field: &str, default: f64, min: f64, max: f64| {
+            v.map_or(Ok(default), |v| float_arg(field, v, min, max))
+        };
         let timeout = match timeout {
             Some(t) => seconds("timeout", t, true)?,
             None => DEFAULT_TIMEOUT,
@@ -542,50 +822,82 @@ impl ReservationScheduler {
             Some(p) => seconds("poll_interval", p, false)?,
             None => DEFAULT_POLL_INTERVAL,
         };
-        let headroom = float_arg("headroom", headroom, 0.0, 1.0)?;
-        let settle = Duration::from_secs_f64(float_arg("settle_s", settle_s, 0.0, 86_400.0)?);
-        let start_timeout = Duration::from_secs_f64(float_arg(
-            "start_timeout",
-            start_timeout,
-            0.0,
-            31_536_000.0,
-        )?);
-        let peak_margin = float_arg("peak_margin", peak_margin, 1.0, 100.0)?;
-        let missing = match on_missing_stats {
-            "allow" => MissingStats::Allow,
-            "block" => MissingStats::Block,
-            other => {
-                return Err(PyValueError::new_err(format!(
-                    "on_missing_stats must be 'allow' or 'block', got {other:?}"
-                )))
-            }
+        let defaults = Settings::default();
+        let settings = Settings {
+            limits: Limits {
+                headroom: opt(headroom, "headroom", defaults.limits.headroom, 0.0, 1.0)?,
+                settle_s: opt(
+                    settle_s,
+                    "settle_s",
+                    defaults.limits.settle_s,
+                    0.0,
+                    86_400.0,
+                )?,
+            },
+            start_timeout_s: opt(
+                start_timeout,
+                "start_timeout",
+                defaults.start_timeout_s,
+                0.0,
+                31_536_000.0,
+            )?,
+            missing: match on_missing_stats {
+                "allow" => MissingStats::Allow,
+                "block" => MissingStats::Block,
+                other => {
+                    return Err(PyValueError::new_err(format!(
+                        "on_missing_stats must be 'allow' or 'block', got {other:?}"
+                    )))
+                }
+            },
+            peak_margin: opt(peak_margin, "peak_margin", defaults.peak_margin, 1.0, 100.0)?,
+            claim_s: opt(
+                claim_timeout,
+                "claim_timeout",
+                defaults.claim_s,
+                0.0,
+                3600.0,
+            )?,
         };
-        if policy != "fifo" {
-            return Err(PyValueError::new_err(format!(
-                "policy must be 'fifo' (the only one so far), got {policy:?}"
-            )));
-        }
+        let clock: Arc<dyn Clock> = match clock {
+            None => Arc::new(SystemClock),
+            Some(c) if c.is_none() => Arc::new(SystemClock),
+            Some(c) => match c.extract::<PyManualClock>() {
+                Ok(m) => Arc::new(m.0),
+                Err(_) => {
+                    return Err(PyTypeError::new_err(format!(
+                        "clock must be a plugin_scheduling.ManualClock or None, got {}",
+                        describe(c)
+                    )))
+                }
+            },
+        };
+        let now = clock.now();
+        let (core_policy, outside): (Box<dyn plugin_scheduling_core::policy::Policy>, _) =
+            match policy.map(policy_arg).transpose()? {
+                None => (Box::new(plugin_scheduling_core::policy::Fifo), None),
+                Some(PolicyArg::Core(spec)) => (core(spec.build(now))?, None),
+                Some(PolicyArg::Outside(obj, name)) => (Box::new(External::new(&name)), Some(obj)),
+            };
         let path = match (peaks_path, persist_peaks) {
-            (Some(path), _) => Some(path),
-            (None, true) => default_peaks_path(),
-            (None, false) => None,
+            (Some(p), _) if !p.is_none() => Some(path_arg("peaks_path", p)?),
+            (_, true) => state_path("peaks.json"),
+            _ => None,
         };
         let (peaks, problem) = match path {
             Some(path) => Peaks::at(path),
             None => (Peaks::in_memory(), None),
         };
         let this = slf.get();
-        *this.settings() = Settings {
+        *lock(&this.waits) = Waits {
             timeout,
             poll_interval,
-            limits: Limits { headroom, settle },
-            start_timeout,
-            missing,
-            peak_margin,
         };
-        this.state().peaks = peaks;
+        *lock(&this.clock) = clock;
+        *lock(&this.outside_policy) = outside;
+        *this.queue() = ReservationQueue::new(core_policy, settings, peaks);
         if let Some(problem) = problem {
-            Self::cached_logger(slf)?.call_method1(intern!(slf.py(), "warning"), (problem,))?;
+            Self::log(slf, "warning", problem)?;
         }
         Ok(())
     }
@@ -595,8 +907,11 @@ impl ReservationScheduler {
             return Ok(());
         }
         self.logger.visit(&visit)?;
-        if let Ok(state) = self.state.try_lock() {
-            for signal in state.signals.values() {
+        if let Ok(p) = self.outside_policy.try_lock() {
+            visit.call(&*p)?;
+        }
+        if let Ok(q) = self.queue.try_lock() {
+            for signal in q.wakers() {
                 AsyncWaker::visit_all(signal, &visit)?;
             }
         }
@@ -607,21 +922,22 @@ impl ReservationScheduler {
         if !self.constructed.get() {
             return;
         }
-        let signals: Vec<_> = self.state().signals.values().cloned().collect();
+        let signals: Vec<Signal> = self.queue().wakers().cloned().collect();
         for signal in signals {
             drop(signal.take_wakers());
         }
         self.logger.set(None);
+        *lock(&self.outside_policy) = None;
     }
 
     #[getter]
     fn timeout(&self) -> f64 {
-        self.settings().timeout
+        lock(&self.waits).timeout
     }
 
     #[getter]
     fn poll_interval(&self) -> f64 {
-        self.settings().poll_interval
+        lock(&self.waits).poll_interval
     }
 
     #[getter]
@@ -629,103 +945,218 @@ impl ReservationScheduler {
         Self::cached_logger(slf)
     }
 
+    /// The policy's name.
+    #[getter]
+    fn policy(&self) -> String {
+        self.queue().policy().name().to_owned()
+    }
+
     /// Starts a wait (used by the async methods in `_drivers`).
-    fn _begin_wait(
-        slf: &Bound<'_, Self>,
-        plugin_meta: &Bound<'_, PyAny>,
+    #[pyo3(signature = (plugin_meta, *, priority=None, user=None, project=None, deadline_s=None, estimated_duration_s=None))]
+    fn _begin_wait<'py>(
+        slf: &Bound<'py, Self>,
+        plugin_meta: &Bound<'py, PyAny>,
+        priority: Option<Bound<'py, PyAny>>,
+        user: Option<Bound<'py, PyAny>>,
+        project: Option<Bound<'py, PyAny>>,
+        deadline_s: Option<Bound<'py, PyAny>>,
+        estimated_duration_s: Option<Bound<'py, PyAny>>,
     ) -> PyResult<ReservationWait> {
-        ReservationWait::begin(slf, plugin_meta)
+        let overrides = JobOverrides {
+            priority,
+            user,
+            project,
+            deadline_s,
+            estimated_duration_s,
+        };
+        ReservationWait::begin(slf, plugin_meta, &overrides)
     }
 
     /// Blocks (GIL released, Ctrl-C honoured) until the plugin's need is
-    /// reserved, or `timeout` passes (`None`).
-    fn _reserve(
-        slf: &Bound<'_, Self>,
-        plugin_meta: &Bound<'_, PyAny>,
-        stats_provider: &Bound<'_, PyAny>,
-    ) -> PyResult<Option<PyGrant>> {
+    /// reserved; raises `ReservationTimeout` after `timeout` or when it can
+    /// never fit.
+    #[pyo3(signature = (plugin_meta, stats_provider, *, priority=None, user=None, project=None, deadline_s=None, estimated_duration_s=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn _reserve<'py>(
+        slf: &Bound<'py, Self>,
+        plugin_meta: &Bound<'py, PyAny>,
+        stats_provider: &Bound<'py, PyAny>,
+        priority: Option<Bound<'py, PyAny>>,
+        user: Option<Bound<'py, PyAny>>,
+        project: Option<Bound<'py, PyAny>>,
+        deadline_s: Option<Bound<'py, PyAny>>,
+        estimated_duration_s: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<PyGrant> {
         let py = slf.py();
         require_callable("stats_provider", stats_provider)?;
-        let wait = ReservationWait::begin(slf, plugin_meta)?;
+        let owner = slf.as_ptr() as usize;
+        if reentrant(owner) {
+            return Err(PyRuntimeError::new_err(
+                "ReservationScheduler.allocate was called from inside this scheduler's own stats provider: it would wait behind its own outer call; read the stats without allocating",
+            ));
+        }
+        let overrides = JobOverrides {
+            priority,
+            user,
+            project,
+            deadline_s,
+            estimated_duration_s,
+        };
+        let wait = ReservationWait::begin(slf, plugin_meta, &overrides)?;
         let signal = Arc::clone(&wait.signal);
         let result = (|| loop {
             let seen = signal.generation();
-            if wait.is_my_turn() {
-                let stats = stats_provider.call0()?;
-                if let Some(grant) = wait.try_grant(&stats)? {
-                    return Ok(Some(grant));
+            if let Some(grant) = wait.claim(py)? {
+                return Ok(grant);
+            }
+            if wait.is_my_turn(py) {
+                let stats = in_provider(owner, || stats_provider.call0())?;
+                if let Some(grant) = wait.offer(py, &stats)? {
+                    return Ok(grant);
                 }
             }
-            match wait.refused(py, WaitKind::Blocking)? {
-                None => return Ok(None),
-                Some(secs) => sleep_or_wake(py, &signal, seen, secs)?,
+            match wait.refused(py)? {
+                None => return Err(wait.failure_error(py)),
+                Some(secs) => {
+                    Self::warn_if_in_event_loop(slf, &wait.plugin)?;
+                    sleep_or_wake(py, &signal, seen, secs)?
+                }
             }
         })();
-        // On success the place was already given up; on error (provider
-        // raised, Ctrl-C) give it up now so nobody waits behind a ghost.
-        wait.leave_line();
+        // On success the place was given up; on error (provider raised,
+        // Ctrl-C, timeout) give it up now so nobody waits behind a ghost.
+        wait.leave_line(py);
         result
     }
 
     /// Reserves what the plugin declares (waiting if needed); `False` after
-    /// `timeout`. Pair with `on_execution_start` / `on_execution_finish`.
-    fn allocate(
-        slf: &Bound<'_, Self>,
-        plugin_meta: &Bound<'_, PyAny>,
-        stats_provider: &Bound<'_, PyAny>,
+    /// `timeout` or when it can never fit. Pair with `on_execution_start` /
+    /// `on_execution_finish`. Keywords override `manifest["scheduling"]`.
+    #[pyo3(signature = (plugin_meta, stats_provider, *, priority=None, user=None, project=None, deadline_s=None, estimated_duration_s=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn allocate<'py>(
+        slf: &Bound<'py, Self>,
+        plugin_meta: &Bound<'py, PyAny>,
+        stats_provider: &Bound<'py, PyAny>,
+        priority: Option<Bound<'py, PyAny>>,
+        user: Option<Bound<'py, PyAny>>,
+        project: Option<Bound<'py, PyAny>>,
+        deadline_s: Option<Bound<'py, PyAny>>,
+        estimated_duration_s: Option<Bound<'py, PyAny>>,
     ) -> PyResult<bool> {
-        Ok(Self::_reserve(slf, plugin_meta, stats_provider)?.is_some())
+        match Self::_reserve(
+            slf,
+            plugin_meta,
+            stats_provider,
+            priority,
+            user,
+            project,
+            deadline_s,
+            estimated_duration_s,
+        ) {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_instance_of::<ReservationTimeout>(slf.py()) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Marks the oldest unstarted reservation of `plugin_name` started.
-    fn on_execution_start(&self, plugin_name: &str) {
-        self.state().ledger.start(plugin_name);
+    fn on_execution_start(slf: &Bound<'_, Self>, plugin_name: &str) -> PyResult<()> {
+        let started = slf.get().queue().start(plugin_name);
+        if started.is_none() {
+            Self::log(
+                slf,
+                "warning",
+                format!(
+                    "on_execution_start({plugin_name:?}): no unstarted reservation for it (never allocated, already started, or expired after start_timeout)"
+                ),
+            )?;
+        }
+        Ok(())
     }
 
     /// Releases the oldest started reservation of `plugin_name` and wakes
     /// the waiter whose turn it is.
-    fn on_execution_finish(&self, plugin_name: &str) {
-        let released = self.state().ledger.finish(plugin_name).is_some();
-        if released {
-            self.notify_head();
+    fn on_execution_finish(slf: &Bound<'_, Self>, plugin_name: &str) -> PyResult<()> {
+        let this = slf.get();
+        let now = this.now();
+        let (released, wake) = this.queue().finish(plugin_name, now);
+        notify(wake);
+        if let Some(g) = released {
+            Self::log(
+                slf,
+                "debug",
+                format!("released {} (grant {})", g.plugin, g.id.0),
+            )?;
         }
+        Self::flush_peaks(slf, false)
     }
 
     fn _start_grant(&self, grant_id: u64) -> bool {
-        let mut state = self.state();
-        let found = state.ledger.get(GrantId(grant_id)).is_some();
-        if found {
-            state.ledger.start_lease(GrantId(grant_id));
-        }
-        found
+        self.queue().start_lease(GrantId(grant_id))
     }
 
-    fn _release_grant(&self, grant_id: u64) -> bool {
-        let released = self.state().ledger.release(GrantId(grant_id)).is_some();
-        if released {
-            self.notify_head();
+    fn _release_grant(slf: &Bound<'_, Self>, grant_id: u64) -> PyResult<bool> {
+        let this = slf.get();
+        let now = this.now();
+        let (released, wake) = this.queue().release(GrantId(grant_id), now);
+        notify(wake);
+        if let Some(g) = &released {
+            Self::log(
+                slf,
+                "debug",
+                format!("released {} (grant {})", g.plugin, g.id.0),
+            )?;
         }
-        released
+        Self::flush_peaks(slf, false)?;
+        Ok(released.is_some())
     }
 
     /// Records that process `pid` runs the plugin of grant `grant_id`, so
     /// its GPU memory (from a `SystemMonitor` reading passed to `observe`,
     /// or read while someone waits) is recorded as the plugin's peak.
-    fn attach_pid(&self, grant_id: u64, pid: u32) -> bool {
-        self.state().ledger.attach_pid(GrantId(grant_id), pid)
+    fn attach_pid(&self, grant_id: &Bound<'_, PyAny>, pid: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let id: u64 = grant_id.extract().map_err(|_| {
+            PyValueError::new_err(format!(
+                "grant_id must be a grant's id (an int >= 0), got {}",
+                describe(grant_id)
+            ))
+        })?;
+        let pid: u32 = pid
+            .extract::<u32>()
+            .ok()
+            .filter(|&p| p > 0)
+            .ok_or_else(|| {
+                PyValueError::new_err(format!(
+                    "pid must be a process id (an int between 1 and {}), got {}",
+                    u32::MAX,
+                    describe(pid)
+                ))
+            })?;
+        Ok(self.queue().attach_pid(GrantId(id), pid))
     }
 
     /// Records peaks from a stats reading (see `attach_pid`); returns how many
     /// processes were attributed to a grant.
-    fn observe(&self, stats: &Bound<'_, PyAny>) -> PyResult<usize> {
-        self.observe_peaks(stats)
+    fn observe(slf: &Bound<'_, Self>, stats: &Bound<'_, PyAny>) -> PyResult<usize> {
+        if !stats.hasattr(intern!(slf.py(), "get"))? {
+            return Err(super::errors::InvalidStats::new_err(format!(
+                "stats must be a mapping (e.g. a SystemStats dict), got {}",
+                describe(stats)
+            )));
+        }
+        // The whole reading is validated as a decision would read it.
+        reading(stats)?;
+        let n = slf.get().observe_peaks(stats)?;
+        Self::flush_peaks(slf, false)?;
+        Ok(n)
     }
 
     /// Names of plugins with a started reservation (a new set).
     fn get_active_plugins<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PySet>> {
-        let state = self.state();
-        let names: Vec<&str> = state
-            .ledger
+        let q = self.queue();
+        let names: Vec<&str> = q
+            .ledger()
             .grants()
             .filter(|g| g.started)
             .map(|g| g.plugin.as_str())
@@ -734,22 +1165,25 @@ impl ReservationScheduler {
     }
 
     /// Records a measured peak; later grants for the plugin reserve at
-    /// least `peak × peak_margin`. Persisted when the scheduler has a path.
+    /// least `peak × peak_margin`. Saved (batched) when the scheduler has a
+    /// path; a failing save is logged, never raised.
     #[pyo3(signature = (plugin_name, vram_mb = None, ram_mb = None))]
     fn record_peak<'py>(
-        &self,
-        py: Python<'py>,
+        slf: &Bound<'py, Self>,
         plugin_name: &str,
         vram_mb: Option<&Bound<'py, PyAny>>,
         ram_mb: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyDict>> {
+        let py = slf.py();
         let vram_mb = vram_mb.map(|v| mb("vram_mb", v)).transpose()?;
         let ram_mb = ram_mb.map(|v| mb("ram_mb", v)).transpose()?;
-        let peak = self
-            .state()
-            .peaks
+        let peak = slf
+            .get()
+            .queue()
+            .peaks_mut()
             .record(plugin_name, vram_mb, ram_mb)
             .map_err(PyValueError::new_err)?;
+        Self::flush_peaks(slf, true)?;
         let out = PyDict::new(py);
         out.set_item("vram_mb", peak.vram_mb)?;
         out.set_item("ram_mb", peak.ram_mb)?;
@@ -759,7 +1193,7 @@ impl ReservationScheduler {
     /// Recorded peaks per plugin.
     fn peaks<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let out = PyDict::new(py);
-        for (plugin, peak) in self.state().peaks.all() {
+        for (plugin, peak) in self.queue().peaks().all() {
             let d = PyDict::new(py);
             d.set_item("vram_mb", peak.vram_mb)?;
             d.set_item("ram_mb", peak.ram_mb)?;
@@ -768,65 +1202,132 @@ impl ReservationScheduler {
         Ok(out)
     }
 
-    /// Why the plugin would wait (or where it would go), without reserving.
+    /// Why the plugin would wait (or where it would go), without reserving,
+    /// in the policy's terms.
+    #[pyo3(signature = (plugin_meta, stats_provider, *, priority=None, user=None, project=None, deadline_s=None, estimated_duration_s=None))]
+    #[allow(clippy::too_many_arguments)]
     fn explain<'py>(
         slf: &Bound<'py, Self>,
         plugin_meta: &Bound<'py, PyAny>,
         stats_provider: &Bound<'py, PyAny>,
+        priority: Option<Bound<'py, PyAny>>,
+        user: Option<Bound<'py, PyAny>>,
+        project: Option<Bound<'py, PyAny>>,
+        deadline_s: Option<Bound<'py, PyAny>>,
+        estimated_duration_s: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let py = slf.py();
         let this = slf.get();
         require_callable("stats_provider", stats_provider)?;
         let (plugin, declared) = declared_need(plugin_meta)?;
-        let need = this.effective_need(&plugin, declared);
-        let reading = reading(&stats_provider.call0()?)?;
+        let now = this.now();
+        let overrides = JobOverrides {
+            priority,
+            user,
+            project,
+            deadline_s,
+            estimated_duration_s,
+        };
+        let job = job_info(plugin_meta, &plugin, &declared, now, &overrides)?;
+        let stats = stats_provider.call0()?;
+        let reading = reading(&stats)?;
         let out = PyDict::new(py);
+        // A hypothetical waiter: joined, judged, removed (nothing kept).
+        let (need, places, never, fits) = {
+            let mut q = this.queue();
+            let need = q.effective_need(&plugin, &declared);
+            let never = q.never_fits(&need, &reading);
+            let fits = q
+                .adjusted(&need, &reading)
+                .map(|(n, _)| q.ledger().place(&n, &reading, q.settings.limits, now));
+            let signal: Signal = Arc::new(WakeSignal::new());
+            let id = q.join(&plugin, need.clone(), job.clone(), signal);
+            let places = q.places(now);
+            q.leave(id, now);
+            (
+                need,
+                places
+                    .into_iter()
+                    .map(|p| (p.id == id, p))
+                    .collect::<Vec<_>>(),
+                never,
+                fits,
+            )
+        };
         out.set_item("plugin", &plugin)?;
+        out.set_item("policy", this.queue().policy().name())?;
         out.set_item("gpu_count", need.gpu_count)?;
         out.set_item("vram_mb", need.vram_mb)?;
-        out.set_item("ram_mb", need.ram_mb)?;
-        out.set_item("waiting_ahead", this.state().queue.len())?;
-        let Some(adjusted) = this.need_for(need, &reading) else {
-            out.set_item("would_wait", true)?;
-            out.set_item(
-                "reason",
-                "no GPU figures in the stats (on_missing_stats='block')",
-            )?;
-            return Ok(out);
+        out.set_item("ram_mb", need.ram_mb())?;
+        out.set_item("priority", job.priority)?;
+        let mine = places.iter().find(|(m, _)| *m).map(|(_, p)| p.clone());
+        let ahead = mine.as_ref().map_or(0, |p| p.position);
+        out.set_item("waiting_ahead", ahead)?;
+        out.set_item("waiting", places.len().saturating_sub(1))?;
+        let policy_view = mine.map(|p| p.reason).unwrap_or_default();
+        let fits = match fits {
+            Ok(fits) => fits,
+            Err(blocked) => {
+                out.set_item("would_wait", true)?;
+                out.set_item("reason", blocked)?;
+                return Ok(out);
+            }
         };
-        match this.place(&adjusted, &reading, Instant::now()) {
+        match fits {
             Ok(devices) => {
-                out.set_item("would_wait", !this.state().queue.is_empty())?;
+                out.set_item("would_wait", ahead > 0)?;
                 out.set_item("devices", devices)?;
-                out.set_item("reason", "fits now")?;
+                let reason = if ahead > 0 {
+                    format!("fits now, but {policy_view}")
+                } else {
+                    "fits now".to_owned()
+                };
+                out.set_item("reason", reason)?;
             }
             Err(refusal) => {
                 out.set_item("would_wait", true)?;
-                out.set_item("reason", refusal_text(&refusal))?;
+                out.set_item("never_fits", never)?;
+                let mut reason = refusal_text(&refusal);
+                if ahead > 0 {
+                    reason = format!("{reason}; {policy_view}");
+                }
+                out.set_item("reason", reason)?;
                 match refusal {
-                    Refusal::Vram {
+                    plugin_scheduling_core::reserve::ledger::Refusal::Vram {
                         device,
                         needed_mb,
                         available_mb,
+                        settling_mb,
                         holders,
                     } => {
                         out.set_item("resource", "vram")?;
                         out.set_item("device", device)?;
                         out.set_item("needed_mb", needed_mb)?;
                         out.set_item("available_mb", available_mb)?;
+                        out.set_item("settling_mb", settling_mb)?;
                         out.set_item("holders", holders)?;
                     }
-                    Refusal::Ram {
-                        needed_mb,
-                        available_mb,
+                    plugin_scheduling_core::reserve::ledger::Refusal::Pool {
+                        pool,
+                        needed,
+                        available,
+                        settling,
                         holders,
                     } => {
-                        out.set_item("resource", "ram")?;
-                        out.set_item("needed_mb", needed_mb)?;
-                        out.set_item("available_mb", available_mb)?;
+                        let resource = if pool.as_ref() == RAM_MB {
+                            "ram"
+                        } else {
+                            pool.as_ref()
+                        };
+                        out.set_item("resource", resource)?;
+                        out.set_item("needed_mb", needed)?;
+                        out.set_item("available_mb", available)?;
+                        out.set_item("settling_mb", settling)?;
                         out.set_item("holders", holders)?;
                     }
-                    Refusal::NotEnoughDevices { .. } => {
+                    plugin_scheduling_core::reserve::ledger::Refusal::NotEnoughDevices {
+                        ..
+                    } => {
                         out.set_item("resource", "gpu_count")?;
                     }
                 }
@@ -835,70 +1336,144 @@ impl ReservationScheduler {
         Ok(out)
     }
 
-    /// Grants and waiters now.
+    /// Preemption advice: the running grants the policy would stop so that
+    /// the plugin could start now (empty: none, or the policy never
+    /// preempts). Nothing is stopped.
+    #[pyo3(signature = (plugin_meta, stats_provider, *, priority=None, user=None, project=None))]
+    fn preemption_candidates<'py>(
+        slf: &Bound<'py, Self>,
+        plugin_meta: &Bound<'py, PyAny>,
+        stats_provider: &Bound<'py, PyAny>,
+        priority: Option<Bound<'py, PyAny>>,
+        user: Option<Bound<'py, PyAny>>,
+        project: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Vec<PyGrant>> {
+        let this = slf.get();
+        require_callable("stats_provider", stats_provider)?;
+        let (plugin, declared) = declared_need(plugin_meta)?;
+        let now = this.now();
+        let overrides = JobOverrides {
+            priority,
+            user,
+            project,
+            ..JobOverrides::default()
+        };
+        let job = job_info(plugin_meta, &plugin, &declared, now, &overrides)?;
+        let reading = reading(&stats_provider.call0()?)?;
+        let q = this.queue();
+        let need = q.effective_need(&plugin, &declared);
+        Ok(q.preemption_candidates(&job, &need, &reading, now)
+            .iter()
+            .map(PyGrant::from)
+            .collect())
+    }
+
+    /// Grants and waiters now (waiters in the policy's order, with why).
     fn snapshot<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let now = Instant::now();
-        let state = self.state();
+        let now = self.now();
+        let mut q = self.queue();
         let grants = PyList::empty(py);
-        for g in state.ledger.grants() {
+        for g in q.ledger().grants() {
             let d = PyDict::new(py);
             d.set_item("id", g.id.0)?;
             d.set_item("plugin", &g.plugin)?;
             d.set_item("devices", &g.devices)?;
             d.set_item("vram_mb", g.vram_mb)?;
-            d.set_item("ram_mb", g.ram_mb)?;
+            d.set_item("ram_mb", g.ram_mb())?;
             d.set_item("started", g.started)?;
-            d.set_item(
-                "age_s",
-                now.saturating_duration_since(g.granted_at).as_secs_f64(),
-            )?;
+            d.set_item("age_s", (now - g.granted_at).max(0.0))?;
+            d.set_item("without_gpu_figures", g.without_gpu_figures)?;
+            if let Some(job) = &g.job {
+                d.set_item("priority", job.priority)?;
+                d.set_item("user", job.user.as_deref())?;
+                d.set_item("project", job.project.as_deref())?;
+            }
             grants.append(d)?;
         }
         let waiters = PyList::empty(py);
-        for w in state.queue.waiters() {
+        for p in q.places(now) {
             let d = PyDict::new(py);
-            d.set_item("plugin", &w.plugin)?;
-            d.set_item("position", state.queue.position(w.id))?;
-            d.set_item("gpu_count", w.need.gpu_count)?;
-            d.set_item("vram_mb", w.need.vram_mb)?;
-            d.set_item("ram_mb", w.need.ram_mb)?;
-            d.set_item(
-                "waiting_s",
-                now.saturating_duration_since(w.arrived).as_secs_f64(),
-            )?;
+            d.set_item("plugin", &p.plugin)?;
+            d.set_item("position", p.position)?;
+            d.set_item("gpu_count", p.need.gpu_count)?;
+            d.set_item("vram_mb", p.need.vram_mb)?;
+            d.set_item("ram_mb", p.need.ram_mb())?;
+            d.set_item("priority", p.job.priority)?;
+            d.set_item("user", p.job.user.as_deref())?;
+            d.set_item("project", p.job.project.as_deref())?;
+            d.set_item("waiting_s", (now - p.job.submitted).max(0.0))?;
+            d.set_item("reason", &p.reason)?;
+            d.set_item("passed_over", p.stalled)?;
             waiters.append(d)?;
         }
         let out = PyDict::new(py);
         out.set_item("grants", grants)?;
         out.set_item("waiters", waiters)?;
         let reserved = PyDict::new(py);
-        for (device, mb) in state.ledger.reserved_by_device() {
+        for (device, mb) in q.ledger().reserved_by_device() {
             reserved.set_item(device, mb)?;
         }
         out.set_item("reserved_vram_mb", reserved)?;
-        out.set_item("reserved_ram_mb", state.ledger.reserved_ram_mb())?;
-        out.set_item("policy", self.policy.name())?;
+        out.set_item("reserved_ram_mb", q.ledger().reserved_pool(RAM_MB))?;
+        let pools = PyDict::new(py);
+        for (name, v) in q.ledger().reserved_by_pool() {
+            pools.set_item(name.as_ref(), v)?;
+        }
+        out.set_item("reserved_pools", pools)?;
+        out.set_item("policy", q.policy().name())?;
         Ok(out)
     }
 
     fn _pending_wakers(&self) -> usize {
-        self.state()
-            .signals
-            .values()
-            .map(|s| s.pending_wakers())
-            .sum()
+        self.queue().wakers().map(|s| s.pending_wakers()).sum()
     }
 
     fn __repr__(&self) -> String {
-        let s = self.settings();
-        let state = self.state();
+        let (timeout, poll) = {
+            let w = lock(&self.waits);
+            (w.timeout, w.poll_interval)
+        };
+        let q = self.queue();
         format!(
-            "ReservationScheduler(timeout={}, poll_interval={}, headroom={}, grants={}, waiting={})",
-            s.timeout,
-            s.poll_interval,
-            s.limits.headroom,
-            state.ledger.grants().count(),
-            state.queue.len()
+            "ReservationScheduler(timeout={timeout}, poll_interval={poll}, headroom={}, policy={:?}, grants={}, waiting={})",
+            q.settings.limits.headroom,
+            q.policy().name(),
+            q.ledger().len(),
+            q.waiting()
         )
+    }
+}
+
+impl ReservationScheduler {
+    /// Warns once when a blocking wait runs inside a running event loop
+    /// (it freezes the loop): `allocate_async` is what such code needs.
+    fn warn_if_in_event_loop(slf: &Bound<'_, Self>, plugin: &str) -> PyResult<()> {
+        let this = slf.get();
+        if this.warned_blocking.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let py = slf.py();
+        let running = py
+            .import(intern!(py, "asyncio"))?
+            .getattr(intern!(py, "_get_running_loop"))?
+            .call0()?;
+        if running.is_none() || this.warned_blocking.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let warnings = py.import(intern!(py, "warnings"))?;
+        let category = py
+            .import(intern!(py, "builtins"))?
+            .getattr(intern!(py, "RuntimeWarning"))?;
+        warnings.call_method1(
+            intern!(py, "warn"),
+            (
+                format!(
+                    "ReservationScheduler.allocate blocks the running event loop while {plugin} waits; use `await scheduler.allocate_async(...)` (or lease_async) in async code"
+                ),
+                category,
+                2,
+            ),
+        )?;
+        Ok(())
     }
 }

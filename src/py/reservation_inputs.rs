@@ -1,28 +1,36 @@
 //! Reading what `ReservationScheduler` needs from Python objects: a plugin's
-//! declared need from its manifest, the machine from a stats mapping (per
-//! device when `details['gpus']` is there), and GPU processes for peaks.
-//! Every bad value raises an exception naming the field.
+//! declared need and scheduling attributes from its manifest, the machine
+//! from a stats mapping (per device when `details['gpus']` is there), and
+//! GPU processes for peaks. Every bad value raises an exception naming the
+//! field; every exception raised while reading (by an iterator, a mapping's
+//! `get`) reaches the caller unchanged.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyFloat, PyInt, PyString};
 
 use super::errors::{describe, InvalidManifest, InvalidStats};
-use plugin_scheduling_core::reserve::ledger::{DeviceReading, Need, Reading, Refusal};
+use plugin_scheduling_core::policy::{priority_from_name, JobInfo, DEFAULT_PRIORITY};
+use plugin_scheduling_core::reserve::ledger::{DeviceReading, Need, Reading, CPU_CORES, RAM_MB};
 
-/// A non-negative finite number of MB from a manifest field.
+/// A non-negative finite number of MB (or units) from a field.
 pub fn mb(field: &str, value: &Bound<'_, PyAny>) -> PyResult<f64> {
-    if value.is_instance_of::<pyo3::types::PyString>() {
+    number(field, value, "a number of MB")
+}
+
+fn number(field: &str, value: &Bound<'_, PyAny>, what: &str) -> PyResult<f64> {
+    if value.is_instance_of::<PyString>() || value.is_instance_of::<PyBool>() {
         return Err(PyTypeError::new_err(format!(
-            "{field} must be a number of MB, got {}",
+            "{field} must be {what}, got {}",
             describe(value)
         )));
     }
     let v: f64 = value.extract().map_err(|_| {
-        PyTypeError::new_err(format!(
-            "{field} must be a number of MB, got {}",
-            describe(value)
-        ))
+        PyTypeError::new_err(format!("{field} must be {what}, got {}", describe(value)))
     })?;
     if !(v.is_finite() && v >= 0.0) {
         return Err(PyValueError::new_err(format!(
@@ -38,6 +46,10 @@ fn get_item<'py>(map: &Bound<'py, PyAny>, key: &str) -> PyResult<Option<Bound<'p
     Ok((!found.is_none()).then_some(found))
 }
 
+fn is_mapping(v: &Bound<'_, PyAny>) -> PyResult<bool> {
+    v.hasattr(intern!(v.py(), "get"))
+}
+
 /// The plugin's name and declared need from `plugin_meta`.
 pub fn declared_need(plugin_meta: &Bound<'_, PyAny>) -> PyResult<(String, Need)> {
     let py = plugin_meta.py();
@@ -48,33 +60,10 @@ pub fn declared_need(plugin_meta: &Bound<'_, PyAny>) -> PyResult<(String, Need)>
             describe(&name_obj)
         ))
     })?;
-    let mut need = Need {
-        gpu_count: 0,
-        vram_mb: 0.0,
-        ram_mb: 0.0,
-    };
-    let manifest = match plugin_meta.getattr(intern!(py, "manifest")) {
-        Ok(m) => m,
-        Err(e) if e.is_instance_of::<pyo3::exceptions::PyAttributeError>(py) => {
-            return Ok((name, need))
-        }
-        Err(e) => return Err(e),
-    };
-    if !manifest.hasattr(intern!(py, "get"))? {
-        return Err(InvalidManifest::new_err(format!(
-            "plugin_meta.manifest must be a mapping, got {}",
-            describe(&manifest)
-        )));
-    }
-    let Some(resources) = get_item(&manifest, "resources")? else {
+    let mut need = Need::default();
+    let Some(resources) = manifest_section(plugin_meta, "resources")? else {
         return Ok((name, need));
     };
-    if !resources.hasattr(intern!(py, "get"))? {
-        return Err(InvalidManifest::new_err(format!(
-            "plugin_meta.manifest['resources'] must be a mapping, got {}",
-            describe(&resources)
-        )));
-    }
     let requires_gpu = match get_item(&resources, "requires_gpu")? {
         Some(flag) => flag.is_truthy()?,
         None => false,
@@ -82,28 +71,210 @@ pub fn declared_need(plugin_meta: &Bound<'_, PyAny>) -> PyResult<(String, Need)>
     if requires_gpu {
         need.gpu_count = match get_item(&resources, "gpu_count")? {
             None => 1,
-            Some(count) => {
-                let n: i64 = count.extract().map_err(|_| {
-                    PyTypeError::new_err(format!(
-                        "manifest['resources']['gpu_count'] must be an int, got {}",
-                        describe(&count)
-                    ))
-                })?;
-                u32::try_from(n).ok().filter(|&n| n >= 1).ok_or_else(|| {
-                    PyValueError::new_err(format!(
-                        "manifest['resources']['gpu_count'] must be >= 1, got {n}"
-                    ))
-                })?
-            }
+            Some(count) => gpu_count("manifest['resources']['gpu_count']", &count)?,
         };
         if let Some(v) = get_item(&resources, "min_gpu_vram_mb")? {
             need.vram_mb = mb("manifest['resources']['min_gpu_vram_mb']", &v)?;
         }
     }
     if let Some(v) = get_item(&resources, "min_system_ram_mb")? {
-        need.ram_mb = mb("manifest['resources']['min_system_ram_mb']", &v)?;
+        need.set_pool(
+            RAM_MB,
+            mb("manifest['resources']['min_system_ram_mb']", &v)?,
+        );
+    }
+    if let Some(v) = get_item(&resources, "cpu_cores")? {
+        need.set_pool(
+            CPU_CORES,
+            number(
+                "manifest['resources']['cpu_cores']",
+                &v,
+                "a number of cores",
+            )?,
+        );
+    }
+    if let Some(pools) = get_item(&resources, "pools")? {
+        if !is_mapping(&pools)? {
+            return Err(InvalidManifest::new_err(format!(
+                "manifest['resources']['pools'] must be a mapping of pool name to amount, got {}",
+                describe(&pools)
+            )));
+        }
+        let items = pools.call_method0(intern!(py, "items"))?;
+        for item in items.try_iter()? {
+            let (key, value): (Bound<'_, PyAny>, Bound<'_, PyAny>) = item?.extract()?;
+            let pool: String = key.extract().map_err(|_| {
+                PyTypeError::new_err(format!(
+                    "manifest['resources']['pools'] keys must be str, got {}",
+                    describe(&key)
+                ))
+            })?;
+            let field = format!("manifest['resources']['pools'][{pool:?}]");
+            need.set_pool(&pool, number(&field, &value, "a number")?);
+        }
     }
     Ok((name, need))
+}
+
+/// A GPU count: an int >= 1 that fits the ledger.
+pub fn gpu_count(field: &str, count: &Bound<'_, PyAny>) -> PyResult<u32> {
+    if !count.is_instance_of::<PyInt>() || count.is_instance_of::<PyBool>() {
+        return Err(PyTypeError::new_err(format!(
+            "{field} must be an int, got {}",
+            describe(count)
+        )));
+    }
+    let n: i128 = count.extract().unwrap_or(i128::MAX);
+    if n < 1 {
+        return Err(PyValueError::new_err(format!(
+            "{field} must be >= 1, got {}",
+            describe(count)
+        )));
+    }
+    u32::try_from(n)
+        .ok()
+        .filter(|&n| n <= 65_536)
+        .ok_or_else(|| {
+            PyValueError::new_err(format!(
+                "{field} must be at most 65536, got {}",
+                describe(count)
+            ))
+        })
+}
+
+fn manifest_section<'py>(
+    plugin_meta: &Bound<'py, PyAny>,
+    key: &str,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
+    let py = plugin_meta.py();
+    let manifest = match plugin_meta.getattr(intern!(py, "manifest")) {
+        Ok(m) => m,
+        Err(e) if e.is_instance_of::<pyo3::exceptions::PyAttributeError>(py) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if !is_mapping(&manifest)? {
+        return Err(InvalidManifest::new_err(format!(
+            "plugin_meta.manifest must be a mapping, got {}",
+            describe(&manifest)
+        )));
+    }
+    let Some(section) = get_item(&manifest, key)? else {
+        return Ok(None);
+    };
+    if !is_mapping(&section)? {
+        return Err(InvalidManifest::new_err(format!(
+            "plugin_meta.manifest['{key}'] must be a mapping, got {}",
+            describe(&section)
+        )));
+    }
+    Ok(Some(section))
+}
+
+/// A priority: an int/float 0–100 or a name (CRITICAL=100, HIGH=75,
+/// NORMAL=50, LOW=25, BACKGROUND=0); an enum member is read by its name.
+pub fn priority(field: &str, value: &Bound<'_, PyAny>) -> PyResult<f64> {
+    let py = value.py();
+    let name: Option<String> = if value.is_instance_of::<PyString>() {
+        Some(value.extract()?)
+    } else if !value.is_instance_of::<PyInt>()
+        && !value.is_instance_of::<PyFloat>()
+        && value.hasattr(intern!(py, "name"))?
+    {
+        value.getattr(intern!(py, "name"))?.extract().ok()
+    } else {
+        None
+    };
+    if let Some(name) = name {
+        return priority_from_name(&name).ok_or_else(|| {
+            PyValueError::new_err(format!(
+                "{field} must be 0–100 or one of CRITICAL, HIGH, NORMAL, LOW, BACKGROUND, got {}",
+                describe(value)
+            ))
+        });
+    }
+    if value.is_instance_of::<PyBool>() {
+        return Err(PyTypeError::new_err(format!(
+            "{field} must be a number 0–100 or a priority name, got {}",
+            describe(value)
+        )));
+    }
+    let v: f64 = value.extract().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "{field} must be a number 0–100 or a priority name, got {}",
+            describe(value)
+        ))
+    })?;
+    if !(0.0..=100.0).contains(&v) {
+        return Err(PyValueError::new_err(format!(
+            "{field} must be between 0 and 100, got {}",
+            describe(value)
+        )));
+    }
+    Ok(v)
+}
+
+fn text(field: &str, value: &Bound<'_, PyAny>) -> PyResult<Arc<str>> {
+    let s: String = value
+        .str()
+        .map_err(|_| {
+            PyTypeError::new_err(format!("{field} must be a str, got {}", describe(value)))
+        })?
+        .extract()?;
+    Ok(Arc::from(s.as_str()))
+}
+
+/// Keyword overrides of the manifest's scheduling attributes.
+#[derive(Default)]
+pub struct JobOverrides<'py> {
+    pub priority: Option<Bound<'py, PyAny>>,
+    pub user: Option<Bound<'py, PyAny>>,
+    pub project: Option<Bound<'py, PyAny>>,
+    pub deadline_s: Option<Bound<'py, PyAny>>,
+    pub estimated_duration_s: Option<Bound<'py, PyAny>>,
+}
+
+/// The job attributes of a plugin (`manifest["scheduling"]`, overridden by
+/// keywords): priority, user, project, deadline (seconds from `now`),
+/// estimated duration. `submitted` is `now`.
+pub fn job_info<'py>(
+    plugin_meta: &Bound<'py, PyAny>,
+    plugin: &str,
+    need: &Need,
+    now: f64,
+    overrides: &JobOverrides<'py>,
+) -> PyResult<JobInfo> {
+    let section = manifest_section(plugin_meta, "scheduling")?;
+    type Picked<'py> = PyResult<Option<(String, Bound<'py, PyAny>)>>;
+    let pick = |key: &str, over: &Option<Bound<'py, PyAny>>| -> Picked<'py> {
+        if let Some(v) = over.as_ref().filter(|v| !v.is_none()) {
+            return Ok(Some((key.to_owned(), v.clone())));
+        }
+        match &section {
+            Some(s) => {
+                Ok(get_item(s, key)?.map(|v| (format!("manifest['scheduling'][{key:?}]"), v)))
+            }
+            None => Ok(None),
+        }
+    };
+    let mut job = JobInfo::new(0, plugin, now);
+    job.size = f64::from(need.gpu_count.max(1));
+    job.priority = match pick("priority", &overrides.priority)? {
+        Some((f, v)) => priority(&f, &v)?,
+        None => DEFAULT_PRIORITY,
+    };
+    if let Some((f, v)) = pick("user", &overrides.user)? {
+        job.user = Some(text(&f, &v)?);
+    }
+    if let Some((f, v)) = pick("project", &overrides.project)? {
+        job.project = Some(text(&f, &v)?);
+    }
+    if let Some((f, v)) = pick("deadline_s", &overrides.deadline_s)? {
+        job.deadline = Some(now + number(&f, &v, "a number of seconds")?);
+    }
+    if let Some((f, v)) = pick("estimated_duration_s", &overrides.estimated_duration_s)? {
+        job.estimated_duration = Some(number(&f, &v, "a number of seconds")?);
+    }
+    Ok(job)
 }
 
 fn stat(stats: &Bound<'_, PyAny>, key: &str) -> PyResult<Option<f64>> {
@@ -113,47 +284,71 @@ fn stat(stats: &Bound<'_, PyAny>, key: &str) -> PyResult<Option<f64>> {
     }
 }
 
+fn gpus_of<'py>(stats: &Bound<'py, PyAny>) -> PyResult<Option<Bound<'py, PyAny>>> {
+    match get_item(stats, "details")? {
+        Some(details) if is_mapping(&details)? => get_item(&details, "gpus"),
+        _ => Ok(None),
+    }
+}
+
 /// The machine as the stats show it: per device from `details['gpus']`
-/// when present, else the summed cjm figures as one device.
+/// when present, else the summed cjm figures as one device; RAM as the
+/// `ram_mb` pool, CPU cores (capacity only, this host's count unless the
+/// stats give `details['cpu_cores']`), and `details['pools']`
+/// (`{name: {"total": x, "available": y}}`).
 pub fn reading(stats: &Bound<'_, PyAny>) -> PyResult<Reading> {
-    let py = stats.py();
-    if !stats.hasattr(intern!(py, "get"))? {
+    if !is_mapping(stats)? {
         return Err(InvalidStats::new_err(format!(
             "stats must be a mapping (e.g. a SystemStats dict), got {}",
             describe(stats)
         )));
     }
     let mut devices = Vec::new();
-    let gpus = match get_item(stats, "details")? {
-        Some(details) if details.hasattr(intern!(py, "get"))? => get_item(&details, "gpus")?,
-        _ => None,
-    };
-    if let Some(gpus) = gpus {
-        let not_a_list = |_| {
+    if let Some(gpus) = gpus_of(stats)? {
+        let iter = gpus.try_iter().map_err(|_| {
             PyTypeError::new_err(format!(
                 "stats['details']['gpus'] must be a list of device mappings, got {}",
                 describe(&gpus)
             ))
-        };
-        for (position, gpu) in gpus.try_iter().map_err(not_a_list)?.enumerate() {
+        })?;
+        let mut seen = BTreeSet::new();
+        for (position, gpu) in iter.enumerate() {
+            // An error from the iterator is raised, never skipped (a
+            // skipped error asks for the next item, forever if it repeats).
             let gpu = gpu?;
             let field = |name: &str| format!("stats['details']['gpus'][{position}][{name:?}]");
-            if !gpu.hasattr(intern!(py, "get"))? {
+            if !is_mapping(&gpu)? {
                 return Err(PyTypeError::new_err(format!(
                     "stats['details']['gpus'][{position}] must be a mapping, got {}",
                     describe(&gpu)
                 )));
             }
             let index = match get_item(&gpu, "index")? {
-                Some(i) => i.extract::<u32>().map_err(|_| {
-                    PyTypeError::new_err(format!(
+                Some(i) if i.is_instance_of::<PyInt>() && !i.is_instance_of::<PyBool>() => {
+                    i.extract::<u32>().map_err(|_| {
+                        PyValueError::new_err(format!(
+                            "{} must be an int between 0 and {}, got {}",
+                            field("index"),
+                            u32::MAX,
+                            describe(&i)
+                        ))
+                    })?
+                }
+                Some(i) => {
+                    return Err(PyTypeError::new_err(format!(
                         "{} must be an int >= 0, got {}",
                         field("index"),
                         describe(&i)
-                    ))
-                })?,
-                None => position as u32,
+                    )))
+                }
+                None => u32::try_from(position).unwrap_or(u32::MAX),
             };
+            if !seen.insert(index) {
+                return Err(InvalidStats::new_err(format!(
+                    "{}: device index {index} appears more than once in stats['details']['gpus']",
+                    field("index")
+                )));
+            }
             let free = match get_item(&gpu, "memory_free_mb")? {
                 Some(v) => mb(&field("memory_free_mb"), &v)?,
                 None => continue,
@@ -173,42 +368,99 @@ pub fn reading(stats: &Bound<'_, PyAny>) -> PyResult<Reading> {
     if devices.is_empty() {
         let total = stat(stats, "gpu_total_memory_mb")?;
         if let Some(free) = stat(stats, "gpu_free_memory_mb")? {
-            // A total of 0 is how some monitors say "no GPU".
-            if total.is_none_or(|t| t > 0.0) {
-                devices.push(DeviceReading {
-                    index: 0,
-                    total_mb: total.unwrap_or(f64::INFINITY),
-                    free_mb: free,
-                });
-            }
+            // A total of 0 is a device with no capacity (nothing fits), not
+            // an unknown total; an absent total leaves the live check.
+            devices.push(DeviceReading {
+                index: 0,
+                total_mb: total.unwrap_or(f64::INFINITY),
+                free_mb: free,
+            });
         }
     }
-    Ok(Reading {
+    let mut r = Reading {
         devices,
-        ram_total_mb: stat(stats, "memory_total_mb")?,
-        ram_available_mb: stat(stats, "memory_available_mb")?,
-    })
+        pools: Vec::new(),
+    };
+    r.set_pool(
+        RAM_MB,
+        stat(stats, "memory_total_mb")?,
+        stat(stats, "memory_available_mb")?,
+    );
+    let details = get_item(stats, "details")?.filter(|d| is_mapping(d).unwrap_or(false));
+    let cores = match details
+        .as_ref()
+        .map(|d| get_item(d, "cpu_cores"))
+        .transpose()?
+        .flatten()
+    {
+        Some(v) => Some(number(
+            "stats['details']['cpu_cores']",
+            &v,
+            "a number of cores",
+        )?),
+        None => std::thread::available_parallelism()
+            .ok()
+            .map(|n| n.get() as f64),
+    };
+    r.set_pool(CPU_CORES, cores, None);
+    if let Some(pools) = details
+        .as_ref()
+        .map(|d| get_item(d, "pools"))
+        .transpose()?
+        .flatten()
+    {
+        if !is_mapping(&pools)? {
+            return Err(InvalidStats::new_err(format!(
+                "stats['details']['pools'] must be a mapping of name to {{'total', 'available'}}, got {}",
+                describe(&pools)
+            )));
+        }
+        let items = pools.call_method0(intern!(stats.py(), "items"))?;
+        for item in items.try_iter()? {
+            let (key, value): (Bound<'_, PyAny>, Bound<'_, PyAny>) = item?.extract()?;
+            let name: String = key.extract().map_err(|_| {
+                PyTypeError::new_err(format!(
+                    "stats['details']['pools'] keys must be str, got {}",
+                    describe(&key)
+                ))
+            })?;
+            if !is_mapping(&value)? {
+                return Err(InvalidStats::new_err(format!(
+                    "stats['details']['pools'][{name:?}] must be a mapping with 'total' and/or 'available', got {}",
+                    describe(&value)
+                )));
+            }
+            let field = |k: &str| format!("stats['details']['pools'][{name:?}][{k:?}]");
+            let total = get_item(&value, "total")?
+                .map(|v| number(&field("total"), &v, "a number"))
+                .transpose()?;
+            let available = get_item(&value, "available")?
+                .map(|v| number(&field("available"), &v, "a number"))
+                .transpose()?;
+            r.set_pool(&name, total, available);
+        }
+    }
+    Ok(r)
 }
 
 /// `(pid, used_gpu_mb)` of each GPU process in `details['gpus'][*]['processes']`
-/// (as `SystemMonitor` reports them); entries it cannot read are skipped.
+/// (as `SystemMonitor` reports them). Entries that are not mappings or
+/// lack a readable pid/used figure are skipped; an exception raised while
+/// iterating or reading reaches the caller.
 pub fn gpu_processes(stats: &Bound<'_, PyAny>) -> PyResult<Vec<(u32, f64)>> {
-    let py = stats.py();
     let mut out = Vec::new();
-    let Some(details) = get_item(stats, "details")? else {
-        return Ok(out);
-    };
-    if !details.hasattr(intern!(py, "get"))? {
+    if !is_mapping(stats)? {
         return Ok(out);
     }
-    let Some(gpus) = get_item(&details, "gpus")? else {
+    let Some(gpus) = gpus_of(stats)? else {
         return Ok(out);
     };
     let Ok(gpus) = gpus.try_iter() else {
         return Ok(out);
     };
-    for gpu in gpus.flatten() {
-        if !gpu.hasattr(intern!(py, "get"))? {
+    for gpu in gpus {
+        let gpu = gpu?;
+        if !is_mapping(&gpu)? {
             continue;
         }
         let Some(processes) = get_item(&gpu, "processes")? else {
@@ -217,8 +469,9 @@ pub fn gpu_processes(stats: &Bound<'_, PyAny>) -> PyResult<Vec<(u32, f64)>> {
         let Ok(processes) = processes.try_iter() else {
             continue;
         };
-        for process in processes.flatten() {
-            if !process.hasattr(intern!(py, "get"))? {
+        for process in processes {
+            let process = process?;
+            if !is_mapping(&process)? {
                 continue;
             }
             let pid = get_item(&process, "pid")?.and_then(|p| p.extract::<u32>().ok());
@@ -231,37 +484,4 @@ pub fn gpu_processes(stats: &Bound<'_, PyAny>) -> PyResult<Vec<(u32, f64)>> {
         }
     }
     Ok(out)
-}
-
-pub fn refusal_text(r: &Refusal) -> String {
-    match r {
-        Refusal::NotEnoughDevices { needed, present } => {
-            format!("needs {needed} GPUs, the machine shows {present}")
-        }
-        Refusal::Vram {
-            device,
-            needed_mb,
-            available_mb,
-            holders,
-        } => format!(
-            "GPU {device}: needs {needed_mb} MB VRAM, {available_mb} MB available{}",
-            if holders.is_empty() {
-                String::new()
-            } else {
-                format!(" (held by {})", holders.join(", "))
-            }
-        ),
-        Refusal::Ram {
-            needed_mb,
-            available_mb,
-            holders,
-        } => format!(
-            "RAM: needs {needed_mb} MB, {available_mb} MB available{}",
-            if holders.is_empty() {
-                String::new()
-            } else {
-                format!(" (held by {})", holders.join(", "))
-            }
-        ),
-    }
 }

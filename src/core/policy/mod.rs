@@ -13,6 +13,7 @@ pub mod admit;
 mod builtin;
 pub mod fair_share;
 pub mod preempt;
+mod spec;
 
 use std::fmt;
 use std::sync::Arc;
@@ -22,6 +23,7 @@ pub use builtin::{
     RoundRobin, ShortestJobFirst,
 };
 pub use fair_share::{FairShare, ShareKey, UsageBook};
+pub use spec::PolicySpec;
 
 /// A job as a policy sees it (a waiter of the reservation queue, a job of
 /// the job scheduler, a row of a simulated trace).
@@ -153,6 +155,57 @@ pub trait Policy: Send + Sync + fmt::Debug {
     fn should_preempt(&self, _running: &[RunningJob], _new: &JobInfo, _needed: f64) -> Vec<u64> {
         Vec::new()
     }
+
+    /// For a policy decided outside the core ([`External`]): the job the
+    /// outside chose to go next. Other policies ignore it.
+    fn set_head(&mut self, _id: Option<u64>) {}
+}
+
+/// A policy whose choice is made outside the core (a Python object's
+/// `select_next_job`): the chosen job goes first, the rest in arrival
+/// order, strictly.
+#[derive(Debug, Clone)]
+pub struct External {
+    pub name: String,
+    head: Option<u64>,
+}
+
+impl External {
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            head: None,
+        }
+    }
+}
+
+impl Policy for External {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn key(&self, job: &JobInfo, _ctx: &Ctx) -> f64 {
+        if Some(job.id) == self.head {
+            f64::NEG_INFINITY
+        } else {
+            job.submitted
+        }
+    }
+    fn time_varying(&self) -> bool {
+        true
+    }
+    fn set_head(&mut self, id: Option<u64>) {
+        self.head = id;
+    }
+    fn describe(&self, job: &JobInfo, _ctx: &Ctx) -> String {
+        if Some(job.id) == self.head {
+            format!("chosen next by {}", self.name)
+        } else {
+            format!(
+                "not chosen by {} (arrival order after its choice)",
+                self.name
+            )
+        }
+    }
 }
 
 /// Total order of two jobs under `policy` at `ctx`.
@@ -203,19 +256,13 @@ pub fn select_next(policy: &dyn Policy, jobs: &[JobInfo], ctx: &Ctx) -> Option<u
 /// A policy by name, with default settings. `usage` backs `fair_share`
 /// and `multifactor` (a fresh in-memory book when `None`).
 pub fn by_name(name: &str, usage: Option<UsageBook>) -> Option<Box<dyn Policy>> {
-    let usage = || usage.clone().unwrap_or_default();
-    Some(match name {
-        "fifo" => Box::new(Fifo),
-        "best_effort_fifo" => Box::new(BestEffortFifo),
-        "priority" => Box::new(Priority::default()),
-        "fair_share" => Box::new(FairShare::new(usage(), ShareKey::User)),
-        "deadline" => Box::new(Deadline::default()),
-        "sjf" => Box::new(ShortestJobFirst::default()),
-        "round_robin" => Box::new(RoundRobin::new(ShareKey::User)),
-        "backfill" => Box::new(Backfill),
-        "multifactor" => Box::new(Multifactor::new(usage(), MultifactorWeights::default())),
-        _ => return None,
-    })
+    match (name, usage) {
+        ("fair_share", Some(u)) => Some(Box::new(FairShare::new(u, ShareKey::User))),
+        ("multifactor", Some(u)) => {
+            Some(Box::new(Multifactor::new(u, MultifactorWeights::default())))
+        }
+        (name, _) => PolicySpec::named(name).build(0.0).ok(),
+    }
 }
 
 /// Every built-in policy name, in documentation order.

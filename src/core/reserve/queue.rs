@@ -72,6 +72,8 @@ struct Waiter<W> {
     last_refusal: Option<Refusal>,
     /// Why it cannot be admitted at all right now (e.g. no GPU figures).
     blocked: Option<String>,
+    /// Last sign of life (joined, offered a reading, claimed).
+    last_active: f64,
 }
 
 /// Events the caller logs (after unlocking).
@@ -321,6 +323,29 @@ impl<W: Clone> ReservationQueue<W> {
         self.rebuild_index(0.0);
     }
 
+    /// Tells an outside policy which waiter it chose (see `policy::External`).
+    pub fn set_external_head(&mut self, id: Option<WaiterId>) {
+        self.policy.set_head(id.map(|w| w.0));
+    }
+
+    /// The waiting jobs (not granted, not passed over), in arrival order:
+    /// what an outside policy chooses from.
+    pub fn pending_jobs(&self) -> Vec<(WaiterId, JobInfo, Need)> {
+        let mut out: Vec<(WaiterId, JobInfo, Need)> = self
+            .waiters
+            .iter()
+            .filter(|(_, w)| w.granted.is_none() && !w.stalled)
+            .map(|(id, w)| (*id, w.job.clone(), w.need.clone()))
+            .collect();
+        out.sort_by(|a, b| a.1.submitted.total_cmp(&b.1.submitted).then(a.0.cmp(&b.0)));
+        out
+    }
+
+    /// The wakers of everyone in line (for a garbage collector's view).
+    pub fn wakers(&self) -> impl Iterator<Item = &W> {
+        self.waiters.values().map(|w| &w.waker)
+    }
+
     pub fn waiting(&self) -> usize {
         self.waiters.len()
     }
@@ -386,6 +411,7 @@ impl<W: Clone> ReservationQueue<W> {
         if job.size <= 0.0 {
             job.size = f64::from(need.gpu_count.max(1));
         }
+        let now_of_join = job.submitted;
         let (k, s) = self.key_of(&job, job.submitted);
         self.index.insert((k, s, id));
         self.waiters.insert(
@@ -399,9 +425,25 @@ impl<W: Clone> ReservationQueue<W> {
                 stalled: false,
                 last_refusal: None,
                 blocked: None,
+                last_active: now_of_join,
             },
         );
         id
+    }
+
+    /// Whether waiter `id` should read the stats and offer now: it is the
+    /// first in line that can take a turn, or that one has shown no life
+    /// for `patience_s` (its event loop may be stuck), so someone else's
+    /// reading must drive the line.
+    pub fn may_offer(&mut self, id: WaiterId, now: f64, patience_s: f64) -> bool {
+        match self.head(now) {
+            None => true,
+            Some(h) if h == id => true,
+            Some(h) => self
+                .waiters
+                .get(&h)
+                .is_none_or(|w| now - w.last_active > patience_s),
+        }
     }
 
     /// Waiter ids in the policy's order at `now`.
@@ -473,9 +515,10 @@ impl<W: Clone> ReservationQueue<W> {
 
     /// Collects a grant made for this waiter by some pass (it leaves the
     /// line), or `None`. Shows life: a passed-over waiter is eligible again.
-    pub fn claim(&mut self, id: WaiterId) -> Option<Grant> {
+    pub fn claim(&mut self, id: WaiterId, now: f64) -> Option<Grant> {
         let w = self.waiters.get_mut(&id)?;
         w.stalled = false;
+        w.last_active = now;
         let (grant, _) = w.granted?;
         self.remove_waiter(id);
         self.ledger.get(grant).cloned()
@@ -530,6 +573,7 @@ impl<W: Clone> ReservationQueue<W> {
         self.tidy(now, &mut events);
         if let Some(w) = from.and_then(|id| self.waiters.get_mut(&id)) {
             w.stalled = false;
+            w.last_active = now;
         }
         let order = self.order(now);
         let mut candidates = Vec::new();
@@ -625,6 +669,12 @@ impl<W: Clone> ReservationQueue<W> {
             refusal,
             events,
         }
+    }
+
+    /// `need` as this reading allows it (`on_missing_stats`), with whether
+    /// the GPU part was dropped; or why it must wait.
+    pub fn adjusted(&self, need: &Need, reading: &Reading) -> Result<(Need, bool), String> {
+        Self::adjust(self.settings.missing, need, reading)
     }
 
     fn adjust(
@@ -844,7 +894,7 @@ impl<W: Clone> ReservationQueue<W> {
 pub fn refusal_text(r: &Refusal) -> String {
     match r {
         Refusal::NotEnoughDevices { needed, present } => {
-            format!("needs {needed} GPU(s), the machine has {present}")
+            format!("needs {needed} GPUs, the machine shows {present}")
         }
         Refusal::Vram {
             device,
@@ -957,7 +1007,7 @@ mod tests {
         let offer = q.offer(Some(b), &r, 2.0);
         assert_eq!(offer.wake, vec![1]);
         assert!(offer.mine.is_some());
-        assert!(q.claim(a).is_some());
+        assert!(q.claim(a, 2.0).is_some());
         assert_eq!(q.waiting(), 0);
     }
 
@@ -1014,8 +1064,18 @@ mod tests {
         assert!(second.mine.is_some());
         assert!(q.is_waiting(dead));
         // It keeps its place for the next turn once it shows life.
-        assert!(q.claim(dead).is_none());
+        assert!(q.claim(dead, 3.0).is_none());
         assert_eq!(q.head(3.0), Some(dead));
+    }
+
+    #[test]
+    fn a_silent_head_lets_others_drive_the_line() {
+        let mut q = queue("fifo");
+        let head = q.join("head", gpu(1.0), job(0.0, 50.0), 1);
+        let other = q.join("other", gpu(1.0), job(0.0, 50.0), 2);
+        assert!(q.may_offer(head, 0.5, 3.0));
+        assert!(!q.may_offer(other, 0.5, 3.0));
+        assert!(q.may_offer(other, 3.5, 3.0));
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! Python job objects — what `plugin_scheduling.policies` classes call for
 //! seed 004's `select_next_job` / `should_preempt`. Stateful policies (fair
 //! share usage, round-robin turns, SJF history) keep their state here.
+//! Standalone policies use wall-clock seconds (jobs' `submit_time` are
+//! timestamps or datetimes).
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -12,7 +14,6 @@ use pyo3::types::{PyDict, PyMapping};
 
 use super::errors::{core, describe};
 use super::reservation_inputs::priority;
-use plugin_scheduling_core::clock::{Clock, SystemClock};
 use plugin_scheduling_core::policy::{self, Ctx, JobInfo, Policy, PolicySpec, RunningJob};
 
 #[pyclass(module = "plugin_scheduling", frozen)]
@@ -133,7 +134,7 @@ impl CorePolicy {
     fn new(spec: &Bound<'_, PyDict>) -> PyResult<Self> {
         let spec = spec_from(spec)?;
         Ok(Self {
-            inner: Mutex::new(core(spec.build(SystemClock.now()))?),
+            inner: Mutex::new(core(spec.build(wall_now()))?),
         })
     }
 

@@ -251,7 +251,7 @@ pub fn job_info<'py>(
         }
         match &section {
             Some(s) => {
-                Ok(get_item(s, key)?.map(|v| (format!("manifest['scheduling'][{key:?}]"), v)))
+                Ok(get_item(s, key)?.map(|v| (format!("manifest['scheduling']['{key}']"), v)))
             }
             None => Ok(None),
         }

@@ -431,11 +431,17 @@ impl<W: Clone> ReservationQueue<W> {
         id
     }
 
-    /// Whether waiter `id` should read the stats and offer now: it is the
-    /// first in line that can take a turn, or that one has shown no life
+    /// Whether waiter `id` should read the stats and offer now: the policy
+    /// lets later waiters pass, or it is the first in line that can take a
+    /// turn, or that one has shown no life
     /// for `patience_s` (its event loop may be stuck), so someone else's
     /// reading must drive the line.
     pub fn may_offer(&mut self, id: WaiterId, now: f64, patience_s: f64) -> bool {
+        // Under best effort and backfill a later waiter may go first, so
+        // each one's reading counts.
+        if self.policy.admission() != Admission::Strict {
+            return true;
+        }
         match self.head(now) {
             None => true,
             Some(h) if h == id => true,

@@ -621,9 +621,17 @@ fn float_arg(field: &str, value: &Bound<'_, PyAny>, min: f64, max: f64) -> PyRes
             describe(value)
         )));
     }
-    let v: f64 = value.extract().map_err(|_| {
-        PyTypeError::new_err(format!("{field} must be a number, got {}", describe(value)))
-    })?;
+    let v: f64 = match value.extract() {
+        Ok(v) => v,
+        // An int too large for a float is a number out of range.
+        Err(_) if value.is_instance_of::<pyo3::types::PyInt>() => f64::INFINITY,
+        Err(_) => {
+            return Err(PyTypeError::new_err(format!(
+                "{field} must be a number, got {}",
+                describe(value)
+            )))
+        }
+    };
     if v.is_nan() || v < min || v > max {
         return Err(PyValueError::new_err(format!(
             "{field} must be between {min} and {max}, got {}",

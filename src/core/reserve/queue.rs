@@ -74,6 +74,8 @@ struct Waiter<W> {
     blocked: Option<String>,
     /// Last sign of life (joined, offered a reading, claimed).
     last_active: f64,
+    /// Woken for its turn and not heard from since.
+    woken_at: Option<f64>,
 }
 
 /// Events the caller logs (after unlocking).
@@ -426,6 +428,7 @@ impl<W: Clone> ReservationQueue<W> {
                 last_refusal: None,
                 blocked: None,
                 last_active: now_of_join,
+                woken_at: None,
             },
         );
         id
@@ -445,10 +448,10 @@ impl<W: Clone> ReservationQueue<W> {
         match self.head(now) {
             None => true,
             Some(h) if h == id => true,
-            Some(h) => self
-                .waiters
-                .get(&h)
-                .is_none_or(|w| now - w.last_active > patience_s),
+            Some(h) => self.waiters.get(&h).is_none_or(|w| {
+                now - w.last_active > patience_s
+                    || w.woken_at.is_some_and(|at| now - at >= self.settings.claim_s)
+            }),
         }
     }
 
@@ -492,8 +495,11 @@ impl<W: Clone> ReservationQueue<W> {
 
     fn head_waker(&mut self, now: f64) -> Vec<W> {
         self.head(now)
-            .and_then(|id| self.waiters.get(&id))
-            .map(|w| w.waker.clone())
+            .and_then(|id| self.waiters.get_mut(&id))
+            .map(|w| {
+                w.woken_at.get_or_insert(now);
+                w.waker.clone()
+            })
             .into_iter()
             .collect()
     }
@@ -525,6 +531,7 @@ impl<W: Clone> ReservationQueue<W> {
         let w = self.waiters.get_mut(&id)?;
         w.stalled = false;
         w.last_active = now;
+        w.woken_at = None;
         let (grant, _) = w.granted?;
         self.remove_waiter(id);
         self.ledger.get(grant).cloned()
@@ -562,6 +569,20 @@ impl<W: Clone> ReservationQueue<W> {
                 }
             }
         }
+        // Woken for its turn and silent since: passed over too.
+        for w in self.waiters.values_mut() {
+            if w.stalled || w.granted.is_some() {
+                continue;
+            }
+            if let Some(at) = w.woken_at.filter(|at| now - at >= s.claim_s) {
+                w.stalled = true;
+                w.woken_at = None;
+                events.push(Event::Reclaimed {
+                    plugin: w.plugin.clone(),
+                    waited_s: now - at,
+                });
+            }
+        }
     }
 
     /// Whether `need` could ever be granted with this reading.
@@ -580,6 +601,7 @@ impl<W: Clone> ReservationQueue<W> {
         if let Some(w) = from.and_then(|id| self.waiters.get_mut(&id)) {
             w.stalled = false;
             w.last_active = now;
+            w.woken_at = None;
         }
         let order = self.order(now);
         let mut candidates = Vec::new();
@@ -651,6 +673,7 @@ impl<W: Clone> ReservationQueue<W> {
             } else {
                 w.granted = Some((granted.id, now));
                 w.last_refusal = None;
+                w.woken_at.get_or_insert(now);
                 wake.push(w.waker.clone());
             }
         }
@@ -828,7 +851,8 @@ impl<W: Clone> ReservationQueue<W> {
         let claims = self
             .waiters
             .values()
-            .filter_map(|w| w.granted.map(|(_, at)| at + s.claim_s))
+            .filter_map(|w| w.granted.map(|(_, at)| at).or(w.woken_at))
+            .map(|at| at + s.claim_s)
             .filter(|&t| t > now)
             .min_by(f64::total_cmp);
         match (ledger, claims) {
@@ -1082,6 +1106,24 @@ mod tests {
         assert!(q.may_offer(head, 0.5, 3.0));
         assert!(!q.may_offer(other, 0.5, 3.0));
         assert!(q.may_offer(other, 3.5, 3.0));
+    }
+
+    #[test]
+    fn a_head_woken_and_silent_is_passed_over() {
+        let mut q = queue("fifo");
+        let r = machine(&[24_000.0]);
+        let holder = q.join("holder", gpu(20_000.0), job(0.0, 50.0), 0);
+        let g = q.offer(Some(holder), &r, 0.0).mine.unwrap_or_else(|| panic!("granted"));
+        let dead = q.join("dead", gpu(20_000.0), job(1.0, 50.0), 1);
+        let live = q.join("live", gpu(20_000.0), job(2.0, 50.0), 2);
+        let (_, woken) = q.release(g.id, 3.0);
+        assert_eq!(woken, vec![1]);
+        assert!(!q.may_offer(live, 3.5, 100.0));
+        assert_eq!(q.next_change(3.5), Some(4.0));
+        assert!(q.may_offer(live, 4.0, 100.0));
+        let offer = q.offer(Some(live), &r, 4.0);
+        assert!(offer.mine.is_some());
+        assert!(q.is_waiting(dead));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod amount;
 pub mod check;
+pub mod control_plane;
 pub mod messages;
 pub mod queue_wait;
 pub mod reserve;

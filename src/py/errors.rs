@@ -100,3 +100,17 @@ pub fn seconds(field: &str, value: &Bound<'_, PyAny>, allow_infinite: bool) -> P
     }
     Ok(secs)
 }
+
+/// A value outside what a control-plane field allows (`ValueError` naming
+/// the field and the value).
+pub fn field_error(
+    field: &str,
+    error: &plugin_scheduling_core::control_plane::FieldError,
+    value: &Bound<'_, PyAny>,
+) -> PyErr {
+    PyValueError::new_err(format!(
+        "{field} must be {}, got {}",
+        error.expected,
+        describe(value)
+    ))
+}

@@ -677,7 +677,7 @@ mod tests {
             (Kind::CostOptimized, AdaptiveCause::LowLoad)
         );
         assert_eq!(
-            choice(&[plain.clone()], &busy),
+            choice(std::slice::from_ref(&plain), &busy),
             (Kind::SloAware, AdaptiveCause::Default)
         );
         assert_eq!(

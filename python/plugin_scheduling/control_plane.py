@@ -32,8 +32,9 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import Enum
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence, cast
 
 from . import _core
 from ._core import SchedulingDecision
@@ -55,6 +56,7 @@ __all__ = [
 ]
 
 Clock = Callable[[], float]
+_Kind = Literal["fifo", "priority", "slo_aware", "cost_optimized", "adaptive"]
 
 
 class RequestPriority(Enum):
@@ -88,7 +90,7 @@ class RequestMetadata:
     priority: RequestPriority = RequestPriority.NORMAL
     slo_deadline_ms: float | None = None
     user_id: str | None = None
-    arrival_time: float = field(default_factory=time.time)
+    arrival_time: float | datetime = field(default_factory=time.time)
     cost_budget: float | None = None
 
     def __post_init__(self) -> None:
@@ -195,14 +197,14 @@ class AdaptivePolicy(SchedulingPolicy):
         self.active_reason: str | None = None
 
 
-def _kind(policy: SchedulingPolicy, call: str) -> str:
+def _kind(policy: SchedulingPolicy, call: str) -> _Kind:
     kind = type(policy).kind
     if kind is None:
         raise NotImplementedError(
             f"{type(policy).__name__} has no built-in strategy (kind None): "
             f"a custom policy overrides {call}"
         )
-    return kind
+    return cast(_Kind, kind)  # the core refuses an unknown kind, naming it
 
 
 def _schedule(
@@ -228,11 +230,12 @@ def _schedule(
             policy.high_load_threshold,
             policy.low_load_threshold,
         )
-        policy.active_policy = {
+        subs: dict[str | None, SchedulingPolicy] = {
             "priority": policy.priority_policy,
             "slo_aware": policy.slo_policy,
             "cost_optimized": policy.cost_policy,
-        }[chosen]
+        }
+        policy.active_policy = subs[chosen]
         policy.active_reason = why
         return decisions
     decisions, _, _ = _core._schedule_batch(

@@ -386,8 +386,8 @@ fn strategy(
 /// Reason strings that do not depend on the request's numbers, built once.
 struct Reasons<'py> {
     prefix: Option<String>,
-    fifo: Option<Bound<'py, PyAny>>,
-    priority: [Option<Bound<'py, PyAny>>; 5],
+    /// FIFO's, then Priority's for each level.
+    constant: [Option<Bound<'py, PyAny>>; 6],
 }
 
 impl<'py> Reasons<'py> {
@@ -399,23 +399,16 @@ impl<'py> Reasons<'py> {
     }
 
     fn get(&mut self, py: Python<'py>, reason: &Reason) -> Bound<'py, PyAny> {
-        let cached = match reason {
-            Reason::Fifo => &mut self.fifo,
-            Reason::Priority { priority } => &mut self.priority[*priority as usize],
+        let slot = match reason {
+            Reason::Fifo => 0,
+            Reason::Priority { priority } => 1 + *priority as usize,
             _ => return PyString::new(py, &self.text(reason)).into_any(),
         };
-        if let Some(s) = cached {
+        if let Some(s) = &self.constant[slot] {
             return s.clone();
         }
-        let s = PyString::new(
-            py,
-            &match &self.prefix {
-                Some(prefix) => format!("{prefix}{reason}"),
-                None => reason.to_string(),
-            },
-        )
-        .into_any();
-        *cached = Some(s.clone());
+        let s = PyString::new(py, &self.text(reason)).into_any();
+        self.constant[slot] = Some(s.clone());
         s
     }
 }
@@ -493,8 +486,7 @@ pub fn _schedule_batch<'py>(
     };
     let mut reasons = Reasons {
         prefix: outcome.adaptive.map(|(k, c)| adaptive_prefix(k, c.text())),
-        fifo: None,
-        priority: Default::default(),
+        constant: Default::default(),
     };
     let zero = PyFloat::new(py, 0.0).into_any();
     let decisions = PyList::empty(py);
@@ -571,7 +563,10 @@ pub fn _check_item(obj: &Bound<'_, PyAny>, kind: &str) -> PyResult<()> {
     };
     match kind {
         "request" => read_request(obj, label, None).map(|_| ()),
-        _ => read_instance(obj, label, &mut Models { names: Vec::new() }).map(|_| ()),
+        "instance" => read_instance(obj, label, &mut Models { names: Vec::new() }).map(|_| ()),
+        other => Err(PyValueError::new_err(format!(
+            "kind must be 'request' or 'instance', got {other:?}"
+        ))),
     }
 }
 
@@ -734,7 +729,11 @@ impl SchedulingDecision {
             }
             _ => return Ok(py.NotImplemented()),
         };
-        let result = if matches!(op, CompareOp::Eq) { equal } else { !equal };
+        let result = if matches!(op, CompareOp::Eq) {
+            equal
+        } else {
+            !equal
+        };
         Ok(result.into_pyobject(py)?.to_owned().into_any().unbind())
     }
 

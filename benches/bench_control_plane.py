@@ -55,12 +55,13 @@ def seed_fifo(requests: list[Any], instances: list[Any]) -> list[SchedulingDecis
 def workload(n_requests: int, n_instances: int) -> tuple[list[RequestMetadata], list[ExecutionInstance]]:
     now = time.time()
     priorities = list(RequestPriority)
+    size = 7  # model names built per request, as parsed from a request body (not one shared object)
     requests = [
         RequestMetadata(
             request_id=f"req-{i}",
             prompt="Hello",
             max_tokens=64 + i % 512,
-            model_name="llama-2-7b",
+            model_name=f"llama-2-{size}b",
             priority=priorities[i % 5],
             slo_deadline_ms=None if i % 3 else 2000.0,
             arrival_time=now - (i * 7919 % n_requests) / 1000.0,

@@ -185,7 +185,6 @@ def test_decision_keyword_construction_repr_equality_pickle() -> None:
     assert (default.tensor_parallel_size, default.pipeline_parallel_size) == (1, 1)
     assert (default.estimated_latency_ms, default.estimated_cost, default.reason) == (0.0, 0.0, "")
     default.reason = "changed"
-    default.metadata = {"extra": 1}  # like the seed's dataclass, attributes can be added
     assert default.reason == "changed"
     match d:
         case SchedulingDecision(rid, iid):

@@ -605,3 +605,21 @@ def test_any_batch_respects_capacity_and_references(policy: SchedulingPolicy, re
         assert matches[0].model_name in (None, target.model_name)
         placed_on[k] = placed_on.get(k, 0) + 1
         assert target.current_load + placed_on[k] <= target.max_concurrency
+
+
+# --- This project's README section runs as written ------------------------------------
+
+
+def test_readme_batch_api_section_runs_and_prints_what_it_says(capsys: pytest.CaptureFixture[str]) -> None:
+    import pathlib
+    import re
+
+    readme = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Batch API (seed 002)") :]
+    match = re.search(r"```python\n(.*?)```", section, re.S)
+    assert match is not None
+    code = match.group(1)
+    exec(code, {})
+    printed = capsys.readouterr().out.splitlines()
+    expected = [line[2:].split("  (")[0] for line in code.splitlines() if line.startswith("# ")]
+    assert printed == expected

@@ -442,6 +442,7 @@ def test_look_alike_objects_and_tuples_are_accepted() -> None:
     [
         ("max_tokens", -5, ValueError, "requests[1].max_tokens must be an int >= 0, got -5 (int)"),
         ("max_tokens", "10", TypeError, "requests[1].max_tokens must be an int, got '10' (str)"),
+        ("max_tokens", True, TypeError, "requests[1].max_tokens must be an int, got True (bool)"),
         ("priority", "urgent", ValueError, "requests[1].priority must be a RequestPriority"),
         ("priority", 7, ValueError, "requests[1].priority must be a RequestPriority"),
         ("arrival_time", "now", TypeError, "requests[1].arrival_time must be a timestamp"),

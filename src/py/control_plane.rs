@@ -11,7 +11,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::pyclass::CompareOp;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyFloat, PyInt, PyList, PyString, PyTuple, PyType};
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple, PyType};
 
 use super::errors::{describe, field_error};
 use plugin_scheduling_core::control_plane::{
@@ -148,7 +148,7 @@ fn number(
     non_negative: bool,
     label: Label<'_>,
 ) -> PyResult<f64> {
-    if value.is_instance_of::<PyString>() {
+    if value.is_instance_of::<PyString>() || value.is_instance_of::<PyBool>() {
         return Err(bad_type(label, name, "a number", value));
     }
     let v: f64 = value
@@ -174,7 +174,7 @@ fn count(
     minimum: i64,
     label: Label<'_>,
 ) -> PyResult<u64> {
-    if !value.is_instance_of::<PyInt>() {
+    if !value.is_instance_of::<PyInt>() || value.is_instance_of::<PyBool>() {
         return Err(bad_type(label, name, "an int", value));
     }
     let v: i64 = value

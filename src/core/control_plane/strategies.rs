@@ -319,7 +319,7 @@ pub fn schedule(
         Order::AsGiven => (0..requests.len()).collect(),
     };
     let mut pool = Pool::new(instances);
-    let mut decisions = Vec::with_capacity(requests.len().min(instances.len().max(1) * 1024));
+    let mut decisions = Vec::with_capacity(requests.len());
     for r in sequence {
         let request = &requests[r];
         let placed = match strategy {
@@ -356,6 +356,7 @@ pub fn schedule(
             Strategy::CostOptimized(config) => pool
                 .cheapest(request, &config, now_s)
                 .map(|(i, cost, slo_met)| (i, cost, Reason::Cost { cost, slo_met })),
+            // Resolved to its chosen strategy above.
             Strategy::Adaptive(_) => None,
         };
         if let Some((i, cost, reason)) = placed {

@@ -624,3 +624,13 @@ def test_readme_batch_api_section_runs_and_prints_what_it_says(capsys: pytest.Ca
     printed = capsys.readouterr().out.splitlines()
     expected = [line[2:].split("  (")[0] for line in code.splitlines() if line.startswith("# ")]
     assert printed == expected
+
+
+def test_each_call_is_logged_at_debug_with_the_policy_and_counts(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("DEBUG", logger="plugin_scheduling.control_plane"):
+        FIFOPolicy().schedule([req("a"), req("b", model_name="other")], [inst("i")])
+        AdaptivePolicy(clock=clock).schedule([req("c")], [inst("i")])
+    assert [r.getMessage() for r in caplog.records] == [
+        f"policy {FIFOPolicy().name!r} (fifo) placed 1 of 2 requests on 1 instances",
+        "policy 'Adaptive' (adaptive) placed 1 of 1 requests on 1 instances (low load, optimizing for cost)",
+    ]

@@ -29,6 +29,7 @@ epoch (``time.time()``, the default) or a ``datetime``. Bad values raise
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -54,6 +55,8 @@ __all__ = [
     "SchedulingDecision",
     "SchedulingPolicy",
 ]
+
+_log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 _Kind = Literal["fifo", "priority", "slo_aware", "cost_optimized", "adaptive"]
@@ -237,16 +240,26 @@ def _schedule(
         }
         policy.active_policy = subs[chosen]
         policy.active_reason = why
-        return decisions
-    decisions, _, _ = _core._schedule_batch(
-        kind,
-        requests,
-        instances,
-        now,
-        as_given,
-        getattr(policy, "urgency_threshold", 0.7),
-        getattr(policy, "price_per_gpu_hour", 2.5),
-    )
+    else:
+        decisions, _, _ = _core._schedule_batch(
+            kind,
+            requests,
+            instances,
+            now,
+            as_given,
+            getattr(policy, "urgency_threshold", 0.7),
+            getattr(policy, "price_per_gpu_hour", 2.5),
+        )
+    if _log.isEnabledFor(logging.DEBUG):
+        _log.debug(
+            "policy %r (%s) placed %d of %s requests on %s instances%s",
+            policy.name,
+            kind,
+            len(decisions),
+            len(requests) if hasattr(requests, "__len__") else "?",
+            len(instances) if hasattr(instances, "__len__") else "?",
+            f" ({policy.active_reason})" if isinstance(policy, AdaptivePolicy) else "",
+        )
     return decisions
 
 

@@ -3,7 +3,7 @@
 import logging
 import os
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
-from typing import Any, Awaitable, Callable, Literal, Mapping, final
+from typing import Any, Awaitable, Callable, ClassVar, Iterable, Literal, Mapping, final
 
 from typing_extensions import disjoint_base
 
@@ -20,10 +20,14 @@ __all__ = [
     "Grant",
     "ReservationTimeout",
     "SafetyScheduler",
+    "SchedulingDecision",
     "SimulatedOutOfMemory",
     "SimulatedSystem",
     "SystemMonitor",
     "__version__",
+    "_check_item",
+    "_prioritize_batch",
+    "_schedule_batch",
 ]
 __version__: str
 
@@ -204,3 +208,77 @@ class QueueWaitState:
     def after_stats(self, plugin_meta: Any, stats: Any) -> bool | float: ...
     def subscribe(self, wake: Any, event_loop: Any, future: Any) -> int | None: ...
     def unsubscribe(self, token: int | None) -> None: ...
+
+# --- Seed 002's batch API (plugin_scheduling.control_plane) ---------------
+
+@final
+class SchedulingDecision:
+    """Where a request goes and why (seed 002's fields). Equality compares the
+    fields; unhashable, like the seed's dataclass; picklable."""
+
+    __match_args__ = (
+        "request_id",
+        "target_instance_id",
+        "parallelism_strategy",
+        "tensor_parallel_size",
+        "pipeline_parallel_size",
+        "estimated_latency_ms",
+        "estimated_cost",
+        "reason",
+    )
+    __hash__: ClassVar[None]  # type: ignore[assignment]
+    request_id: Any
+    target_instance_id: Any
+    parallelism_strategy: Any
+    """A ``ParallelismType`` member."""
+    tensor_parallel_size: int
+    pipeline_parallel_size: int
+    estimated_latency_ms: float
+    estimated_cost: float
+    reason: str
+    def __new__(
+        cls,
+        request_id: Any,
+        target_instance_id: Any,
+        parallelism_strategy: Any = None,
+        tensor_parallel_size: int | None = None,
+        pipeline_parallel_size: int | None = None,
+        estimated_latency_ms: float | None = None,
+        estimated_cost: float | None = None,
+        reason: str | None = None,
+    ) -> SchedulingDecision: ...
+    def __eq__(self, other: object, /) -> bool: ...
+    def __ne__(self, other: object, /) -> bool: ...
+    def __reduce__(self) -> tuple[type[SchedulingDecision], tuple[Any, ...]]: ...
+
+def _schedule_batch(
+    kind: Literal["fifo", "priority", "slo_aware", "cost_optimized", "adaptive"],
+    requests: Iterable[Any],
+    instances: Iterable[Any],
+    now: float,
+    as_given: bool,
+    urgency_threshold: float = 0.7,
+    price_per_gpu_hour: float = 2.5,
+    high_load_threshold: float = 0.8,
+    low_load_threshold: float = 0.3,
+) -> tuple[
+    list[SchedulingDecision],
+    Literal["priority", "slo_aware", "cost_optimized"] | None,
+    str | None,
+]:
+    """Places ``requests`` on ``instances`` with the built-in strategy ``kind``;
+    ``now`` (epoch seconds) is the clock for SLO urgency; ``as_given`` keeps the
+    requests' order. Returns the decisions and, for ``"adaptive"``, the kind it
+    chose and why."""
+
+def _prioritize_batch(
+    kind: Literal["fifo", "priority", "slo_aware", "cost_optimized", "adaptive"],
+    requests: Iterable[Any],
+    now: float,
+    urgency_threshold: float = 0.7,
+) -> list[Any]:
+    """A new list of the same request objects in the strategy's order."""
+
+def _check_item(obj: Any, kind: Literal["request", "instance"]) -> None:
+    """Checks one request (``"request"``) or instance (``"instance"``) as
+    ``schedule`` reads it; raises naming the field and the value."""

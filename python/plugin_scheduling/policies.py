@@ -314,6 +314,30 @@ def policy_from_name(name: str, **settings: Any) -> SchedulingPolicy:
     return cls(**settings)
 
 
+_CONTROL_PLANE_NAMES = frozenset(
+    {
+        "RequestPriority",
+        "ParallelismType",
+        "RequestMetadata",
+        "ExecutionInstance",
+        "SchedulingDecision",
+        "SLOAwarePolicy",
+        "CostOptimizedPolicy",
+        "AdaptivePolicy",
+    }
+)
+
+
+def __getattr__(name: str) -> Any:
+    # Seed 002's names are re-exported lazily: control_plane imports this
+    # module, so importing it here eagerly would be circular.
+    if name in _CONTROL_PLANE_NAMES:
+        from . import control_plane
+
+        return getattr(control_plane, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _core_spec(policy: Any) -> dict[str, Any] | None:
     """The core spec of a built-in policy object; ``None`` when the object
     decides in Python (its class overrides ``select_next_job``)."""

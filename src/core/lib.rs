@@ -4,6 +4,7 @@
 pub mod amount;
 pub mod check;
 pub mod clock;
+pub mod control_plane;
 pub mod error;
 pub mod messages;
 pub mod policy;

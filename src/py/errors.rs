@@ -124,3 +124,17 @@ pub fn core_error(error: plugin_scheduling_core::error::Error) -> PyErr {
 pub fn core<T>(result: plugin_scheduling_core::error::Result<T>) -> PyResult<T> {
     result.map_err(core_error)
 }
+
+/// A value outside what a control-plane field allows (`ValueError` naming
+/// the field and the value).
+pub fn field_error(
+    field: &str,
+    error: &plugin_scheduling_core::control_plane::FieldError,
+    value: &Bound<'_, PyAny>,
+) -> PyErr {
+    PyValueError::new_err(format!(
+        "{field} must be {}, got {}",
+        error.expected,
+        describe(value)
+    ))
+}

@@ -1,6 +1,7 @@
 //! PyO3 bindings: Python classes over [`plugin_scheduling_core`] and error mapping. The
 //! async methods are thin Python coroutines (`_drivers.py`) over these.
 
+mod control_plane;
 mod errors;
 mod inputs;
 mod policies;
@@ -42,6 +43,10 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         "SimulatedOutOfMemory",
         py.get_type::<errors::SimulatedOutOfMemory>(),
     )?;
+    m.add_class::<control_plane::SchedulingDecision>()?;
+    m.add_function(wrap_pyfunction!(control_plane::_schedule_batch, m)?)?;
+    m.add_function(wrap_pyfunction!(control_plane::_prioritize_batch, m)?)?;
+    m.add_function(wrap_pyfunction!(control_plane::_check_item, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -18,6 +18,9 @@ __all__ = [
     "ReservationScheduler",
     "ReservationWait",
     "Grant",
+    "ManualClock",
+    "PendingJob",
+    "CorePolicy",
     "ReservationTimeout",
     "SafetyScheduler",
     "SchedulingDecision",
@@ -56,12 +59,74 @@ class Grant:
     @property
     def ram_mb(self) -> float: ...
     @property
+    def pools(self) -> list[tuple[str, float]]:
+        """Scalar pools reserved: ``ram_mb``, ``cpu_cores`` and pools declared in
+        ``manifest["resources"]["pools"]``."""
+    @property
+    def without_gpu_figures(self) -> bool:
+        """Admitted although the stats had no GPU figures (no device reserved)."""
+    @property
     def cuda_visible_devices(self) -> str: ...
+
+@final
+class ManualClock:
+    """A clock that moves only when told (tests, notebooks): pass it as
+    ``ReservationScheduler(clock=...)``; arrivals, ages, deadlines, settle
+    windows and expiries are stamped with it."""
+
+    def __new__(cls, start: float = 0.0) -> ManualClock: ...
+    def now(self) -> float: ...
+    def advance(self, seconds: float) -> float: ...
+
+@final
+class PendingJob:
+    """A waiter of ``ReservationScheduler`` as a Python policy's
+    ``select_next_job`` sees it (seed 004's job fields)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def priority(self) -> float: ...
+    @property
+    def user(self) -> str | None: ...
+    @property
+    def project(self) -> str | None: ...
+    @property
+    def submit_time(self) -> float: ...
+    @property
+    def deadline(self) -> float | None: ...
+    @property
+    def estimated_duration(self) -> float | None: ...
+    @property
+    def requirements(self) -> dict[str, float]: ...
+
+_PolicyName = Literal[
+    "fifo", "best_effort_fifo", "priority", "fair_share", "deadline", "sjf", "round_robin", "backfill", "multifactor"
+]
+
+@final
+class CorePolicy:
+    """A core policy (by name and settings) on plain job objects; what the
+    ``plugin_scheduling.policies`` classes call."""
+
+    def __new__(cls, spec: Mapping[str, Any]) -> CorePolicy: ...
+    @property
+    def name(self) -> str: ...
+    def select(self, jobs: Iterable[Any], now: float | None = None) -> int | None: ...
+    def order(self, jobs: Iterable[Any], now: float | None = None) -> list[int]: ...
+    def describe(self, job: Any, now: float | None = None) -> str: ...
+    def preempt(self, running_jobs: Iterable[Any], new_job: Any, needed: float | None = None) -> list[int]: ...
+    def record_start(self, job: Any, now: float | None = None) -> None: ...
+    def record_finish(self, job: Any, ran_s: float, now: float | None = None) -> None: ...
 
 @final
 class ReservationWait:
     def my_turn(self) -> bool: ...
-    def try_grant(self, stats: Any) -> Grant | None: ...
+    def claim(self) -> Grant | None: ...
+    def offer(self, stats: Any) -> Grant | None: ...
+    def failure_error(self) -> ReservationTimeout: ...
     def after_refusal(self) -> bool | float: ...
     def leave(self) -> None: ...
     def subscribe(self, wake: Any, event_loop: Any, future: Any) -> int | None: ...
@@ -69,20 +134,39 @@ class ReservationWait:
 
 @disjoint_base
 class ReservationScheduler:
+    """Reserves what a plugin declares (per GPU device, RAM, CPU cores and
+    declared pools) atomically, so concurrent callers never double-book;
+    waiters are served in the policy's order.
+
+    Options: ``timeout`` (s, default 300; inf waits forever), ``poll_interval``
+    (s, default 2: re-check for memory freed elsewhere), ``headroom`` (fraction
+    of each total that may be reserved, 0.9), ``settle_s`` (s a new grant may be
+    missing from readings, 2), ``start_timeout`` (s an unstarted grant is kept,
+    60), ``on_missing_stats`` (``'allow'``: admit GPU plugins without GPU
+    figures, logged; ``'block'``: wait), ``peaks_path`` / ``persist_peaks``
+    (where measured peaks are saved), ``peak_margin`` (1.1), ``policy`` (a name
+    of ``plugin_scheduling.policies.POLICY_NAMES``, a policy object, or a
+    ``SchedulingPolicy`` subclass deciding in Python), ``clock`` (a
+    ``ManualClock`` for tests), ``claim_timeout`` (s a woken waiter may take to
+    answer before it is passed over, 1).
+    """
+
     def __new__(cls, *_args: Any, **_kwargs: Any) -> ReservationScheduler: ...
     def __init__(
         self,
-        timeout: float | None = None,
-        poll_interval: float | None = None,
+        timeout: float | None = 300.0,
+        poll_interval: float | None = 2.0,
         *,
         headroom: float = 0.9,
         settle_s: float = 2.0,
         start_timeout: float = 60.0,
-        on_missing_stats: str = "allow",
+        on_missing_stats: Literal["allow", "block"] = "allow",
         peaks_path: str | os.PathLike[str] | None = None,
         persist_peaks: bool = False,
         peak_margin: float = 1.1,
-        policy: str = "fifo",
+        policy: _PolicyName | Any = "fifo",
+        clock: ManualClock | None = None,
+        claim_timeout: float = 1.0,
     ) -> None: ...
     @property
     def timeout(self) -> float: ...
@@ -90,14 +174,54 @@ class ReservationScheduler:
     def poll_interval(self) -> float: ...
     @property
     def logger(self) -> logging.Logger: ...
-    def allocate(self, plugin_meta: Any, stats_provider: Callable[[], Mapping[str, Any]]) -> bool: ...
-    async def allocate_async(self, plugin_meta: Any, stats_provider: Callable[[], Awaitable[Mapping[str, Any]]]) -> bool: ...
-    async def _reserve_async(self, plugin_meta: Any, stats_provider: Callable[[], Awaitable[Mapping[str, Any]]]) -> Grant | None: ...
-    def lease(self, plugin_meta: Any, stats_provider: Callable[[], Mapping[str, Any]]) -> AbstractContextManager[Grant]: ...
-    def lease_async(self, plugin_meta: Any, stats_provider: Callable[[], Awaitable[Mapping[str, Any]]]) -> AbstractAsyncContextManager[Grant]: ...
+    @property
+    def policy(self) -> str:
+        """The policy's name."""
+    def allocate(
+        self,
+        plugin_meta: Any,
+        stats_provider: Callable[[], Mapping[str, Any]],
+        *,
+        priority: float | str | None = None,
+        user: str | None = None,
+        project: str | None = None,
+        deadline_s: float | None = None,
+        estimated_duration_s: float | None = None,
+    ) -> bool: ...
+    async def allocate_async(
+        self, plugin_meta: Any, stats_provider: Callable[[], Awaitable[Mapping[str, Any]]], **job: Any
+    ) -> bool: ...
+    async def _reserve_async(
+        self, plugin_meta: Any, stats_provider: Callable[[], Awaitable[Mapping[str, Any]]], **job: Any
+    ) -> Grant: ...
+    def lease(
+        self, plugin_meta: Any, stats_provider: Callable[[], Mapping[str, Any]], **job: Any
+    ) -> AbstractContextManager[Grant]: ...
+    def lease_async(
+        self, plugin_meta: Any, stats_provider: Callable[[], Awaitable[Mapping[str, Any]]], **job: Any
+    ) -> AbstractAsyncContextManager[Grant]: ...
     def _repr_html_(self) -> str: ...
-    def _begin_wait(self, plugin_meta: Any) -> ReservationWait: ...
-    def _reserve(self, plugin_meta: Any, stats_provider: Callable[[], Mapping[str, Any]]) -> Grant | None: ...
+    def _begin_wait(
+        self,
+        plugin_meta: Any,
+        *,
+        priority: float | str | None = None,
+        user: str | None = None,
+        project: str | None = None,
+        deadline_s: float | None = None,
+        estimated_duration_s: float | None = None,
+    ) -> ReservationWait: ...
+    def _reserve(
+        self,
+        plugin_meta: Any,
+        stats_provider: Callable[[], Mapping[str, Any]],
+        *,
+        priority: float | str | None = None,
+        user: str | None = None,
+        project: str | None = None,
+        deadline_s: float | None = None,
+        estimated_duration_s: float | None = None,
+    ) -> Grant: ...
     def on_execution_start(self, plugin_name: str) -> None: ...
     def on_execution_finish(self, plugin_name: str) -> None: ...
     def _start_grant(self, grant_id: int) -> bool: ...
@@ -107,7 +231,30 @@ class ReservationScheduler:
     def observe(self, stats: Any) -> int: ...
     def record_peak(self, plugin_name: str, vram_mb: float | None = None, ram_mb: float | None = None) -> dict[str, float | None]: ...
     def peaks(self) -> dict[str, dict[str, float | None]]: ...
-    def explain(self, plugin_meta: Any, stats_provider: Callable[[], Mapping[str, Any]]) -> dict[str, Any]: ...
+    def explain(
+        self,
+        plugin_meta: Any,
+        stats_provider: Callable[[], Mapping[str, Any]],
+        *,
+        priority: float | str | None = None,
+        user: str | None = None,
+        project: str | None = None,
+        deadline_s: float | None = None,
+        estimated_duration_s: float | None = None,
+    ) -> dict[str, Any]:
+        """Why the plugin would wait (or where it would go), in the policy's
+        terms; reserves nothing."""
+    def preemption_candidates(
+        self,
+        plugin_meta: Any,
+        stats_provider: Callable[[], Mapping[str, Any]],
+        *,
+        priority: float | str | None = None,
+        user: str | None = None,
+        project: str | None = None,
+    ) -> list[Grant]:
+        """Running grants the policy would stop so that the plugin could start
+        (``priority``/``multifactor``/``deadline``); nothing is stopped."""
     def snapshot(self) -> dict[str, Any]: ...
     def _pending_wakers(self) -> int: ...
 

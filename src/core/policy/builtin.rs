@@ -565,4 +565,44 @@ mod tests {
         // Nothing to free: nothing to stop.
         assert!(p.should_preempt(&running, &new, 0.0).is_empty());
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// No starvation under aging: a job submitted more than
+            /// `(100 − p) / aging` seconds after a waiting job of priority
+            /// `p` is never ordered before it, at any time.
+            #[test]
+            fn aging_bounds_overtaking(
+                aging in 0.001f64..10.0,
+                jobs in proptest::collection::vec((0.0f64..1000.0, 0.0f64..=100.0), 2..40),
+                now_extra in 0.0f64..5000.0,
+            ) {
+                let p = Priority { aging_per_s: aging };
+                let jobs: Vec<JobInfo> = jobs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &(t, prio))| job(i as u64, t, prio))
+                    .collect();
+                let now = 1000.0 + now_extra;
+                let order = order(&p, &jobs, &Ctx { now });
+                let rank: Vec<usize> = {
+                    let mut r = vec![0; jobs.len()];
+                    for (pos, &i) in order.iter().enumerate() {
+                        r[i] = pos;
+                    }
+                    r
+                };
+                for w in &jobs {
+                    for j in &jobs {
+                        if j.submitted > w.submitted + p.overtake_window_s(w.priority) {
+                            prop_assert!(rank[j.id as usize] > rank[w.id as usize]);
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

@@ -14,6 +14,7 @@
 //! holds the line.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound::{Excluded, Unbounded};
 use std::sync::Arc;
 
 use super::ledger::{Grant, GrantId, Ledger, Limits, Need, Reading, Refusal};
@@ -76,6 +77,8 @@ struct Waiter<W> {
     last_active: f64,
     /// Woken for its turn and not heard from since.
     woken_at: Option<f64>,
+    /// Its entry in the sorted index.
+    key: IndexKey,
 }
 
 /// Events the caller logs (after unlocking).
@@ -117,7 +120,7 @@ pub struct ReservationQueue<W> {
     waiters: BTreeMap<WaiterId, Waiter<W>>,
     /// Sorted by the policy's key when keys do not vary with time; rebuilt
     /// when the policy's epoch changes.
-    index: BTreeSet<(OrdF64, OrdF64, WaiterId)>,
+    index: BTreeSet<IndexKey>,
     index_epoch: u64,
     policy: Box<dyn Policy>,
     pub settings: Settings,
@@ -140,6 +143,16 @@ impl Ord for OrdF64 {
         self.0.total_cmp(&other.0)
     }
 }
+
+/// Where an admission pass is in the policy's order.
+enum Cursor {
+    /// Keys do not vary with time: walk the sorted index.
+    Index(Option<IndexKey>),
+    /// Keys vary with time: an order computed for this pass.
+    List(std::vec::IntoIter<WaiterId>),
+}
+
+type IndexKey = (OrdF64, OrdF64, WaiterId);
 
 /// The live machine as a [`Placement`] for the admission pass.
 struct Live<'a> {
@@ -393,7 +406,7 @@ impl<W: Clone> ReservationQueue<W> {
     }
 
     fn rebuild_index(&mut self, now: f64) {
-        self.index = self
+        let keys: Vec<IndexKey> = self
             .waiters
             .iter()
             .map(|(id, w)| {
@@ -401,6 +414,12 @@ impl<W: Clone> ReservationQueue<W> {
                 (k, s, *id)
             })
             .collect();
+        for key in &keys {
+            if let Some(w) = self.waiters.get_mut(&key.2) {
+                w.key = *key;
+            }
+        }
+        self.index = keys.into_iter().collect();
         self.index_epoch = self.policy.epoch();
     }
 
@@ -415,7 +434,8 @@ impl<W: Clone> ReservationQueue<W> {
         }
         let now_of_join = job.submitted;
         let (k, s) = self.key_of(&job, job.submitted);
-        self.index.insert((k, s, id));
+        let key = (k, s, id);
+        self.index.insert(key);
         self.waiters.insert(
             id,
             Waiter {
@@ -429,6 +449,7 @@ impl<W: Clone> ReservationQueue<W> {
                 blocked: None,
                 last_active: now_of_join,
                 woken_at: None,
+                key,
             },
         );
         id
@@ -450,7 +471,8 @@ impl<W: Clone> ReservationQueue<W> {
             Some(h) if h == id => true,
             Some(h) => self.waiters.get(&h).is_none_or(|w| {
                 now - w.last_active > patience_s
-                    || w.woken_at.is_some_and(|at| now - at >= self.settings.claim_s)
+                    || w.woken_at
+                        .is_some_and(|at| now - at >= self.settings.claim_s)
             }),
         }
     }
@@ -475,6 +497,31 @@ impl<W: Clone> ReservationQueue<W> {
             self.rebuild_index(now);
         }
         self.index.iter().map(|k| k.2).collect()
+    }
+
+    fn cursor(&mut self, now: f64) -> Cursor {
+        if self.policy.time_varying() {
+            return Cursor::List(self.order(now).into_iter());
+        }
+        if self.policy.epoch() != self.index_epoch {
+            self.rebuild_index(now);
+        }
+        Cursor::Index(None)
+    }
+
+    fn advance(&self, cursor: &mut Cursor) -> Option<WaiterId> {
+        match cursor {
+            Cursor::List(ids) => ids.next(),
+            Cursor::Index(at) => {
+                let next = match at {
+                    None => self.index.iter().next(),
+                    Some(k) => self.index.range((Excluded(*k), Unbounded)).next(),
+                }
+                .copied();
+                *at = next;
+                next.map(|k| k.2)
+            }
+        }
     }
 
     /// The first waiter in order that could take a turn now.
@@ -506,9 +553,7 @@ impl<W: Clone> ReservationQueue<W> {
 
     fn remove_waiter(&mut self, id: WaiterId) -> Option<Waiter<W>> {
         let w = self.waiters.remove(&id)?;
-        // The key may have been computed at another time (time-varying
-        // policies do not use the index, so any stale entry is harmless).
-        self.index.retain(|k| k.2 != id);
+        self.index.remove(&w.key);
         Some(w)
     }
 
@@ -603,10 +648,14 @@ impl<W: Clone> ReservationQueue<W> {
             w.last_active = now;
             w.woken_at = None;
         }
-        let order = self.order(now);
-        let mut candidates = Vec::new();
+        let mode = self.policy.admission();
+        let strict = mode == Admission::Strict;
+        let mut cursor = self.cursor(now);
+        let mut candidates: Vec<Candidate> = Vec::new();
         let mut without_figures = Vec::new();
-        for id in order {
+        let mut started: Vec<(usize, Grant)> = Vec::new();
+        let mut blocked_head = None;
+        while let Some(id) = self.advance(&mut cursor) {
             let Some(w) = self.waiters.get_mut(&id) else {
                 continue;
             };
@@ -626,26 +675,46 @@ impl<W: Clone> ReservationQueue<W> {
                         estimate: w.job.estimated_duration,
                     });
                 }
-                Err(why) => w.blocked = Some(why),
+                Err(why) => {
+                    w.blocked = Some(why);
+                    continue;
+                }
+            }
+            if strict {
+                // Strict order stops at the first that does not fit: the
+                // pass goes only that far (O(started · log n), not O(n)).
+                let i = candidates.len() - 1;
+                let mut live = Live {
+                    ledger: &mut self.ledger,
+                    reading,
+                    limits: self.settings.limits,
+                    now,
+                };
+                let pass = admit(mode, &[i], &candidates, &mut live, |c| c.estimate, now);
+                if pass.started.is_empty() {
+                    blocked_head = Some(i);
+                    break;
+                }
+                started.extend(pass.started);
             }
         }
-        let mode = self.policy.admission();
-        let all: Vec<usize> = (0..candidates.len()).collect();
-        let mut live = Live {
-            ledger: &mut self.ledger,
-            reading,
-            limits: self.settings.limits,
-            now,
-        };
-        let pass = admit(mode, &all, &candidates, &mut live, |c| c.estimate, now);
+        if !strict {
+            let all: Vec<usize> = (0..candidates.len()).collect();
+            let mut live = Live {
+                ledger: &mut self.ledger,
+                reading,
+                limits: self.settings.limits,
+                now,
+            };
+            let pass = admit(mode, &all, &candidates, &mut live, |c| c.estimate, now);
+            started = pass.started;
+            blocked_head = pass.blocked_head;
+        }
         let mut mine = None;
         let mut wake = Vec::new();
-        let started: BTreeSet<WaiterId> = pass
-            .started
-            .iter()
-            .map(|(i, _)| candidates[*i].id)
-            .collect();
-        for (i, grant) in pass.started {
+        let started_ids: BTreeSet<WaiterId> =
+            started.iter().map(|(i, _)| candidates[*i].id).collect();
+        for (i, grant) in started {
             let c = &candidates[i];
             let Some(w) = self.waiters.get_mut(&c.id) else {
                 continue;
@@ -677,11 +746,13 @@ impl<W: Clone> ReservationQueue<W> {
                 wake.push(w.waker.clone());
             }
         }
-        // Refusals for the rest, for explain() and the waiters' logs.
+        // Refusals for the offering waiter and the head that blocked (for
+        // explain() and the logs); the others keep their last one.
         let limits = self.settings.limits;
         let mut refusal = None;
+        let blocked_id = blocked_head.map(|i| candidates[i].id);
         for c in &candidates {
-            if started.contains(&c.id) {
+            if started_ids.contains(&c.id) || (Some(c.id) != from && Some(c.id) != blocked_id) {
                 continue;
             }
             let r = self.ledger.place(&c.need, reading, limits, now).err();
@@ -690,6 +761,19 @@ impl<W: Clone> ReservationQueue<W> {
             }
             if let Some(w) = self.waiters.get_mut(&c.id) {
                 w.last_refusal = r;
+            }
+        }
+        if let Some(id) = from.filter(|id| !started_ids.contains(id) && mine.is_none()) {
+            // Not reached by a strict pass (someone ahead blocked): its own fit.
+            if refusal.is_none() {
+                if let Some(w) = self.waiters.get(&id) {
+                    if let Ok((need, _)) = Self::adjust(self.settings.missing, &w.need, reading) {
+                        refusal = self.ledger.place(&need, reading, limits, now).err();
+                    }
+                }
+                if let Some(w) = self.waiters.get_mut(&id) {
+                    w.last_refusal = refusal.clone();
+                }
             }
         }
         Offer {
@@ -1113,7 +1197,10 @@ mod tests {
         let mut q = queue("fifo");
         let r = machine(&[24_000.0]);
         let holder = q.join("holder", gpu(20_000.0), job(0.0, 50.0), 0);
-        let g = q.offer(Some(holder), &r, 0.0).mine.unwrap_or_else(|| panic!("granted"));
+        let g = q
+            .offer(Some(holder), &r, 0.0)
+            .mine
+            .unwrap_or_else(|| panic!("granted"));
         let dead = q.join("dead", gpu(20_000.0), job(1.0, 50.0), 1);
         let live = q.join("live", gpu(20_000.0), job(2.0, 50.0), 2);
         let (_, woken) = q.release(g.id, 3.0);
@@ -1195,5 +1282,122 @@ mod tests {
         let head = q.head(0.0);
         assert!(head.is_some());
         assert_eq!(q.waiting(), 10_000);
+    }
+
+    mod properties {
+        use super::*;
+        use crate::policy::NAMES;
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Join {
+                vram: f64,
+                gpus: u32,
+                priority: f64,
+                user: u8,
+                est: f64,
+            },
+            Offer(usize),
+            Claim(usize),
+            Leave(usize),
+            Release(usize),
+            Advance(f64),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                (
+                    0.0f64..30_000.0,
+                    0u32..3,
+                    0.0f64..=100.0,
+                    0u8..3,
+                    0.1f64..100.0
+                )
+                    .prop_map(|(vram, gpus, priority, user, est)| Op::Join {
+                        vram,
+                        gpus,
+                        priority,
+                        user,
+                        est
+                    }),
+                (0usize..64).prop_map(Op::Offer),
+                (0usize..64).prop_map(Op::Claim),
+                (0usize..64).prop_map(Op::Leave),
+                (0usize..64).prop_map(Op::Release),
+                (0.0f64..5.0).prop_map(Op::Advance),
+            ]
+        }
+
+        proptest! {
+            /// Under every policy: nothing is ever reserved beyond a device's
+            /// capacity, and after everyone leaves and every grant is
+            /// released nothing is left.
+            #[test]
+            fn no_policy_over_commits(policy in 0usize..NAMES.len(), ops in proptest::collection::vec(op(), 1..80)) {
+                let mut q: ReservationQueue<u64> = ReservationQueue::new(
+                    by_name(NAMES[policy], None).unwrap_or_else(|| panic!("policy")),
+                    Settings::default(),
+                    Peaks::in_memory(),
+                );
+                let r = {
+                    let mut r = machine(&[24_000.0, 24_000.0]);
+                    r.devices[1].total_mb = 16_000.0;
+                    r.devices[1].free_mb = 16_000.0;
+                    r
+                };
+                let mut now = 0.0;
+                let mut waiting: Vec<WaiterId> = Vec::new();
+                let mut grants: Vec<GrantId> = Vec::new();
+                for op in ops {
+                    match op {
+                        Op::Join { vram, gpus, priority, user, est } => {
+                            let mut j = job(now, priority);
+                            j.user = Some(Arc::from(format!("u{user}").as_str()));
+                            j.estimated_duration = Some(est);
+                            let need = Need { gpu_count: gpus, vram_mb: vram, pools: Vec::new() };
+                            waiting.push(q.join("p", need, j, 0));
+                        }
+                        Op::Offer(i) if !waiting.is_empty() => {
+                            let id = waiting[i % waiting.len()];
+                            if let Some(g) = q.offer(Some(id), &r, now).mine {
+                                grants.push(g.id);
+                                waiting.retain(|w| *w != id);
+                            }
+                        }
+                        Op::Claim(i) if !waiting.is_empty() => {
+                            let id = waiting[i % waiting.len()];
+                            if let Some(g) = q.claim(id, now) {
+                                grants.push(g.id);
+                                waiting.retain(|w| *w != id);
+                            }
+                        }
+                        Op::Leave(i) if !waiting.is_empty() => {
+                            let id = waiting.remove(i % waiting.len());
+                            q.leave(id, now);
+                        }
+                        Op::Release(i) if !grants.is_empty() => {
+                            let id = grants.remove(i % grants.len());
+                            q.release(id, now);
+                        }
+                        Op::Advance(s) => now += s,
+                        _ => {}
+                    }
+                    for d in &r.devices {
+                        let reserved = q.ledger().reserved_by_device().get(&d.index).copied().unwrap_or(0.0);
+                        prop_assert!(reserved <= 0.9 * d.total_mb + 1e-6, "{}: device {} holds {reserved}", NAMES[policy], d.index);
+                    }
+                }
+                for id in waiting {
+                    q.leave(id, now);
+                }
+                for id in grants {
+                    q.release(id, now);
+                }
+                prop_assert_eq!(q.waiting(), 0);
+                // Grants that expired or were taken back are gone already.
+                prop_assert!(q.ledger().is_empty(), "{} left {:?}", NAMES[policy], q.ledger().grants().collect::<Vec<_>>());
+            }
+        }
     }
 }

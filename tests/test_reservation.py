@@ -911,7 +911,11 @@ def test_big_request_at_the_head_is_not_overtaken_by_later_small_ones():
     for w in smalls[1:]:
         w.join(PROMPT)
         assert w.result is True
-    assert order == ["big"] + [f"small{i}" for i in range(4)]
+    # One release admits small1..3 in one pass, in FIFO order (grant ids grow
+    # in grant order); their threads may return in any order.
+    assert order[:2] == ["big", "small0"] and sorted(order[2:]) == ["small1", "small2", "small3"]
+    granted = [g["plugin"] for g in sorted(s.snapshot()["grants"], key=lambda g: g["id"])]
+    assert granted == ["small0", "small1", "small2", "small3"]
     for name in order:
         s.on_execution_finish(name)
     assert_idle(s)

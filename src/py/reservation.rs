@@ -209,11 +209,25 @@ impl ReservationScheduler {
         Ok(())
     }
 
+    /// Whether the logger would emit a DEBUG record (checked before
+    /// formatting one: grants and releases are on the hot path).
+    fn debug_enabled(slf: &Bound<'_, Self>) -> PyResult<bool> {
+        let py = slf.py();
+        Self::cached_logger(slf)?
+            .call_method1(intern!(py, "isEnabledFor"), (10,))?
+            .is_truthy()
+    }
+
     /// Logs what a decision produced (after unlocking) and saves peaks.
     fn report(slf: &Bound<'_, Self>, events: &[Event]) -> PyResult<()> {
+        let mut debug = None;
         for e in events {
             match e {
-                Event::Granted { grant } => Self::log(
+                Event::Granted { grant } => {
+                    if !*debug.get_or_insert(Self::debug_enabled(slf)?) {
+                        continue;
+                    }
+                    Self::log(
                     slf,
                     "debug",
                     format!(
@@ -224,7 +238,8 @@ impl ReservationScheduler {
                         grant.vram_mb,
                         grant.ram_mb()
                     ),
-                )?,
+                )?
+                }
                 Event::Expired { grant } => Self::log(
                     slf,
                     "warning",
@@ -247,6 +262,19 @@ impl ReservationScheduler {
                         "{plugin} requires a GPU but the stats have no GPU figures: admitted without a GPU reservation (on_missing_stats='allow'; use 'block' to wait)"
                     ),
                 )?,
+            }
+        }
+        Self::flush_peaks(slf, false)
+    }
+
+    fn log_release(slf: &Bound<'_, Self>, released: Option<&Grant>) -> PyResult<()> {
+        if let Some(g) = released {
+            if Self::debug_enabled(slf)? {
+                Self::log(
+                    slf,
+                    "debug",
+                    format!("released {} (grant {})", g.plugin, g.id.0),
+                )?;
             }
         }
         Self::flush_peaks(slf, false)
@@ -1090,14 +1118,7 @@ impl ReservationScheduler {
         let now = this.now();
         let (released, wake) = this.queue().finish(plugin_name, now);
         notify(wake);
-        if let Some(g) = released {
-            Self::log(
-                slf,
-                "debug",
-                format!("released {} (grant {})", g.plugin, g.id.0),
-            )?;
-        }
-        Self::flush_peaks(slf, false)
+        Self::log_release(slf, released.as_ref())
     }
 
     fn _start_grant(&self, grant_id: u64) -> bool {
@@ -1109,14 +1130,7 @@ impl ReservationScheduler {
         let now = this.now();
         let (released, wake) = this.queue().release(GrantId(grant_id), now);
         notify(wake);
-        if let Some(g) = &released {
-            Self::log(
-                slf,
-                "debug",
-                format!("released {} (grant {})", g.plugin, g.id.0),
-            )?;
-        }
-        Self::flush_peaks(slf, false)?;
+        Self::log_release(slf, released.as_ref())?;
         Ok(released.is_some())
     }
 

@@ -291,6 +291,16 @@ fn gpus_of<'py>(stats: &Bound<'py, PyAny>) -> PyResult<Option<Bound<'py, PyAny>>
     }
 }
 
+/// This host's CPU count, read once (the call reads cgroup files).
+fn host_cores() -> Option<f64> {
+    static CORES: std::sync::OnceLock<Option<f64>> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| {
+        std::thread::available_parallelism()
+            .ok()
+            .map(|n| n.get() as f64)
+    })
+}
+
 /// The machine as the stats show it: per device from `details['gpus']`
 /// when present, else the summed cjm figures as one device; RAM as the
 /// `ram_mb` pool, CPU cores (capacity only, this host's count unless the
@@ -398,9 +408,7 @@ pub fn reading(stats: &Bound<'_, PyAny>) -> PyResult<Reading> {
             &v,
             "a number of cores",
         )?),
-        None => std::thread::available_parallelism()
-            .ok()
-            .map(|n| n.get() as f64),
+        None => host_cores(),
     };
     r.set_pool(CPU_CORES, cores, None);
     if let Some(pools) = details

@@ -524,20 +524,40 @@ impl<W: Clone> ReservationQueue<W> {
         }
     }
 
-    /// The first waiter in order that could take a turn now.
+    /// The first waiter in order that could take a turn now: the first
+    /// eligible entry of the sorted index (O(log n) amortised), or for
+    /// policies whose keys vary with time one pass over the line (O(n), no
+    /// sort).
     pub fn head(&mut self, now: f64) -> Option<WaiterId> {
-        if !self.policy.time_varying() && self.policy.epoch() == self.index_epoch {
-            return self.index.iter().map(|k| k.2).find(|id| {
-                self.waiters
-                    .get(id)
-                    .is_some_and(|w| w.granted.is_none() && !w.stalled)
-            });
+        let eligible = |w: &Waiter<W>| w.granted.is_none() && !w.stalled;
+        if !self.policy.time_varying() {
+            if self.policy.epoch() != self.index_epoch {
+                self.rebuild_index(now);
+            }
+            return self
+                .index
+                .iter()
+                .map(|k| k.2)
+                .find(|id| self.waiters.get(id).is_some_and(eligible));
         }
-        self.order(now).into_iter().find(|id| {
-            self.waiters
-                .get(id)
-                .is_some_and(|w| w.granted.is_none() && !w.stalled)
-        })
+        let ctx = Ctx { now };
+        let mut best: Option<(f64, f64, WaiterId)> = None;
+        for (id, w) in &self.waiters {
+            if !eligible(w) {
+                continue;
+            }
+            let k = (self.policy.key(&w.job, &ctx), w.job.submitted, *id);
+            let better = best.is_none_or(|b| {
+                k.0.total_cmp(&b.0)
+                    .then(k.1.total_cmp(&b.1))
+                    .then(k.2.cmp(&b.2))
+                    .is_lt()
+            });
+            if better {
+                best = Some(k);
+            }
+        }
+        best.map(|b| b.2)
     }
 
     fn head_waker(&mut self, now: f64) -> Vec<W> {

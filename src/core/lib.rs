@@ -5,6 +5,7 @@ pub mod amount;
 pub mod check;
 pub mod messages;
 pub mod queue_wait;
+pub mod quota;
 pub mod reserve;
 pub mod stats;
 pub mod wake;

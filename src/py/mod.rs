@@ -4,6 +4,7 @@
 mod errors;
 mod inputs;
 mod queue;
+mod quotas;
 mod reservation;
 mod reservation_inputs;
 mod schedulers;
@@ -38,6 +39,9 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         "SimulatedOutOfMemory",
         py.get_type::<errors::SimulatedOutOfMemory>(),
     )?;
+    m.add_class::<quotas::PyQuotaBackend>()?;
+    m.add("InvalidQuota", py.get_type::<errors::InvalidQuota>())?;
+    m.add("QuotaBackendError", py.get_type::<errors::QuotaBackendError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

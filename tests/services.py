@@ -20,7 +20,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 SLURM_PACKAGES = ("slurm-wlm", "munge", "slurmdbd", "mariadb-server")
 SLURM_BINARIES = ("slurmctld", "slurmd", "slurmdbd", "munged", "mariadbd", "sacctmgr", "sbatch")
@@ -33,13 +33,25 @@ def _which(binary: str) -> str | None:
     return shutil.which(binary) or shutil.which(binary, path="/usr/sbin:/sbin:/usr/bin")
 
 
-def ensure_packages(packages: Sequence[str], binaries: Iterable[str]) -> str | None:
-    """Install ``packages`` with apt when one of ``binaries`` is missing.
+def missing_binaries(binaries: Iterable[str]) -> list[str]:
+    return [b for b in binaries if _which(b) is None]
 
-    Returns ``None`` when the binaries are there, else the reason they
-    cannot be (no apt, not root, or what apt printed when it failed)."""
+
+def missing_postgres() -> list[str]:
+    return [] if postgres_bin_dir() else ["/usr/lib/postgresql/*/bin/initdb"]
+
+
+def missing_slurm() -> list[str]:
+    return missing_binaries(SLURM_BINARIES)
+
+
+def ensure_packages(packages: Sequence[str], missing_now: Callable[[], list[str]]) -> str | None:
+    """Install ``packages`` with apt when ``missing_now()`` names something.
+
+    Returns ``None`` when nothing is missing (any more), else the reason it
+    cannot be installed (no apt, not root, or what apt printed)."""
     global _apt_updated
-    missing = [b for b in binaries if _which(b) is None]
+    missing = missing_now()
     if not missing:
         return None
     if shutil.which("apt-get") is None:
@@ -60,7 +72,7 @@ def ensure_packages(packages: Sequence[str], binaries: Iterable[str]) -> str | N
     )
     if install.returncode != 0:
         return f"apt-get install {' '.join(packages)} failed: {install.stderr.strip()[-500:]}"
-    still = [b for b in binaries if _which(b) is None]
+    still = missing_now()
     if still:
         return f"apt installed {' '.join(packages)} but {', '.join(still)} is still missing"
     return None
@@ -95,10 +107,10 @@ def _port_open(port: int) -> bool:
         return False
 
 
-def _stop(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
+def _stop(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0, sig: int = signal.SIGTERM) -> None:
     if proc is None or proc.poll() is not None:
         return
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     try:
         proc.wait(timeout)
     except subprocess.TimeoutExpired:
@@ -173,7 +185,7 @@ class PostgresServer:
         return self
 
     def stop(self) -> None:
-        _stop(self.proc)
+        _stop(self.proc, sig=signal.SIGINT)  # "fast" shutdown: do not wait for clients
         shutil.rmtree(self.root, ignore_errors=True)
 
 

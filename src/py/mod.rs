@@ -41,7 +41,10 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     )?;
     m.add_class::<quotas::PyQuotaBackend>()?;
     m.add("InvalidQuota", py.get_type::<errors::InvalidQuota>())?;
-    m.add("QuotaBackendError", py.get_type::<errors::QuotaBackendError>())?;
+    m.add(
+        "QuotaBackendError",
+        py.get_type::<errors::QuotaBackendError>(),
+    )?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

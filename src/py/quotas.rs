@@ -27,7 +27,10 @@ fn patch_f64(fields: &Bound<'_, PyDict>, key: &str) -> PyResult<Patch<f64>> {
         None => Patch::Keep,
         Some(v) if v.is_none() => Patch::Clear,
         Some(v) => Patch::Set(v.extract().map_err(|_| {
-            InvalidQuota::new_err(format!("{key} must be a number or None, got {}", describe(&v)))
+            InvalidQuota::new_err(format!(
+                "{key} must be a number or None, got {}",
+                describe(&v)
+            ))
         })?),
     })
 }
@@ -87,7 +90,12 @@ impl PyQuotaBackend {
     ) -> PyResult<Self> {
         let store = py
             .detach(move || {
-                SlurmStore::new(&prefix, user.as_deref(), bin_dir.as_deref(), ledger.as_deref())
+                SlurmStore::new(
+                    &prefix,
+                    user.as_deref(),
+                    bin_dir.as_deref(),
+                    ledger.as_deref(),
+                )
             })
             .map_err(quota_error)?;
         Ok(Self {
@@ -128,7 +136,10 @@ impl PyQuotaBackend {
         let enforce_quota = match fields.get_item("enforce_quota")? {
             None => None,
             Some(v) => Some(v.extract::<bool>().map_err(|_| {
-                InvalidQuota::new_err(format!("enforce_quota must be a bool, got {}", describe(&v)))
+                InvalidQuota::new_err(format!(
+                    "enforce_quota must be a bool, got {}",
+                    describe(&v)
+                ))
             })?),
         };
         let patch = QuotaPatch {
@@ -155,7 +166,12 @@ impl PyQuotaBackend {
         vram_mb: f64,
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
         let job_type = JobType::parse(&job_type).map_err(quota_error)?;
-        let request = Resources { cpu, memory, gpu, vram_mb };
+        let request = Resources {
+            cpu,
+            memory,
+            gpu,
+            vram_mb,
+        };
         let d = self.call(py, move |b| b.check(&project, job_type, &request))?;
         Self::decision(py, d)
     }
@@ -173,7 +189,12 @@ impl PyQuotaBackend {
         vram_mb: f64,
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
         let job_type = JobType::parse(&job_type).map_err(quota_error)?;
-        let request = Resources { cpu, memory, gpu, vram_mb };
+        let request = Resources {
+            cpu,
+            memory,
+            gpu,
+            vram_mb,
+        };
         let d = self.call(py, move |b| b.allocate(&project, job_type, &request))?;
         Self::decision(py, d)
     }
@@ -190,7 +211,12 @@ impl PyQuotaBackend {
         vram_mb: f64,
     ) -> PyResult<()> {
         let job_type = JobType::parse(&job_type).map_err(quota_error)?;
-        let request = Resources { cpu, memory, gpu, vram_mb };
+        let request = Resources {
+            cpu,
+            memory,
+            gpu,
+            vram_mb,
+        };
         self.call(py, move |b| b.release(&project, job_type, &request))
     }
 

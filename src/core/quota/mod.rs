@@ -711,12 +711,16 @@ pub(crate) trait SqlStore: Send + Sync {
     fn transact<T>(&self, write: bool, f: &mut dyn FnMut(&mut dyn Txn) -> Result<T>) -> Result<T>;
 }
 
+/// The limits and usage an allocation is decided against, from the
+/// locked row (local backends) or from elsewhere (Slurm).
+pub(crate) type View<'a> = dyn FnMut(&Row) -> Result<(Option<Limits>, Amounts)> + 'a;
+
 pub(crate) fn allocate_in(
     tx: &mut dyn Txn,
     project: &str,
     job_type: JobType,
     request: Amounts,
-    view: &mut dyn FnMut(&Row) -> Result<(Option<Limits>, Amounts)>,
+    view: &mut View<'_>,
 ) -> Result<Decision> {
     let row = tx.load(project)?;
     let (limits, used) = view(&row)?;

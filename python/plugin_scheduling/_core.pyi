@@ -296,15 +296,12 @@ class _QuotaBackend:
     def describe(self) -> str: ...
     def get(self, project: str) -> _QuotaInfoDict | None: ...
     def set(self, project: str, fields: _QuotaPatchDict) -> _QuotaInfoDict: ...
-    def check(
-        self, project: str, job_type: _QuotaJobType, cpu: float, memory: float, gpu: int, vram_mb: float
+    def decide(
+        self, project: str, job_type: _QuotaJobType, request: tuple[float, float, int, float], allocate: bool
     ) -> _QuotaDeniedDict | None:
-        """``None`` when the request fits, else why not (a dict naming the resource)."""
-    def allocate(
-        self, project: str, job_type: _QuotaJobType, cpu: float, memory: float, gpu: int, vram_mb: float
-    ) -> _QuotaDeniedDict | None:
-        """Like ``check``, and records the request when it fits (atomically)."""
+        """``None`` when the request fits, else why not (a dict naming the
+        resource); ``allocate``: also record it when it fits (atomically)."""
     def release(
-        self, project: str, job_type: _QuotaJobType, cpu: float, memory: float, gpu: int, vram_mb: float
+        self, project: str, job_type: _QuotaJobType, request: tuple[float, float, int, float]
     ) -> None: ...
     def usage(self, project: str) -> _QuotaUsageDict: ...

@@ -118,6 +118,13 @@ def _iso(when: datetime.datetime) -> str:
     return when.astimezone(datetime.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _to_dict(self: Any) -> dict[str, Any]:
+    """JSON-ready (``synced_at`` as ISO 8601 UTC)."""
+    out: dict[str, Any] = dataclasses.asdict(self)
+    out["synced_at"] = _iso(self.synced_at)
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class QuotaInfo:
     """Seed 004's monitoring view (``GET /quota/{project_id}``). ``*_quota``
@@ -148,11 +155,7 @@ class QuotaInfo:
     backend: str
     synced_at: datetime.datetime
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready (``synced_at`` as ISO 8601 UTC)."""
-        out = dataclasses.asdict(self)
-        out["synced_at"] = _iso(self.synced_at)
-        return out
+    to_dict = _to_dict
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,10 +174,7 @@ class QuotaUsage:
     backend: str
     synced_at: datetime.datetime
 
-    def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["synced_at"] = _iso(self.synced_at)
-        return out
+    to_dict = _to_dict
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,7 +254,28 @@ class QuotaProvider(abc.ABC):
         enforce_quota: bool = _UNSET,
     ) -> QuotaInfo:
         """Seed 004's ``PATCH /quota/{project_id}``: fields left out keep
-        their value, ``None`` makes a resource unlimited."""
+        their value, ``None`` makes a resource unlimited. Validates the
+        fields and hands those given to ``_apply_quota``."""
+        given = {
+            "cpu_quota": cpu_quota,
+            "memory_quota": memory_quota,
+            "gpu_quota": gpu_quota,
+            "vram_quota_mb": vram_quota_mb,
+            "enforce_quota": enforce_quota,
+        }
+        fields = {k: v for k, v in given.items() if v is not _UNSET}
+        for key in ("cpu_quota", "memory_quota", "vram_quota_mb"):
+            if fields.get(key) is not None:
+                _number(key, fields[key])
+        if fields.get("gpu_quota") is not None:
+            _count("gpu_quota", fields["gpu_quota"])
+        if "enforce_quota" in fields and not isinstance(fields["enforce_quota"], bool):
+            raise InvalidQuota(f"enforce_quota must be a bool, got {fields['enforce_quota']!r}")
+        return self._apply_quota(_project(project_id), fields)
+
+    def _apply_quota(self, project_id: str, fields: dict[str, Any]) -> QuotaInfo:
+        """Store the validated ``set_quota`` fields (a subclass supporting
+        ``set_quota`` overrides this, or ``set_quota`` itself)."""
         raise NotImplementedError(f"{type(self).__name__} does not implement set_quota")
 
     def usage(self, project_id: ProjectId) -> QuotaUsage:
@@ -318,46 +339,24 @@ class _BuiltinProvider(QuotaProvider):
         raw = self._backend.get(_project(project_id))
         return None if raw is None else self._info(raw)
 
-    def set_quota(
-        self,
-        project_id: ProjectId,
-        *,
-        cpu_quota: float | None = _UNSET,
-        memory_quota: float | None = _UNSET,
-        gpu_quota: int | None = _UNSET,
-        vram_quota_mb: float | None = _UNSET,
-        enforce_quota: bool = _UNSET,
-    ) -> QuotaInfo:
-        given = {
-            "cpu_quota": cpu_quota,
-            "memory_quota": memory_quota,
-            "gpu_quota": gpu_quota,
-            "vram_quota_mb": vram_quota_mb,
-            "enforce_quota": enforce_quota,
-        }
-        fields: Any = {k: v for k, v in given.items() if v is not _UNSET}
-        for key in ("cpu_quota", "memory_quota", "vram_quota_mb"):
-            if fields.get(key) is not None:
-                _number(key, fields[key])
-        if fields.get("gpu_quota") is not None:
-            _count("gpu_quota", fields["gpu_quota"])
-        if "enforce_quota" in fields and not isinstance(fields["enforce_quota"], bool):
-            raise InvalidQuota(f"enforce_quota must be a bool, got {fields['enforce_quota']!r}")
-        return self._info(self._backend.set(_project(project_id), fields))
+    def _apply_quota(self, project_id: str, fields: Any) -> QuotaInfo:
+        return self._info(self._backend.set(project_id, fields))
 
-    def _request(self, project_id: ProjectId, resources: Resources, job_type: JobTypeEnum) -> tuple[Any, ...]:
+    def _request(
+        self, project_id: ProjectId, resources: Resources, job_type: JobTypeEnum
+    ) -> tuple[str, Any, tuple[float, float, int, float]]:
         r = _resources(resources)
-        return (_project(project_id), _job_type(job_type), r.cpu, r.memory, r.gpu, r.vram_mb)
+        return (_project(project_id), _job_type(job_type), (r.cpu, r.memory, r.gpu, r.vram_mb))
 
     def check_quota_detail(
         self, project_id: ProjectId, resources: Resources, job_type: JobTypeEnum
     ) -> QuotaDecision:
-        return _decision(self._backend.check(*self._request(project_id, resources, job_type)))
+        return _decision(self._backend.decide(*self._request(project_id, resources, job_type), False))
 
     def allocate_quota_detail(
         self, project_id: ProjectId, resources: Resources, job_type: JobTypeEnum
     ) -> QuotaDecision:
-        return _decision(self._backend.allocate(*self._request(project_id, resources, job_type)))
+        return _decision(self._backend.decide(*self._request(project_id, resources, job_type), True))
 
     def check_quota(self, project_id: ProjectId, resources: Resources, job_type: JobTypeEnum) -> bool:
         return self.check_quota_detail(project_id, resources, job_type).allowed

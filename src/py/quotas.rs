@@ -35,6 +35,25 @@ fn patch_f64(fields: &Bound<'_, PyDict>, key: &str) -> PyResult<Patch<f64>> {
     })
 }
 
+/// `(cpu, memory, gpu, vram_mb)` as `Resources` holds them.
+type Request = (f64, f64, i64, f64);
+
+fn parse_request(
+    job_type: &str,
+    (cpu, memory, gpu, vram_mb): Request,
+) -> PyResult<(JobType, Resources)> {
+    let job_type = JobType::parse(job_type).map_err(quota_error)?;
+    Ok((
+        job_type,
+        Resources {
+            cpu,
+            memory,
+            gpu,
+            vram_mb,
+        },
+    ))
+}
+
 impl PyQuotaBackend {
     fn call<'py, T: Send, F>(&self, py: Python<'py>, f: F) -> PyResult<T>
     where
@@ -153,70 +172,35 @@ impl PyQuotaBackend {
         Ok(pythonize::pythonize(py, &info)?)
     }
 
-    /// `None` when the request fits, else why not (a dict naming the resource).
-    #[allow(clippy::too_many_arguments)]
-    fn check<'py>(
+    /// `None` when the request fits, else why not (a dict naming the
+    /// resource); `allocate`: also record it when it fits (atomically).
+    fn decide<'py>(
         &self,
         py: Python<'py>,
         project: String,
-        job_type: String,
-        cpu: f64,
-        memory: f64,
-        gpu: i64,
-        vram_mb: f64,
+        job_type: &str,
+        request: Request,
+        allocate: bool,
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
-        let job_type = JobType::parse(&job_type).map_err(quota_error)?;
-        let request = Resources {
-            cpu,
-            memory,
-            gpu,
-            vram_mb,
-        };
-        let d = self.call(py, move |b| b.check(&project, job_type, &request))?;
+        let (job_type, request) = parse_request(job_type, request)?;
+        let d = self.call(py, move |b| {
+            if allocate {
+                b.allocate(&project, job_type, &request)
+            } else {
+                b.check(&project, job_type, &request)
+            }
+        })?;
         Self::decision(py, d)
     }
 
-    /// Like `check`, and records the request when it fits (atomically).
-    #[allow(clippy::too_many_arguments)]
-    fn allocate<'py>(
-        &self,
-        py: Python<'py>,
-        project: String,
-        job_type: String,
-        cpu: f64,
-        memory: f64,
-        gpu: i64,
-        vram_mb: f64,
-    ) -> PyResult<Option<Bound<'py, PyAny>>> {
-        let job_type = JobType::parse(&job_type).map_err(quota_error)?;
-        let request = Resources {
-            cpu,
-            memory,
-            gpu,
-            vram_mb,
-        };
-        let d = self.call(py, move |b| b.allocate(&project, job_type, &request))?;
-        Self::decision(py, d)
-    }
-
-    #[allow(clippy::too_many_arguments)]
     fn release(
         &self,
         py: Python<'_>,
         project: String,
-        job_type: String,
-        cpu: f64,
-        memory: f64,
-        gpu: i64,
-        vram_mb: f64,
+        job_type: &str,
+        request: Request,
     ) -> PyResult<()> {
-        let job_type = JobType::parse(&job_type).map_err(quota_error)?;
-        let request = Resources {
-            cpu,
-            memory,
-            gpu,
-            vram_mb,
-        };
+        let (job_type, request) = parse_request(job_type, request)?;
         self.call(py, move |b| b.release(&project, job_type, &request))
     }
 

@@ -74,6 +74,17 @@ pub(crate) mod sql {
         memory_kib = excluded.memory_kib, gpu = excluded.gpu, vram_kib = excluded.vram_kib";
 }
 
+/// `Ok` when the stored schema `found` is the one this build knows.
+pub(crate) fn check_version(found: i64) -> Result<()> {
+    if found == SCHEMA_VERSION {
+        return Ok(());
+    }
+    Err(QuotaError::SchemaVersion {
+        found,
+        supported: SCHEMA_VERSION,
+    })
+}
+
 /// Everything that can go wrong with a quota operation.
 #[derive(Debug, Clone, PartialEq)]
 pub enum QuotaError {

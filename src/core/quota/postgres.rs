@@ -13,7 +13,9 @@ use postgres::error::SqlState;
 use postgres::{Client, Config, IsolationLevel, NoTls};
 
 use super::SCHEMA_VERSION;
-use super::{sql, Amounts, JobType, Limits, QuotaError, Result, Row, SqlStore, Txn, SCHEMA};
+use super::{
+    check_version, sql, Amounts, JobType, Limits, QuotaError, Result, Row, SqlStore, Txn, SCHEMA,
+};
 
 const RETRIES: usize = 20;
 /// `pg_advisory_xact_lock` key serializing schema creation across hosts.
@@ -117,12 +119,7 @@ impl PostgresStore {
                 .query_one(sql::READ_VERSION, &[])
                 .and_then(|r| r.try_get(0))
                 .map_err(pg)?;
-            if found != SCHEMA_VERSION {
-                return Err(QuotaError::SchemaVersion {
-                    found,
-                    supported: SCHEMA_VERSION,
-                });
-            }
+            check_version(found)?;
             tx.commit().map_err(pg)
         })
     }

@@ -13,7 +13,9 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::SCHEMA_VERSION;
-use super::{sql, Amounts, JobType, Limits, QuotaError, Result, Row, SqlStore, Txn, SCHEMA};
+use super::{
+    check_version, sql, Amounts, JobType, Limits, QuotaError, Result, Row, SqlStore, Txn, SCHEMA,
+};
 
 /// How long a writer waits for another process's write lock.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -96,12 +98,7 @@ impl SqliteStore {
         let found: i64 = tx
             .query_row(sql::READ_VERSION, [], |r| r.get(0))
             .map_err(storage)?;
-        if found != SCHEMA_VERSION {
-            return Err(QuotaError::SchemaVersion {
-                found,
-                supported: SCHEMA_VERSION,
-            });
-        }
+        check_version(found)?;
         tx.commit().map_err(storage)
     }
 }

@@ -71,7 +71,7 @@ def _print_info(info: Any) -> None:
     ]
     for name, unit, used, quota, pct in rows:
         share = "" if pct is None else f"  {pct:.1f}%"
-        print(f"  {name:<7}{_fmt(used)} / {_fmt(quota)} {unit}{share}".rstrip())
+        print(f"  {name:<7}{_fmt(used)} / {_fmt(quota)}{' ' + unit if unit else ''}{share}")
     print(f"  synced {info.to_dict()['synced_at']}")
 
 

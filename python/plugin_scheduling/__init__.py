@@ -12,11 +12,13 @@ from . import _drivers, _lease
 from ._base import ResourceScheduler
 from ._core import (
     InvalidManifest,
+    InvalidQuota,
     InvalidRequirement,
     InvalidStats,
     PermissiveScheduler,
     Grant,
     QueueScheduler,
+    QuotaBackendError,
     ReservationScheduler,
     ReservationTimeout,
     SafetyScheduler,
@@ -45,11 +47,13 @@ del _scheduler
 
 __all__ = [
     "InvalidManifest",
+    "InvalidQuota",
     "InvalidRequirement",
     "InvalidStats",
     "Grant",
     "PermissiveScheduler",
     "QueueScheduler",
+    "QuotaBackendError",
     "ReservationScheduler",
     "ReservationTimeout",
     "ResourceScheduler",

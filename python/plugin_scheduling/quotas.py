@@ -32,6 +32,7 @@ import datetime
 import enum
 import getpass
 import math
+import numbers
 import os
 import uuid
 from pathlib import Path
@@ -78,19 +79,21 @@ class JobTypeEnum(str, enum.Enum):
 
 
 def _number(field: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise InvalidQuota(f"{field} must be a number, got {value!r} ({type(value).__name__})")
-    if not math.isfinite(value) or value < 0:
+    number = float(value)
+    if not math.isfinite(number) or number < 0:
         raise InvalidQuota(f"{field} must be a finite number >= 0, got {value!r}")
-    return float(value)
+    return number
 
 
 def _count(field: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise InvalidQuota(f"{field} must be a whole number, got {value!r} ({type(value).__name__})")
-    if value < 0:
+    count = int(value)
+    if count < 0:
         raise InvalidQuota(f"{field} must be >= 0, got {value!r}")
-    return value
+    return count
 
 
 @dataclasses.dataclass(frozen=True)

@@ -148,6 +148,14 @@ class PostgresServer:
         return argv
 
     def start(self) -> "PostgresServer":
+        """initdb + postgres; on any failure stops the server and raises."""
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> "PostgresServer":
         data = self.root / "data"
         log = self.root / "postgres.log"
         if os.geteuid() == 0:
@@ -226,6 +234,14 @@ class SlurmCluster:
         return done
 
     def start(self) -> "SlurmCluster":
+        """Starts every daemon; on any failure stops what it started and raises."""
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> "SlurmCluster":
         r = self.root
         for sub in ("munge", "db", "state", "spool", "dev", "run"):
             (r / sub).mkdir(mode=0o700)

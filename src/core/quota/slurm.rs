@@ -3,11 +3,12 @@
 //! `gres/gpu`), written with `sacctmgr` and enforced by slurmctld
 //! (`AccountingStorageEnforce=limits`) for every job of the account.
 //!
-//! Usage is read from slurmctld's association manager
-//! (`scontrol show assoc_mgr`): the `GrpTRES=limit(used)` counters there
-//! are the very numbers Slurm compares against the limit when it decides
-//! whether a job may start, so `check` agrees with Slurm. Limits are read
-//! from slurmdbd with `sacctmgr show assoc` (what was last set).
+//! Limits and usage are read from slurmctld's association manager
+//! (`scontrol show assoc_mgr`, ~3 ms): the `GrpTRES=limit(used)` counters
+//! there are the very numbers Slurm compares when it decides whether a job
+//! may start, so `check` agrees with Slurm. `set` returns once slurmctld
+//! shows the new limits; slurmdbd (`sacctmgr show assoc`, ~250 ms) is asked
+//! only about an account slurmctld holds no record of.
 //!
 //! Allocations made through this provider for work Slurm does not run
 //! (or has not started yet) are held in a local SQLite ledger (the same
@@ -27,6 +28,8 @@ use super::{
     UsageReport,
 };
 
+/// Longest `set` waits for slurmctld to enforce new limits.
+pub const SET_PROPAGATION: Duration = Duration::from_secs(10);
 /// Longest a Slurm command may run before it is killed.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 const KIND: &str = "slurm";
@@ -103,13 +106,13 @@ pub fn parse_assoc_limits(stdout: &str, account: &str) -> Option<Limits> {
     })
 }
 
-/// What the account's running jobs use, from the `GrpTRES=cpu=L(U),...`
-/// line of the account record of `scontrol show assoc_mgr accounts=A
-/// flags=assoc` (zero when slurmctld has no record yet).
-pub fn parse_assoc_mgr_usage(stdout: &str, account: &str) -> Amounts {
+/// The account's limits and what its running jobs use, from the
+/// `GrpTRES=cpu=L(U),...` line of the account record of `scontrol show
+/// assoc_mgr accounts=A flags=assoc` (`L` is `N` for no limit); `None`
+/// when slurmctld holds no record of the account.
+pub fn parse_assoc_mgr(stdout: &str, account: &str) -> Option<SlurmView> {
     let header = format!("Account={account} UserName= ");
     let mut in_record = false;
-    let mut used = [None; 3];
     for line in stdout.lines() {
         if line.starts_with("ClusterName=") {
             in_record = line.contains(&header);
@@ -121,23 +124,38 @@ pub fn parse_assoc_mgr_usage(stdout: &str, account: &str) -> Amounts {
         if !in_record {
             continue;
         }
+        let (mut limit, mut used) = ([None; 3], [None; 3]);
         for item in list.split(',') {
             let Some((name, rest)) = item.split_once('=') else {
                 continue;
             };
-            let inner = rest.split_once('(').and_then(|(_, u)| u.strip_suffix(')'));
-            if let Some(v) = inner.and_then(parse_tres_number) {
+            let Some((l, u)) = rest.split_once('(') else {
+                continue;
+            };
+            if let Some(v) = parse_tres_number(l) {
+                put_tres(&mut limit, name, v);
+            }
+            if let Some(v) = u.strip_suffix(')').and_then(parse_tres_number) {
                 put_tres(&mut used, name, v);
             }
         }
-        break;
+        return Some(SlurmView {
+            limits: Limits {
+                cpu_milli: limit[0],
+                memory_kib: limit[1],
+                gpu: limit[2],
+                vram_kib: None,
+                enforce: true,
+            },
+            running: Amounts {
+                cpu_milli: used[0].unwrap_or(0),
+                memory_kib: used[1].unwrap_or(0),
+                gpu: used[2].unwrap_or(0),
+                vram_kib: 0,
+            },
+        });
     }
-    Amounts {
-        cpu_milli: used[0].unwrap_or(0),
-        memory_kib: used[1].unwrap_or(0),
-        gpu: used[2].unwrap_or(0),
-        vram_kib: 0,
-    }
+    None
 }
 
 /// The `GrpTRES=` value setting `limits` (`-1` clears a limit).
@@ -258,10 +276,22 @@ impl SlurmStore {
         Ok(out)
     }
 
-    /// Reads the account's limits (slurmdbd) and usage (slurmctld);
-    /// `None` when the account does not exist.
+    /// slurmctld's view of the account (`scontrol show assoc_mgr`: the
+    /// limits and usage it enforces with, ~3 ms); `None` when it has no record.
+    fn controller_view(&self, account: &str) -> Result<Option<SlurmView>> {
+        let accounts = format!("accounts={account}");
+        let mgr = self.run("scontrol", &["show", "assoc_mgr", &accounts, "flags=assoc"])?;
+        Ok(parse_assoc_mgr(&mgr, account))
+    }
+
+    /// Reads the account's limits and usage from slurmctld; when it holds
+    /// no record, asks slurmdbd (`sacctmgr`, ~250 ms) whether the account
+    /// exists (then nothing of it runs yet). `None`: no such account.
     pub fn sync(&self, project: &str) -> Result<Option<SlurmView>> {
         let account = self.account(project)?;
+        if let Some(view) = self.controller_view(&account)? {
+            return Ok(Some(view));
+        }
         let where_account = format!("account={account}");
         let out = self.run(
             "sacctmgr",
@@ -274,15 +304,32 @@ impl SlurmStore {
                 "format=account,user,grptres",
             ],
         )?;
-        let Some(limits) = parse_assoc_limits(&out, &account) else {
-            return Ok(None);
-        };
-        let accounts = format!("accounts={account}");
-        let mgr = self.run("scontrol", &["show", "assoc_mgr", &accounts, "flags=assoc"])?;
-        Ok(Some(SlurmView {
+        Ok(parse_assoc_limits(&out, &account).map(|limits| SlurmView {
             limits,
-            running: parse_assoc_mgr_usage(&mgr, &account),
+            running: Amounts::default(),
         }))
+    }
+
+    /// Waits until slurmctld enforces `limits` for `account` (slurmdbd
+    /// pushes the change to it right after `sacctmgr modify`).
+    fn await_controller(&self, account: &str, limits: &Limits) -> Result<()> {
+        let deadline = Instant::now() + SET_PROPAGATION;
+        loop {
+            let view = self.controller_view(account)?;
+            if view.is_some_and(|v| v.limits == *limits) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(slurm_err(
+                    "scontrol show assoc_mgr",
+                    format!(
+                        "slurmctld does not show the new GrpTRES of {account} after {SET_PROPAGATION:?} \
+                         (slurmdbd holds it; is slurmctld connected to slurmdbd?)"
+                    ),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     fn synced(&self, project: &str) -> Result<SlurmView> {
@@ -391,6 +438,7 @@ impl QuotaBackend for SlurmStore {
             "sacctmgr",
             &["-i", "modify", "account", "where", &name, "set", &grptres],
         )?;
+        self.await_controller(&account, &limits)?;
         self.get(project)?.ok_or_else(|| {
             slurm_err(
                 "sacctmgr show assoc",
@@ -465,10 +513,23 @@ ClusterName=c Account=project-a UserName=root(0) Partition= Priority=0 ID=4\n\
     }
 
     #[test]
-    fn usage_from_the_account_record_of_assoc_mgr() {
-        let u = parse_assoc_mgr_usage(MGR, "project-a");
+    fn limits_and_usage_from_the_account_record_of_assoc_mgr() {
+        let v = parse_assoc_mgr(MGR, "project-a").unwrap();
+        let (l, u) = (v.limits, v.running);
         assert_eq!((u.cpu_milli, u.memory_kib, u.gpu), (1000, 64 * 1024, 1));
-        assert_eq!(parse_assoc_mgr_usage(MGR, "project-b"), Amounts::default());
+        assert_eq!(
+            (l.cpu_milli, l.memory_kib, l.gpu),
+            (Some(2000), Some(512 * 1024), Some(1))
+        );
+        assert_eq!(parse_assoc_mgr(MGR, "project-b"), None);
+        let open = MGR.replace("cpu=2(1)", "cpu=N(1)");
+        assert_eq!(
+            parse_assoc_mgr(&open, "project-a")
+                .unwrap()
+                .limits
+                .cpu_milli,
+            None
+        );
     }
 
     #[test]

@@ -417,9 +417,9 @@ class SlurmQuotaProvider(_BuiltinProvider):
     current user, so it can submit jobs there) and sets its ``GrpTRES``
     (``cpu``, ``mem``, ``gres/gpu``) with ``sacctmgr``; Slurm then holds back
     any job of the account that would exceed them. ``get_quota``/
-    ``check_quota`` read the limits from slurmdbd and the usage of running
-    jobs from slurmctld (``scontrol show assoc_mgr``, the counters Slurm
-    enforces with), plus what was allocated through this provider (a
+    ``check_quota`` read the limits and the usage of running jobs from
+    slurmctld (``scontrol show assoc_mgr``, the counters Slurm enforces
+    with; ``set_quota`` returns once slurmctld shows the new limits), plus what was allocated through this provider (a
     local ledger, ``ledger``). Slurm has no VRAM resource and always
     enforces, so ``vram_quota_mb`` and ``enforce_quota=False`` are refused
     (``InvalidQuota``). The Slurm client commands use the environment

@@ -270,7 +270,8 @@ def test_a_python_subclass_is_a_provider() -> None:
         Incomplete()  # type: ignore[abstract]
 
 
-def test_provider_from_env(tmp_path: Path) -> None:
+def test_provider_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))  # the Slurm ledger's default place
     local = quota_provider_from_env({"QUOTA_DB_PATH": str(tmp_path / "q.db")})
     assert isinstance(local, LocalQuotaProvider) and local.name == "local" and local.backend == "sqlite"
     assert str(tmp_path / "q.db") in local.describe()
@@ -278,6 +279,7 @@ def test_provider_from_env(tmp_path: Path) -> None:
         {"QUOTA_PROVIDER": "slurm", "SLURM_ACCOUNT_PREFIX": "grp_"}
     )
     assert isinstance(slurm, SlurmQuotaProvider) and slurm.account("ABC") == "grp_abc"
+    assert (tmp_path / "plugin-scheduling" / "slurm-ledger.db").exists()
     with pytest.raises(InvalidQuota, match="Kubernetes ResourceQuota provider is a documented design"):
         quota_provider_from_env({"QUOTA_PROVIDER": "k8s"})
     assert JobTypeEnum("batch") is JobTypeEnum.BATCH

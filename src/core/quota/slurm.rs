@@ -74,8 +74,8 @@ fn parse_tres_number(text: &str) -> Option<i64> {
 /// Applies one `name=value` TRES to `amounts` (Slurm units -> ours).
 fn put_tres(target: &mut [Option<i64>; 3], name: &str, value: i64) {
     match name {
-        "cpu" => target[0] = Some(value * 1000),
-        "mem" => target[1] = Some(value * 1024),
+        "cpu" => target[0] = Some(value.saturating_mul(1000)),
+        "mem" => target[1] = Some(value.saturating_mul(1024)),
         "gres/gpu" => target[2] = Some(value),
         _ => {}
     }

@@ -12,6 +12,7 @@ from . import _drivers, _lease
 from ._base import ResourceScheduler
 from ._core import (
     InvalidManifest,
+    InvalidQuota,
     InvalidRequirement,
     InvalidStats,
     ManualClock,
@@ -19,6 +20,7 @@ from ._core import (
     PermissiveScheduler,
     Grant,
     QueueScheduler,
+    QuotaBackendError,
     ReservationScheduler,
     ReservationTimeout,
     SafetyScheduler,
@@ -47,6 +49,7 @@ del _scheduler
 
 __all__ = [
     "InvalidManifest",
+    "InvalidQuota",
     "InvalidRequirement",
     "InvalidStats",
     "Grant",
@@ -54,6 +57,7 @@ __all__ = [
     "PendingJob",
     "PermissiveScheduler",
     "QueueScheduler",
+    "QuotaBackendError",
     "ReservationScheduler",
     "ReservationTimeout",
     "ResourceScheduler",

@@ -3,7 +3,7 @@
 import logging
 import os
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
-from typing import Any, Awaitable, Callable, ClassVar, Iterable, Literal, Mapping, final
+from typing import Any, Awaitable, Callable, ClassVar, Iterable, Literal, Mapping, TypedDict, final
 
 from typing_extensions import disjoint_base
 
@@ -11,10 +11,12 @@ __all__ = [
     "FixedStats",
     "InvalidManifest",
     "InvalidRequirement",
+    "InvalidQuota",
     "InvalidStats",
     "PermissiveScheduler",
     "QueueScheduler",
     "QueueWaitState",
+    "QuotaBackendError",
     "ReservationScheduler",
     "ReservationWait",
     "Grant",
@@ -31,6 +33,7 @@ __all__ = [
     "_check_item",
     "_prioritize_batch",
     "_schedule_batch",
+    "_QuotaBackend",
 ]
 __version__: str
 
@@ -429,3 +432,100 @@ def _prioritize_batch(
 def _check_item(obj: Any, kind: Literal["request", "instance"]) -> None:
     """Checks one request (``"request"``) or instance (``"instance"``) as
     ``schedule`` reads it; raises naming the field and the value."""
+# ----------------------------------------------------------------- quotas
+
+class InvalidQuota(ValueError):
+    """A quota argument out of range or unsupported by the backend (names the field), or a release of more than is held."""
+
+class QuotaBackendError(RuntimeError):
+    """The quota backend failed: the database could not be read or written, or a Slurm command failed."""
+
+_QuotaKind = Literal["sqlite", "postgresql", "slurm"]
+_QuotaResource = Literal["cpu", "memory", "gpu", "vram_mb"]
+
+class _QuotaInfoDict(TypedDict):
+    project_id: str
+    cpu_quota: float | None
+    used_cpu: float
+    available_cpu: float | None
+    cpu_usage_percent: float | None
+    memory_quota: float | None
+    used_memory: float
+    available_memory: float | None
+    memory_usage_percent: float | None
+    gpu_quota: int | None
+    used_gpu: int
+    available_gpu: int | None
+    gpu_usage_percent: float | None
+    vram_quota_mb: float | None
+    used_vram_mb: float
+    available_vram_mb: float | None
+    vram_usage_percent: float | None
+    enforce_quota: bool
+    provider: _QuotaKind
+    synced_at_ms: int
+
+class _QuotaAmountsDict(TypedDict):
+    cpu: float
+    memory: float
+    gpu: int
+    vram_mb: float
+
+class _QuotaUsageDict(TypedDict):
+    project_id: str
+    provider: _QuotaKind
+    cpu: float
+    memory: float
+    gpu: int
+    vram_mb: float
+    by_job_type: dict[str, _QuotaAmountsDict]
+    slurm_jobs: _QuotaAmountsDict | None
+    synced_at_ms: int
+
+class _QuotaDeniedDict(TypedDict):
+    project: str
+    resource: _QuotaResource
+    requested: float
+    used: float
+    limit: float
+    never_fits: bool
+    reason: str
+
+class _QuotaPatchDict(TypedDict, total=False):
+    cpu_quota: float | None
+    memory_quota: float | None
+    gpu_quota: int | None
+    vram_quota_mb: float | None
+    enforce_quota: bool
+
+_QuotaJobType = Literal["training", "inference", "batch", "interactive"]
+
+@final
+class _QuotaBackend:
+    """One quota backend (SQLite file, PostgreSQL server or Slurm cluster); use ``plugin_scheduling.quotas``."""
+
+    @staticmethod
+    def sqlite(path: str | os.PathLike[str] | None = None) -> _QuotaBackend: ...
+    @staticmethod
+    def postgres(dsn: str) -> _QuotaBackend: ...
+    @staticmethod
+    def slurm(
+        prefix: str,
+        user: str | None = None,
+        bin_dir: str | os.PathLike[str] | None = None,
+        ledger: str | os.PathLike[str] | None = None,
+    ) -> _QuotaBackend: ...
+    @property
+    def kind(self) -> _QuotaKind: ...
+    def describe(self) -> str: ...
+    def get(self, project: str) -> _QuotaInfoDict | None: ...
+    def set(self, project: str, fields: _QuotaPatchDict) -> _QuotaInfoDict: ...
+    def decide(
+        self, project: str, job_type: _QuotaJobType, request: tuple[float, float, int, float], allocate: bool
+    ) -> _QuotaDeniedDict | None:
+        """``None`` when the request fits, else why not (a dict naming the
+        resource); ``allocate``: also record it when it fits (atomically)."""
+    def release(
+        self, project: str, job_type: _QuotaJobType, request: tuple[float, float, int, float]
+    ) -> None: ...
+    def usage(self, project: str) -> _QuotaUsageDict: ...

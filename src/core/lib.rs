@@ -9,6 +9,7 @@ pub mod error;
 pub mod messages;
 pub mod policy;
 pub mod queue_wait;
+pub mod quota;
 pub mod reserve;
 pub mod stats;
 pub mod wake;

@@ -138,3 +138,30 @@ pub fn field_error(
         describe(value)
     ))
 }
+create_exception!(
+    plugin_scheduling,
+    InvalidQuota,
+    PyValueError,
+    "A quota argument out of range or unsupported by the backend (names the field), or a release of more than is held."
+);
+create_exception!(
+    plugin_scheduling,
+    QuotaBackendError,
+    pyo3::exceptions::PyRuntimeError,
+    "The quota backend failed: the database could not be read or written, or a Slurm command failed."
+);
+
+/// The one mapping of [`QuotaError`]: the caller's mistakes are
+/// [`InvalidQuota`] (a `ValueError`), the backend's failures
+/// [`QuotaBackendError`] (a `RuntimeError`).
+pub fn quota_error(error: plugin_scheduling_core::quota::QuotaError) -> PyErr {
+    use plugin_scheduling_core::quota::QuotaError as E;
+    match error {
+        E::InvalidInput { .. } | E::Unsupported { .. } | E::OverRelease { .. } => {
+            InvalidQuota::new_err(error.to_string())
+        }
+        E::SchemaVersion { .. } | E::Storage { .. } | E::Slurm { .. } => {
+            QuotaBackendError::new_err(error.to_string())
+        }
+    }
+}

@@ -6,6 +6,7 @@ mod errors;
 mod inputs;
 mod policies;
 mod queue;
+mod quotas;
 mod reservation;
 mod reservation_inputs;
 mod schedulers;
@@ -47,6 +48,12 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(control_plane::_schedule_batch, m)?)?;
     m.add_function(wrap_pyfunction!(control_plane::_prioritize_batch, m)?)?;
     m.add_function(wrap_pyfunction!(control_plane::_check_item, m)?)?;
+    m.add_class::<quotas::PyQuotaBackend>()?;
+    m.add("InvalidQuota", py.get_type::<errors::InvalidQuota>())?;
+    m.add(
+        "QuotaBackendError",
+        py.get_type::<errors::QuotaBackendError>(),
+    )?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -7,6 +7,7 @@ pub mod clock;
 pub mod control_plane;
 pub mod error;
 pub mod messages;
+pub mod paths;
 pub mod policy;
 pub mod queue_wait;
 pub mod quota;

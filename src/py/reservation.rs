@@ -669,17 +669,6 @@ fn float_arg(field: &str, value: &Bound<'_, PyAny>, min: f64, max: f64) -> PyRes
     Ok(v)
 }
 
-/// `$XDG_STATE_HOME/plugin-scheduling/<file>`, or
-/// `~/.local/state/plugin-scheduling/<file>`.
-pub fn state_path(file: &str) -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_STATE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local").join("state"))
-        })?;
-    Some(base.join("plugin-scheduling").join(file))
-}
-
 fn path_arg(field: &str, value: &Bound<'_, PyAny>) -> PyResult<PathBuf> {
     let path: PathBuf = value.extract().map_err(|_| {
         PyTypeError::new_err(format!(
@@ -917,7 +906,7 @@ impl ReservationScheduler {
             };
         let path = match (peaks_path, persist_peaks) {
             (Some(p), _) if !p.is_none() => Some(path_arg("peaks_path", p)?),
-            (_, true) => state_path("peaks.json"),
+            (_, true) => plugin_scheduling_core::paths::state_path("peaks.json"),
             _ => None,
         };
         let (peaks, problem) = match path {

@@ -34,20 +34,11 @@ pub struct SqliteStore {
 
 /// `$XDG_STATE_HOME/plugin-scheduling/<file>` (default `~/.local/state`).
 pub fn default_state_path(file: &str) -> Result<PathBuf> {
-    let base = match std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
-        Some(dir) => PathBuf::from(dir),
-        None => {
-            let home = std::env::var_os("HOME")
-                .filter(|v| !v.is_empty())
-                .ok_or_else(|| QuotaError::InvalidInput {
-                    field: "path",
-                    value: "None".to_owned(),
-                    reason: "needs $XDG_STATE_HOME or $HOME to pick a default".to_owned(),
-                })?;
-            PathBuf::from(home).join(".local").join("state")
-        }
-    };
-    Ok(base.join("plugin-scheduling").join(file))
+    crate::paths::state_path(file).ok_or_else(|| QuotaError::InvalidInput {
+        field: "path",
+        value: "None".to_owned(),
+        reason: "needs $XDG_STATE_HOME or $HOME to pick a default".to_owned(),
+    })
 }
 
 impl SqliteStore {

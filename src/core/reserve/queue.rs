@@ -122,6 +122,8 @@ pub struct ReservationQueue<W> {
     /// when the policy's epoch changes.
     index: BTreeSet<IndexKey>,
     index_epoch: u64,
+    /// Waiters with an uncollected grant or woken for their turn.
+    watched: BTreeSet<WaiterId>,
     policy: Box<dyn Policy>,
     pub settings: Settings,
     peaks: Peaks,
@@ -308,6 +310,7 @@ impl<W: Clone> ReservationQueue<W> {
             waiters: BTreeMap::new(),
             index: BTreeSet::new(),
             index_epoch: policy.epoch(),
+            watched: BTreeSet::new(),
             policy,
             settings,
             peaks,
@@ -376,6 +379,7 @@ impl<W: Clone> ReservationQueue<W> {
         self.owner_pid = pid;
         self.waiters.clear();
         self.index.clear();
+        self.watched.clear();
         true
     }
 
@@ -565,7 +569,11 @@ impl<W: Clone> ReservationQueue<W> {
             .and_then(|id| self.waiters.get_mut(&id))
             .map(|w| {
                 w.woken_at.get_or_insert(now);
-                w.waker.clone()
+                (w.job.id, w.waker.clone())
+            })
+            .map(|(id, waker)| {
+                self.watched.insert(WaiterId(id));
+                waker
             })
             .into_iter()
             .collect()
@@ -574,6 +582,7 @@ impl<W: Clone> ReservationQueue<W> {
     fn remove_waiter(&mut self, id: WaiterId) -> Option<Waiter<W>> {
         let w = self.waiters.remove(&id)?;
         self.index.remove(&w.key);
+        self.watched.remove(&id);
         Some(w)
     }
 
@@ -616,36 +625,38 @@ impl<W: Clone> ReservationQueue<W> {
             events.push(Event::Expired { grant });
         }
         self.ledger.settle(now, s.limits.settle_s);
-        let stale: Vec<WaiterId> = self
-            .waiters
-            .iter()
-            .filter(|(_, w)| w.granted.is_some_and(|(_, at)| now - at >= s.claim_s))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in stale {
-            if let Some(w) = self.waiters.get_mut(&id) {
-                if let Some((grant, at)) = w.granted.take() {
-                    self.ledger.release(grant);
-                    w.stalled = true;
-                    events.push(Event::Reclaimed {
-                        plugin: w.plugin.clone(),
-                        waited_s: now - at,
-                    });
-                }
-            }
-        }
-        // Woken for its turn and silent since: passed over too.
-        for w in self.waiters.values_mut() {
-            if w.stalled || w.granted.is_some() {
+        // Only waiters holding an uncollected grant or woken for their turn
+        // can be overdue: those are watched (no scan of the whole line).
+        let watched: Vec<WaiterId> = self.watched.iter().copied().collect();
+        for id in watched {
+            let Some(w) = self.waiters.get_mut(&id) else {
+                self.watched.remove(&id);
                 continue;
-            }
-            if let Some(at) = w.woken_at.filter(|at| now - at >= s.claim_s) {
+            };
+            if let Some((grant, at)) = w.granted.filter(|(_, at)| now - at >= s.claim_s) {
+                // A grant nobody collected: taken back.
+                w.granted = None;
+                w.woken_at = None;
+                self.ledger.release(grant);
+                w.stalled = true;
+                events.push(Event::Reclaimed {
+                    plugin: w.plugin.clone(),
+                    waited_s: now - at,
+                });
+            } else if let Some(at) = w
+                .woken_at
+                .filter(|at| w.granted.is_none() && !w.stalled && now - at >= s.claim_s)
+            {
+                // Woken for its turn and silent since: passed over too.
                 w.stalled = true;
                 w.woken_at = None;
                 events.push(Event::Reclaimed {
                     plugin: w.plugin.clone(),
                     waited_s: now - at,
                 });
+            }
+            if w.granted.is_none() && w.woken_at.is_none() {
+                self.watched.remove(&id);
             }
         }
     }
@@ -764,6 +775,7 @@ impl<W: Clone> ReservationQueue<W> {
                 w.last_refusal = None;
                 w.woken_at.get_or_insert(now);
                 wake.push(w.waker.clone());
+                self.watched.insert(c.id);
             }
         }
         // Refusals for the offering waiter and the head that blocked (for
@@ -953,8 +965,9 @@ impl<W: Clone> ReservationQueue<W> {
             .ledger
             .next_change(now, s.limits.settle_s, s.start_timeout_s);
         let claims = self
-            .waiters
-            .values()
+            .watched
+            .iter()
+            .filter_map(|id| self.waiters.get(id))
             .filter_map(|w| w.granted.map(|(_, at)| at).or(w.woken_at))
             .map(|at| at + s.claim_s)
             .filter(|&t| t > now)

@@ -1,0 +1,180 @@
+"""Regression tests for what a hostile tester and a new user hit (issue 8):
+fork safety of ``SystemMonitor``, huge numbers naming their field, exact
+``SimulatedSystem`` accounting, and the async/sync provider mix-ups.
+
+Forking runs in a subprocess (never fork the test runner itself).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import plugin_scheduling as ps
+
+# ---------------------------------------------------------------- fork (item 3)
+
+FORK_WHILE_READING = """
+import os, signal, sys, threading, time
+import plugin_scheduling as ps
+
+CHILDREN, BOUND_S = int(sys.argv[1]), float(sys.argv[2])
+monitor = ps.SystemMonitor(min_refresh=0)  # every call reads the machine (locks held)
+sim = ps.SimulatedSystem(gpus=[1000.0], host=monitor)
+monitor()
+stop = threading.Event()
+
+def reader():
+    while not stop.is_set():
+        monitor()
+        sim()
+
+threads = [threading.Thread(target=reader, daemon=True) for _ in range(4)]
+for t in threads:
+    t.start()
+for n in range(CHILDREN):
+    pid = os.fork()
+    if pid == 0:  # the child: one thread, whatever the parent's were doing
+        code = 1
+        try:
+            stats, simulated = monitor(), sim()
+            monitor.invalidate()
+            monitor._fresh()
+            code = 0 if stats["memory_total_mb"] > 0 and simulated["gpu_total_memory_mb"] == 1000.0 else 2
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + BOUND_S
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            if not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0):
+                print(f"child {n} failed: status {status}")
+                sys.exit(1)
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            print(f"child {n} of {CHILDREN} hung for {BOUND_S} s after fork")
+            sys.exit(1)
+        time.sleep(0.005)
+stop.set()
+print("all children finished")
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.timeout(240)
+def test_monitor_works_in_children_forked_while_other_threads_read_it():
+    # On the base commit 26 of 60 children hung: a lock held by a reading
+    # thread at fork() is inherited locked, and that thread is gone.
+    children, bound_s = 40, 10.0
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(FORK_WHILE_READING), str(children), str(bound_s)],
+        capture_output=True,
+        text=True,
+        timeout=220,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "all children finished" in result.stdout
+
+
+# ---------------------------------------------------------------- huge numbers (item 10)
+
+HUGE = 10**400
+
+
+@pytest.mark.parametrize(
+    ("make", "field"),
+    [
+        (lambda: ps.QueueScheduler(timeout=HUGE), "timeout"),
+        (lambda: ps.QueueScheduler(poll_interval=HUGE), "poll_interval"),
+        (lambda: ps.QueueScheduler(5.0, -HUGE), "poll_interval"),
+        (lambda: ps.SystemMonitor(min_refresh=HUGE), "min_refresh"),
+        (lambda: ps.SystemMonitor(min_refresh=1e300), "min_refresh"),
+        (lambda: ps.SimulatedSystem(gpus=[HUGE]), "gpus[0]"),
+        (lambda: ps.SimulatedSystem(gpus=[1000.0, 1e300]), "total_mb"),
+        (lambda: ps.SimulatedSystem(ram_total_mb=HUGE), "ram_total_mb"),
+        (lambda: ps.SimulatedSystem(cpu_percent=HUGE), "cpu_percent"),
+        (lambda: ps.SimulatedSystem().occupy(HUGE), "mb"),
+        (lambda: ps.SimulatedSystem().occupy(1e300), "mb"),
+        (lambda: ps.SimulatedSystem().free(HUGE), "mb"),
+        (lambda: ps.SimulatedSystem().occupy_ram(HUGE), "mb"),
+        (lambda: ps.SimulatedSystem().free_ram(HUGE), "mb"),
+        (lambda: ps.SimulatedSystem().set_load(0, HUGE), "percent"),
+        (lambda: ps.SimulatedSystem().at(HUGE, 1.0), "seconds"),
+        (lambda: ps.SimulatedSystem().at(1.0, HUGE), "used_mb"),
+    ],
+)
+def test_huge_numbers_raise_a_value_error_naming_the_field(make, field):
+    with pytest.raises(ValueError, match=re.escape(field)) as caught:
+        make()
+    assert not isinstance(caught.value, OverflowError)
+    assert len(str(caught.value)) < 300  # a 401-digit value is shortened, not quoted whole
+
+
+def test_huge_queue_setting_through_the_setter_names_the_field():
+    scheduler = ps.QueueScheduler()
+    with pytest.raises(ValueError, match="timeout"):
+        scheduler.timeout = HUGE
+    assert scheduler.timeout == 300.0  # unchanged
+
+
+@pytest.mark.parametrize("device", [10**30, HUGE, -(10**30), 2**64, -1, 7])
+@pytest.mark.parametrize("method", ["occupy", "free", "set_load", "at"])
+def test_out_of_range_devices_raise_an_index_error_naming_the_device(device, method):
+    sim = ps.SimulatedSystem(gpus=[1000.0])
+    call = {
+        "occupy": lambda: sim.occupy(1.0, device=device),
+        "free": lambda: sim.free(1.0, device=device),
+        "set_load": lambda: sim.set_load(device, 1.0),
+        "at": lambda: sim.at(0.0, 1.0, device=device),
+    }[method]
+    with pytest.raises(IndexError, match="device") as caught:
+        call()
+    assert not isinstance(caught.value, OverflowError)
+
+
+@pytest.mark.parametrize(
+    ("make", "field"),
+    [
+        (lambda: ps.SimulatedSystem().occupy("1"), "mb"),
+        (lambda: ps.SimulatedSystem().occupy(1, device=1.0), "device"),
+        (lambda: ps.SimulatedSystem().occupy(1, device="0"), "device"),
+        (lambda: ps.SimulatedSystem(gpus="24576"), "gpus"),
+        (lambda: ps.SimulatedSystem(gpus=["24576"]), "gpus[0]"),
+        (lambda: ps.SimulatedSystem(ram_total_mb=None or "x"), "ram_total_mb"),
+        (lambda: ps.SimulatedSystem().at("soon", 1.0), "seconds"),
+    ],
+)
+def test_wrong_types_raise_a_type_error_naming_the_field(make, field):
+    with pytest.raises(TypeError, match=re.escape(field)):
+        make()
+
+
+# ---------------------------------------------------------------- exact accounting (item 11)
+
+
+@pytest.mark.parametrize("ram", [False, True])
+def test_occupy_and_free_in_any_order_never_drift(ram):
+    sim = ps.SimulatedSystem(gpus=[8192.0], ram_total_mb=8192.0)
+    occupy, free = (sim.occupy_ram, sim.free_ram) if ram else (sim.occupy, sim.free)
+    occupy(3300.0000000000005)
+    occupy(796)
+    free(796)
+    free(3300.0000000000005)  # base commit: "only 3300 MB is occupied"
+    key = "memory_used_mb" if ram else "gpu_used_memory_mb"
+    assert sim()[key] == 0.0
+    for _ in range(1000):
+        occupy(0.1)
+    for _ in range(1000):
+        free(0.1)
+    assert sim()[key] == 0.0
+    occupy(8191.9)  # exactly what is free fits
+    occupy(0.1)
+    with pytest.raises(ps.SimulatedOutOfMemory):
+        occupy(0.001)

@@ -7,11 +7,15 @@ Forking runs in a subprocess (never fork the test runner itself).
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import re
 import subprocess
 import sys
 import textwrap
+import warnings
+from types import SimpleNamespace
 
 import pytest
 
@@ -178,3 +182,104 @@ def test_occupy_and_free_in_any_order_never_drift(ram):
     occupy(0.1)
     with pytest.raises(ps.SimulatedOutOfMemory):
         occupy(0.001)
+
+
+# ---------------------------------------------------------------- async mix-ups (item 15)
+
+GPU_META = SimpleNamespace(name="whisper", manifest={"resources": {"requires_gpu": True, "min_gpu_vram_mb": 4096}})
+
+
+@pytest.mark.parametrize("make", [ps.PermissiveScheduler, ps.SafetyScheduler, lambda: ps.QueueScheduler(timeout=0.1)])
+def test_a_sync_provider_given_to_allocate_async_says_what_to_pass(make):
+    monitor = ps.SimulatedSystem(gpus=[8000.0])
+    with pytest.raises(TypeError, match=r"stats_provider returned a dict; allocate_async needs an async provider such as monitor\.snapshot_async") as caught:
+        asyncio.run(make().allocate_async(GPU_META, monitor))  # monitor, not monitor.snapshot_async
+    assert isinstance(caught.value.__cause__, TypeError)  # the original "can't be used in 'await'"
+
+
+@pytest.mark.parametrize("make", [ps.SafetyScheduler, lambda: ps.QueueScheduler(timeout=0.1)])
+def test_a_type_error_raised_inside_an_async_provider_is_passed_through(make):
+    async def provider():
+        raise TypeError("the provider's own bug")
+
+    with pytest.raises(TypeError, match="the provider's own bug"):
+        asyncio.run(make().allocate_async(GPU_META, provider))
+
+
+def test_blocking_queue_allocate_inside_a_running_loop_warns_once():
+    scheduler = ps.QueueScheduler(timeout=0.05, poll_interval=0.01)
+    busy = lambda: {"gpu_free_memory_mb": 100.0}  # noqa: E731
+
+    async def main():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert scheduler.allocate(GPU_META, busy) is False
+            assert scheduler.allocate(GPU_META, busy) is False  # once per scheduler
+        return caught
+
+    caught = asyncio.run(main())
+    assert len(caught) == 1, [str(w.message) for w in caught]
+    [warning] = caught
+    assert warning.category is RuntimeWarning
+    assert warning.filename == __file__  # points at the caller's line
+    message = str(warning.message)
+    assert "running event loop" in message and "'whisper'" in message and "allocate_async" in message
+
+
+def test_blocking_queue_allocate_warns_not_when_admitted_or_outside_a_loop():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ps.QueueScheduler(timeout=0.05, poll_interval=0.01).allocate(GPU_META, lambda: {"gpu_free_memory_mb": 100.0}) is False
+
+        async def main():
+            return ps.QueueScheduler().allocate(GPU_META, lambda: {"gpu_free_memory_mb": 8000.0})
+
+        assert asyncio.run(main()) is True  # admitted at once: nothing blocked
+
+
+# ---------------------------------------------------------------- discoverability (item 14)
+
+SIGNATURES = {
+    ps.QueueScheduler: "(timeout=300.0, poll_interval=2.0)",
+    ps.SafetyScheduler: "()",
+    ps.PermissiveScheduler: "()",
+    ps.SimulatedSystem: "(gpus=[24576.0], ram_total_mb=65536.0, cpu_percent=0.0, host=None)",
+    ps.SystemMonitor: "(min_refresh=0.1)",
+}
+
+
+@pytest.mark.parametrize("cls", list(SIGNATURES), ids=lambda c: c.__name__)
+def test_classes_show_their_real_signature_and_document_every_option(cls):
+    signature = inspect.signature(cls)
+    assert str(signature) == SIGNATURES[cls]
+    doc = cls.__doc__ or ""
+    for name in signature.parameters:
+        assert f"`{name}`" in doc, f"{cls.__name__} docstring does not describe {name}"
+    if not signature.parameters:
+        assert "No options" in doc
+
+
+def test_the_signatures_match_what_the_constructors_accept():
+    for cls, text in SIGNATURES.items():
+        kwargs = {name: p.default for name, p in inspect.signature(cls).parameters.items()}
+        instance = cls(**kwargs)
+        assert type(instance) is cls, text
+    assert repr(ps.QueueScheduler(**{"timeout": 300.0, "poll_interval": 2.0})) == "QueueScheduler(timeout=300.0, poll_interval=2.0)"
+
+
+def test_mypy_strict_accepts_the_builtins_as_resource_schedulers_and_typed_stats(tmp_path):
+    # Base commit: "Incompatible types ... expected ResourceScheduler" for every built-in.
+    snippet = os.path.join(os.path.dirname(__file__), "typing_snippet.py")
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        "from plugin_scheduling import ReservationScheduler, SystemMonitor\n"
+        "ReservationScheduler(on_missing_stats='sometimes')\n"
+        "x: str = SystemMonitor()()['gpu_free_memory_mb']\n"
+    )
+    command = [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--cache-dir", str(tmp_path / "cache")]
+    good = subprocess.run([*command, snippet], capture_output=True, text=True, timeout=240)
+    assert good.returncode == 0, good.stdout + good.stderr
+    rejected = subprocess.run([*command, str(bad)], capture_output=True, text=True, timeout=240)
+    assert rejected.returncode == 1, rejected.stdout + rejected.stderr
+    assert "Literal['allow', 'block']" in rejected.stdout  # string options are Literal[...]
+    assert 'has type "float | None", variable has type "str"' in rejected.stdout  # stats are a TypedDict

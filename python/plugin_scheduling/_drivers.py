@@ -10,6 +10,7 @@ classes' ``allocate_async`` methods.
 from __future__ import annotations
 
 import asyncio
+import inspect
 from time import monotonic as _monotonic
 from typing import Any, Awaitable, Callable, Mapping
 
@@ -19,7 +20,13 @@ StatsProvider = Callable[[], Awaitable[Mapping[str, Any]]]
 async def allocate_async(self: Any, plugin_meta: Any, stats_provider: StatsProvider) -> Any:
     """Await the stats once, then decide (the reference's default ``allocate_async``;
     a subclass's ``allocate`` is honoured)."""
-    stats = await stats_provider()
+    pending = stats_provider()
+    try:
+        stats = await pending
+    except TypeError as error:
+        if inspect.isawaitable(pending):
+            raise  # the provider's own error
+        raise sync_provider_error(pending) from error
     return self._allocate_with_stats(plugin_meta, stats)
 
 
@@ -27,7 +34,13 @@ async def queue_allocate_async(self: Any, plugin_meta: Any, stats_provider: Stat
     """Wait for resources without blocking the loop: re-check when the scheduler
     releases a plugin, else every ``poll_interval``; give up after ``timeout``."""
     started = _monotonic()
-    stats = await stats_provider()
+    pending = stats_provider()
+    try:
+        stats = await pending
+    except TypeError as error:
+        if inspect.isawaitable(pending):
+            raise  # the provider's own error
+        raise sync_provider_error(pending) from error
     first = self._first_turn(plugin_meta, stats, started)  # the pass path: one Rust call
     if first is True:
         return True
@@ -64,6 +77,15 @@ async def reserve_async(self: Any, plugin_meta: Any, stats_provider: StatsProvid
 async def reservation_allocate_async(self: Any, plugin_meta: Any, stats_provider: StatsProvider) -> bool:
     """``ReservationScheduler.allocate_async``: reserve, or ``False`` after ``timeout``."""
     return await self._reserve_async(plugin_meta, stats_provider) is not None
+
+
+def sync_provider_error(returned: Any) -> TypeError:
+    """What ``allocate_async`` raises when the stats provider returned
+    something that cannot be awaited (a sync provider such as ``monitor``)."""
+    return TypeError(
+        f"stats_provider returned a {type(returned).__name__}; allocate_async needs an "
+        "async provider such as monitor.snapshot_async"
+    )
 
 
 async def _sleep_or_wake(wait: Any, seconds: float) -> None:

@@ -3,6 +3,7 @@
 
 mod errors;
 mod inputs;
+mod loop_guard;
 mod queue;
 mod reservation;
 mod reservation_inputs;

@@ -18,7 +18,17 @@ fn to_dict<'py>(py: Python<'py>, snapshot: &Snapshot) -> PyResult<Bound<'py, PyA
 
 /// Live stats of this machine: CPU and RAM from sysinfo, NVIDIA GPUs from
 /// NVML (loaded at run time; no GPU or no driver gives `gpu_type == 'None'`
-/// and `None` GPU figures). Calling it returns the cjm `SystemStats` dict.
+/// and `None` GPU figures). Calling it returns the cjm `SystemStats` dict;
+/// `await monitor.snapshot_async()` is the provider for `allocate_async`.
+///
+/// Options:
+///
+/// - `min_refresh` (seconds, default 0.1): a reading younger than this is
+///   served from the cache, so many concurrent callers share one reading
+///   of NVML and /proc. `invalidate()` forgets it.
+///
+/// Safe to share between threads, and to use in a child after `fork()`
+/// (the child reads the machine afresh).
 #[pyclass(module = "plugin_scheduling", frozen, weakref)]
 pub struct SystemMonitor {
     monitor: Arc<Monitor>,
@@ -27,7 +37,7 @@ pub struct SystemMonitor {
 #[pymethods]
 impl SystemMonitor {
     #[new]
-    #[pyo3(signature = (min_refresh = None))]
+    #[pyo3(signature = (min_refresh = None), text_signature = "(min_refresh=0.1)")]
     fn new(min_refresh: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
         let min_refresh = match min_refresh {
             Some(value) => duration("min_refresh", value)?,
@@ -107,10 +117,22 @@ fn device_index(device: &Bound<'_, PyAny>) -> PyResult<usize> {
         })
 }
 
-/// A scripted machine: `gpus` lists each simulated GPU's total MB. RAM and
-/// CPU are simulated too (`ram_total_mb`, `cpu_percent`), or taken live from
-/// `host` (a `SystemMonitor`) less what was occupied here. Plugins occupy
-/// and free memory as loading a model would; `at()` scripts changes in time.
+/// A scripted machine with the same stats dict as `SystemMonitor`: for
+/// tests, demos and simulations. Plugins occupy and free memory as loading
+/// a model would (`occupy`, `free`, `occupy_ram`, `free_ram`); `at()`
+/// scripts changes in time; `set_load` sets a GPU's utilisation.
+///
+/// Options:
+///
+/// - `gpus` (default `[24576.0]`): each simulated GPU's total MB (`[]`: no GPU).
+/// - `ram_total_mb` (default 65536.0): simulated RAM.
+/// - `cpu_percent` (default 0.0): the CPU load shown.
+/// - `host` (default `None`): a `SystemMonitor`; then RAM and CPU are the
+///   real machine's, less the RAM occupied here, and `ram_total_mb` /
+///   `cpu_percent` are not used.
+///
+/// Memory is counted in whole bytes, so occupying and freeing the same
+/// amounts always returns exactly to where it started.
 #[pyclass(module = "plugin_scheduling", frozen, weakref)]
 pub struct SimulatedSystem {
     machine: Mutex<SimulatedMachine>,
@@ -128,7 +150,10 @@ impl SimulatedSystem {
 #[pymethods]
 impl SimulatedSystem {
     #[new]
-    #[pyo3(signature = (gpus = None, ram_total_mb = None, cpu_percent = None, host = None))]
+    #[pyo3(
+        signature = (gpus = None, ram_total_mb = None, cpu_percent = None, host = None),
+        text_signature = "(gpus=[24576.0], ram_total_mb=65536.0, cpu_percent=0.0, host=None)"
+    )]
     fn new(
         gpus: Option<&Bound<'_, PyAny>>,
         ram_total_mb: Option<&Bound<'_, PyAny>>,
@@ -163,7 +188,7 @@ impl SimulatedSystem {
 
     /// Occupy `mb` on GPU `device` (raises `SimulatedOutOfMemory` when it
     /// does not fit, as a real allocation would fail).
-    #[pyo3(signature = (mb, device = None))]
+    #[pyo3(signature = (mb, device = None), text_signature = "($self, mb, device=0)")]
     fn occupy(&self, mb: &Bound<'_, PyAny>, device: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
         let mb = number("mb", mb)?;
         let device = device.map_or(Ok(0), device_index)?;
@@ -171,7 +196,7 @@ impl SimulatedSystem {
     }
 
     /// Free `mb` on GPU `device`.
-    #[pyo3(signature = (mb, device = None))]
+    #[pyo3(signature = (mb, device = None), text_signature = "($self, mb, device=0)")]
     fn free(&self, mb: &Bound<'_, PyAny>, device: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
         let mb = number("mb", mb)?;
         let device = device.map_or(Ok(0), device_index)?;
@@ -210,8 +235,10 @@ impl SimulatedSystem {
         self.machine().set_load(device, percent).map_err(sim_error)
     }
 
-    /// Script a change: `seconds` after creation, the memory in use on GPU
-    /// `device` (or RAM when `device` is `None`) becomes `used_mb`.
+    /// Script a change: once `seconds` have passed since this
+    /// `SimulatedSystem` was created (not since this call), the memory in
+    /// use on GPU `device` (or RAM when `device` is `None`) becomes
+    /// `used_mb`; it applies at the first reading or change after that.
     #[pyo3(signature = (seconds, used_mb, device = None))]
     fn at(
         &self,

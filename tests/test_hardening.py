@@ -8,12 +8,17 @@ Forking runs in a subprocess (never fork the test runner itself).
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import inspect
 import os
 import re
+import signal
 import subprocess
 import sys
+import sysconfig
 import textwrap
+import time
+import tomllib
 import warnings
 from types import SimpleNamespace
 
@@ -283,3 +288,82 @@ def test_mypy_strict_accepts_the_builtins_as_resource_schedulers_and_typed_stats
     assert rejected.returncode == 1, rejected.stdout + rejected.stderr
     assert "Literal['allow', 'block']" in rejected.stdout  # string options are Literal[...]
     assert 'has type "float | None", variable has type "str"' in rejected.stdout  # stats are a TypedDict
+
+
+# ---------------------------------------------------------------- CLI and demo (items 14, 18)
+
+
+def _console_script() -> str:
+    script = os.path.join(sysconfig.get_path("scripts"), "plugin-scheduling")
+    assert os.path.exists(script), f"the console script is not installed at {script} (pip install -e .)"
+    return script
+
+
+def test_cli_version_and_the_console_script_names_itself():
+    for command, prog in (([_console_script()], "plugin-scheduling"), ([sys.executable, "-m", "plugin_scheduling"], "python -m plugin_scheduling")):
+        version = subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=60)
+        assert version.returncode == 0, version.stderr
+        assert version.stdout.strip() == f"{prog} {ps.__version__}"
+        usage = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=60)
+        assert usage.stdout.startswith(f"usage: {prog} "), usage.stdout
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGINT") or os.name != "posix", reason="needs POSIX signals")
+@pytest.mark.timeout(120)
+def test_demo_ctrl_c_exits_quietly_with_130():
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "plugin_scheduling", "demo"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        seen = []
+        assert demo.stdout is not None
+        for line in demo.stdout:
+            seen.append(line)
+            if "ReservationScheduler(" in line:  # four plugin threads are starting, some waiting
+                break
+        else:
+            pytest.fail("the demo ended before its ReservationScheduler part:\n" + "".join(seen))
+        time.sleep(0.2)
+        demo.send_signal(signal.SIGINT)
+        out, err = demo.communicate(timeout=30)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+    assert demo.returncode == 130, (demo.returncode, err)
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert "all done" not in out  # it stopped, it did not run to the end
+
+
+# ---------------------------------------------------------------- packaging (item 17)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _toml(name: str) -> dict:
+    with open(os.path.join(ROOT, name), "rb") as f:
+        return tomllib.load(f)
+
+
+def test_one_version_source_cargo_and_the_package_agree():
+    project = _toml("pyproject.toml")["project"]
+    assert "version" not in project and "version" in project["dynamic"]  # maturin takes Cargo's
+    cargo = _toml("Cargo.toml")["workspace"]["package"]["version"]
+    assert ps.__version__ == cargo == importlib.metadata.version("plugin-scheduling")
+
+
+def test_license_urls_and_dependencies_are_declared():
+    with open(os.path.join(ROOT, "LICENSE"), encoding="utf-8") as f:
+        text = f.read()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    assert "END OF TERMS AND CONDITIONS" in text and len(text) > 10_000  # the full text
+    project = _toml("pyproject.toml")["project"]
+    assert project["urls"]
+    with open(os.path.join(ROOT, "python", "plugin_scheduling", "_core.pyi"), encoding="utf-8") as f:
+        stubs_import_typing_extensions = "typing_extensions" in f.read()
+    if stubs_import_typing_extensions:
+        assert any(d.replace("-", "_").startswith("typing_extensions") for d in project["dependencies"])

@@ -20,6 +20,8 @@ StatsProvider = Callable[[], Awaitable[Mapping[str, Any]]]
 async def allocate_async(self: Any, plugin_meta: Any, stats_provider: StatsProvider) -> Any:
     """Await the stats once, then decide (the reference's default ``allocate_async``;
     a subclass's ``allocate`` is honoured)."""
+    # Written out here and in queue_allocate_async (not a helper coroutine):
+    # one more await on the pass path costs ~70 ns of a ~650 ns call.
     pending = stats_provider()
     try:
         stats = await pending

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict
 
 from . import QueueScheduler, ReservationScheduler, SafetyScheduler, SimulatedSystem, SystemMonitor
+from .types import SystemStats
 
 
 @dataclass
@@ -47,7 +48,7 @@ class DemoMachine:
         self.real = SystemMonitor()
         self.sim = SimulatedSystem(gpus=[gpu_total_mb], host=self.real)
 
-    def __call__(self) -> Dict[str, Any]:
+    def __call__(self) -> SystemStats:
         return self.sim()
 
     def occupy(self, plugin: DemoPlugin, sign: int = 1) -> None:

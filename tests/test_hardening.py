@@ -155,6 +155,7 @@ def test_out_of_range_devices_raise_an_index_error_naming_the_device(device, met
         (lambda: ps.SimulatedSystem().occupy(1, device=1.0), "device"),
         (lambda: ps.SimulatedSystem().occupy(1, device="0"), "device"),
         (lambda: ps.SimulatedSystem(gpus="24576"), "gpus"),
+        (lambda: ps.SimulatedSystem(gpus=24576), "gpus"),
         (lambda: ps.SimulatedSystem(gpus=["24576"]), "gpus[0]"),
         (lambda: ps.SimulatedSystem(ram_total_mb=None or "x"), "ram_total_mb"),
         (lambda: ps.SimulatedSystem().at("soon", 1.0), "seconds"),

@@ -163,13 +163,17 @@ impl SimulatedSystem {
         let gpus = match gpus {
             None => vec![DEFAULT_GPU_MB],
             Some(list) => {
-                if list.is_instance_of::<pyo3::types::PyString>() {
-                    return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+                let not_a_list = || {
+                    pyo3::exceptions::PyTypeError::new_err(format!(
                         "gpus must be a list of each GPU's total MB, got {}",
                         describe(list)
-                    )));
+                    ))
+                };
+                if list.is_instance_of::<pyo3::types::PyString>() {
+                    return Err(not_a_list());
                 }
-                list.try_iter()?
+                list.try_iter()
+                    .map_err(|_| not_a_list())?
                     .enumerate()
                     .map(|(i, total)| number(&format!("gpus[{i}]"), &total?))
                     .collect::<PyResult<Vec<f64>>>()?

@@ -186,6 +186,8 @@ def test_demo_runs():
     assert "llama-8b: admitted" in result.stdout
     assert "Resources busy. Waiting 5.0s..." in result.stdout
     assert "[Scheduler] Blocked whisper-large" in result.stdout
+    assert "ReservationScheduler(timeout=10" in result.stdout  # shown with its public API
+    assert "sdxl: admitted" in result.stdout and "embedder: finished" in result.stdout
 
 
 def test_queue_logger_level_and_message(caplog):

@@ -25,11 +25,11 @@ import httpx
 import pytest
 
 import plugin_scheduling as ours
-from cjm_plugin_system.core import config as cjm_config
 from cjm_plugin_system.core import scheduling as ref
 from cjm_plugin_system.core.interface import PluginInterface
 from cjm_plugin_system.core.manager import PluginManager
 from cjm_plugin_system.core.metadata import PluginMeta
+from conftest import plugin_manifest, running_cjm_host
 from plugin_scheduling.cjm import (
     DEFAULT_MONITOR_NAME,
     SystemMonitorPlugin,
@@ -263,52 +263,18 @@ class VramProbe:
 @pytest.fixture(scope="module")
 def host(tmp_path_factory):
     """One PluginManager, two real workers (our monitor, the probe) for the module."""
-    root = tmp_path_factory.mktemp("cjm_monitor")
-    data_dir, manifests, src = root / "cjm_data", root / "manifests", root / "src"
-    for d in (data_dir, manifests, src):
-        d.mkdir()
-    (src / "vram_probe_plugin.py").write_text(PROBE_SOURCE)
-    write_monitor_manifest(manifests)
-    pythonpath = os.pathsep.join(p for p in [str(src), os.environ.get("PYTHONPATH", "")] if p)
-    probe_manifest = {
-        "name": GPU_PLUGIN, "version": "1.0.0", "category": "test", "python_path": sys.executable,
-        "module": "vram_probe_plugin", "class": "VramProbe", "resources": NEEDS,
-        "env_vars": {"PYTHONPATH": pythonpath, "PYTHONDONTWRITEBYTECODE": "1"},
-    }
-    (manifests / f"{GPU_PLUGIN}.json").write_text(json.dumps(probe_manifest))
-
-    mp = pytest.MonkeyPatch()
-    manager, procs = None, []
-    try:
-        mp.setenv("CJM_DATA_DIR", str(data_dir))  # logs_dir / plugin_data_dir -> tmp
-        mp.delenv("CJM_CONDA_PREFIX", raising=False)
-        mp.delenv("CJM_CONDA_TYPE", raising=False)
-        for var in ("NO_PROXY", "no_proxy"):  # the proxies' httpx clients talk to 127.0.0.1
-            mp.setenv(var, "127.0.0.1,localhost")
-        mp.chdir(root)  # no stray ./cjm.yaml or ./.cjm/manifests
-        cjm_config.reset_config()
-        assert cjm_config.get_config().data_dir == data_dir
-
-        manager = PluginManager(search_paths=[manifests], scheduler=ours.SafetyScheduler())
-        results = manager.load_all(configs={MONITOR: {"simulate_gpus": [8000]}})
-        procs = [m.instance.process for m in manager.plugins.values() if m.instance is not None]
-        assert results == {MONITOR: True, GPU_PLUGIN: True}, results
-        manager.register_system_monitor(MONITOR)
-        yield manager
-    finally:
-        leaked = []
-        try:
-            if manager is not None:
-                manager.unload_all()
-        finally:
-            for p in procs:  # never leave a worker behind
-                if p.poll() is None:
-                    leaked.append(p.pid)
-                    p.kill()
-                    p.wait(timeout=10)
-            cjm_config.reset_config()
-            mp.undo()
-        assert not leaked, f"workers still running after unload_all: {leaked}"
+    probe = plugin_manifest(GPU_PLUGIN, module="vram_probe_plugin", cls="VramProbe", resources=NEEDS)
+    with running_cjm_host(  # tests/conftest.py
+        tmp_path_factory.mktemp("cjm_monitor"),
+        sources={"vram_probe_plugin.py": PROBE_SOURCE},
+        manifests=[probe],
+        before_load=write_monitor_manifest,
+        scheduler=ours.SafetyScheduler(),
+        configs={MONITOR: {"simulate_gpus": [8000]}},
+    ) as env:
+        assert set(env.manager.plugins) == {MONITOR, GPU_PLUGIN}
+        env.manager.register_system_monitor(MONITOR)
+        yield env.manager
 
 
 @pytest.fixture

@@ -17,10 +17,8 @@ Two worker processes are started once per module and always torn down at the end
 
 import asyncio
 import copy
-import json
 import logging
 import os
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -31,9 +29,9 @@ import httpx
 import pytest
 
 import plugin_scheduling as ours
-from cjm_plugin_system.core import config as cjm_config
 from cjm_plugin_system.core import scheduling as ref
 from cjm_plugin_system.core.manager import PluginManager
+from conftest import PROBE_PLUGIN_SOURCE, probe_manifest, running_cjm_host
 
 PLUGIN = "sched_probe"  # GPU plugin whose admission is under test
 VICTIM = "sched_victim"  # second plugin: eviction candidate / concurrent neighbour
@@ -53,56 +51,7 @@ LOW_VRAM = {"gpu_free_memory_mb": 2000, "memory_available_mb": 16000}
 both_impls = pytest.mark.parametrize("impl", ["ours", "ref"])
 both_modes = pytest.mark.parametrize("mode", ["sync", "async"])
 
-PLUGIN_SOURCE = '''\
-import os
-import time
-
-from cjm_plugin_system.core.interface import PluginInterface
-
-
-class ProbePlugin(PluginInterface):
-    """Tiny plugin: echoes its call, can sleep or fail on request, counts executions."""
-
-    def __init__(self):
-        self._config = {}
-        self._calls = 0
-
-    @property
-    def name(self):
-        return os.environ["PROBE_NAME"]
-
-    @property
-    def version(self):
-        return "1.0.0"
-
-    def initialize(self, config=None):
-        self._config = dict(config or {})
-
-    def get_config_schema(self):
-        return {"type": "object", "properties": {"greeting": {"type": "string", "default": "hi"}}}
-
-    def get_current_config(self):
-        return dict(self._config)
-
-    def cleanup(self):
-        pass
-
-    def execute(self, *args, **kwargs):
-        self._calls += 1
-        # Execution counter, readable from the host through the worker's /progress endpoint.
-        self.report_progress(float(self._calls), "executions")
-        if kwargs.get("fail"):
-            raise ValueError("probe failure: " + str(kwargs["fail"]))
-        if kwargs.get("sleep"):
-            time.sleep(float(kwargs["sleep"]))
-        return {
-            "plugin": self.name,
-            "args": list(args),
-            "kwargs": kwargs,
-            "greeting": self._config.get("greeting"),
-            "pid": os.getpid(),
-        }
-'''
+PLUGIN_SOURCE = PROBE_PLUGIN_SOURCE  # tests/conftest.py
 
 
 # --------------------------------------------------------------------------- helpers
@@ -254,69 +203,26 @@ async def async_wait_until(predicate, timeout, interval=0.005):
 @pytest.fixture(scope="module")
 def loaded_host(tmp_path_factory):
     """One PluginManager with two real worker subprocesses for the whole module."""
-    root = tmp_path_factory.mktemp("cjm_host")
-    data_dir = root / "cjm_data"
-    manifests_dir = root / "manifests"
-    src_dir = root / "plugin_src"
-    for d in (data_dir, manifests_dir, src_dir):
-        d.mkdir()
-    (src_dir / "sched_probe_plugin.py").write_text(PLUGIN_SOURCE)
-
-    pythonpath = os.pathsep.join(p for p in [str(src_dir), os.environ.get("PYTHONPATH", "")] if p)
-    for name, resources in ((PLUGIN, PLUGIN_RESOURCES), (VICTIM, VICTIM_RESOURCES)):
-        manifest = {
-            "name": name,
-            "version": "1.0.0",
-            "description": "scheduler host-integration probe",
-            "category": "test",
-            "python_path": sys.executable,
-            "module": "sched_probe_plugin",
-            "class": "ProbePlugin",
-            "env_vars": {"PYTHONPATH": pythonpath, "PROBE_NAME": name, "PYTHONDONTWRITEBYTECODE": "1"},
-            "config_schema": {"type": "object", "properties": {"greeting": {"type": "string", "default": "hi"}}},
-            "resources": resources,
-        }
-        (manifests_dir / f"{name}.json").write_text(json.dumps(manifest))
-
-    mp = pytest.MonkeyPatch()
-    manager = None
-    procs = []
-    probe = httpx.Client(trust_env=False, timeout=10)
-    try:
-        mp.setenv("CJM_DATA_DIR", str(data_dir))  # logs_dir / plugin_data_dir -> tmp
-        mp.delenv("CJM_CONDA_PREFIX", raising=False)
-        mp.delenv("CJM_CONDA_TYPE", raising=False)
-        mp.chdir(root)  # no stray ./cjm.yaml; worker cwd is tmp too
-        cjm_config.reset_config()
-        assert cjm_config.get_config().data_dir == data_dir
-
-        manager = PluginManager(search_paths=[manifests_dir], scheduler=ref.PermissiveScheduler())
-        results = manager.load_all()
-        procs = [m.instance.process for m in manager.plugins.values() if m.instance is not None]
-        assert results == {PLUGIN: True, VICTIM: True}, results
-        host = Host(
+    manifests = [
+        probe_manifest(name, resources, module="sched_probe_plugin", description="scheduler host-integration probe")
+        for name, resources in ((PLUGIN, PLUGIN_RESOURCES), (VICTIM, VICTIM_RESOURCES))
+    ]
+    with running_cjm_host(
+        tmp_path_factory.mktemp("cjm_host"),
+        sources={"sched_probe_plugin.py": PLUGIN_SOURCE},
+        manifests=manifests,
+        scheduler=ref.PermissiveScheduler(),
+    ) as env:
+        manager = env.manager
+        assert set(manager.plugins) == {PLUGIN, VICTIM}
+        yield Host(
             manager=manager,
-            root=root,
-            data_dir=data_dir,
+            root=env.root,
+            data_dir=env.data_dir,
             worker_pids={n: m.instance.process.pid for n, m in manager.plugins.items()},
             saved_manifests={n: copy.deepcopy(m.manifest) for n, m in manager.plugins.items()},
-            probe=probe,
+            probe=env.probe,
         )
-        yield host
-    finally:
-        try:
-            if manager is not None:
-                for name in ("_get_global_stats", "_get_global_stats_async"):
-                    manager.__dict__.pop(name, None)
-                manager.unload_all()
-        finally:
-            for p in procs:  # belt and braces: never leave a worker behind
-                if p is not None and p.poll() is None:
-                    p.kill()
-                    p.wait(timeout=10)
-            probe.close()
-            cjm_config.reset_config()
-            mp.undo()
 
 
 @pytest.fixture

@@ -1735,6 +1735,8 @@ def test_queue_sync_sleep_releases_gil():
     assert ot >= 20, f"ours blocked other threads while sleeping: ticks={ot} (ref {rt})"
 
 
+# Ours also warns (once) that the wait blocks the loop: see tests/test_hardening.py.
+@pytest.mark.filterwarnings("ignore:QueueScheduler.allocate\\(\\) is waiting:RuntimeWarning")
 def test_queue_sync_allocate_inside_running_loop():
     async def main(mod):
         q = mod.QueueScheduler(timeout=30, poll_interval=0.001)

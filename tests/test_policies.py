@@ -405,3 +405,55 @@ def test_two_10gb_plugins_run_at_once_on_a_24gb_card_with_the_default_settle_win
     assert why["would_wait"] is True and "settling" in why["reason"] and why["settling_mb"] == 8000
     with pytest.raises(ReservationTimeout, match="can never fit"):
         ReservationScheduler(timeout=60).lease(meta("huge", 10**6), sim).__enter__()
+
+
+# --------------------------------------------------------------------------- the real PluginManager
+
+
+def test_manifest_priorities_order_the_real_plugin_manager(tmp_path):
+    from conftest import PROBE_PLUGIN_SOURCE, probe_manifest, running_cjm_host
+
+    from plugin_scheduling import SimulatedSystem
+
+    def manifest(name, priority):
+        m = probe_manifest(
+            name, {"requires_gpu": True, "min_gpu_vram_mb": 20000}, module="policy_probe", description="policy probe"
+        )
+        m["scheduling"] = {"priority": priority, "user": f"user-{name}"}
+        return m
+
+    s = ReservationScheduler(timeout=60, poll_interval=30, policy="priority", settle_s=0)
+    sim = SimulatedSystem(gpus=[24000.0])
+    with running_cjm_host(
+        tmp_path,
+        sources={"policy_probe.py": PROBE_PLUGIN_SOURCE},
+        manifests=[manifest("holder", "NORMAL"), manifest("low", "LOW"), manifest("high", "HIGH")],
+        scheduler=s,
+    ) as env:
+        env.manager._get_global_stats = sim.snapshot
+        results: dict[str, object] = {}
+
+        def run(name, **kw):
+            try:
+                results[name] = env.manager.execute_plugin(name, **kw)
+            except Exception as e:  # noqa: BLE001 - checked below
+                results[name] = e
+
+        holder = threading.Thread(target=run, args=("holder",), kwargs={"sleep": 1.0})
+        holder.start()
+        eventually(lambda: len(s.snapshot()["grants"]) == 1)
+        threads = []
+        for name in ["low", "high"]:
+            t = threading.Thread(target=run, args=(name,))
+            t.start()
+            threads.append(t)
+            eventually(lambda n=len(threads): len(s.snapshot()["waiters"]) == n)
+        waiters = s.snapshot()["waiters"]
+        assert [(w["plugin"], w["priority"], w["user"]) for w in waiters] == [
+            ("high", 75.0, "user-high"),
+            ("low", 25.0, "user-low"),
+        ]
+        for t in [holder, *threads]:
+            t.join(30)
+        assert all(not isinstance(r, Exception) for r in results.values()), results
+        assert s.snapshot()["grants"] == [] and s.snapshot()["waiters"] == []

@@ -40,7 +40,6 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import httpx
 import pytest
 
 import plugin_scheduling as ps
@@ -52,9 +51,8 @@ from plugin_scheduling import (
     SimulatedOutOfMemory,
     SimulatedSystem,
 )
-from cjm_plugin_system.core import config as cjm_config
 from cjm_plugin_system.core import scheduling as ref
-from cjm_plugin_system.core.manager import PluginManager
+from conftest import PROBE_PLUGIN_SOURCE, probe_manifest, running_cjm_host
 
 LONG_POLL = 30.0  # a wake-up that beats this by far cannot have come from the timer
 PROMPT = 5.0  # generous bound for "promptly"
@@ -991,48 +989,6 @@ HOST_PLUGIN = "resv_probe"
 HOST_RESOURCES = {"requires_gpu": True, "min_gpu_vram_mb": 4096, "min_system_ram_mb": 1024}
 BLOCKED_MSG = f"ResourceScheduler blocked execution of {HOST_PLUGIN} (Eviction failed)"
 
-HOST_PLUGIN_SOURCE = '''\
-import os
-import time
-
-from cjm_plugin_system.core.interface import PluginInterface
-
-
-class ProbePlugin(PluginInterface):
-    def __init__(self):
-        self._config = {}
-        self._calls = 0
-
-    @property
-    def name(self):
-        return os.environ["PROBE_NAME"]
-
-    @property
-    def version(self):
-        return "1.0.0"
-
-    def initialize(self, config=None):
-        self._config = dict(config or {})
-
-    def get_config_schema(self):
-        return {"type": "object", "properties": {}}
-
-    def get_current_config(self):
-        return dict(self._config)
-
-    def cleanup(self):
-        pass
-
-    def execute(self, *args, **kwargs):
-        self._calls += 1
-        self.report_progress(float(self._calls), "executions")
-        if kwargs.get("sleep"):
-            time.sleep(float(kwargs["sleep"]))
-        return {"plugin": self.name, "kwargs": kwargs, "pid": os.getpid(),
-                "cuda": os.environ.get("CUDA_VISIBLE_DEVICES")}
-'''
-
-
 class SimStats:
     """Scripted ``_get_global_stats(_async)``: SimulatedSystem numbers, counted."""
 
@@ -1053,54 +1009,17 @@ class SimStats:
 
 @pytest.fixture(scope="module")
 def cjm_host(tmp_path_factory):
-    root = tmp_path_factory.mktemp("resv_host")
-    data_dir, manifests_dir, src_dir = root / "cjm_data", root / "manifests", root / "plugin_src"
-    for d in (data_dir, manifests_dir, src_dir):
-        d.mkdir()
-    (src_dir / "resv_probe_plugin.py").write_text(HOST_PLUGIN_SOURCE)
-    pythonpath = os.pathsep.join(p for p in [str(src_dir), os.environ.get("PYTHONPATH", "")] if p)
-    manifest = {
-        "name": HOST_PLUGIN,
-        "version": "1.0.0",
-        "description": "reservation host-integration probe",
-        "category": "test",
-        "python_path": sys.executable,
-        "module": "resv_probe_plugin",
-        "class": "ProbePlugin",
-        "env_vars": {"PYTHONPATH": pythonpath, "PROBE_NAME": HOST_PLUGIN, "PYTHONDONTWRITEBYTECODE": "1"},
-        "config_schema": {"type": "object", "properties": {}},
-        "resources": HOST_RESOURCES,
-    }
-    (manifests_dir / f"{HOST_PLUGIN}.json").write_text(json.dumps(manifest))
-    mp = pytest.MonkeyPatch()
-    manager = None
-    procs = []
-    probe = httpx.Client(trust_env=False, timeout=10)
-    try:
-        mp.setenv("CJM_DATA_DIR", str(data_dir))
-        mp.delenv("CJM_CONDA_PREFIX", raising=False)
-        mp.delenv("CJM_CONDA_TYPE", raising=False)
-        mp.chdir(root)
-        cjm_config.reset_config()
-        manager = PluginManager(search_paths=[manifests_dir], scheduler=ReservationScheduler())
-        results = manager.load_all()
-        procs = [m.instance.process for m in manager.plugins.values() if m.instance is not None]
-        assert results == {HOST_PLUGIN: True}, results
-        yield SimpleNamespace(manager=manager, probe=probe, pid=procs[0].pid)
-    finally:
-        try:
-            if manager is not None:
-                for name in ("_get_global_stats", "_get_global_stats_async"):
-                    manager.__dict__.pop(name, None)
-                manager.unload_all()
-        finally:
-            for p in procs:
-                if p is not None and p.poll() is None:
-                    p.kill()
-                    p.wait(timeout=10)
-            probe.close()
-            cjm_config.reset_config()
-            mp.undo()
+    with running_cjm_host(  # tests/conftest.py
+        tmp_path_factory.mktemp("resv_host"),
+        sources={"resv_probe_plugin.py": PROBE_PLUGIN_SOURCE},
+        manifests=[
+            probe_manifest(
+                HOST_PLUGIN, HOST_RESOURCES, module="resv_probe_plugin", description="reservation host-integration probe"
+            )
+        ],
+        scheduler=ReservationScheduler(),
+    ) as env:
+        yield SimpleNamespace(manager=env.manager, probe=env.probe, pid=env.procs[0].pid)
 
 
 @pytest.fixture

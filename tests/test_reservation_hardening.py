@@ -378,6 +378,6 @@ def test_a_blocking_wait_inside_a_running_loop_warns_once():
 def test_a_sync_provider_given_to_allocate_async_gets_a_clear_error():
     s = ReservationScheduler(timeout=0)
     ok = stats_with([device()])
-    with pytest.raises(TypeError, match="stats_provider returned dict; allocate_async needs an async provider"):
+    with pytest.raises(TypeError, match="stats_provider returned a dict; allocate_async needs an async provider"):
         asyncio.run(s.allocate_async(meta("p", 1), lambda: ok))
     assert s.snapshot()["waiters"] == []

@@ -35,13 +35,13 @@ from ._core import (
 PermissiveScheduler.allocate_async = _drivers.allocate_async  # type: ignore[method-assign]
 SafetyScheduler.allocate_async = _drivers.allocate_async  # type: ignore[method-assign]
 QueueScheduler.allocate_async = _drivers.queue_allocate_async  # type: ignore[method-assign]
-ReservationScheduler.allocate_async = _drivers.reservation_allocate_async  # type: ignore[attr-defined]
-ReservationScheduler._reserve_async = _drivers.reserve_async  # type: ignore[attr-defined]
-ReservationScheduler.lease = _lease.lease  # type: ignore[attr-defined]
-ReservationScheduler.lease_async = _lease.lease_async  # type: ignore[attr-defined]
-ReservationScheduler._repr_html_ = _lease.repr_html  # type: ignore[attr-defined]
-SystemMonitor.snapshot_async = _drivers.snapshot_async  # type: ignore[attr-defined]
-SimulatedSystem.snapshot_async = _drivers.snapshot_async  # type: ignore[attr-defined]
+ReservationScheduler.allocate_async = _drivers.reservation_allocate_async  # type: ignore[method-assign]
+ReservationScheduler._reserve_async = _drivers.reserve_async  # type: ignore[method-assign]
+ReservationScheduler.lease = _lease.lease  # type: ignore[method-assign]
+ReservationScheduler.lease_async = _lease.lease_async  # type: ignore[method-assign]
+ReservationScheduler._repr_html_ = _lease.repr_html  # type: ignore[method-assign]
+SystemMonitor.snapshot_async = _drivers.snapshot_async  # type: ignore[method-assign]
+SimulatedSystem.snapshot_async = _drivers.snapshot_async  # type: ignore[method-assign]
 
 for _scheduler in (PermissiveScheduler, SafetyScheduler, QueueScheduler, ReservationScheduler):
     ResourceScheduler.register(_scheduler)

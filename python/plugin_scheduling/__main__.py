@@ -1,11 +1,16 @@
-"""Command line: ``python -m plugin_scheduling {demo,stats,quota}``."""
+"""Command line: ``plugin-scheduling {demo,stats,quota}`` (the console script) or
+``python -m plugin_scheduling {demo,stats,quota}``."""
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from typing import Sequence
+
+#: Exit status after Ctrl-C, as shells report a process ended by SIGINT.
+EXIT_INTERRUPTED = 130
 
 
 def _positive_seconds(text: str) -> float:
@@ -18,8 +23,22 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+def _prog() -> str:
+    """How the user invoked us, for the usage line: the console script's own
+    name (``plugin-scheduling``), or ``python -m plugin_scheduling``."""
+    invoked = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if not invoked or invoked in ("__main__.py", "-c", "-m") or invoked.startswith("python"):
+        return "python -m plugin_scheduling"
+    return invoked
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m plugin_scheduling")
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog=_prog(), description="Resource-aware admission of plugins (GPU VRAM, RAM): a demo and this machine's stats."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("demo", help="plugins queueing for a GPU (simulated) on this machine's real RAM/CPU")
     stats = commands.add_parser("stats", help="this machine's RAM, CPU and GPUs")
@@ -34,11 +53,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from . import _demo
 
-        _demo.main()
+        try:
+            _demo.main()
+        except KeyboardInterrupt:
+            _exit_interrupted()
         return 0
     from . import _cli_stats
 
     return _cli_stats.run(as_json=args.json, watch=args.watch)
+
+
+def _exit_interrupted() -> None:
+    """Ctrl-C: exit quietly with 130. The demo's plugin threads may be inside a
+    blocking wait; ``os._exit`` ends them with the process instead of having
+    the interpreter wait for them (or print their tracebacks) at shutdown."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

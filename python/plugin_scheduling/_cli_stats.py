@@ -6,7 +6,7 @@ import json
 import socket
 import sys
 import time
-from typing import Any, Dict, TextIO
+from typing import Any, Mapping, TextIO
 
 from ._core import SystemMonitor
 
@@ -15,7 +15,7 @@ def _mb(value: float) -> str:
     return f"{value:,.0f} MB"
 
 
-def render(stats: Dict[str, Any]) -> str:
+def render(stats: Mapping[str, Any]) -> str:
     """A gpustat-like table of one snapshot."""
     lines = [
         f"{socket.gethostname()}  {time.strftime('%Y-%m-%d %H:%M:%S')}",

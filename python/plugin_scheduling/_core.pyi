@@ -7,6 +7,15 @@ from typing import Any, Awaitable, Callable, ClassVar, Iterable, Literal, Mappin
 
 from typing_extensions import disjoint_base
 
+from ._base import ResourceScheduler
+
+# The stubs declare the built-in schedulers as subclasses of the Python ABC
+# `ResourceScheduler`: at run time they are registered as its virtual
+# subclasses (`isinstance` is True), and type checkers then accept them
+# wherever a `ResourceScheduler` is expected.
+
+from .types import OnMissingStats, PolicyName, SystemStats
+
 __all__ = [
     "FixedStats",
     "InvalidManifest",
@@ -105,10 +114,6 @@ class PendingJob:
     @property
     def requirements(self) -> dict[str, float]: ...
 
-_PolicyName = Literal[
-    "fifo", "best_effort_fifo", "priority", "fair_share", "deadline", "sjf", "round_robin", "backfill", "multifactor"
-]
-
 @final
 class CorePolicy:
     """A core policy (by name and settings) on plain job objects; what the
@@ -136,7 +141,7 @@ class ReservationWait:
     def unsubscribe(self, token: int | None) -> None: ...
 
 @disjoint_base
-class ReservationScheduler:
+class ReservationScheduler(ResourceScheduler):
     """Reserves what a plugin declares (per GPU device, RAM, CPU cores and
     declared pools) atomically, so concurrent callers never double-book;
     waiters are served in the policy's order.
@@ -163,11 +168,11 @@ class ReservationScheduler:
         headroom: float = 0.9,
         settle_s: float = 2.0,
         start_timeout: float = 60.0,
-        on_missing_stats: Literal["allow", "block"] = "allow",
+        on_missing_stats: OnMissingStats = "allow",
         peaks_path: str | os.PathLike[str] | None = None,
         persist_peaks: bool = False,
         peak_margin: float = 1.1,
-        policy: _PolicyName | Any = "fifo",
+        policy: PolicyName | Any = "fifo",
         clock: ManualClock | None = None,
         claim_timeout: float = 1.0,
     ) -> None: ...
@@ -266,20 +271,33 @@ class SimulatedOutOfMemory(RuntimeError):
 
 @final
 class SystemMonitor:
-    def __new__(cls, min_refresh: float | None = None) -> SystemMonitor: ...
+    """Live stats of this machine (sysinfo + NVML); calling it returns the cjm
+    ``SystemStats`` dict.
+
+    - ``min_refresh`` (s, default 0.1): readings younger than this are shared.
+    """
+
+    def __new__(cls, min_refresh: float = 0.1) -> SystemMonitor: ...
     @property
     def min_refresh(self) -> float: ...
-    def snapshot(self) -> dict[str, Any]: ...
-    def __call__(self) -> dict[str, Any]: ...
-    async def snapshot_async(self) -> dict[str, Any]: ...
-    def _fresh(self) -> dict[str, Any] | None: ...
+    def snapshot(self) -> SystemStats: ...
+    def __call__(self) -> SystemStats: ...
+    async def snapshot_async(self) -> SystemStats: ...
+    def _fresh(self) -> SystemStats | None: ...
     def invalidate(self) -> None: ...
 
 @final
 class SimulatedSystem:
+    """A scripted machine with ``SystemMonitor``'s stats dict.
+
+    - ``gpus``: each simulated GPU's total MB (default ``[24576.0]``).
+    - ``ram_total_mb`` (default 65536.0), ``cpu_percent`` (default 0.0).
+    - ``host``: a ``SystemMonitor`` for real RAM/CPU (less what is occupied here).
+    """
+
     def __new__(
         cls,
-        gpus: list[float] = ...,
+        gpus: Iterable[float] = ...,
         ram_total_mb: float = 65536.0,
         cpu_percent: float = 0.0,
         host: SystemMonitor | None = None,
@@ -292,10 +310,10 @@ class SimulatedSystem:
     def at(self, seconds: float, used_mb: float, device: int | None = None) -> None: ...
     @property
     def gpu_count(self) -> int: ...
-    def snapshot(self) -> dict[str, Any]: ...
-    def __call__(self) -> dict[str, Any]: ...
-    async def snapshot_async(self) -> dict[str, Any]: ...
-    def _fresh(self) -> dict[str, Any] | None: ...
+    def snapshot(self) -> SystemStats: ...
+    def __call__(self) -> SystemStats: ...
+    async def snapshot_async(self) -> SystemStats: ...
+    def _fresh(self) -> SystemStats | None: ...
 
 @final
 class FixedStats:
@@ -303,7 +321,9 @@ class FixedStats:
     def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
 
 @disjoint_base
-class PermissiveScheduler:
+class PermissiveScheduler(ResourceScheduler):
+    """Allows every execution; ``allocate`` never calls the provider. No options."""
+
     def __new__(cls, *_args: Any, **_kwargs: Any) -> PermissiveScheduler: ...
     def __init__(self) -> None: ...
     def allocate(self, plugin_meta: Any, stats_provider: Any) -> bool: ...
@@ -314,7 +334,10 @@ class PermissiveScheduler:
     def __reduce__(self) -> Any: ...
 
 @disjoint_base
-class SafetyScheduler:
+class SafetyScheduler(ResourceScheduler):
+    """Blocks a plugin whose declared VRAM / RAM exceeds what the stats show
+    (one check, no waiting), printing the reference's lines. No options."""
+
     def __new__(cls, *_args: Any, **_kwargs: Any) -> SafetyScheduler: ...
     def __init__(self) -> None: ...
     def _check_resources(self, plugin_meta: Any, stats: Any) -> bool: ...
@@ -326,9 +349,16 @@ class SafetyScheduler:
     def __reduce__(self) -> Any: ...
 
 @disjoint_base
-class QueueScheduler:
+class QueueScheduler(ResourceScheduler):
+    """Waits until a plugin's declared VRAM / RAM fits, or gives up after ``timeout``.
+
+    - ``timeout`` (s, default 300.0; ``inf``: no limit).
+    - ``poll_interval`` (s, default 2.0): re-check interval; ``on_execution_finish``
+      wakes every waiter at once.
+    """
+
     def __new__(cls, *_args: Any, **_kwargs: Any) -> QueueScheduler: ...
-    def __init__(self, timeout: float | None = None, poll_interval: float | None = None) -> None: ...
+    def __init__(self, timeout: float | None = 300.0, poll_interval: float | None = 2.0) -> None: ...
     @property
     def timeout(self) -> float: ...
     @timeout.setter

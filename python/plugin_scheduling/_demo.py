@@ -2,9 +2,10 @@
 
 This machine's real RAM and CPU (SystemMonitor) plus a simulated 24 GB GPU
 (SimulatedSystem) are shared by four plugins that each load a model (occupy
-VRAM and RAM) while they run. A QueueScheduler admits them as memory frees
-up; a finishing plugin wakes the waiters at once, and a SafetyScheduler shows
-the same check refusing instead of waiting.
+VRAM and RAM) while they run. A SafetyScheduler refuses what does not fit now;
+a QueueScheduler waits instead and is woken at once by a finish; a
+ReservationScheduler admits all four as memory frees up, reserving what each
+declares so that two plugins are never admitted on the same free memory.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict
 
-from . import QueueScheduler, SafetyScheduler, SimulatedSystem, SystemMonitor
+from . import QueueScheduler, ReservationScheduler, SafetyScheduler, SimulatedSystem, SystemMonitor
+from .types import SystemStats
 
 
 @dataclass
@@ -46,7 +48,7 @@ class DemoMachine:
         self.real = SystemMonitor()
         self.sim = SimulatedSystem(gpus=[gpu_total_mb], host=self.real)
 
-    def __call__(self) -> Dict[str, Any]:
+    def __call__(self) -> SystemStats:
         return self.sim()
 
     def occupy(self, plugin: DemoPlugin, sign: int = 1) -> None:
@@ -86,28 +88,49 @@ def run(out: Any = print) -> None:
     safety.allocate(plugins[0], machine)
     machine.occupy(plugins[1], -1)
 
-    say("QueueScheduler(timeout=10, poll_interval=5) waits instead; a finish wakes waiters at once:")
-    scheduler = QueueScheduler(timeout=10.0, poll_interval=5.0)
-    admit_lock = threading.Lock()  # the host's check-then-occupy step
+    say("QueueScheduler(timeout=10, poll_interval=5) waits instead; a finish wakes the waiter at once:")
+    queue = QueueScheduler(timeout=10.0, poll_interval=5.0)
+    whisper, llama = plugins[0], plugins[1]
+    queue.on_execution_start(llama.name)
+    machine.occupy(llama)
+    say(f"{llama.name}: running, {machine()['gpu_free_memory_mb']:,.0f} MB free")
+
+    def finish_llama() -> None:
+        time.sleep(llama.seconds)
+        machine.occupy(llama, -1)
+        queue.on_execution_finish(llama.name)
+        say(f"{llama.name}: finished, frees {llama.vram_mb} MB")
+
+    finisher = threading.Thread(target=finish_llama, name=llama.name, daemon=True)
+    finisher.start()
+    if queue.allocate(whisper, machine):  # one waiter: nothing else can take its memory
+        say(f"{whisper.name}: admitted (QueueScheduler checks; it does not reserve)")
+    finisher.join()
+
+    say(
+        "ReservationScheduler(timeout=10, poll_interval=5, settle_s=0) reserves what each plugin declares,"
+        " atomically: four plugins at once, never double-booked:"
+    )
+    # settle_s=0: the simulated GPU shows each load at once (a real model takes
+    # a moment to appear in the readings; the default 2 s covers that).
+    scheduler = ReservationScheduler(timeout=10.0, poll_interval=5.0, settle_s=0.0)
 
     def host(plugin: DemoPlugin) -> None:
-        # What a plugin manager does: allocate, occupy while running, finish.
-        while True:
-            if not scheduler.allocate(plugin, machine):
-                say(f"{plugin.name}: gave up")
-                return
-            with admit_lock:  # the seed's schedulers check but do not reserve
-                if scheduler._check_resources(plugin, machine()):
-                    machine.occupy(plugin)
-                    break
-        say(f"{plugin.name}: admitted, loads {plugin.vram_mb} MB VRAM, {machine()['gpu_free_memory_mb']:,.0f} MB free")
+        # What a plugin manager does: allocate (reserves), run, finish (releases).
+        if not scheduler.allocate(plugin, machine):
+            say(f"{plugin.name}: gave up")
+            return
         scheduler.on_execution_start(plugin.name)
-        time.sleep(plugin.seconds)
-        machine.occupy(plugin, -1)
-        scheduler.on_execution_finish(plugin.name)
+        machine.occupy(plugin)
+        say(f"{plugin.name}: admitted, loads {plugin.vram_mb} MB VRAM, {machine()['gpu_free_memory_mb']:,.0f} MB free")
+        try:
+            time.sleep(plugin.seconds)
+        finally:
+            machine.occupy(plugin, -1)
+            scheduler.on_execution_finish(plugin.name)
         say(f"{plugin.name}: finished, frees {plugin.vram_mb} MB")
 
-    threads = [threading.Thread(target=host, args=(p,), name=p.name) for p in plugins]
+    threads = [threading.Thread(target=host, args=(p,), name=p.name, daemon=True) for p in plugins]
     for thread in threads:
         thread.start()
         time.sleep(0.05)
@@ -118,7 +141,7 @@ def run(out: Any = print) -> None:
 
 def main() -> None:
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("        [QueueScheduler] %(message)s"))
+    handler.setFormatter(logging.Formatter("        [%(name)s] %(message)s"))
     logger = logging.getLogger("plugin_scheduling")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)

@@ -22,7 +22,15 @@ StatsProvider = Callable[[], Awaitable[Mapping[str, Any]]]
 async def allocate_async(self: Any, plugin_meta: Any, stats_provider: StatsProvider) -> Any:
     """Await the stats once, then decide (the reference's default ``allocate_async``;
     a subclass's ``allocate`` is honoured)."""
-    stats = await stats_provider()
+    # Written out here and in queue_allocate_async (not a helper coroutine):
+    # one more await on the pass path costs ~70 ns of a ~650 ns call.
+    pending = stats_provider()
+    try:
+        stats = await pending
+    except TypeError as error:
+        if inspect.isawaitable(pending):
+            raise  # the provider's own error
+        raise sync_provider_error(pending) from error
     return self._allocate_with_stats(plugin_meta, stats)
 
 
@@ -30,7 +38,13 @@ async def queue_allocate_async(self: Any, plugin_meta: Any, stats_provider: Stat
     """Wait for resources without blocking the loop: re-check when the scheduler
     releases a plugin, else every ``poll_interval``; give up after ``timeout``."""
     started = _monotonic()
-    stats = await stats_provider()
+    pending = stats_provider()
+    try:
+        stats = await pending
+    except TypeError as error:
+        if inspect.isawaitable(pending):
+            raise  # the provider's own error
+        raise sync_provider_error(pending) from error
     first = self._first_turn(plugin_meta, stats, started)  # the pass path: one Rust call
     if first is True:
         return True
@@ -71,10 +85,7 @@ async def reserve_async(self: Any, plugin_meta: Any, stats_provider: StatsProvid
 async def _awaited_stats(stats_provider: StatsProvider) -> Any:
     pending = stats_provider()
     if not inspect.isawaitable(pending):
-        raise TypeError(
-            f"stats_provider returned {type(pending).__name__}; allocate_async needs an async "
-            "provider such as monitor.snapshot_async (a coroutine function)"
-        )
+        raise sync_provider_error(pending)
     return await pending
 
 
@@ -88,6 +99,15 @@ async def reservation_allocate_async(
     except ReservationTimeout:
         return False
     return True
+
+
+def sync_provider_error(returned: Any) -> TypeError:
+    """What ``allocate_async`` raises when the stats provider returned
+    something that cannot be awaited (a sync provider such as ``monitor``)."""
+    return TypeError(
+        f"stats_provider returned a {type(returned).__name__}; allocate_async needs an "
+        "async provider such as monitor.snapshot_async"
+    )
 
 
 async def _sleep_or_wake(wait: Any, seconds: float) -> None:

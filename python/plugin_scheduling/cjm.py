@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
 from . import SimulatedSystem, SystemMonitor, __version__
+from .types import SystemStats
 
 __all__ = [
     "DEFAULT_MONITOR_NAME",
@@ -138,18 +139,18 @@ class SystemMonitorPlugin:
         self._host, self._source = host, source
         self._config = {"min_refresh": host.min_refresh, "simulate_gpus": stored}
 
-    def execute(self, action: str = GET_SYSTEM_STATUS, **kwargs: Any) -> Dict[str, Any]:
+    def execute(self, action: str = GET_SYSTEM_STATUS, **kwargs: Any) -> SystemStats:
         """The stats dict. Other keyword arguments are ignored, as the cjm NVIDIA monitor does;
         ``command=`` (the name cjm's ``MonitorPlugin`` gives the argument) is accepted too."""
         _check_action(kwargs.pop("command", action))
         return self._source.snapshot()
 
-    async def execute_async(self, action: str = GET_SYSTEM_STATUS, **kwargs: Any) -> Dict[str, Any]:
+    async def execute_async(self, action: str = GET_SYSTEM_STATUS, **kwargs: Any) -> SystemStats:
         """The stats dict without blocking the event loop (what ``_get_global_stats_async`` awaits)."""
         _check_action(kwargs.pop("command", action))
         return await self._source.snapshot_async()
 
-    def execute_stream(self, *args: Any, **kwargs: Any) -> Iterator[Dict[str, Any]]:
+    def execute_stream(self, *args: Any, **kwargs: Any) -> Iterator[SystemStats]:
         """One reading, as ``PluginInterface.execute_stream``'s default."""
         yield self.execute(*args, **kwargs)
 

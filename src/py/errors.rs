@@ -39,11 +39,15 @@ create_exception!(
     "The stats provider returned something that is not a mapping."
 );
 
+/// Longest `repr` quoted whole in a message; longer ones (e.g. `10**400`)
+/// keep their start and end.
+const MAX_REPR_CHARS: usize = 80;
+
 /// Short `repr (type)` of a value for messages.
 pub fn describe(value: &Bound<'_, PyAny>) -> String {
     let repr = value
         .repr()
-        .map(|r| r.to_string())
+        .map(|r| shorten(&r.to_string()))
         .unwrap_or_else(|_| "<unrepresentable>".to_owned());
     let type_name = value
         .get_type()
@@ -74,19 +78,98 @@ pub fn compare_error(py: Python<'_>, error: CompareError<Bound<'_, PyAny>, PyErr
     mapped
 }
 
-/// A scheduler setting (`timeout`, `poll_interval`) as seconds: a real
-/// number, not NaN, not negative; `allow_infinite` for `timeout`.
-pub fn seconds(field: &str, value: &Bound<'_, PyAny>, allow_infinite: bool) -> PyResult<f64> {
+fn shorten(repr: &str) -> String {
+    let count = repr.chars().count();
+    if count <= MAX_REPR_CHARS {
+        return repr.to_owned();
+    }
+    let head: String = repr.chars().take(40).collect();
+    let tail: String = repr.chars().skip(count - 20).collect();
+    format!("{head}…{tail} [{count} chars]")
+}
+
+fn is_str(value: &Bound<'_, PyAny>) -> bool {
+    value.is_instance_of::<pyo3::types::PyString>()
+        || value.is_instance_of::<pyo3::types::PyBytes>()
+}
+
+/// A number argument (an int, a float, or anything with `__float__`; not a
+/// string) as `f64`. `TypeError` for a non-number and `ValueError` for an
+/// int too large for a float, both naming `field` and the value (never the
+/// bare `OverflowError` a plain conversion raises). Range checks (NaN,
+/// negative, …) are the caller's.
+pub fn number(field: &str, value: &Bound<'_, PyAny>) -> PyResult<f64> {
+    float_of(field, value, "a number")
+}
+
+fn float_of(field: &str, value: &Bound<'_, PyAny>, what: &str) -> PyResult<f64> {
+    let py = value.py();
     let is_number = value.is_instance_of::<pyo3::types::PyInt>()
         || value.is_instance_of::<pyo3::types::PyFloat>()
-        || value.hasattr(pyo3::intern!(value.py(), "__float__"))?;
-    if value.is_instance_of::<pyo3::types::PyString>() || !is_number {
+        || value.hasattr(pyo3::intern!(py, "__float__"))?;
+    if is_str(value) || !is_number {
         return Err(PyTypeError::new_err(format!(
-            "{field} must be a number of seconds, got {}",
+            "{field} must be {what}, got {}",
             describe(value)
         )));
     }
-    let secs: f64 = value.extract()?;
+    value.extract::<f64>().map_err(|error| {
+        if error.is_instance_of::<pyo3::exceptions::PyOverflowError>(py) {
+            let mapped = PyValueError::new_err(format!(
+                "{field} is too large (beyond a float), got {}",
+                describe(value)
+            ));
+            mapped.set_cause(py, Some(error));
+            mapped
+        } else {
+            error
+        }
+    })
+}
+
+/// An integer argument (an int or anything with `__index__`; not a float
+/// or a string): `Ok(None)` when it is beyond `i128` (the caller's range
+/// check then names field and value), `TypeError` naming `field` for a
+/// non-integer.
+pub fn integer(field: &str, value: &Bound<'_, PyAny>) -> PyResult<Option<i128>> {
+    let py = value.py();
+    let is_int = value.is_instance_of::<pyo3::types::PyInt>()
+        || value.hasattr(pyo3::intern!(py, "__index__"))?;
+    if is_str(value) || !is_int {
+        return Err(PyTypeError::new_err(format!(
+            "{field} must be an integer, got {}",
+            describe(value)
+        )));
+    }
+    match value.extract::<i128>() {
+        Ok(v) => Ok(Some(v)),
+        Err(error) if error.is_instance_of::<pyo3::exceptions::PyOverflowError>(py) => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
+/// An integer argument within `min..=max`, as `T`: `ValueError` naming
+/// `field`, the range and the value otherwise (`TypeError` for a
+/// non-integer). E.g. `int_in("pid", value, 0u32, u32::MAX)`.
+pub fn int_in<T>(field: &str, value: &Bound<'_, PyAny>, min: T, max: T) -> PyResult<T>
+where
+    T: TryFrom<i128> + Copy + PartialOrd + std::fmt::Display,
+{
+    integer(field, value)?
+        .and_then(|v| T::try_from(v).ok())
+        .filter(|v| (min..=max).contains(v))
+        .ok_or_else(|| {
+            PyValueError::new_err(format!(
+                "{field} must be an integer from {min} to {max}, got {}",
+                describe(value)
+            ))
+        })
+}
+
+/// A scheduler setting (`timeout`, `poll_interval`) as seconds: a real
+/// number, not NaN, not negative; `allow_infinite` for `timeout`.
+pub fn seconds(field: &str, value: &Bound<'_, PyAny>, allow_infinite: bool) -> PyResult<f64> {
+    let secs = float_of(field, value, "a number of seconds")?;
     if secs.is_nan() || secs < 0.0 || (!allow_infinite && secs.is_infinite()) {
         let allowed = if allow_infinite {
             "a non-negative number or inf"
@@ -164,4 +247,13 @@ pub fn quota_error(error: plugin_scheduling_core::quota::QuotaError) -> PyErr {
             QuotaBackendError::new_err(error.to_string())
         }
     }
+}
+
+/// [`seconds`] (finite) as a `Duration`: `ValueError` naming `field` and the
+/// value when it is too large for one.
+pub fn duration(field: &str, value: &Bound<'_, PyAny>) -> PyResult<std::time::Duration> {
+    let secs = seconds(field, value, false)?;
+    std::time::Duration::try_from_secs_f64(secs).map_err(|_| {
+        PyValueError::new_err(format!("{field} is too large: {} seconds", describe(value)))
+    })
 }

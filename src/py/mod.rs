@@ -4,6 +4,7 @@
 mod control_plane;
 mod errors;
 mod inputs;
+mod loop_guard;
 mod policies;
 mod queue;
 mod quotas;

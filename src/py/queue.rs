@@ -12,6 +12,7 @@ use pyo3::PyTraverseError;
 
 use super::errors::seconds;
 use super::inputs::{format_value, queue_check};
+use super::loop_guard::warn_if_blocking_a_loop;
 use super::schedulers::{is_pristine, patchable, reduce, require_callable};
 use super::waiting::{async_step, sleep_or_wake, AsyncWaker, Constructed, LoggerCell, WakeSlot};
 use plugin_scheduling_core::messages::{self, WaitKind};
@@ -30,12 +31,28 @@ struct QueueSettings {
     poll_interval: Setting,
 }
 
-/// Waits until resources fit or `timeout` passes; wakes at once when
-/// `on_execution_finish` is called on it, and every `poll_interval` otherwise.
+/// Waits until a plugin's declared VRAM / RAM fits, as the reference's
+/// `QueueScheduler` does, or gives up after `timeout`.
+///
+/// Options (both settable later as attributes):
+///
+/// - `timeout` (seconds, default 300.0; `inf`: no limit): how long
+///   `allocate` waits before it logs the reference's timeout line and
+///   returns `False`.
+/// - `poll_interval` (seconds, default 2.0): how long it sleeps between
+///   checks when nothing wakes it; `on_execution_finish` wakes every waiter
+///   at once.
+///
+/// `allocate` blocks the calling thread; in an event loop use
+/// `await scheduler.allocate_async(plugin_meta, monitor.snapshot_async)`.
+/// Logs go to `logging.getLogger("plugin_scheduling.QueueScheduler")`
+/// unless `logger` is replaced.
 #[pyclass(module = "plugin_scheduling", subclass, frozen, dict, weakref)]
 pub struct QueueScheduler {
     constructed: Constructed,
     patched: AtomicBool,
+    /// Set once `allocate` warned about blocking a running event loop.
+    warned_in_loop: AtomicBool,
     settings: Mutex<QueueSettings>,
     logger: LoggerCell,
     active: Py<PySet>,
@@ -105,6 +122,25 @@ impl QueueScheduler {
     }
 }
 
+impl QueueScheduler {
+    fn warn_if_in_loop(slf: &Bound<'_, Self>, plugin_meta: &Bound<'_, PyAny>) -> PyResult<()> {
+        let this = slf.get();
+        if this
+            .warned_in_loop
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Ok(());
+        }
+        let py = slf.py();
+        let name = match plugin_meta.getattr(intern!(py, "name")) {
+            Ok(name) => name.repr()?.to_string(),
+            Err(_) => "?".to_owned(),
+        };
+        let timeout = this.settings().timeout.seconds;
+        warn_if_blocking_a_loop(py, &this.warned_in_loop, "QueueScheduler", &name, timeout)
+    }
+}
+
 patchable!(QueueScheduler);
 
 #[pymethods]
@@ -135,7 +171,10 @@ impl QueueScheduler {
     }
 
     #[new]
-    #[pyo3(signature = (*_args, **_kwargs))]
+    #[pyo3(
+        signature = (*_args, **_kwargs),
+        text_signature = "(timeout=300.0, poll_interval=2.0)"
+    )]
     fn new(
         py: Python<'_>,
         _args: &Bound<'_, PyTuple>,
@@ -155,6 +194,7 @@ impl QueueScheduler {
                 poll_interval: setting(DEFAULT_POLL_INTERVAL)?,
             }),
             patched: AtomicBool::new(false),
+            warned_in_loop: AtomicBool::new(false),
             active: PySet::empty(py)?.unbind(),
             wake: WakeSignal::new(),
         })
@@ -254,7 +294,10 @@ impl QueueScheduler {
             }
             match Self::after_refusal(slf, &wait, plugin_meta, WaitKind::Blocking)? {
                 None => return Ok(false),
-                Some(secs) => sleep_or_wake(py, &this.wake, seen, secs)?,
+                Some(secs) => {
+                    Self::warn_if_in_loop(slf, plugin_meta)?;
+                    sleep_or_wake(py, &this.wake, seen, secs)?
+                }
             }
         }
     }

@@ -22,7 +22,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PySet, PyTuple};
 use pyo3::PyTraverseError;
 
-use super::errors::{core, describe, seconds, ReservationTimeout};
+use super::errors::{core, describe, int_in, seconds, ReservationTimeout};
+use super::loop_guard::warn_if_blocking_a_loop;
 use super::reservation_inputs::{
     declared_need, gpu_processes, job_info, mb, reading, JobOverrides,
 };
@@ -641,25 +642,7 @@ const DEFAULT_TIMEOUT: f64 = 300.0;
 const DEFAULT_POLL_INTERVAL: f64 = 2.0;
 
 fn float_arg(field: &str, value: &Bound<'_, PyAny>, min: f64, max: f64) -> PyResult<f64> {
-    if value.is_instance_of::<pyo3::types::PyString>()
-        || value.is_instance_of::<pyo3::types::PyBool>()
-    {
-        return Err(PyTypeError::new_err(format!(
-            "{field} must be a number, got {}",
-            describe(value)
-        )));
-    }
-    let v: f64 = match value.extract() {
-        Ok(v) => v,
-        // An int too large for a float is a number out of range.
-        Err(_) if value.is_instance_of::<pyo3::types::PyInt>() => f64::INFINITY,
-        Err(_) => {
-            return Err(PyTypeError::new_err(format!(
-                "{field} must be a number, got {}",
-                describe(value)
-            )))
-        }
-    };
+    let v = super::errors::number(field, value)?;
     if v.is_nan() || v < min || v > max {
         return Err(PyValueError::new_err(format!(
             "{field} must be between {min} and {max}, got {}",
@@ -1043,7 +1026,14 @@ impl ReservationScheduler {
             match wait.refused(py)? {
                 None => return Err(wait.failure_error(py)),
                 Some(secs) => {
-                    Self::warn_if_in_event_loop(slf, &wait.plugin)?;
+                    let timeout = lock(&slf.get().waits).timeout;
+                    warn_if_blocking_a_loop(
+                        py,
+                        &slf.get().warned_blocking,
+                        "ReservationScheduler",
+                        &wait.plugin,
+                        timeout,
+                    )?;
                     sleep_or_wake(py, &signal, seen, secs)?
                 }
             }
@@ -1127,23 +1117,8 @@ impl ReservationScheduler {
     /// its GPU memory (from a `SystemMonitor` reading passed to `observe`,
     /// or read while someone waits) is recorded as the plugin's peak.
     fn attach_pid(&self, grant_id: &Bound<'_, PyAny>, pid: &Bound<'_, PyAny>) -> PyResult<bool> {
-        let id: u64 = grant_id.extract().map_err(|_| {
-            PyValueError::new_err(format!(
-                "grant_id must be a grant's id (an int >= 0), got {}",
-                describe(grant_id)
-            ))
-        })?;
-        let pid: u32 = pid
-            .extract::<u32>()
-            .ok()
-            .filter(|&p| p > 0)
-            .ok_or_else(|| {
-                PyValueError::new_err(format!(
-                    "pid must be a process id (an int between 1 and {}), got {}",
-                    u32::MAX,
-                    describe(pid)
-                ))
-            })?;
+        let id: u64 = int_in("grant_id", grant_id, 0, u64::MAX)?;
+        let pid: u32 = int_in("pid", pid, 1, u32::MAX)?;
         Ok(self.queue().attach_pid(GrantId(id), pid))
     }
 
@@ -1452,39 +1427,5 @@ impl ReservationScheduler {
             q.ledger().len(),
             q.waiting()
         )
-    }
-}
-
-impl ReservationScheduler {
-    /// Warns once when a blocking wait runs inside a running event loop
-    /// (it freezes the loop): `allocate_async` is what such code needs.
-    fn warn_if_in_event_loop(slf: &Bound<'_, Self>, plugin: &str) -> PyResult<()> {
-        let this = slf.get();
-        if this.warned_blocking.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        let py = slf.py();
-        let running = py
-            .import(intern!(py, "asyncio"))?
-            .getattr(intern!(py, "_get_running_loop"))?
-            .call0()?;
-        if running.is_none() || this.warned_blocking.swap(true, Ordering::AcqRel) {
-            return Ok(());
-        }
-        let warnings = py.import(intern!(py, "warnings"))?;
-        let category = py
-            .import(intern!(py, "builtins"))?
-            .getattr(intern!(py, "RuntimeWarning"))?;
-        warnings.call_method1(
-            intern!(py, "warn"),
-            (
-                format!(
-                    "ReservationScheduler.allocate blocks the running event loop while {plugin} waits; use `await scheduler.allocate_async(...)` (or lease_async) in async code"
-                ),
-                category,
-                2,
-            ),
-        )?;
-        Ok(())
     }
 }

@@ -180,7 +180,7 @@ macro_rules! stateless_scheduler {
             // pass through `__new__`, as with a plain Python class; `__init__`
             // checks them.
             #[new]
-            #[pyo3(signature = (*_args, **_kwargs))]
+            #[pyo3(signature = (*_args, **_kwargs), text_signature = "()")]
             fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> Self {
                 Self {
                     patched: AtomicBool::new(false),
@@ -220,7 +220,9 @@ macro_rules! stateless_scheduler {
     };
 }
 
-/// Allows every execution (development / default mode).
+/// Allows every execution (development / default mode), as the
+/// reference's `PermissiveScheduler`: `allocate` is always `True` and never
+/// calls the stats provider. No options.
 #[pyclass(module = "plugin_scheduling", subclass, frozen, dict, weakref)]
 pub struct PermissiveScheduler {
     patched: AtomicBool,
@@ -241,7 +243,12 @@ impl PermissiveScheduler {
     }
 }
 
-/// Blocks a plugin whose declared VRAM / RAM exceeds what the stats show.
+/// Blocks a plugin whose declared VRAM / RAM exceeds what the stats show,
+/// as the reference's `SafetyScheduler`: one check, no waiting, no state.
+/// No options. It prints the reference's lines (a warning when the stats
+/// have no GPU figures — then it allows; what was needed and free when it
+/// blocks). Declared needs are `manifest["resources"]["min_gpu_vram_mb"]`
+/// and `["min_system_ram_mb"]`.
 #[pyclass(module = "plugin_scheduling", subclass, frozen, dict, weakref)]
 pub struct SafetyScheduler {
     patched: AtomicBool,

@@ -4,7 +4,27 @@
 
 use std::time::Instant;
 
-use super::snapshot::{GpuDevice, HostReading, Snapshot};
+use super::snapshot::{GpuDevice, HostReading, Snapshot, MB};
+
+/// The largest amount accepted, in MB (10^30 MB: far beyond any machine,
+/// and small enough that byte counts never overflow).
+pub const MAX_MB: f64 = 1e30;
+
+/// Memory is counted in whole bytes (`mb * 2^20`, rounded), so occupying and
+/// then freeing the same amounts in any order returns exactly to where it
+/// started: float sums would drift (`3300.0000000000005 + 796 - 796` is not
+/// `3300.0000000000005`), and a later `free` would be refused.
+type Bytes = u128;
+
+fn to_bytes(mb: f64) -> Bytes {
+    // `mb` is validated finite, >= 0 and <= MAX_MB, so the product is far
+    // inside u128 (the cast saturates in any case).
+    (mb * MB).round() as Bytes
+}
+
+fn to_mb(bytes: Bytes) -> f64 {
+    bytes as f64 / MB
+}
 
 /// What a simulated operation refused.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,7 +57,7 @@ impl std::fmt::Display for SimError {
         let place = |d: &Option<usize>| d.map_or("RAM".to_owned(), |i| format!("GPU {i}"));
         match self {
             SimError::InvalidAmount { field, value } => {
-                write!(f, "{field} must be a finite number >= 0, got {value}")
+                write!(f, "{field} must be a finite number >= 0 and <= {MAX_MB:e} MB, got {value:?}")
             }
             SimError::UnknownDevice { index, count } => {
                 write!(f, "device {index} does not exist (the simulated machine has {count} GPUs)")
@@ -57,7 +77,7 @@ impl std::fmt::Display for SimError {
 }
 
 fn amount(field: &'static str, value: f64) -> Result<f64, SimError> {
-    if value.is_finite() && value >= 0.0 {
+    if value.is_finite() && (0.0..=MAX_MB).contains(&value) {
         Ok(value)
     } else {
         Err(SimError::InvalidAmount { field, value })
@@ -67,8 +87,8 @@ fn amount(field: &'static str, value: f64) -> Result<f64, SimError> {
 #[derive(Debug, Clone)]
 struct Device {
     name: String,
-    total_mb: f64,
-    used_mb: f64,
+    total: Bytes,
+    used: Bytes,
     load_percent: f64,
 }
 
@@ -83,8 +103,8 @@ pub struct ScriptedChange {
 
 #[derive(Debug, Clone)]
 pub struct SimulatedMachine {
-    ram_total_mb: f64,
-    ram_used_mb: f64,
+    ram_total: Bytes,
+    ram_used: Bytes,
     cpu_percent: f64,
     devices: Vec<Device>,
     script: Vec<ScriptedChange>,
@@ -100,15 +120,15 @@ impl SimulatedMachine {
             .map(|&total| {
                 Ok(Device {
                     name: "Simulated GPU".into(),
-                    total_mb: amount("gpu total_mb", total)?,
-                    used_mb: 0.0,
+                    total: to_bytes(amount("gpu total_mb", total)?),
+                    used: 0,
                     load_percent: 0.0,
                 })
             })
             .collect::<Result<_, SimError>>()?;
         Ok(Self {
-            ram_total_mb,
-            ram_used_mb: 0.0,
+            ram_total: to_bytes(ram_total_mb),
+            ram_used: 0,
             cpu_percent: 0.0,
             devices,
             script: Vec::new(),
@@ -128,13 +148,13 @@ impl SimulatedMachine {
     }
 
     /// (used, total) of a device or of RAM (`None`).
-    fn slot(&mut self, device: Option<usize>) -> Result<(&mut f64, f64), SimError> {
+    fn slot(&mut self, device: Option<usize>) -> Result<(&mut Bytes, Bytes), SimError> {
         match device {
             Some(index) => {
                 let d = self.device(index)?;
-                Ok((&mut d.used_mb, d.total_mb))
+                Ok((&mut d.used, d.total))
             }
-            None => Ok((&mut self.ram_used_mb, self.ram_total_mb)),
+            None => Ok((&mut self.ram_used, self.ram_total)),
         }
     }
 
@@ -142,15 +162,15 @@ impl SimulatedMachine {
         let mb = amount("mb", mb)?;
         self.apply_script();
         let (used, total) = self.slot(device)?;
-        let free = total - *used;
-        if mb > free {
+        let free = total.saturating_sub(*used);
+        if to_bytes(mb) > free {
             return Err(SimError::OutOfMemory {
                 device,
                 requested_mb: mb,
-                free_mb: free,
+                free_mb: to_mb(free),
             });
         }
-        *used += mb;
+        *used += to_bytes(mb);
         Ok(())
     }
 
@@ -162,15 +182,20 @@ impl SimulatedMachine {
         };
         let mb = amount("mb", mb)?;
         self.apply_script();
-        let free = (real - self.ram_used_mb).max(0.0);
-        if mb > free {
+        let real = if real.is_finite() {
+            to_bytes(real.clamp(0.0, MAX_MB))
+        } else {
+            0
+        };
+        let free = real.saturating_sub(self.ram_used);
+        if to_bytes(mb) > free {
             return Err(SimError::OutOfMemory {
                 device: None,
                 requested_mb: mb,
-                free_mb: free,
+                free_mb: to_mb(free),
             });
         }
-        self.ram_used_mb += mb;
+        self.ram_used += to_bytes(mb);
         Ok(())
     }
 
@@ -178,14 +203,14 @@ impl SimulatedMachine {
         let mb = amount("mb", mb)?;
         self.apply_script();
         let (used, _) = self.slot(device)?;
-        if mb > *used {
+        if to_bytes(mb) > *used {
             return Err(SimError::FreeMoreThanUsed {
                 device,
                 requested_mb: mb,
-                used_mb: *used,
+                used_mb: to_mb(*used),
             });
         }
-        *used -= mb;
+        *used -= to_bytes(mb);
         Ok(())
     }
 
@@ -217,7 +242,7 @@ impl SimulatedMachine {
         let due = self.script.iter().take_while(|c| c.at_s <= now).count();
         for change in self.script.drain(..due).collect::<Vec<_>>() {
             if let Ok((used, total)) = self.slot(change.device) {
-                *used = change.used_mb.min(total);
+                *used = to_bytes(change.used_mb).min(total);
             }
         }
     }
@@ -229,15 +254,15 @@ impl SimulatedMachine {
         let host = match host {
             Some(real) => HostReading {
                 cpu_percent: real.cpu_percent,
-                memory_used_mb: real.memory_used_mb + self.ram_used_mb,
+                memory_used_mb: real.memory_used_mb + to_mb(self.ram_used),
                 memory_total_mb: real.memory_total_mb,
-                memory_available_mb: (real.memory_available_mb - self.ram_used_mb).max(0.0),
+                memory_available_mb: (real.memory_available_mb - to_mb(self.ram_used)).max(0.0),
             },
             None => HostReading {
                 cpu_percent: self.cpu_percent,
-                memory_used_mb: self.ram_used_mb,
-                memory_total_mb: self.ram_total_mb,
-                memory_available_mb: self.ram_total_mb - self.ram_used_mb,
+                memory_used_mb: to_mb(self.ram_used),
+                memory_total_mb: to_mb(self.ram_total),
+                memory_available_mb: to_mb(self.ram_total - self.ram_used),
             },
         };
         let gpus = self
@@ -248,9 +273,9 @@ impl SimulatedMachine {
                 index: index as u32,
                 uuid: format!("SIM-GPU-{index}"),
                 name: d.name.clone(),
-                memory_total_mb: d.total_mb,
-                memory_free_mb: d.total_mb - d.used_mb,
-                memory_used_mb: d.used_mb,
+                memory_total_mb: to_mb(d.total),
+                memory_free_mb: to_mb(d.total - d.used),
+                memory_used_mb: to_mb(d.used),
                 utilization_gpu_percent: Some(d.load_percent),
                 utilization_memory_percent: None,
                 temperature_c: None,
@@ -315,6 +340,50 @@ mod tests {
             Err(SimError::InvalidAmount { .. })
         ));
         assert!(SimulatedMachine::new(-5.0, &[]).is_err());
+    }
+
+    #[test]
+    fn occupy_then_free_in_any_order_returns_exactly_to_the_start() {
+        // Float sums drift: 3300.0000000000005 + 796 - 796 != 3300.0000000000005.
+        let mut m = machine();
+        for (device, ram) in [(Some(0), false), (None, true)] {
+            assert_eq!(m.occupy(device, 3_300.000_000_000_000_5), Ok(()));
+            assert_eq!(m.occupy(device, 796.0), Ok(()));
+            assert_eq!(m.free(device, 796.0), Ok(()));
+            assert_eq!(m.free(device, 3_300.000_000_000_000_5), Ok(()));
+            let s = m.snapshot(None);
+            let used = if ram {
+                s.host.memory_used_mb
+            } else {
+                s.gpus[0].memory_used_mb
+            };
+            assert_eq!(used, 0.0);
+        }
+        for _ in 0..1000 {
+            assert_eq!(m.occupy(Some(1), 0.1), Ok(()));
+        }
+        for _ in 0..1000 {
+            assert_eq!(m.free(Some(1), 0.1), Ok(()));
+        }
+        assert_eq!(m.snapshot(None).gpus[1].memory_free_mb, 8_000.0);
+        // What is exactly free fits exactly.
+        assert_eq!(m.occupy(Some(1), 7_999.9), Ok(()));
+        assert_eq!(m.occupy(Some(1), 0.1), Ok(()));
+        assert!(matches!(
+            m.occupy(Some(1), 1e-3),
+            Err(SimError::OutOfMemory { .. })
+        ));
+    }
+
+    #[test]
+    fn amounts_beyond_max_mb_are_refused() {
+        let mut m = machine();
+        assert!(matches!(
+            m.occupy(Some(0), 1e300),
+            Err(SimError::InvalidAmount { field: "mb", .. })
+        ));
+        assert!(SimulatedMachine::new(1e300, &[]).is_err());
+        assert!(SimulatedMachine::new(1.0, &[MAX_MB]).is_ok());
     }
 
     #[test]

@@ -270,7 +270,7 @@ def memory_waiters(n: int) -> None:
     gc.collect()
     before = rss()
     first = s._begin_wait(m)
-    assert first.try_grant(full) is None  # refused: now in line, so every later one joins
+    assert first.offer(full) is None  # refused: now in line, so every later one joins
     waits = [first] + [s._begin_wait(m) for _ in range(n - 1)]
     gc.collect()
     after = rss()

@@ -10,6 +10,8 @@ echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test (Rust core)"
 cargo test --workspace --locked
+echo "== mypy --strict (the Python package)"
+python -m mypy --strict python/plugin_scheduling
 echo "== stubtest (_core.pyi against the built extension)"
 python -m mypy.stubtest plugin_scheduling._core --allowlist tests/stubtest_allowlist.txt
 echo "== pytest"

@@ -290,7 +290,7 @@ class MultifactorPolicy(_SharesMixin, SchedulingPolicy):
 
 
 _BY_NAME: dict[str, type[SchedulingPolicy]] = {
-    cls.kind: cls  # type: ignore[misc]
+    cls.kind: cls
     for cls in (
         FIFOPolicy,
         BestEffortFIFOPolicy,

@@ -23,6 +23,8 @@ pub enum Error {
     NeverFits { plugin: String, reason: String },
     /// A policy written in another language failed.
     Policy { policy: String, message: String },
+    /// A quota operation failed (the caller's input, or the backend).
+    Quota(crate::quota::QuotaError),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -74,6 +76,7 @@ impl fmt::Display for Error {
                 write!(f, "{plugin} can never fit on this machine: {reason}")
             }
             Self::Policy { policy, message } => write!(f, "policy {policy} failed: {message}"),
+            Self::Quota(e) => e.fmt(f),
         }
     }
 }
@@ -84,6 +87,12 @@ impl std::error::Error for Error {
             Self::Io { source, .. } => Some(source),
             _ => None,
         }
+    }
+}
+
+impl From<crate::quota::QuotaError> for Error {
+    fn from(e: crate::quota::QuotaError) -> Self {
+        Self::Quota(e)
     }
 }
 

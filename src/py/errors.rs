@@ -187,7 +187,8 @@ pub fn seconds(field: &str, value: &Bound<'_, PyAny>, allow_infinite: bool) -> P
 /// The one mapping of the core's error to Python exceptions: bad input to
 /// `ValueError`/`TypeError`, files and databases to `OSError`, a need that
 /// can never fit to [`ReservationTimeout`], a failed outside policy to
-/// `RuntimeError`.
+/// `RuntimeError`; quota input mistakes to [`InvalidQuota`] (a
+/// `ValueError`), quota backend failures to [`QuotaBackendError`].
 pub fn core_error(error: plugin_scheduling_core::error::Error) -> PyErr {
     use plugin_scheduling_core::error::Error;
     let message = error.to_string();
@@ -200,6 +201,17 @@ pub fn core_error(error: plugin_scheduling_core::error::Error) -> PyErr {
         Error::Database { .. } => pyo3::exceptions::PyOSError::new_err(message),
         Error::NeverFits { .. } => ReservationTimeout::new_err(message),
         Error::Policy { .. } => pyo3::exceptions::PyRuntimeError::new_err(message),
+        Error::Quota(q) => {
+            use plugin_scheduling_core::quota::QuotaError as E;
+            match q {
+                E::InvalidInput { .. } | E::Unsupported { .. } | E::OverRelease { .. } => {
+                    InvalidQuota::new_err(message)
+                }
+                E::SchemaVersion { .. } | E::Storage { .. } | E::Slurm { .. } => {
+                    QuotaBackendError::new_err(message)
+                }
+            }
+        }
     }
 }
 
@@ -234,19 +246,9 @@ create_exception!(
     "The quota backend failed: the database could not be read or written, or a Slurm command failed."
 );
 
-/// The one mapping of [`QuotaError`]: the caller's mistakes are
-/// [`InvalidQuota`] (a `ValueError`), the backend's failures
-/// [`QuotaBackendError`] (a `RuntimeError`).
+/// A quota failure through the one mapping ([`core_error`]).
 pub fn quota_error(error: plugin_scheduling_core::quota::QuotaError) -> PyErr {
-    use plugin_scheduling_core::quota::QuotaError as E;
-    match error {
-        E::InvalidInput { .. } | E::Unsupported { .. } | E::OverRelease { .. } => {
-            InvalidQuota::new_err(error.to_string())
-        }
-        E::SchemaVersion { .. } | E::Storage { .. } | E::Slurm { .. } => {
-            QuotaBackendError::new_err(error.to_string())
-        }
-    }
+    core_error(error.into())
 }
 
 /// [`seconds`] (finite) as a `Duration`: `ValueError` naming `field` and the

@@ -5,6 +5,7 @@ pub mod amount;
 pub mod check;
 pub mod clock;
 pub mod error;
+pub mod jobs;
 pub mod messages;
 pub mod policy;
 pub mod queue_wait;

@@ -100,3 +100,34 @@ pub fn seconds(field: &str, value: &Bound<'_, PyAny>, allow_infinite: bool) -> P
     }
     Ok(secs)
 }
+
+create_exception!(
+    plugin_scheduling,
+    InvalidTransition,
+    PyValueError,
+    "A job operation that its state does not allow (names the job, its state and the call)."
+);
+create_exception!(
+    plugin_scheduling,
+    UnknownJob,
+    pyo3::exceptions::PyKeyError,
+    "No job has that id."
+);
+create_exception!(
+    plugin_scheduling,
+    JournalError,
+    pyo3::exceptions::PyOSError,
+    "The job journal (SQLite) could not be opened, read or written."
+);
+
+/// The one mapping of the core's job errors.
+pub fn job_error(error: plugin_scheduling_core::jobs::JobError) -> PyErr {
+    use plugin_scheduling_core::jobs::JobError;
+    let message = error.to_string();
+    match error {
+        JobError::Unknown { .. } => UnknownJob::new_err(message),
+        JobError::Transition { .. } => InvalidTransition::new_err(message),
+        JobError::Invalid { .. } => PyValueError::new_err(message),
+        JobError::Journal { .. } => JournalError::new_err(message),
+    }
+}

@@ -3,6 +3,7 @@
 
 mod errors;
 mod inputs;
+mod jobs;
 mod queue;
 mod reservation;
 mod reservation_inputs;
@@ -38,6 +39,10 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         "SimulatedOutOfMemory",
         py.get_type::<errors::SimulatedOutOfMemory>(),
     )?;
+    m.add_class::<jobs::JobTable>()?;
+    m.add("InvalidTransition", py.get_type::<errors::InvalidTransition>())?;
+    m.add("UnknownJob", py.get_type::<errors::UnknownJob>())?;
+    m.add("JournalError", py.get_type::<errors::JournalError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

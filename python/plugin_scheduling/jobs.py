@@ -455,6 +455,7 @@ class JobScheduler:
         self._last_stats: Mapping[str, Any] | None = None
         self._last_pass: dict[str, Any] = {"scheduled_count": 0, "remaining_pending": 0}
         self._refusal: str | None = None
+        self._quota_refused = False
         self._took: int | None = None
         for job_id in self._recovery["queued"] + self._recovery["requeued"]:
             job = self._table.job(job_id)
@@ -906,6 +907,20 @@ class JobScheduler:
         """One admission pass now: ``{"scheduled_count", "remaining_pending"}``.
         With ``project_id``, only that project's jobs may start in it."""
         stats = await self._stats()
+        scheduled = 0
+        # A job whose quota was checked before the pass but refused at its
+        # allocation (an earlier job of its project took the room) would
+        # block the line: the next pass passes over it (check_quota says no).
+        for _ in range(3):
+            self._quota_refused = False
+            scheduled += self._pass(stats, project_id)
+            if not self._quota_refused:
+                break
+        self._check_deadlines()
+        self._last_pass = {"scheduled_count": scheduled, "remaining_pending": self._table.counts()["QUEUED"]}
+        return dict(self._last_pass)
+
+    def _pass(self, stats: Mapping[str, Any], project_id: str | None) -> int:
         cpu, gpus, mem = self._capacity()
         self._refusal = None
         self._took = None
@@ -924,6 +939,7 @@ class JobScheduler:
                     req = ResourceRequirements(self._cpu_of(job_id), memory_mb, gpu_count, vram_mb)
                     if not self._quotas.allocate_quota(project, req, self._kind_of(job_id)):
                         self._refusal = f"quota of project {project!r} refused the allocation"
+                        self._quota_refused = True
                         return None
                     rt.quota = True
             cm = self._reservations.lease(meta, lambda: stats)
@@ -970,11 +986,9 @@ class JobScheduler:
                 reason = self._refusal or "does not fit now"
             self._set_block_reason(blocked, f"{reason}; {self._table.describe(blocked)}")
             self._maybe_preempt(blocked, cpu, gpus, mem)
-        self._check_deadlines()
-        self._last_pass = {"scheduled_count": len(started), "remaining_pending": self._table.counts()["QUEUED"]}
         if error is not None:
             raise error
-        return dict(self._last_pass)
+        return len(started)
 
     def _table_project(self, job_id: int) -> str | None:
         d = (self._pass_jobs or {}).get(job_id)

@@ -425,7 +425,9 @@ async def test_queues_and_seed_004_views(monkeypatch) -> None:
     await s.start()
     await s.wait_job(b, timeout=10)
     await s.stop()
-    assert s.get_usage()["users"][""]["completed"] == 3
+    usage = s.get_usage()
+    assert usage["users"]["a"]["completed"] == 1  # fair share: a job without a user is its module's
+    assert usage["projects"][""]["completed"] == 3
 
 
 class TinyQuota:
@@ -534,7 +536,7 @@ CRASHER = textwrap.dedent(
         await s.start()
         while s.get_scheduler_stats()["running_jobs"] < 2:
             await asyncio.sleep(0.01)
-        s._table.flush()
+        s.flush()
         print("ready", flush=True)
         await asyncio.sleep(3600)
 
@@ -637,3 +639,66 @@ def test_seed_003_quick_start_runs() -> None:
     assert out.returncode == 0, out.stderr
     assert "Running jobs: 1" in out.stdout
     assert "CPU utilization:" in out.stdout
+
+
+@pytest.mark.asyncio
+async def test_fair_share_across_modules_uses_measured_usage() -> None:
+    clock = Clock()
+    s = make(SchedulingAlgorithm.FAIR_SHARE, cpu_cores=1, clock=clock)
+    gate = asyncio.Event()
+
+    async def held(ctx):
+        await gate.wait()
+
+    first = s.submit_job("module_a", priority=5, run=held)
+    await s.trigger_async()
+    assert s.get_job(first).state is JobState.RUNNING
+    clock.t = 100.0  # module_a used the machine for 100 s
+    gate.set()
+    await s.wait_job(first, timeout=10)
+    a2 = s.submit_job("module_a", priority=5)
+    b = s.submit_job("module_b", priority=5)
+    a3 = s.submit_job("module_a", priority=5)
+    assert s.pending_jobs() == [b, a2, a3]  # module_a won't monopolize
+
+
+def test_seed_003_batch_examples_and_sync_facade() -> None:
+    s = make(SchedulingAlgorithm.COST_OPTIMIZED, cpu_cores=4)
+    ids = [
+        s.submit_job(
+            module="batch_processor",
+            requirements=ResourceRequirements(cpu_cores=1, memory_mb=1024),
+            cost_per_second=0.01,
+            estimated_duration=0.01,
+        )
+        for _ in range(10)
+    ]
+    stats = s.run_until_complete(timeout=30)
+    assert stats["completed_jobs"] == 10 and stats["queued_jobs"] == 0
+    assert all(s.get_job(i).cost_per_second == 0.01 for i in ids)
+
+
+def test_cli_lists_shows_and_prints_history(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    s = JobScheduler(journal=db, stats_provider=SimulatedSystem(gpus=[]).snapshot_async)
+    a = s.submit_job("arxiv_search", priority=8)
+    s.cancel_job(a)
+    s.submit_job("marker")
+    s.flush()
+    run = lambda *args: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "plugin_scheduling", "jobs", "--journal", str(db), *args], capture_output=True, text=True, timeout=60
+    )
+    out = run("list")
+    assert out.returncode == 0, out.stderr
+    assert "arxiv_search" in out.stdout and "CANCELLED" in out.stdout and "QUEUED" in out.stdout
+    import json
+
+    shown = json.loads(run("show", str(a), "--json").stdout)
+    assert shown["state"] == "CANCELLED" and [h["to"] for h in shown["history"]] == ["QUEUED", "CANCELLED"]
+    assert len(json.loads(run("history", "--json").stdout)) == 3
+    missing = run("show", "99")
+    assert missing.returncode == 1 and "no job with id 99" in missing.stderr
+    nojournal = subprocess.run(
+        [sys.executable, "-m", "plugin_scheduling", "jobs", "--journal", str(tmp_path / "none.db")], capture_output=True, text=True, timeout=60
+    )
+    assert nojournal.returncode == 1 and "no job journal" in nojournal.stderr

@@ -1,4 +1,4 @@
-"""Command line: ``python -m plugin_scheduling {demo,stats}``."""
+"""Command line: ``python -m plugin_scheduling {demo,stats,jobs}``."""
 
 from __future__ import annotations
 
@@ -25,7 +25,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     stats = commands.add_parser("stats", help="this machine's RAM, CPU and GPUs")
     stats.add_argument("--json", action="store_true", help="print the SystemStats dict as JSON")
     stats.add_argument("--watch", type=_positive_seconds, metavar="SECONDS", help="refresh until Ctrl-C")
+    jobs = commands.add_parser("jobs", help="jobs in a JobScheduler journal (list, show ID, history)")
+    jobs.add_argument("--journal", metavar="PATH", help="journal file (default $XDG_STATE_HOME/plugin-scheduling/jobs.db)")
+    jobs.add_argument("--json", action="store_true", help="print JSON")
+    jobs.add_argument("view", nargs="?", choices=["list", "show", "history"], default="list")
+    jobs.add_argument("job_id", nargs="?", type=int)
     args = parser.parse_args(argv)
+    if args.command == "jobs":
+        if args.view == "show" and args.job_id is None:
+            parser.error("jobs show needs a job ID")
+        from . import _cli_jobs
+
+        return _cli_jobs.run(args.journal, args.view, args.job_id, args.json)
     if args.command == "demo":
         from . import _demo
 

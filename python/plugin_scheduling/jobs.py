@@ -101,6 +101,11 @@ class SchedulingAlgorithm(enum.Enum):
 _POLICY_ALIASES = {"fairshare": "fair_share", "fair-share": "fair_share", "shortest_job_first": "sjf"}
 
 
+# Policies that share among accounts: a job without a user is charged to its
+# module (seed 003's "equal distribution across modules").
+_ACCOUNT_POLICIES = frozenset({"fair_share", "round_robin", "multifactor"})
+
+
 def _policy_name(policy: Any) -> str:
     if policy is None:
         policy = os.environ.get("SCHEDULING_POLICY") or "fifo"
@@ -532,6 +537,8 @@ class JobScheduler:
         req = requirements if requirements is not None else _NO_REQUIREMENTS
         if not isinstance(req, ResourceRequirements):
             raise TypeError(f"requirements must be a ResourceRequirements, got {req!r}")
+        if user is None and self._policy_name in _ACCOUNT_POLICIES:
+            user = module  # seed 003: fair share (and turns) across modules
         retries = self._max_retries if max_retries is None else max_retries
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise ValueError(f"max_retries must be an int >= 0, got {max_retries!r}")
@@ -619,6 +626,11 @@ class JobScheduler:
     def pending_jobs(self, limit: int | None = None) -> list[int]:
         """Pending ids in the order the policy considers them now."""
         return self._table.pending() if limit is None else self._table.pending(limit)
+
+    def flush(self) -> None:
+        """Commits the journal's buffered writes now (the dispatcher does so
+        every ``flush_interval`` seconds while writes are pending)."""
+        self._table.flush()
 
     def history(self, job_id: int | None = None, limit: int = 1000) -> list[dict[str, Any]]:
         """Journaled transitions (of one job, or all), oldest first."""
@@ -851,6 +863,28 @@ class JobScheduler:
         for sub in list(self._subscribers):
             with contextlib.suppress(asyncio.QueueFull):
                 sub.queue.put_nowait(None)
+
+    def run_until_complete(self, timeout: float | None = None) -> dict[str, Any]:
+        """Sync facade for scripts: runs the scheduler in a fresh event loop
+        until no job is queued, running or paused (or ``timeout`` seconds),
+        then stops it; the final ``get_scheduler_stats()``."""
+
+        async def drive() -> dict[str, Any]:
+            await self.start()
+            try:
+                async def idle() -> None:
+                    while True:
+                        c = self._table.counts()
+                        if not (c["QUEUED"] or c["RUNNING"] or c["PAUSED"]):
+                            return
+                        await asyncio.sleep(0.01)
+
+                await asyncio.wait_for(idle(), timeout)
+            finally:
+                await self.stop()
+            return self.get_scheduler_stats()
+
+        return asyncio.run(drive())
 
     async def __aenter__(self) -> "JobScheduler":
         await self.start()

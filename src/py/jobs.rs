@@ -177,8 +177,24 @@ impl JobTable {
         Ok(d)
     }
 
+    /// Loads the journal's jobs as recorded, writing nothing (viewers).
+    fn view<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let now = self.now(py)?;
+        let r = self.table()?.view(now).map_err(job_error)?;
+        let d = PyDict::new(py);
+        d.set_item("queued", r.queued)?;
+        d.set_item("requeued", r.requeued)?;
+        d.set_item("failed", r.failed)?;
+        Ok(d)
+    }
+
     #[pyo3(signature = (name, priority = 0, max_concurrent_jobs = None))]
-    fn add_queue(&self, name: &str, priority: i64, max_concurrent_jobs: Option<u32>) -> PyResult<()> {
+    fn add_queue(
+        &self,
+        name: &str,
+        priority: i64,
+        max_concurrent_jobs: Option<u32>,
+    ) -> PyResult<()> {
         self.table()?
             .add_queue(name, priority, max_concurrent_jobs)
             .map_err(job_error)
@@ -235,9 +251,9 @@ impl JobTable {
     /// The job's record as a dict (`KeyError` subclass `UnknownJob` if none).
     fn job<'py>(&self, py: Python<'py>, job_id: u64) -> PyResult<Bound<'py, PyDict>> {
         let t = self.table()?;
-        let job = t
-            .get(job_id)
-            .ok_or_else(|| job_error(plugin_scheduling_core::jobs::JobError::Unknown { id: job_id }))?;
+        let job = t.get(job_id).ok_or_else(|| {
+            job_error(plugin_scheduling_core::jobs::JobError::Unknown { id: job_id })
+        })?;
         job_dict(py, job, t.to_unix(0.0))
     }
 
@@ -246,13 +262,18 @@ impl JobTable {
         self.table()?
             .get(job_id)
             .map(|j| j.state.name())
-            .ok_or_else(|| job_error(plugin_scheduling_core::jobs::JobError::Unknown { id: job_id }))
+            .ok_or_else(|| {
+                job_error(plugin_scheduling_core::jobs::JobError::Unknown { id: job_id })
+            })
     }
 
     /// Raises `InvalidTransition` unless `call` may move the job to `to`.
     fn check(&self, job_id: u64, to: &str, call: &str) -> PyResult<()> {
         let to = state_arg("to", to)?;
-        self.table()?.check(job_id, to, call).map(|_| ()).map_err(job_error)
+        self.table()?
+            .check(job_id, to, call)
+            .map(|_| ())
+            .map_err(job_error)
     }
 
     /// Moves the job to `to` (validated); the state before.
@@ -274,7 +295,13 @@ impl JobTable {
     }
 
     /// Back to the queue: `why` is `"preempted"`, `"retried"` or `"interrupted"`.
-    fn requeue(&self, py: Python<'_>, job_id: u64, why: &str, reason: &str) -> PyResult<&'static str> {
+    fn requeue(
+        &self,
+        py: Python<'_>,
+        job_id: u64,
+        why: &str,
+        reason: &str,
+    ) -> PyResult<&'static str> {
         let why = match why {
             "preempted" => Requeue::Preempted,
             "retried" => Requeue::Retried,
@@ -379,8 +406,9 @@ impl JobTable {
         for (id, why) in outcome.skipped {
             skipped.append((id, why))?;
         }
-        let error: Option<Bound<'py, PyAny>> =
-            outcome.error.map(|e| e.into_value(py).into_bound(py).into_any());
+        let error: Option<Bound<'py, PyAny>> = outcome
+            .error
+            .map(|e| e.into_value(py).into_bound(py).into_any());
         PyTuple::new(
             py,
             [
@@ -394,7 +422,13 @@ impl JobTable {
     }
 
     /// The policy's victims for the blocked job `head` (ids, may be empty).
-    fn preemption_advice(&self, head: u64, cpu_cores: f64, gpus: u32, memory_mb: f64) -> PyResult<Vec<u64>> {
+    fn preemption_advice(
+        &self,
+        head: u64,
+        cpu_cores: f64,
+        gpus: u32,
+        memory_mb: f64,
+    ) -> PyResult<Vec<u64>> {
         self.table()?
             .preemption_advice(
                 head,
@@ -478,7 +512,12 @@ impl JobTable {
 
     /// Journal history rows (of one job, or all), oldest first.
     #[pyo3(signature = (job_id = None, limit = 1000))]
-    fn history<'py>(&self, py: Python<'py>, job_id: Option<u64>, limit: usize) -> PyResult<Bound<'py, PyList>> {
+    fn history<'py>(
+        &self,
+        py: Python<'py>,
+        job_id: Option<u64>,
+        limit: usize,
+    ) -> PyResult<Bound<'py, PyList>> {
         let rows = {
             let mut t = self.table()?;
             t.flush().map_err(job_error)?;

@@ -40,7 +40,10 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         py.get_type::<errors::SimulatedOutOfMemory>(),
     )?;
     m.add_class::<jobs::JobTable>()?;
-    m.add("InvalidTransition", py.get_type::<errors::InvalidTransition>())?;
+    m.add(
+        "InvalidTransition",
+        py.get_type::<errors::InvalidTransition>(),
+    )?;
     m.add("UnknownJob", py.get_type::<errors::UnknownJob>())?;
     m.add("JournalError", py.get_type::<errors::JournalError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

@@ -405,7 +405,10 @@ impl Journal {
         let mut stmt = self.conn.prepare(sql).map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map(
-                params![job_id.map(|i| i as i64), limit.min(i64::MAX as usize) as i64],
+                params![
+                    job_id.map(|i| i as i64),
+                    limit.min(i64::MAX as usize) as i64
+                ],
                 |r| {
                     Ok(HistoryRow {
                         seq: r.get(0)?,

@@ -201,7 +201,9 @@ impl JobQueue {
     }
 
     pub fn journal_path(&self) -> Option<String> {
-        self.journal.as_ref().map(|j| j.path().display().to_string())
+        self.journal
+            .as_ref()
+            .map(|j| j.path().display().to_string())
     }
 
     fn intern(&mut self, s: &str) -> Arc<str> {
@@ -249,7 +251,10 @@ impl JobQueue {
     }
 
     fn key_of(&self, job: &Job, now: f64) -> Key {
-        let tier = self.queues.get(&job.queue).map_or(0.0, |q| -(q.priority as f64));
+        let tier = self
+            .queues
+            .get(&job.queue)
+            .map_or(0.0, |q| -(q.priority as f64));
         Key {
             tier,
             key: self.policy.key(&job.info, &Ctx { now }),
@@ -340,7 +345,11 @@ impl JobQueue {
                 field: "queue".into(),
                 message: format!(
                     "no queue named {queue_name:?} (add it with add_queue first; queues: {})",
-                    self.queues.keys().map(|k| k.as_ref()).collect::<Vec<_>>().join(", ")
+                    self.queues
+                        .keys()
+                        .map(|k| k.as_ref())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             });
         };
@@ -804,6 +813,16 @@ impl JobQueue {
     /// order; jobs that were running or paused are requeued when their kind
     /// can be rerun, else failed with the reason.
     pub fn recover(&mut self, now: f64) -> Result<Recovery, JobError> {
+        self.load(now, true)
+    }
+
+    /// Loads the journal's jobs as they were recorded, changing nothing in
+    /// it (for viewers such as the CLI, while a scheduler may be running).
+    pub fn view(&mut self, now: f64) -> Result<Recovery, JobError> {
+        self.load(now, false)
+    }
+
+    fn load(&mut self, now: f64, apply: bool) -> Result<Recovery, JobError> {
         let Some(journal) = self.journal.as_ref() else {
             return Ok(Recovery::default());
         };
@@ -824,7 +843,7 @@ impl JobQueue {
             if let Some(q) = self.queues.get_mut(&job.queue) {
                 q.total_jobs += 1;
             }
-            let interrupted = matches!(was, JobState::Running | JobState::Paused);
+            let interrupted = apply && matches!(was, JobState::Running | JobState::Paused);
             let can_rerun = rerunnable(&job.kind);
             if interrupted {
                 job.state = if can_rerun {
@@ -842,8 +861,14 @@ impl JobQueue {
             }
             let state = job.state;
             let error = job.error.clone();
+            let queue_key = job.queue.clone();
             self.counts[state_index(state)] += 1;
             self.jobs.insert(id, job);
+            if matches!(state, JobState::Running | JobState::Paused) {
+                if let Some(q) = self.queues.get_mut(&queue_key) {
+                    q.running_jobs += 1;
+                }
+            }
             if state == JobState::Queued {
                 self.enqueue(id, now);
                 if interrupted {
@@ -866,7 +891,9 @@ impl JobQueue {
                 self.journal_history(id, Some(was), state, "recover", Some(&reason))?;
             }
         }
-        self.flush()?;
+        if apply {
+            self.flush()?;
+        }
         Ok(report)
     }
 
@@ -1080,7 +1107,10 @@ mod tests {
         let e = t
             .transition(id, JobState::Paused, "pause_job", None, 0.0)
             .unwrap_err();
-        assert_eq!(e.to_string(), "cannot pause_job job 1 (\"a\"): it is QUEUED");
+        assert_eq!(
+            e.to_string(),
+            "cannot pause_job job 1 (\"a\"): it is QUEUED"
+        );
         assert_eq!(take_all(&mut t, 1.0), vec![id]);
         t.transition(id, JobState::Completed, "finish", None, 2.0)
             .expect("complete");
@@ -1142,7 +1172,14 @@ mod tests {
         assert!(out.skipped[0].1.contains("max_concurrent_jobs=1"));
         assert_eq!(t.get(small).expect("small").state, JobState::Queued);
         let stats: Vec<_> = t.queues().filter(|q| q.name.as_ref() == "gpu").collect();
-        assert_eq!((stats[0].running_jobs, stats[0].pending_jobs, stats[0].total_jobs), (1, 1, 2));
+        assert_eq!(
+            (
+                stats[0].running_jobs,
+                stats[0].pending_jobs,
+                stats[0].total_jobs
+            ),
+            (1, 1, 2)
+        );
     }
 
     #[test]
@@ -1154,7 +1191,16 @@ mod tests {
         s.queue = Some("urgent".into());
         let hi = t.submit(s, 1.0).expect("hi");
         assert_eq!(t.pending_order(1.0, 10), vec![hi, low]);
-        assert!(t.submit({ let mut s = spec("x", 1.0); s.queue = Some("nope".into()); s }, 1.0).is_err());
+        assert!(t
+            .submit(
+                {
+                    let mut s = spec("x", 1.0);
+                    s.queue = Some("nope".into());
+                    s
+                },
+                1.0
+            )
+            .is_err());
     }
 
     #[test]
@@ -1162,13 +1208,18 @@ mod tests {
         let mut t = q("best_effort_fifo");
         let a = t.submit(spec("a", 50.0), 0.0).expect("a");
         let b = t.submit(spec("b", 50.0), 1.0).expect("b");
-        let out = t.dispatch::<u64, String>(2.0, BIG, |_| Ok(None), |j| {
-            if j.id() == a {
-                Ok(Some(a))
-            } else {
-                Err("boom".into())
-            }
-        });
+        let out = t.dispatch::<u64, String>(
+            2.0,
+            BIG,
+            |_| Ok(None),
+            |j| {
+                if j.id() == a {
+                    Ok(Some(a))
+                } else {
+                    Err("boom".into())
+                }
+            },
+        );
         assert_eq!(out.started.iter().map(|s| s.0).collect::<Vec<_>>(), vec![a]);
         assert_eq!(out.error.as_deref(), Some("boom"));
         assert_eq!(t.get(b).expect("b").state, JobState::Queued);
@@ -1192,7 +1243,10 @@ mod tests {
         let hi = t.submit(hi, 2.0).expect("hi");
         assert_eq!(t.preemption_advice(hi, cap).expect("advice"), vec![low]);
         let fifo = q("fifo");
-        assert!(fifo.policy().should_preempt(&[], &t.get(hi).expect("hi").info, 1.0).is_empty());
+        assert!(fifo
+            .policy()
+            .should_preempt(&[], &t.get(hi).expect("hi").info, 1.0)
+            .is_empty());
     }
 
     #[test]
@@ -1227,7 +1281,16 @@ mod tests {
             b = t.submit(f, 1.0).expect("b");
             c = t.submit(spec("later", 50.0), 2.0).expect("c");
             d = t.submit(spec("first", 50.0), 3.0).expect("d");
-            let out = t.dispatch::<(), ()>(4.0, Capacity { cpu_cores: 64.0, gpus: 0, memory_mb: 1e6 }, |_| Ok(None), |j| Ok((j.id() <= b).then_some(())));
+            let out = t.dispatch::<(), ()>(
+                4.0,
+                Capacity {
+                    cpu_cores: 64.0,
+                    gpus: 0,
+                    memory_mb: 1e6,
+                },
+                |_| Ok(None),
+                |j| Ok((j.id() <= b).then_some(())),
+            );
             assert_eq!(out.started.len(), 2);
             t.flush().expect("flush");
             // Dropped without any shutdown: as after SIGKILL.
@@ -1242,7 +1305,13 @@ mod tests {
         assert_eq!(r.failed, vec![b]);
         assert_eq!(r.queued, vec![c, d]);
         assert_eq!(t.pending_order(100.0, 10), vec![a, c, d]);
-        assert!(t.get(b).expect("b").error.as_deref().unwrap_or("").contains("cannot be rerun"));
+        assert!(t
+            .get(b)
+            .expect("b")
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("cannot be rerun"));
         let next = t.submit(spec("new", 50.0), 101.0).expect("new");
         assert!(next > d);
         let h = t.history(Some(a), 10).expect("history");

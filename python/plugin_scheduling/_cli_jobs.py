@@ -58,7 +58,7 @@ def run(journal: str | None, command: str, job_id: int | None, as_json: bool) ->
         for h in rows:
             print(f"{_when(h['at'])}  job {h['job_id']:>6}  {h['from'] or '-':>9} -> {h['to']:<9} {h['call']} {h['reason'] or ''}")
         return 0
-    rows = table.list()
+    rows = table.records()
     if as_json:
         print(json.dumps(rows, indent=2))
         return 0

@@ -31,7 +31,7 @@ import os
 import signal
 import threading
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any, Awaitable, Callable, Literal, Mapping, Sequence, cast
 
 from ._core import (
     InvalidTransition,
@@ -77,6 +77,7 @@ class JobState(str, enum.Enum):
         return self in (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED)
 
 
+_StateName = Literal["QUEUED", "RUNNING", "PAUSED", "COMPLETED", "FAILED", "CANCELLED"]
 _TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
 
 
@@ -621,7 +622,7 @@ class JobScheduler:
 
     def list_jobs(self, state: JobState | str | None = None) -> list[Job]:
         name = state.value if isinstance(state, JobState) else state
-        return [self.get_job(d["job_id"]) for d in self._table.list(name)]
+        return [self.get_job(d["job_id"]) for d in self._table.records(cast("_StateName | None", name))]
 
     def pending_jobs(self, limit: int | None = None) -> list[int]:
         """Pending ids in the order the policy considers them now."""
@@ -690,7 +691,7 @@ class JobScheduler:
     def get_usage(self) -> dict[str, dict[str, dict[str, float]]]:
         """Per user and per project: jobs by state and seconds run."""
         out: dict[str, dict[str, dict[str, float]]] = {"users": {}, "projects": {}}
-        for d in self._table.list():
+        for d in self._table.records():
             for key, field in (("users", "user"), ("projects", "project")):
                 account = d[field] or ""
                 row = out[key].setdefault(account, {s.value.lower(): 0 for s in JobState} | {"ran_s": 0.0})
@@ -729,7 +730,7 @@ class JobScheduler:
 
     # ------------------------------------------------------------ transitions
 
-    def _transition(self, job_id: int, to: str, call: str, reason: str | None = None) -> str:
+    def _transition(self, job_id: int, to: _StateName, call: str, reason: str | None = None) -> str:
         previous = self._table.transition(job_id, to, call, reason)
         self._after_transition(job_id, previous, to, reason)
         return previous
@@ -795,7 +796,8 @@ class JobScheduler:
         state = self._table.state(job_id)
         if state != "PAUSED":
             module = self._table.job(job_id)["module"]
-            raise InvalidTransition(f"cannot resume_job job {job_id} ({module!r}): it is {state}")
+            # The core's wording (QUEUED → RUNNING is a start, not a resume).
+            raise InvalidTransition(f"cannot resume_job job {job_id} ({json.dumps(module)}): it is {state}")
         rt = self._runtime.get(job_id)
         if rt is not None:
             if rt.proc is not None:
@@ -1003,7 +1005,7 @@ class JobScheduler:
         # Job details the callbacks need without calling the table (it is busy).
         self._pass_jobs = None
         if self._quotas is not None:
-            self._pass_jobs = {d["job_id"]: d for d in self._table.list("QUEUED")}
+            self._pass_jobs = {d["job_id"]: d for d in self._table.records("QUEUED")}
         started, blocked, skipped, _head_start, error = self._table.dispatch(cpu, gpus, mem, take, eligible)
         for job_id, rt in started:
             self._block_reasons.pop(job_id, None)

@@ -12,7 +12,7 @@ use pyo3::types::{PyDict, PyList, PyTuple};
 use super::errors::{describe, job_error};
 use plugin_scheduling_core::clock::{Clock, SystemClock};
 use plugin_scheduling_core::jobs::journal::Journal;
-use plugin_scheduling_core::jobs::queue::{Capacity, JobQueue, Requeue};
+use plugin_scheduling_core::jobs::queue::{Capacity, JobQueue, Recovery, Requeue};
 use plugin_scheduling_core::jobs::{Job, JobSpec, JobState, Resources};
 use plugin_scheduling_core::policy;
 
@@ -69,6 +69,14 @@ fn job_dict<'py>(py: Python<'py>, job: &Job, to_unix: f64) -> PyResult<Bound<'py
     d.set_item("started", job.started)?;
     d.set_item("ended", job.ended)?;
     d.set_item("ran_s", job.ran_s)?;
+    Ok(d)
+}
+
+fn recovery_dict(py: Python<'_>, r: Recovery) -> PyResult<Bound<'_, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("queued", r.queued)?;
+    d.set_item("requeued", r.requeued)?;
+    d.set_item("failed", r.failed)?;
     Ok(d)
 }
 
@@ -170,22 +178,14 @@ impl JobTable {
     fn recover<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let now = self.now(py)?;
         let r = self.table()?.recover(now).map_err(job_error)?;
-        let d = PyDict::new(py);
-        d.set_item("queued", r.queued)?;
-        d.set_item("requeued", r.requeued)?;
-        d.set_item("failed", r.failed)?;
-        Ok(d)
+        recovery_dict(py, r)
     }
 
     /// Loads the journal's jobs as recorded, writing nothing (viewers).
     fn view<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let now = self.now(py)?;
         let r = self.table()?.view(now).map_err(job_error)?;
-        let d = PyDict::new(py);
-        d.set_item("queued", r.queued)?;
-        d.set_item("requeued", r.requeued)?;
-        d.set_item("failed", r.failed)?;
-        Ok(d)
+        recovery_dict(py, r)
     }
 
     #[pyo3(signature = (name, priority = 0, max_concurrent_jobs = None))]
@@ -499,7 +499,7 @@ impl JobTable {
 
     /// Job records (optionally of one state), by id.
     #[pyo3(signature = (state = None))]
-    fn list<'py>(&self, py: Python<'py>, state: Option<&str>) -> PyResult<Bound<'py, PyList>> {
+    fn records<'py>(&self, py: Python<'py>, state: Option<&str>) -> PyResult<Bound<'py, PyList>> {
         let state = state.map(|s| state_arg("state", s)).transpose()?;
         let t = self.table()?;
         let offset = t.to_unix(0.0);

@@ -702,3 +702,15 @@ def test_cli_lists_shows_and_prints_history(tmp_path: Path) -> None:
         [sys.executable, "-m", "plugin_scheduling", "jobs", "--journal", str(tmp_path / "none.db")], capture_output=True, text=True, timeout=60
     )
     assert nojournal.returncode == 1 and "no job journal" in nojournal.stderr
+
+
+def test_readme_jobs_example_runs_as_written() -> None:
+    import re
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Jobs: `plugin_scheduling.jobs") :]
+    code = re.search(r"```python\n(.*?)```", section, re.S)
+    assert code is not None
+    out = subprocess.run([sys.executable, "-c", code.group(1)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[:2] == ["done", "COMPLETED"]

@@ -714,3 +714,33 @@ def test_readme_jobs_example_runs_as_written() -> None:
     out = subprocess.run([sys.executable, "-c", code.group(1)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[:2] == ["done", "COMPLETED"]
+
+
+@pytest.mark.asyncio
+async def test_release_on_pause_gives_the_reservation_back_and_resume_waits_for_it() -> None:
+    s = make(gpus=[8000.0], release_on_pause=True)
+    gpu = ResourceRequirements(gpu_count=1, vram_mb=6000)
+    j = s.submit_job("loop", requirements=gpu, run=Command([sys.executable, "-c", "import time\nwhile True: time.sleep(0.01)"]))
+    gate = asyncio.Event()
+
+    async def held(ctx):
+        await gate.wait()
+
+    async with s:
+        await until(lambda: j in s._runtime and s._runtime[j].proc is not None)
+        pid = s._runtime[j].proc.pid
+        s.pause_job(j)
+        await until(lambda: proc_state(pid) == "T")
+        assert s.reservations.snapshot()["grants"] == []
+        other = s.submit_job("other", requirements=gpu, run=held)
+        await until(lambda: s.get_job(other).state is JobState.RUNNING)
+        s.resume_job(j)
+        await asyncio.sleep(0.2)
+        assert s.get_job(j).state is JobState.PAUSED  # the GPU is taken: it waits
+        assert "resume waits for its reservation" in (s.block_reason(j) or "")
+        gate.set()
+        await until(lambda: s.get_job(j).state is JobState.RUNNING)
+        await until(lambda: proc_state(pid) in ("S", "R"))
+        s.cancel_job(j)
+        await s.wait_job(j, timeout=10)
+    assert leaked(s) == []

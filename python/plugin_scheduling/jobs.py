@@ -393,6 +393,9 @@ class JobScheduler:
     admits jobs against the machine (default: a new one, ``timeout=0``);
     ``stats_provider``: async stats (default ``SystemMonitor().snapshot_async``).
     ``clock``: a callable returning seconds (tests drive time with it).
+    ``release_on_pause``: a paused job gives its GPU/RAM reservation back and
+    takes it again on resume (it stays PAUSED until the reservation fits
+    again); by default it keeps it. CPU cores stay counted either way.
     """
 
     def __init__(
@@ -414,6 +417,7 @@ class JobScheduler:
         priority_scale: str = "auto",
         journal_batch: int = 1024,
         flush_interval: float = 0.05,
+        release_on_pause: bool = False,
     ) -> None:
         self._policy_name = _policy_name(policy)
         self._policy_obj = policy
@@ -442,6 +446,8 @@ class JobScheduler:
         self._poll = float(poll_interval)
         self._event_queue_size = int(event_queue_size)
         self._flush_interval = float(flush_interval)
+        self._release_on_pause = bool(release_on_pause)
+        self._resume_pending: set[int] = set()
         self._functions: dict[int, Callable[..., Any]] = {}
         self._results: dict[int, Any] = {}
         self._pass_jobs: dict[int, Any] | None = None
@@ -780,8 +786,9 @@ class JobScheduler:
             rt.stopper = asyncio.get_running_loop().create_task(self._stop_runner(job_id, rt, self._cancel_grace))
 
     def pause_job(self, job_id: int) -> None:
-        """Pauses a running job: SIGSTOP for a subprocess (its reservation
-        kept), cooperative for a function (its next ``checkpoint`` waits)."""
+        """Pauses a running job: SIGSTOP for a subprocess, cooperative for a
+        function (its next ``checkpoint`` waits). Its reservation is kept, or
+        released with ``release_on_pause=True``."""
         self._table.check(job_id, "PAUSED", "pause_job")
         rt = self._runtime.get(job_id)
         if rt is not None:
@@ -789,22 +796,62 @@ class JobScheduler:
                 self._signal(rt.proc, signal.SIGSTOP)
             if rt.ctx is not None:
                 rt.ctx._pause()
+            if self._release_on_pause and rt.lease is not None:
+                lease, rt.lease = rt.lease, None
+                lease.__exit__(None, None, None)
         self._transition(job_id, "PAUSED", "pause_job")
 
     def resume_job(self, job_id: int) -> None:
-        """Resumes a paused job (SIGCONT, or the function's checkpoint returns)."""
+        """Resumes a paused job (SIGCONT, or the function's checkpoint returns).
+        A job that gave its reservation back resumes once it fits again (at
+        the next pass; it stays PAUSED, with a block reason, until then)."""
         state = self._table.state(job_id)
         if state != "PAUSED":
             module = self._table.job(job_id)["module"]
             # The core's wording (QUEUED → RUNNING is a start, not a resume).
             raise InvalidTransition(f"cannot resume_job job {job_id} ({json.dumps(module)}): it is {state}")
         rt = self._runtime.get(job_id)
+        if rt is not None and rt.lease is None and rt.grant is not None:
+            self._resume_pending.add(job_id)
+            if self._wake is not None:
+                self._wake.set()
+            return
+        self._continue(job_id, rt)
+
+    def _continue(self, job_id: int, rt: _Runtime | None) -> None:
         if rt is not None:
             if rt.proc is not None:
                 self._signal(rt.proc, signal.SIGCONT)
             if rt.ctx is not None:
                 rt.ctx._unpause()
         self._transition(job_id, "RUNNING", "resume_job")
+
+    def _retake_for_resume(self, stats: Mapping[str, Any]) -> None:
+        """Resumes the jobs waiting to take their reservation back, if it fits."""
+        for job_id in sorted(self._resume_pending):
+            rt = self._runtime.get(job_id)
+            if rt is None or self._table.state(job_id) != "PAUSED":
+                self._resume_pending.discard(job_id)
+                continue
+            r = self._table.job(job_id)
+            req = r["requirements"]
+            meta = _Meta(r["module"], req["gpu_count"], req["vram_mb"], req["memory_mb"])
+            explained = self._reservations.explain(meta, lambda: stats)
+            if explained.get("would_wait"):
+                self._set_block_reason(job_id, f"resume waits for its reservation: {explained.get('reason')}")
+                continue
+            cm = self._reservations.lease(meta, lambda: stats)
+            try:
+                rt.grant = cm.__enter__()
+            except ReservationTimeout as e:
+                self._set_block_reason(job_id, f"resume waits for its reservation: {e}")
+                continue
+            rt.lease = cm
+            if rt.proc is not None:
+                self._reservations.attach_pid(rt.grant.id, rt.proc.pid)
+            self._resume_pending.discard(job_id)
+            self._block_reasons.pop(job_id, None)
+            self._continue(job_id, rt)
 
     def set_priority(self, job_id: int, priority: float) -> None:
         """Changes a job's priority (same scales as ``submit_job``); a pending job moves in the order."""
@@ -957,6 +1004,8 @@ class JobScheduler:
         return dict(self._last_pass)
 
     def _pass(self, stats: Mapping[str, Any], project_id: str | None) -> int:
+        if self._resume_pending:
+            self._retake_for_resume(stats)
         cpu, gpus, mem = self._capacity()
         self._refusal = None
         self._took = None

@@ -36,6 +36,7 @@ from typing import Any, Awaitable, Callable, Literal, Mapping, Sequence, cast
 from ._core import (
     InvalidTransition,
     JobTable,
+    LoadedPlugins,
     JournalError,
     ReservationScheduler,
     ReservationTimeout,
@@ -46,6 +47,7 @@ from ._core import (
 
 __all__ = [
     "Command",
+    "PluginCall",
     "InvalidTransition",
     "Job",
     "JobContext",
@@ -176,9 +178,22 @@ class Command:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class PluginCall:
+    """A cjm plugin execution: ``await manager.execute_plugin_async(plugin,
+    *args, **kwargs)``. The job scheduler has already admitted the job, so
+    give the manager a permissive scheduler (else it admits it twice)."""
+
+    manager: Any
+    plugin: str
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class JobEvent:
     """One event: ``type`` is ``"state"``, ``"progress"``, ``"blocked"``,
-    ``"deadline_missed"``, ``"preempted"`` or ``"retried"``."""
+    ``"deadline_missed"``, ``"preempted"``, ``"retried"`` or ``"evicted"``
+    (an idle plugin unloaded for the job ``job_id``; its name in ``reason``)."""
 
     type: str
     job_id: int
@@ -396,6 +411,11 @@ class JobScheduler:
     ``release_on_pause``: a paused job gives its GPU/RAM reservation back and
     takes it again on resume (it stays PAUSED until the reservation fits
     again); by default it keeps it. CPU cores stay counted either way.
+    ``unload``: the host's way to unload a plugin by name (e.g. a cjm
+    manager's ``unload_plugin``; ``track_manager`` sets it): when a job is
+    blocked on VRAM or RAM that idle loaded plugins hold, the least recently
+    used idle ones are unloaded, only as many as needed, never an active or
+    pinned one. ``keep_alive_s``: idle plugins are unloaded after this long.
     """
 
     def __init__(
@@ -418,6 +438,8 @@ class JobScheduler:
         journal_batch: int = 1024,
         flush_interval: float = 0.05,
         release_on_pause: bool = False,
+        unload: Callable[[str], Any] | None = None,
+        keep_alive_s: float | None = None,
     ) -> None:
         self._policy_name = _policy_name(policy)
         self._policy_obj = policy
@@ -448,7 +470,14 @@ class JobScheduler:
         self._flush_interval = float(flush_interval)
         self._release_on_pause = bool(release_on_pause)
         self._resume_pending: set[int] = set()
-        self._functions: dict[int, Callable[..., Any]] = {}
+        self._plugins = LoadedPlugins()
+        self._unload = unload
+        if keep_alive_s is not None and not (math.isfinite(keep_alive_s) and keep_alive_s >= 0):
+            raise ValueError(f"keep_alive_s must be a finite number of seconds >= 0, got {keep_alive_s!r}")
+        self._keep_alive = keep_alive_s
+        self._explained: Mapping[str, Any] | None = None
+        self._evicting: set[asyncio.Task[None]] = set()
+        self._functions: dict[int, Any] = {}
         self._results: dict[int, Any] = {}
         self._pass_jobs: dict[int, Any] | None = None
         self._registry: dict[str, Callable[..., Any]] = {}
@@ -557,6 +586,8 @@ class JobScheduler:
                 kind, payload = "simulated", ""
         elif isinstance(run, Command):
             kind, payload = "command", run.to_json()
+        elif isinstance(run, PluginCall):
+            kind, payload, fn = "plugin", run.plugin, run
         elif isinstance(run, str):
             if run not in self._registry:
                 raise ValueError(f"run={run!r} names no registered function (register it with scheduler.register first)")
@@ -564,7 +595,7 @@ class JobScheduler:
         elif callable(run):
             kind, payload, fn = "function", "", run
         else:
-            raise TypeError(f"run must be a function, a Command, a registered name or None, got {run!r}")
+            raise TypeError(f"run must be a function, a Command, a PluginCall, a registered name or None, got {run!r}")
         job_id = self._table.submit(
             module,
             self._priority(priority),
@@ -704,6 +735,64 @@ class JobScheduler:
                 row[d["state"].lower()] += 1
                 row["ran_s"] += d["ran_s"]
         return out
+
+    # ------------------------------------------------------ loaded plugins
+
+    def plugin_loaded(self, name: str, vram_mb: float = 0.0, ram_mb: float = 0.0, device: int | None = None, pinned: bool = False) -> None:
+        """Tells the scheduler a plugin is loaded and what it holds while idle."""
+        self._plugins.loaded(name, float(vram_mb), float(ram_mb), device, bool(pinned), self._table.now())
+
+    def plugin_unloaded(self, name: str) -> None:
+        self._plugins.unloaded(name)
+
+    def get_loaded_plugins(self) -> dict[str, dict[str, Any]]:
+        """``{name: {"vram_mb", "ram_mb", "device", "pinned", "active", "last_used"}}``."""
+        return self._plugins.snapshot()
+
+    def track_manager(self, manager: Any, *, pinned: Sequence[str] = (), unload: Callable[[str], Any] | None = None) -> None:
+        """Tracks a cjm ``PluginManager``'s loaded plugins (footprint: the
+        measured peak, else the manifest's ``min_gpu_vram_mb`` /
+        ``min_system_ram_mb``) and unloads idle ones through
+        ``manager.unload_plugin`` (or ``unload``) when a job needs the room."""
+        peaks = self._reservations.peaks()
+        for name, meta in manager.plugins.items():
+            res = (getattr(meta, "manifest", None) or {}).get("resources", {}) or {}
+            peak = peaks.get(name, {})
+            vram = (peak.get("vram_mb") or res.get("min_gpu_vram_mb") or 0.0) if res.get("requires_gpu") else 0.0
+            ram = peak.get("ram_mb") or res.get("min_system_ram_mb") or 0.0
+            self.plugin_loaded(name, vram, ram, None, name in pinned)
+        self._unload = unload if unload is not None else manager.unload_plugin
+
+    def _maybe_evict(self, job_id: int, explained: Mapping[str, Any]) -> None:
+        if self._unload is None or explained.get("resource") not in ("vram", "ram"):
+            return
+        if self._evicting:
+            return  # what is being unloaded is not free yet: judge once it is
+        needed = float(explained.get("needed_mb") or 0.0) - float(explained.get("available_mb") or 0.0)
+        names = self._plugins.choose(explained["resource"], needed, explained.get("device"))
+        for name in names:
+            self._evict(name, job_id, f"job {job_id} needs {needed:.0f} MB more {explained['resource']}")
+
+    def _evict(self, name: str, job_id: int | None, why: str) -> None:
+        """Forgets the plugin at once (never chosen twice) and unloads it off the loop."""
+        if not self._plugins.unloaded(name) or self._unload is None:
+            return
+        logger.info("unloading idle plugin %s: %s", name, why)
+        if job_id is not None:
+            self._emit(JobEvent("evicted", job_id, self._table.state(job_id), None, f"unloaded {name}: {why}", at=self._table.now()))
+        unload = self._unload
+
+        async def run() -> None:
+            try:
+                await asyncio.to_thread(unload, name)
+            except Exception:
+                logger.exception("unloading plugin %s failed", name)
+            if self._wake is not None:
+                self._wake.set()
+
+        task = asyncio.get_running_loop().create_task(run(), name=f"unload-{name}")
+        self._evicting.add(task)
+        task.add_done_callback(self._evicting.discard)
 
     # ---------------------------------------------------------------- events
 
@@ -898,7 +987,7 @@ class JobScheduler:
                 if self._table.state(job_id) not in _TERMINAL:
                     with contextlib.suppress(InvalidTransition):
                         self.cancel_job(job_id, "scheduler stopped")
-        tasks = [rt.task for rt in self._runtime.values() if rt.task is not None]
+        tasks = [rt.task for rt in self._runtime.values() if rt.task is not None] + list(self._evicting)
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         if self._loop_task is not None:
@@ -1008,6 +1097,7 @@ class JobScheduler:
             self._retake_for_resume(stats)
         cpu, gpus, mem = self._capacity()
         self._refusal = None
+        self._explained = None
         self._took = None
 
         def take(job_id: int, module: str, gpu_count: int, vram_mb: float, memory_mb: float) -> Any:
@@ -1016,6 +1106,7 @@ class JobScheduler:
             explained = self._reservations.explain(meta, lambda: stats)
             if explained.get("would_wait"):
                 self._refusal = str(explained.get("reason"))
+                self._explained = explained
                 return None
             rt = _Runtime()
             if self._quotas is not None:
@@ -1071,6 +1162,11 @@ class JobScheduler:
                 reason = self._refusal or "does not fit now"
             self._set_block_reason(blocked, f"{reason}; {self._table.describe(blocked)}")
             self._maybe_preempt(blocked, cpu, gpus, mem)
+            if self._took == blocked and self._explained is not None:
+                self._maybe_evict(blocked, self._explained)
+        if self._keep_alive is not None and self._unload is not None:
+            for name in self._plugins.expired(self._keep_alive, self._table.now()):
+                self._evict(name, None, f"idle longer than keep_alive_s={self._keep_alive:g}")
         if error is not None:
             raise error
         return len(started)
@@ -1178,6 +1274,15 @@ class JobScheduler:
             try:
                 if kind == "command":
                     rt.result = await self._run_command(job_id, rt, Command.from_json(job["payload"]), job["requirements"]["gpu_count"])
+                elif kind == "plugin":
+                    call = self._functions.get(job_id)
+                    if not isinstance(call, PluginCall):
+                        raise LookupError("the job's PluginCall is gone (it was submitted in another process)")
+                    self._plugins.begin(call.plugin, self._table.now())
+                    try:
+                        rt.result = await call.manager.execute_plugin_async(call.plugin, *call.args, **call.kwargs)
+                    finally:
+                        self._plugins.end(call.plugin, self._table.now())
                 else:
                     rt.ctx = JobContext(self, job_id, module, rt.grant)
                     if kind == "function":

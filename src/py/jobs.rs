@@ -11,6 +11,7 @@ use pyo3::types::{PyDict, PyList, PyTuple};
 
 use super::errors::{describe, job_error};
 use plugin_scheduling_core::clock::{Clock, SystemClock};
+use plugin_scheduling_core::jobs::evict::{Memory, Plugins};
 use plugin_scheduling_core::jobs::journal::Journal;
 use plugin_scheduling_core::jobs::queue::{Capacity, JobQueue, Recovery, Requeue};
 use plugin_scheduling_core::jobs::{Job, JobSpec, JobState, Resources};
@@ -558,5 +559,93 @@ impl JobTable {
             visit.call(c)?;
         }
         Ok(())
+    }
+}
+
+/// Loaded plugins of a host and which idle ones to unload (core `jobs::evict`).
+#[pyclass(module = "plugin_scheduling", name = "LoadedPlugins")]
+pub struct LoadedPlugins {
+    inner: Mutex<Plugins>,
+}
+
+impl LoadedPlugins {
+    fn pool(&self) -> std::sync::MutexGuard<'_, Plugins> {
+        // Every method changes the pool in whole inserts/updates: a panic
+        // cannot leave it half-changed, so a poisoned lock is still sound.
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[pymethods]
+impl LoadedPlugins {
+    #[new]
+    fn new() -> Self {
+        Self {
+            inner: Mutex::new(Plugins::default()),
+        }
+    }
+
+    #[pyo3(signature = (name, vram_mb, ram_mb, device, pinned, now))]
+    fn loaded(
+        &self,
+        name: &str,
+        vram_mb: f64,
+        ram_mb: f64,
+        device: Option<u32>,
+        pinned: bool,
+        now: f64,
+    ) {
+        self.pool()
+            .loaded(name, vram_mb, ram_mb, device, pinned, now);
+    }
+
+    fn unloaded(&self, name: &str) -> bool {
+        self.pool().unloaded(name)
+    }
+
+    fn begin(&self, name: &str, now: f64) {
+        self.pool().begin(name, now);
+    }
+
+    fn end(&self, name: &str, now: f64) {
+        self.pool().end(name, now);
+    }
+
+    /// Names to unload (least recently used idle first) to free `needed_mb`
+    /// of `memory` (`"vram"` with `device`, or `"ram"`).
+    #[pyo3(signature = (memory, needed_mb, device = None))]
+    fn choose(&self, memory: &str, needed_mb: f64, device: Option<u32>) -> PyResult<Vec<String>> {
+        let memory = match memory {
+            "vram" => Memory::Vram(device),
+            "ram" => Memory::Ram,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "memory must be 'vram' or 'ram', got {other:?}"
+                )))
+            }
+        };
+        Ok(self.pool().choose(memory, needed_mb))
+    }
+
+    fn expired(&self, keep_alive_s: f64, now: f64) -> Vec<String> {
+        self.pool().expired(keep_alive_s, now)
+    }
+
+    /// `{name: {"vram_mb", "ram_mb", "device", "pinned", "active", "last_used"}}`.
+    fn snapshot<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let out = PyDict::new(py);
+        for p in self.pool().iter() {
+            let d = PyDict::new(py);
+            d.set_item("vram_mb", p.vram_mb)?;
+            d.set_item("ram_mb", p.ram_mb)?;
+            d.set_item("device", p.device)?;
+            d.set_item("pinned", p.pinned)?;
+            d.set_item("active", p.active)?;
+            d.set_item("last_used", p.last_used)?;
+            out.set_item(&p.name, d)?;
+        }
+        Ok(out)
     }
 }

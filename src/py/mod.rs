@@ -40,6 +40,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         py.get_type::<errors::SimulatedOutOfMemory>(),
     )?;
     m.add_class::<jobs::JobTable>()?;
+    m.add_class::<jobs::LoadedPlugins>()?;
     m.add(
         "InvalidTransition",
         py.get_type::<errors::InvalidTransition>(),

@@ -7,6 +7,7 @@
 //! What a job *runs* (a function, a subprocess) is the front end's business:
 //! the core keeps the record, the order and the history.
 
+pub mod evict;
 pub mod journal;
 pub mod queue;
 

@@ -744,3 +744,46 @@ async def test_release_on_pause_gives_the_reservation_back_and_resume_waits_for_
         s.cancel_job(j)
         await s.wait_job(j, timeout=10)
     assert leaked(s) == []
+
+
+@pytest.mark.asyncio
+async def test_threads_submit_while_the_loop_dispatches() -> None:
+    import threading
+
+    s = make("priority", cpu_cores=2)
+
+    def work(ctx):
+        return ctx.job_id
+
+    ids: list[int] = []
+    lock = threading.Lock()
+
+    def submitter() -> None:
+        for i in range(200):
+            j = s.submit_job("t", priority=i % 10, run=work)
+            with lock:
+                ids.append(j)
+
+    await s.start()
+    threads = [threading.Thread(target=submitter) for _ in range(4)]
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        await asyncio.sleep(0.005)
+    for t in threads:
+        t.join()
+    finals = await asyncio.gather(*(s.wait_job(j, timeout=60) for j in ids))
+    await s.stop()
+    assert len(set(ids)) == 800
+    assert all(f.state is JobState.COMPLETED and f.result == f.job_id for f in finals)
+    assert leaked(s) == []
+
+
+def test_a_callback_calling_the_table_back_is_refused_not_deadlocked() -> None:
+    from plugin_scheduling._core import JobTable
+
+    t = JobTable("fifo")
+    t.submit("a", 50, None, None, None, None, None, None, 1, 0, 0, 0, "simulated", "", 0)
+    started, blocked, skipped, head, error = t.dispatch(4, 0, 1000, lambda *a: t.counts())
+    assert started == [] and isinstance(error, RuntimeError) and "busy" in str(error)
+    assert t.state(1) == "QUEUED"

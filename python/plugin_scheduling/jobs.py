@@ -493,6 +493,7 @@ class JobScheduler:
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
         self._loop_thread: int | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._last_stats: Mapping[str, Any] | None = None
         self._last_pass: dict[str, Any] = {"scheduled_count": 0, "remaining_pending": 0}
         self._refusal: str | None = None
@@ -619,8 +620,7 @@ class JobScheduler:
             heapq.heappush(self._deadlines, (self._table.now() + deadline, job_id))
         if self._subscribers or self._callbacks:
             self._emit(JobEvent("state", job_id, "QUEUED", None, "submitted", at=self._table.now()))
-        if self._wake is not None:
-            self._wake.set()
+        self._poke()
         return job_id
 
     # ------------------------------------------------------------------ views
@@ -787,8 +787,7 @@ class JobScheduler:
                 await asyncio.to_thread(unload, name)
             except Exception:
                 logger.exception("unloading plugin %s failed", name)
-            if self._wake is not None:
-                self._wake.set()
+            self._poke()
 
         task = asyncio.get_running_loop().create_task(run(), name=f"unload-{name}")
         self._evicting.add(task)
@@ -812,7 +811,22 @@ class JobScheduler:
 
         return unsubscribe
 
+    def _poke(self) -> None:
+        """Asks the dispatcher for a pass (from any thread)."""
+        wake = self._wake
+        if wake is None:
+            return
+        if threading.get_ident() == self._loop_thread:
+            wake.set()
+        elif self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed
+                self._loop.call_soon_threadsafe(wake.set)
+
     def _emit(self, event: JobEvent) -> None:
+        if self._loop is not None and threading.get_ident() != self._loop_thread:
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._emit, event)
+            return
         for sub in list(self._subscribers):
             sub._offer(event)
         for callback, job_id in list(self._callbacks):
@@ -842,8 +856,7 @@ class JobScheduler:
                 for f in futures:
                     if not f.done():
                         f.set_result(job)
-        if self._wake is not None:
-            self._wake.set()
+        self._poke()
 
     def _progress(self, job_id: int, fraction: float, message: str | None) -> None:
         try:
@@ -902,8 +915,7 @@ class JobScheduler:
         rt = self._runtime.get(job_id)
         if rt is not None and rt.lease is None and rt.grant is not None:
             self._resume_pending.add(job_id)
-            if self._wake is not None:
-                self._wake.set()
+            self._poke()
             return
         self._continue(job_id, rt)
 
@@ -945,8 +957,7 @@ class JobScheduler:
     def set_priority(self, job_id: int, priority: float) -> None:
         """Changes a job's priority (same scales as ``submit_job``); a pending job moves in the order."""
         self._table.set_priority(job_id, self._priority(priority))
-        if self._wake is not None:
-            self._wake.set()
+        self._poke()
 
     async def wait_job(self, job_id: int, timeout: float | None = None) -> Job:
         """Waits until the job is completed, failed or cancelled; its record."""
@@ -974,6 +985,7 @@ class JobScheduler:
         self._wake = asyncio.Event()
         self._wake.set()
         self._stopping = False
+        self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._loop_task = asyncio.get_running_loop().create_task(self._dispatcher(), name="JobScheduler.dispatcher")
 
@@ -992,8 +1004,7 @@ class JobScheduler:
             await asyncio.gather(*tasks, return_exceptions=True)
         if self._loop_task is not None:
             self._stopping = True
-            if self._wake is not None:
-                self._wake.set()
+            self._poke()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
             self._loop_task = None
@@ -1071,8 +1082,7 @@ class JobScheduler:
         """Seed 004's manual trigger: asks for a pass now; the last pass's
         ``{"scheduled_count", "remaining_pending"}`` (use ``await
         trigger_async()`` for this pass's own figures)."""
-        if self._wake is not None:
-            self._wake.set()
+        self._poke()
         return dict(self._last_pass)
 
     async def trigger_async(self, project_id: str | None = None) -> dict[str, int]:

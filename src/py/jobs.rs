@@ -3,6 +3,7 @@
 //! dicts out. What a job runs lives in `jobs.py`.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::Mutex;
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
@@ -26,7 +27,50 @@ use plugin_scheduling_core::policy;
 #[pyclass(module = "plugin_scheduling", name = "JobTable")]
 pub struct JobTable {
     inner: Mutex<JobQueue>,
+    /// The thread token of the call holding `inner` (0: none).
+    owner: AtomicU64,
     clock: Option<Py<PyAny>>,
+}
+
+/// A small unique number per thread (never 0).
+fn thread_token() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    thread_local! {
+        static TOKEN: u64 = NEXT.fetch_add(1, AtomicOrdering::Relaxed);
+    }
+    TOKEN.with(|t| *t)
+}
+
+/// The locked table, remembering which thread holds it.
+struct TableGuard<'a> {
+    guard: std::sync::MutexGuard<'a, JobQueue>,
+    owner: &'a AtomicU64,
+}
+
+impl<'a> TableGuard<'a> {
+    fn new(guard: std::sync::MutexGuard<'a, JobQueue>, owner: &'a AtomicU64, me: u64) -> Self {
+        owner.store(me, AtomicOrdering::Release);
+        Self { guard, owner }
+    }
+}
+
+impl Drop for TableGuard<'_> {
+    fn drop(&mut self) {
+        self.owner.store(0, AtomicOrdering::Release);
+    }
+}
+
+impl std::ops::Deref for TableGuard<'_> {
+    type Target = JobQueue;
+    fn deref(&self) -> &JobQueue {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for TableGuard<'_> {
+    fn deref_mut(&mut self) -> &mut JobQueue {
+        &mut self.guard
+    }
 }
 
 fn state_arg(field: &str, s: &str) -> PyResult<JobState> {
@@ -82,17 +126,30 @@ fn recovery_dict(py: Python<'_>, r: Recovery) -> PyResult<Bound<'_, PyDict>> {
 }
 
 impl JobTable {
-    /// The table, or an error when a call is already inside it (a
-    /// dispatch callback calling back, another thread): never a deadlock.
-    fn table(&self) -> PyResult<std::sync::MutexGuard<'_, JobQueue>> {
-        match self.inner.try_lock() {
-            Ok(t) => Ok(t),
-            // Every mutation of the table completes or leaves it unchanged
-            // before anything can panic, so a poisoned lock is still sound.
-            Err(std::sync::TryLockError::Poisoned(p)) => Ok(p.into_inner()),
-            Err(std::sync::TryLockError::WouldBlock) => Err(PyRuntimeError::new_err(
-                "JobTable is busy: a dispatch callback (or another thread) called it during a call",
-            )),
+    /// The table. A call from inside a call (a dispatch callback calling
+    /// back, on the same thread) is refused rather than deadlocked; another
+    /// thread waits for the table with the GIL released.
+    fn table(&self) -> PyResult<TableGuard<'_>> {
+        let me = thread_token();
+        loop {
+            match self.inner.try_lock() {
+                Ok(guard) => return Ok(TableGuard::new(guard, &self.owner, me)),
+                // Every mutation of the table completes or leaves it unchanged
+                // before anything can panic, so a poisoned lock is still sound.
+                Err(std::sync::TryLockError::Poisoned(p)) => {
+                    return Ok(TableGuard::new(p.into_inner(), &self.owner, me))
+                }
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    if self.owner.load(AtomicOrdering::Acquire) == me {
+                        return Err(PyRuntimeError::new_err(
+                            "JobTable is busy: a dispatch callback called it back during the pass",
+                        ));
+                    }
+                    Python::attach(|py| {
+                        py.detach(|| std::thread::sleep(std::time::Duration::from_micros(20)))
+                    });
+                }
+            }
         }
     }
 
@@ -156,6 +213,7 @@ impl JobTable {
         table.set_clock(now);
         Ok(Self {
             inner: Mutex::new(table),
+            owner: AtomicU64::new(0),
             clock,
         })
     }

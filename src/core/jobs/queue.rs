@@ -138,6 +138,8 @@ pub struct JobQueue {
     active_cpu: f64,
     active_gpus: u32,
     active_mem: f64,
+    /// Running and paused jobs (a pass looks at these, not at every job).
+    active_ids: BTreeSet<u64>,
 }
 
 fn state_index(s: JobState) -> usize {
@@ -187,6 +189,7 @@ impl JobQueue {
             active_cpu: 0.0,
             active_gpus: 0,
             active_mem: 0.0,
+            active_ids: BTreeSet::new(),
         }
     }
 
@@ -488,6 +491,11 @@ impl JobQueue {
         }
         self.counts[state_index(from)] = self.counts[state_index(from)].saturating_sub(1);
         self.counts[state_index(to)] += 1;
+        if active(to) {
+            self.active_ids.insert(id);
+        } else {
+            self.active_ids.remove(&id);
+        }
         if let Some((info, ran)) = finished {
             self.policy.on_finish(&info, ran, now);
         }
@@ -717,9 +725,9 @@ impl JobQueue {
             }
         }
         let running: Vec<(f64, u32, f64, f64)> = self
-            .jobs
-            .values()
-            .filter(|j| matches!(j.state, JobState::Running | JobState::Paused))
+            .active_ids
+            .iter()
+            .filter_map(|id| self.jobs.get(id))
             .map(|j| {
                 let end = match (j.started, j.info.estimated_duration) {
                     (Some(s), Some(d)) => s + d,
@@ -793,8 +801,9 @@ impl JobQueue {
             job.resources.memory_mb - (capacity.memory_mb - self.active_mem)
         };
         let running: Vec<RunningJob> = self
-            .jobs
-            .values()
+            .active_ids
+            .iter()
+            .filter_map(|id| self.jobs.get(id))
             .filter(|j| j.state == JobState::Running)
             .map(|j| RunningJob {
                 job: j.info.clone(),
@@ -865,6 +874,7 @@ impl JobQueue {
             self.counts[state_index(state)] += 1;
             self.jobs.insert(id, job);
             if matches!(state, JobState::Running | JobState::Paused) {
+                self.active_ids.insert(id);
                 if let Some(q) = self.queues.get_mut(&queue_key) {
                     q.running_jobs += 1;
                 }

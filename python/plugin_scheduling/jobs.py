@@ -440,6 +440,8 @@ class JobScheduler:
         release_on_pause: bool = False,
         unload: Callable[[str], Any] | None = None,
         keep_alive_s: float | None = None,
+        history: Any = None,
+        history_interval: float = 1.0,
     ) -> None:
         self._policy_name = _policy_name(policy)
         self._policy_obj = policy
@@ -477,6 +479,9 @@ class JobScheduler:
         self._keep_alive = keep_alive_s
         self._explained: Mapping[str, Any] | None = None
         self._evicting: set[asyncio.Task[None]] = set()
+        self._history = history
+        self._history_interval = float(history_interval)
+        self._history_at: float | None = None
         self._functions: dict[int, Any] = {}
         self._results: dict[int, Any] = {}
         self._pass_jobs: dict[int, Any] | None = None
@@ -707,6 +712,16 @@ class JobScheduler:
             "interrupted": counters["interrupted"],
             "event_drops": self._event_drops,
             "journal_unflushed": self._table.unflushed,
+            **self._trends(),
+        }
+
+    def _trends(self) -> dict[str, Any]:
+        h = self._history
+        if h is None:
+            return {}
+        return {
+            "trend_per_s": {m: h.trend(m) for m in ("cpu_percent", "memory_used_mb", "gpu_used_memory_mb")},
+            "predicted_in_60s": {m: h.predict(m, 60.0) for m in ("cpu_percent", "memory_used_mb", "gpu_used_memory_mb")},
         }
 
     def get_scheduler_info(self) -> dict[str, Any]:
@@ -1047,6 +1062,11 @@ class JobScheduler:
             self._stats_provider = SystemMonitor().snapshot_async  # type: ignore[attr-defined]
         stats = await self._stats_provider()
         self._last_stats = stats
+        if self._history is not None:
+            now = self._table.now()
+            if self._history_at is None or now - self._history_at >= self._history_interval:
+                self._history_at = now
+                self._history.record(stats)
         return stats
 
     async def _dispatcher(self) -> None:

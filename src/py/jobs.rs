@@ -117,6 +117,29 @@ fn job_dict<'py>(py: Python<'py>, job: &Job, to_unix: f64) -> PyResult<Bound<'py
     Ok(d)
 }
 
+/// Seconds from `clock` (a Python callable) or the monotonic clock.
+pub(crate) fn clock_now(clock: Option<&Py<PyAny>>, py: Python<'_>) -> PyResult<f64> {
+    match clock {
+        None => Ok(SystemClock.now()),
+        Some(c) => {
+            let v = c.bind(py).call0()?;
+            let t: f64 = v.extract().map_err(|_| {
+                PyTypeError::new_err(format!(
+                    "clock() must return a number of seconds, got {}",
+                    describe(&v)
+                ))
+            })?;
+            if t.is_finite() {
+                Ok(t)
+            } else {
+                Err(PyValueError::new_err(format!(
+                    "clock() must return a finite number of seconds, got {t}"
+                )))
+            }
+        }
+    }
+}
+
 fn recovery_dict(py: Python<'_>, r: Recovery) -> PyResult<Bound<'_, PyDict>> {
     let d = PyDict::new(py);
     d.set_item("queued", r.queued)?;
@@ -148,28 +171,6 @@ impl JobTable {
                     Python::attach(|py| {
                         py.detach(|| std::thread::sleep(std::time::Duration::from_micros(20)))
                     });
-                }
-            }
-        }
-    }
-
-    fn now_with(clock: Option<&Py<PyAny>>, py: Python<'_>) -> PyResult<f64> {
-        match clock {
-            None => Ok(SystemClock.now()),
-            Some(c) => {
-                let v = c.bind(py).call0()?;
-                let t: f64 = v.extract().map_err(|_| {
-                    PyTypeError::new_err(format!(
-                        "clock() must return a number of seconds, got {}",
-                        describe(&v)
-                    ))
-                })?;
-                if t.is_finite() {
-                    Ok(t)
-                } else {
-                    Err(PyValueError::new_err(format!(
-                        "clock() must return a finite number of seconds, got {t}"
-                    )))
                 }
             }
         }
@@ -208,7 +209,7 @@ impl JobTable {
             Some(path) => Some(Journal::open(&path, batch).map_err(job_error)?),
             None => None,
         };
-        let now = Self::now_with(clock.as_ref(), py)?;
+        let now = clock_now(clock.as_ref(), py)?;
         let mut table = JobQueue::new(p, journal);
         table.set_clock(now);
         Ok(Self {
@@ -220,7 +221,7 @@ impl JobTable {
 
     /// The table's clock, in seconds.
     fn now(&self, py: Python<'_>) -> PyResult<f64> {
-        Self::now_with(self.clock.as_ref(), py)
+        clock_now(self.clock.as_ref(), py)
     }
 
     #[getter]

@@ -2,6 +2,7 @@
 //! async methods are thin Python coroutines (`_drivers.py`) over these.
 
 mod errors;
+mod history;
 mod inputs;
 mod jobs;
 mod queue;
@@ -41,6 +42,11 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     )?;
     m.add_class::<jobs::JobTable>()?;
     m.add_class::<jobs::LoadedPlugins>()?;
+    m.add_class::<history::MonitorHistory>()?;
+    m.add(
+        "METRICS_NAMES",
+        plugin_scheduling_core::stats::history::METRICS.to_vec(),
+    )?;
     m.add(
         "InvalidTransition",
         py.get_type::<errors::InvalidTransition>(),

@@ -267,11 +267,7 @@ async def test_one_cpu_runs_one_job_at_a_time_and_block_reason_events() -> None:
     gate.set()
     await s.wait_job(b, timeout=10)
     await s.stop()
-    seen = []
-    while not events.queue.empty():
-        e = events.queue.get_nowait()
-        if e is not None:
-            seen.append((e.type, e.job_id, e.state))
+    seen = [(e.type, e.job_id, e.state) for e in events.drain()]
     assert ("blocked", b, "QUEUED") in seen
     assert [x for x in seen if x[1] == b and x[0] == "state"] == [("state", b, "QUEUED"), ("state", b, "RUNNING"), ("state", b, "COMPLETED")]
     assert seen.count(("blocked", b, "QUEUED")) == 1  # emitted when it changes, not every pass
@@ -332,11 +328,7 @@ async def test_preemption_requeues_the_lower_priority_job_and_counts_it() -> Non
     s.cancel_job(low)
     await s.wait_job(low, timeout=10)
     await s.stop()
-    types = []
-    while not events.queue.empty():
-        e = events.queue.get_nowait()
-        if e is not None:
-            types.append((e.type, e.job_id))
+    types = [(e.type, e.job_id) for e in events.drain()]
     assert ("preempted", low) in types
     # fifo never preempts
     f = make("fifo", gpus=[8000.0])
@@ -787,3 +779,17 @@ def test_a_callback_calling_the_table_back_is_refused_not_deadlocked() -> None:
     started, blocked, skipped, head, error = t.dispatch(4, 0, 1000, lambda *a: t.counts())
     assert started == [] and isinstance(error, RuntimeError) and "busy" in str(error)
     assert t.state(1) == "QUEUED"
+
+
+@pytest.mark.asyncio
+async def test_a_command_killed_by_sigkill_from_outside_counts_as_out_of_memory() -> None:
+    s = make()
+    kill_self = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
+    j = s.submit_job("oom_killed", requirements=ResourceRequirements(memory_mb=2000), run=Command([sys.executable, "-c", kill_self]), max_retries=1)
+    plain = s.submit_job("exit1", requirements=ResourceRequirements(memory_mb=2000), run=Command([sys.executable, "-c", "raise SystemExit(1)"]), max_retries=1)
+    async with s:
+        killed = await s.wait_job(j, timeout=20)
+        failed = await s.wait_job(plain, timeout=20)
+    assert killed.state is JobState.FAILED and killed.retries == 1 and killed.requirements.memory_mb == 3000
+    assert failed.retries == 0 and failed.requirements.memory_mb == 2000  # not memory: no retry
+    assert leaked(s) == []

@@ -129,11 +129,7 @@ async def test_blocked_job_evicts_the_least_recently_used_idle_plugin_only(manag
     procs["old_idle"].wait(timeout=10)  # its worker process ended
     assert procs["new_idle"].poll() is None and procs["busy"].poll() is None
     assert set(s.get_loaded_plugins()) == {"new_idle", "busy"}
-    kinds = []
-    while not events.queue.empty():
-        e = events.queue.get_nowait()
-        if e is not None:
-            kinds.append((e.type, e.job_id))
+    kinds = [(e.type, e.job_id) for e in events.drain()]
     assert ("evicted", needy) in kinds
 
 

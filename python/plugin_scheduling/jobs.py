@@ -371,6 +371,15 @@ class _Subscription:
             raise StopAsyncIteration
         return event
 
+    def drain(self) -> list[JobEvent]:
+        """The events queued now, without waiting."""
+        out = []
+        while not self.queue.empty():
+            event = self.queue.get_nowait()
+            if event is not None:
+                out.append(event)
+        return out
+
     def close(self) -> None:
         self._scheduler._subscribers.discard(self)
 

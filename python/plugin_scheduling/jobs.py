@@ -1016,7 +1016,9 @@ class JobScheduler:
     async def stop(self, cancel_running: bool = True) -> None:
         """Stops the dispatcher. Running jobs are cancelled (as ``cancel_job``,
         grace included) unless ``cancel_running=False`` (then they are left to
-        end, and awaited); queued jobs stay queued in the journal."""
+        end, and awaited); queued jobs stay queued in the journal. A sync
+        function that never reaches ``checkpoint_sync`` cannot be stopped
+        from outside: ``stop`` waits for its thread to return."""
         running = [j for j, rt in self._runtime.items() if rt.task is not None]
         if cancel_running:
             for job_id in running:

@@ -137,6 +137,9 @@ pub struct Journal {
     conn: Connection,
     pending: Vec<Op>,
     batch: usize,
+    /// Why the last commit at the batch threshold failed (the writes stay
+    /// buffered; the next explicit [`Journal::flush`] retries and reports).
+    failed: Option<String>,
 }
 
 impl Journal {
@@ -198,6 +201,7 @@ impl Journal {
             conn,
             pending: Vec::new(),
             batch: batch.max(1),
+            failed: None,
         })
     }
 
@@ -238,11 +242,22 @@ impl Journal {
         self.maybe_flush()
     }
 
+    /// Commits at the batch threshold. A failure there does not fail the
+    /// write that triggered it (it is buffered, the record in memory is
+    /// right): it is kept for the next explicit flush to retry and report.
     fn maybe_flush(&mut self) -> Result<(), JobError> {
         if self.pending.len() >= self.batch {
-            self.flush()?;
+            if let Err(e) = self.flush() {
+                self.failed = Some(e.to_string());
+            }
         }
         Ok(())
+    }
+
+    /// Why the last threshold commit failed, if it did (cleared by a
+    /// successful flush).
+    pub fn failed(&self) -> Option<&str> {
+        self.failed.as_deref()
     }
 
     /// Writes not yet committed.
@@ -327,6 +342,7 @@ impl Journal {
                     message: e.to_string(),
                 })?;
                 self.pending.clear();
+                self.failed = None;
                 Ok(())
             }
             Err(e) => Err(JobError::Journal {
@@ -464,6 +480,19 @@ mod tests {
         let h = other.read_history(Some(id), 10).expect("history");
         assert_eq!(h.len(), 1);
         assert_eq!(h[0].to, "QUEUED");
+        let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
+    }
+
+    #[test]
+    fn a_failed_threshold_commit_keeps_the_writes_and_reports_at_flush() {
+        let path = tmp("fail");
+        let mut j = Journal::open(&path, 1).expect("open");
+        let other = Connection::open(&path).expect("other");
+        other.execute_batch("DROP TABLE history").expect("drop");
+        assert!(j.history(1, None, JobState::Queued, "submit_job", None).is_ok());
+        assert!(j.failed().is_some_and(|e| e.contains("history")));
+        assert_eq!(j.unflushed(), 1, "kept for a retry");
+        assert!(j.flush().is_err());
         let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
     }
 }

@@ -489,7 +489,9 @@ mod tests {
         let mut j = Journal::open(&path, 1).expect("open");
         let other = Connection::open(&path).expect("other");
         other.execute_batch("DROP TABLE history").expect("drop");
-        assert!(j.history(1, None, JobState::Queued, "submit_job", None).is_ok());
+        assert!(j
+            .history(1, None, JobState::Queued, "submit_job", None)
+            .is_ok());
         assert!(j.failed().is_some_and(|e| e.contains("history")));
         assert_eq!(j.unflushed(), 1, "kept for a retry");
         assert!(j.flush().is_err());

@@ -793,3 +793,33 @@ async def test_a_command_killed_by_sigkill_from_outside_counts_as_out_of_memory(
     assert killed.state is JobState.FAILED and killed.retries == 1 and killed.requirements.memory_mb == 3000
     assert failed.retries == 0 and failed.requirements.memory_mb == 2000  # not memory: no retry
     assert leaked(s) == []
+
+
+@pytest.mark.asyncio
+async def test_a_preempted_subprocess_gets_sigterm_to_checkpoint_and_runs_again() -> None:
+    s = make("priority", gpus=[8000.0], preempt_grace_s=5.0)
+    gpu = ResourceRequirements(gpu_count=1, vram_mb=6000)
+    checkpoint = (
+        "import signal, sys, time\n"
+        "def stop(*_):\n"
+        "    print('checkpointed', flush=True); sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, stop)\n"
+        "print('ready', flush=True)\n"
+        "while True: time.sleep(0.01)\n"
+    )
+    low = s.submit_job("trainer", priority=1, requirements=gpu, run=Command([sys.executable, "-c", checkpoint]))
+    pids = []
+    async with s:
+        await until(lambda: low in s._runtime and s._runtime[low].proc is not None)
+        first = s._runtime[low].proc
+        pids.append(first.pid)
+        await asyncio.sleep(0.3)  # its SIGTERM handler is installed
+        high = s.submit_job("urgent", priority=9, requirements=gpu, run=lambda ctx: "urgent done")
+        assert (await s.wait_job(high, timeout=20)).result == "urgent done"
+        await until(lambda: low in s._runtime and s._runtime[low].proc is not None and s._runtime[low].proc.pid not in pids)
+        job = s.get_job(low)
+        assert (job.state, job.preemptions, job.attempts) == (JobState.RUNNING, 1, 2)
+        assert first.returncode == 0  # it ended from its SIGTERM handler, not SIGKILL
+        s.cancel_job(low)
+        await s.wait_job(low, timeout=20)
+    assert leaked(s) == []

@@ -1,5 +1,5 @@
-"""Command line: ``plugin-scheduling {demo,stats,quota}`` (the console script) or
-``python -m plugin_scheduling {demo,stats,quota}``."""
+"""Command line: ``plugin-scheduling {demo,stats,quota,jobs}`` (the console script) or
+``python -m plugin_scheduling {demo,stats,quota,jobs}``."""
 
 from __future__ import annotations
 
@@ -47,9 +47,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     from . import _cli_quota
 
     _cli_quota.add_parser(commands)
+    jobs = commands.add_parser("jobs", help="jobs in a JobScheduler journal (list, show ID, history)")
+    jobs.add_argument("--journal", metavar="PATH", help="journal file (default $XDG_STATE_HOME/plugin-scheduling/jobs.db)")
+    jobs.add_argument("--json", action="store_true", help="print JSON")
+    jobs.add_argument("view", nargs="?", choices=["list", "show", "history"], default="list")
+    jobs.add_argument("job_id", nargs="?", type=int)
     args = parser.parse_args(argv)
     if args.command == "quota":
         return _cli_quota.run(args)
+    if args.command == "jobs":
+        if args.view == "show" and args.job_id is None:
+            parser.error("jobs show needs a job ID")
+        from . import _cli_jobs
+
+        return _cli_jobs.run(args.journal, args.view, args.job_id, args.json)
     if args.command == "demo":
         from . import _demo
 

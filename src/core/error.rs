@@ -25,6 +25,8 @@ pub enum Error {
     Policy { policy: String, message: String },
     /// A quota operation failed (the caller's input, or the backend).
     Quota(crate::quota::QuotaError),
+    /// A job operation failed (unknown job, invalid transition, journal).
+    Job(crate::jobs::JobError),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -77,6 +79,7 @@ impl fmt::Display for Error {
             }
             Self::Policy { policy, message } => write!(f, "policy {policy} failed: {message}"),
             Self::Quota(e) => e.fmt(f),
+            Self::Job(e) => e.fmt(f),
         }
     }
 }
@@ -93,6 +96,12 @@ impl std::error::Error for Error {
 impl From<crate::quota::QuotaError> for Error {
     fn from(e: crate::quota::QuotaError) -> Self {
         Self::Quota(e)
+    }
+}
+
+impl From<crate::jobs::JobError> for Error {
+    fn from(e: crate::jobs::JobError) -> Self {
+        Self::Job(e)
     }
 }
 

@@ -6,6 +6,7 @@ pub mod check;
 pub mod clock;
 pub mod control_plane;
 pub mod error;
+pub mod jobs;
 pub mod messages;
 pub mod paths;
 pub mod policy;

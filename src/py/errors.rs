@@ -201,6 +201,15 @@ pub fn core_error(error: plugin_scheduling_core::error::Error) -> PyErr {
         Error::Database { .. } => pyo3::exceptions::PyOSError::new_err(message),
         Error::NeverFits { .. } => ReservationTimeout::new_err(message),
         Error::Policy { .. } => pyo3::exceptions::PyRuntimeError::new_err(message),
+        Error::Job(j) => {
+            use plugin_scheduling_core::jobs::JobError as J;
+            match j {
+                J::Unknown { .. } => UnknownJob::new_err(message),
+                J::Transition { .. } => InvalidTransition::new_err(message),
+                J::Invalid { .. } => PyValueError::new_err(message),
+                J::Journal { .. } => JournalError::new_err(message),
+            }
+        }
         Error::Quota(q) => {
             use plugin_scheduling_core::quota::QuotaError as E;
             match q {
@@ -258,4 +267,27 @@ pub fn duration(field: &str, value: &Bound<'_, PyAny>) -> PyResult<std::time::Du
     std::time::Duration::try_from_secs_f64(secs).map_err(|_| {
         PyValueError::new_err(format!("{field} is too large: {} seconds", describe(value)))
     })
+}
+create_exception!(
+    plugin_scheduling,
+    InvalidTransition,
+    PyValueError,
+    "A job operation that its state does not allow (names the job, its state and the call)."
+);
+create_exception!(
+    plugin_scheduling,
+    UnknownJob,
+    pyo3::exceptions::PyKeyError,
+    "No job has that id."
+);
+create_exception!(
+    plugin_scheduling,
+    JournalError,
+    pyo3::exceptions::PyOSError,
+    "The job journal (SQLite) could not be opened, read or written."
+);
+
+/// A job failure through the one mapping ([`core_error`]).
+pub fn job_error(error: plugin_scheduling_core::jobs::JobError) -> PyErr {
+    core_error(error.into())
 }

@@ -3,7 +3,9 @@
 
 mod control_plane;
 mod errors;
+mod history;
 mod inputs;
+mod jobs;
 mod loop_guard;
 mod policies;
 mod queue;
@@ -55,6 +57,19 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         "QuotaBackendError",
         py.get_type::<errors::QuotaBackendError>(),
     )?;
+    m.add_class::<jobs::JobTable>()?;
+    m.add_class::<jobs::LoadedPlugins>()?;
+    m.add_class::<history::MonitorHistory>()?;
+    m.add(
+        "METRICS_NAMES",
+        plugin_scheduling_core::stats::history::METRICS.to_vec(),
+    )?;
+    m.add(
+        "InvalidTransition",
+        py.get_type::<errors::InvalidTransition>(),
+    )?;
+    m.add("UnknownJob", py.get_type::<errors::UnknownJob>())?;
+    m.add("JournalError", py.get_type::<errors::JournalError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

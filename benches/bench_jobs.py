@@ -1,0 +1,77 @@
+"""Job scheduler speed and memory: submit rate (in memory, SQLite batched),
+RSS of 100,000 queued jobs, dispatch latency after a release.
+
+    python benches/bench_jobs.py
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import psutil
+
+from plugin_scheduling import SimulatedSystem
+from plugin_scheduling.jobs import JobScheduler, ResourceRequirements
+
+N = 100_000
+
+
+def submit_rate(journal) -> float:
+    s = JobScheduler("priority", journal=journal, cpu_cores=1, stats_provider=SimulatedSystem(gpus=[]).snapshot_async)
+    req = ResourceRequirements(cpu_cores=1, memory_mb=100)
+    t0 = time.perf_counter()
+    for i in range(N):
+        s.submit_job("batch_processor", priority=i % 10, requirements=req, estimated_duration=1.0)
+    s.flush()
+    return N / (time.perf_counter() - t0)
+
+
+def rss_of_queued() -> float:
+    proc = psutil.Process()
+    before = proc.memory_info().rss
+    s = JobScheduler("fifo", journal=None, cpu_cores=1, stats_provider=SimulatedSystem(gpus=[]).snapshot_async)
+    for _ in range(N):
+        s.submit_job("m")
+    after = proc.memory_info().rss
+    assert s.get_scheduler_stats()["queued_jobs"] == N
+    return (after - before) / 2**20
+
+
+async def dispatch_latency(samples: int = 200) -> tuple[float, float]:
+    """From a job's end to the next job running, with 10,000 jobs waiting."""
+    s = JobScheduler("priority", journal=None, cpu_cores=1, poll_interval=10.0, stats_provider=SimulatedSystem(gpus=[]).snapshot_async)
+    started: dict[int, float] = {}
+    ended: dict[int, float] = {}
+
+    async def quick(ctx):
+        started[ctx.job_id] = time.perf_counter()
+        await asyncio.sleep(0)
+        ended[ctx.job_id] = time.perf_counter()
+
+    ids = [s.submit_job("q", run=quick) for _ in range(10_000)]
+    await s.start()
+    while len(ended) < samples + 1:
+        await asyncio.sleep(0.001)
+    await s.stop()
+    gaps = [started[b] - ended[a] for a, b in zip(ids, ids[1:]) if a in ended and b in started]
+    gaps = gaps[:samples]
+    return statistics.median(gaps) * 1e3, sorted(gaps)[int(len(gaps) * 0.95)] * 1e3
+
+
+def main() -> None:
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
+    print(f"submit, journal in memory: {submit_rate(None):,.0f} jobs/s")
+    with tempfile.TemporaryDirectory() as d:
+        print(f"submit, SQLite journal (batched commits): {submit_rate(os.path.join(d, 'jobs.db')):,.0f} jobs/s")
+    print(f"RSS of {N:,} queued jobs: {rss_of_queued():.1f} MB")
+    p50, p95 = asyncio.run(dispatch_latency())
+    print(f"dispatch after a release (10,000 waiting): median {p50:.3f} ms, p95 {p95:.3f} ms")
+
+
+if __name__ == "__main__":
+    main()

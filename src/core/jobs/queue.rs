@@ -1,0 +1,1331 @@
+//! The job table: records, validated transitions, per-queue counters and
+//! the pending set kept in the policy's order.
+//!
+//! Order: queues' priorities first (a tier, as Slurm's partition
+//! `PriorityTier`), then the policy's [`Policy::key`] with the same
+//! tie-break as [`crate::policy::compare`] (submitted, then id). For a
+//! policy whose keys do not move with time the pending set is a sorted
+//! index (submit and dispatch are O(log n)); it is re-keyed when the
+//! policy's [`Policy::epoch`] changes, and a time-varying policy's keys are
+//! computed afresh at each pass.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use super::journal::{unix_now, HistoryRow, Journal, Row};
+use super::{allowed, rerunnable, Job, JobError, JobSpec, JobState, Resources};
+use crate::policy::admit::{admit, Placement, Plan};
+use crate::policy::{Ctx, JobInfo, Policy, RunningJob};
+
+/// The default queue's name.
+pub const DEFAULT_QUEUE: &str = "default";
+
+/// A pending job's place: (−queue priority, policy key, submitted, id).
+#[derive(Debug, Clone, Copy)]
+struct Key {
+    tier: f64,
+    key: f64,
+    submitted: f64,
+    id: u64,
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for Key {}
+impl PartialOrd for Key {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Key {
+    fn cmp(&self, o: &Self) -> Ordering {
+        self.tier
+            .total_cmp(&o.tier)
+            .then(self.key.total_cmp(&o.key))
+            .then(self.submitted.total_cmp(&o.submitted))
+            .then(self.id.cmp(&o.id))
+    }
+}
+
+/// A named queue's settings and counters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueStats {
+    pub name: Arc<str>,
+    /// Higher goes first (every job of a higher queue before any lower one).
+    pub priority: i64,
+    pub max_concurrent_jobs: Option<u32>,
+    /// Running or paused (holding resources).
+    pub running_jobs: u32,
+    pub pending_jobs: u32,
+    /// Jobs ever submitted to it (in this journal).
+    pub total_jobs: u64,
+}
+
+/// What the machine has, for the pass (CPU cores are accounted here; GPUs
+/// and memory by the front end's reservation, and here only for planning).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Capacity {
+    pub cpu_cores: f64,
+    pub gpus: u32,
+    pub memory_mb: f64,
+}
+
+/// What one dispatch pass did.
+#[derive(Debug)]
+pub struct PassOutcome<H, E> {
+    /// Jobs started (now RUNNING), with what the front end's `take` gave.
+    pub started: Vec<(u64, H)>,
+    /// The first job in order that could not start.
+    pub blocked: Option<u64>,
+    /// Jobs passed over (queue at its limit, refused by quota), with why.
+    pub skipped: Vec<(u64, String)>,
+    /// Backfill: when the blocked head is planned to start.
+    pub head_start: Option<f64>,
+    /// `take` or `eligible` failed: the pass stopped there (what was
+    /// taken before is in `started`).
+    pub error: Option<E>,
+}
+
+/// How a job went back to the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requeue {
+    Preempted,
+    Retried,
+    Interrupted,
+}
+
+/// Counters since the table was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Counters {
+    pub submitted: u64,
+    pub started: u64,
+    pub preempted: u64,
+    pub retried: u64,
+    pub interrupted: u64,
+}
+
+/// What recovery from a journal did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Recovery {
+    /// Waiting again, in their order.
+    pub queued: Vec<u64>,
+    /// Were running when the process ended; queued again.
+    pub requeued: Vec<u64>,
+    /// Were running and cannot be rerun: failed, with the reason.
+    pub failed: Vec<u64>,
+}
+
+/// Jobs of one scheduler.
+#[derive(Debug)]
+pub struct JobQueue {
+    policy: Box<dyn Policy>,
+    jobs: HashMap<u64, Job>,
+    keys: HashMap<u64, Key>,
+    pending: BTreeSet<Key>,
+    keyed_epoch: u64,
+    queues: BTreeMap<Arc<str>, QueueStats>,
+    names: HashSet<Arc<str>>,
+    counts: [u64; 6],
+    next_id: u64,
+    journal: Option<Journal>,
+    /// Unix seconds minus clock seconds (times are journaled in Unix seconds).
+    offset: f64,
+    counters: Counters,
+    active_cpu: f64,
+    active_gpus: u32,
+    active_mem: f64,
+    /// Running and paused jobs (a pass looks at these, not at every job).
+    active_ids: BTreeSet<u64>,
+}
+
+fn state_index(s: JobState) -> usize {
+    s as usize
+}
+
+fn finite_opt(field: &str, v: Option<f64>) -> Result<Option<f64>, JobError> {
+    match v {
+        Some(x) if !(x.is_finite() && x >= 0.0) => Err(JobError::Invalid {
+            field: field.into(),
+            message: format!("must be a finite number >= 0, got {x}"),
+        }),
+        _ => Ok(v),
+    }
+}
+
+impl JobQueue {
+    /// A table ordered by `policy`, journaled when `journal` is given.
+    pub fn new(policy: Box<dyn Policy>, journal: Option<Journal>) -> Self {
+        let keyed_epoch = policy.epoch();
+        let mut queues = BTreeMap::new();
+        let default: Arc<str> = Arc::from(DEFAULT_QUEUE);
+        queues.insert(
+            default.clone(),
+            QueueStats {
+                name: default,
+                priority: 0,
+                max_concurrent_jobs: None,
+                running_jobs: 0,
+                pending_jobs: 0,
+                total_jobs: 0,
+            },
+        );
+        Self {
+            policy,
+            jobs: HashMap::new(),
+            keys: HashMap::new(),
+            pending: BTreeSet::new(),
+            keyed_epoch,
+            queues,
+            names: HashSet::new(),
+            counts: [0; 6],
+            next_id: 1,
+            journal,
+            offset: 0.0,
+            counters: Counters::default(),
+            active_cpu: 0.0,
+            active_gpus: 0,
+            active_mem: 0.0,
+            active_ids: BTreeSet::new(),
+        }
+    }
+
+    /// Sets how clock seconds map to Unix seconds (`unix − clock now`),
+    /// before any submission or recovery.
+    pub fn set_clock(&mut self, now: f64) {
+        self.offset = unix_now() - now;
+    }
+
+    pub fn policy(&self) -> &dyn Policy {
+        self.policy.as_ref()
+    }
+
+    pub fn journal_path(&self) -> Option<String> {
+        self.journal
+            .as_ref()
+            .map(|j| j.path().display().to_string())
+    }
+
+    fn intern(&mut self, s: &str) -> Arc<str> {
+        if let Some(a) = self.names.get(s) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(s);
+        self.names.insert(a.clone());
+        a
+    }
+
+    /// Adds (or changes) a named queue.
+    pub fn add_queue(
+        &mut self,
+        name: &str,
+        priority: i64,
+        max_concurrent_jobs: Option<u32>,
+    ) -> Result<(), JobError> {
+        if name.is_empty() {
+            return Err(JobError::Invalid {
+                field: "name".into(),
+                message: "a queue needs a non-empty name".into(),
+            });
+        }
+        let key = self.intern(name);
+        let q = self.queues.entry(key.clone()).or_insert(QueueStats {
+            name: key,
+            priority,
+            max_concurrent_jobs,
+            running_jobs: 0,
+            pending_jobs: 0,
+            total_jobs: 0,
+        });
+        let retier = q.priority != priority;
+        q.priority = priority;
+        q.max_concurrent_jobs = max_concurrent_jobs;
+        if retier {
+            self.rekey_all(0.0);
+        }
+        Ok(())
+    }
+
+    pub fn queues(&self) -> impl Iterator<Item = &QueueStats> {
+        self.queues.values()
+    }
+
+    fn key_of(&self, job: &Job, now: f64) -> Key {
+        let tier = self
+            .queues
+            .get(&job.queue)
+            .map_or(0.0, |q| -(q.priority as f64));
+        Key {
+            tier,
+            key: self.policy.key(&job.info, &Ctx { now }),
+            submitted: job.info.submitted,
+            id: job.id(),
+        }
+    }
+
+    fn rekey_all(&mut self, now: f64) {
+        let ids: Vec<u64> = self.keys.keys().copied().collect();
+        self.pending.clear();
+        for id in ids {
+            if let Some(job) = self.jobs.get(&id) {
+                let k = self.key_of(job, now);
+                self.keys.insert(id, k);
+                self.pending.insert(k);
+            }
+        }
+        self.keyed_epoch = self.policy.epoch();
+    }
+
+    fn enqueue(&mut self, id: u64, now: f64) {
+        if let Some(job) = self.jobs.get(&id) {
+            let k = self.key_of(job, now);
+            if let Some(q) = self.queues.get_mut(&job.queue) {
+                q.pending_jobs += 1;
+            }
+            self.keys.insert(id, k);
+            self.pending.insert(k);
+        }
+    }
+
+    fn dequeue(&mut self, id: u64) {
+        if let Some(k) = self.keys.remove(&id) {
+            self.pending.remove(&k);
+            if let Some(q) = self
+                .jobs
+                .get(&id)
+                .and_then(|j| self.queues.get_mut(&j.queue))
+            {
+                q.pending_jobs = q.pending_jobs.saturating_sub(1);
+            }
+        }
+    }
+
+    fn journal_job(&mut self, id: u64) -> Result<(), JobError> {
+        if let (Some(journal), Some(job)) = (self.journal.as_mut(), self.jobs.get(&id)) {
+            journal.upsert(Row::of(job, self.offset))?;
+        }
+        Ok(())
+    }
+
+    fn journal_history(
+        &mut self,
+        id: u64,
+        from: Option<JobState>,
+        to: JobState,
+        call: &str,
+        reason: Option<&str>,
+    ) -> Result<(), JobError> {
+        if let Some(journal) = self.journal.as_mut() {
+            journal.history(id, from, to, call, reason)?;
+        }
+        Ok(())
+    }
+
+    /// Submits a job at clock time `now`; its id.
+    pub fn submit(&mut self, spec: JobSpec, now: f64) -> Result<u64, JobError> {
+        if spec.name.is_empty() {
+            return Err(JobError::Invalid {
+                field: "module".into(),
+                message: "a job needs a non-empty module name".into(),
+            });
+        }
+        if !(spec.priority.is_finite() && (0.0..=100.0).contains(&spec.priority)) {
+            return Err(JobError::Invalid {
+                field: "priority".into(),
+                message: format!("must be between 0 and 100, got {}", spec.priority),
+            });
+        }
+        let deadline_in = finite_opt("deadline", spec.deadline_in)?;
+        let estimated = finite_opt("estimated_duration", spec.estimated_duration)?;
+        let cost = finite_opt("cost_per_second", spec.cost_per_second)?;
+        let resources = spec.resources.checked()?;
+        let queue_name = spec.queue.as_deref().unwrap_or(DEFAULT_QUEUE);
+        let Some(queue) = self.queues.get(queue_name).map(|q| q.name.clone()) else {
+            return Err(JobError::Invalid {
+                field: "queue".into(),
+                message: format!(
+                    "no queue named {queue_name:?} (add it with add_queue first; queues: {})",
+                    self.queues
+                        .keys()
+                        .map(|k| k.as_ref())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            });
+        };
+        let id = self.next_id;
+        self.next_id += 1;
+        let name = self.intern(&spec.name);
+        let user = spec.user.as_deref().map(|u| self.intern(u));
+        let project = spec.project.as_deref().map(|p| self.intern(p));
+        let kind = self.intern(&spec.kind);
+        let payload = self.intern(&spec.payload);
+        let info = JobInfo {
+            id,
+            name,
+            priority: spec.priority,
+            user,
+            project,
+            submitted: now,
+            deadline: deadline_in.map(|d| now + d),
+            estimated_duration: estimated,
+            size: f64::from(resources.gpu_count.max(1)),
+        };
+        let job = Job {
+            info,
+            queue: queue.clone(),
+            cost_per_second: cost,
+            resources,
+            kind,
+            payload,
+            max_retries: spec.max_retries,
+            state: JobState::Queued,
+            attempts: 0,
+            preemptions: 0,
+            retries: 0,
+            error: None,
+            progress: 0.0,
+            progress_message: None,
+            started: None,
+            ended: None,
+            ran_s: 0.0,
+        };
+        self.jobs.insert(id, job);
+        if let Some(q) = self.queues.get_mut(&queue) {
+            q.total_jobs += 1;
+        }
+        self.counts[state_index(JobState::Queued)] += 1;
+        self.counters.submitted += 1;
+        self.enqueue(id, now);
+        self.journal_job(id)?;
+        self.journal_history(id, None, JobState::Queued, "submit_job", None)?;
+        Ok(id)
+    }
+
+    pub fn get(&self, id: u64) -> Option<&Job> {
+        self.jobs.get(&id)
+    }
+
+    fn job(&self, id: u64) -> Result<&Job, JobError> {
+        self.jobs.get(&id).ok_or(JobError::Unknown { id })
+    }
+
+    fn refuse(&self, job: &Job, call: &str) -> JobError {
+        JobError::Transition {
+            id: job.id(),
+            name: job.info.name.to_string(),
+            state: job.state,
+            call: call.to_owned(),
+        }
+    }
+
+    /// Checks that `call` may move job `id` to `to`, without moving it.
+    pub fn check(&self, id: u64, to: JobState, call: &str) -> Result<JobState, JobError> {
+        let job = self.job(id)?;
+        if allowed(job.state, to) {
+            Ok(job.state)
+        } else {
+            Err(self.refuse(job, call))
+        }
+    }
+
+    /// Moves job `id` to `to` (validated); `reason` is kept as the error
+    /// of a failed or cancelled job and in the history. The state before.
+    pub fn transition(
+        &mut self,
+        id: u64,
+        to: JobState,
+        call: &str,
+        reason: Option<&str>,
+        now: f64,
+    ) -> Result<JobState, JobError> {
+        let from = self.check(id, to, call)?;
+        let active = |s: JobState| matches!(s, JobState::Running | JobState::Paused);
+        if from == JobState::Queued {
+            self.dequeue(id);
+        }
+        let mut finished: Option<(JobInfo, f64)> = None;
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return Err(JobError::Unknown { id });
+        };
+        job.state = to;
+        if from == JobState::Queued && to == JobState::Running {
+            job.attempts += 1;
+            job.started = Some(now);
+            job.ended = None;
+            job.error = None;
+            job.progress = 0.0;
+            job.progress_message = None;
+            self.active_cpu += job.resources.cpu_cores;
+            self.active_gpus += job.resources.gpu_count;
+            self.active_mem += job.resources.memory_mb;
+            if let Some(q) = self.queues.get_mut(&job.queue) {
+                q.running_jobs += 1;
+            }
+            self.counters.started += 1;
+        }
+        if active(from) && !active(to) {
+            let ran = job.started.map_or(0.0, |s| (now - s).max(0.0));
+            job.ran_s += ran;
+            self.active_cpu = (self.active_cpu - job.resources.cpu_cores).max(0.0);
+            self.active_gpus = self.active_gpus.saturating_sub(job.resources.gpu_count);
+            self.active_mem = (self.active_mem - job.resources.memory_mb).max(0.0);
+            if let Some(q) = self.queues.get_mut(&job.queue) {
+                q.running_jobs = q.running_jobs.saturating_sub(1);
+            }
+            if to.is_terminal() {
+                finished = Some((job.info.clone(), ran));
+            }
+        }
+        if to.is_terminal() {
+            job.ended = Some(now);
+            if matches!(to, JobState::Failed | JobState::Cancelled) {
+                job.error = reason.map(str::to_owned);
+            }
+            if to == JobState::Completed {
+                job.progress = 1.0;
+            }
+        }
+        self.counts[state_index(from)] = self.counts[state_index(from)].saturating_sub(1);
+        self.counts[state_index(to)] += 1;
+        if active(to) {
+            self.active_ids.insert(id);
+        } else {
+            self.active_ids.remove(&id);
+        }
+        if let Some((info, ran)) = finished {
+            self.policy.on_finish(&info, ran, now);
+        }
+        if to == JobState::Queued {
+            self.enqueue(id, now);
+        }
+        self.journal_job(id)?;
+        self.journal_history(id, Some(from), to, call, reason)?;
+        Ok(from)
+    }
+
+    /// Puts an active job back in the queue (its place: its submission
+    /// time), counting why.
+    pub fn requeue(
+        &mut self,
+        id: u64,
+        why: Requeue,
+        reason: &str,
+        now: f64,
+    ) -> Result<JobState, JobError> {
+        let call = match why {
+            Requeue::Preempted => "preempt",
+            Requeue::Retried => "retry",
+            Requeue::Interrupted => "recover",
+        };
+        self.check(id, JobState::Queued, call)?;
+        if let Some(job) = self.jobs.get_mut(&id) {
+            match why {
+                Requeue::Preempted => job.preemptions += 1,
+                Requeue::Retried => job.retries += 1,
+                Requeue::Interrupted => {}
+            }
+        }
+        match why {
+            Requeue::Preempted => self.counters.preempted += 1,
+            Requeue::Retried => self.counters.retried += 1,
+            Requeue::Interrupted => self.counters.interrupted += 1,
+        }
+        self.transition(id, JobState::Queued, call, Some(reason), now)
+    }
+
+    /// Changes a job's priority (0–100); a pending job moves in the order.
+    pub fn set_priority(&mut self, id: u64, priority: f64, now: f64) -> Result<(), JobError> {
+        if !(priority.is_finite() && (0.0..=100.0).contains(&priority)) {
+            return Err(JobError::Invalid {
+                field: "priority".into(),
+                message: format!("must be between 0 and 100, got {priority}"),
+            });
+        }
+        let job = self.job(id)?;
+        if job.state.is_terminal() {
+            return Err(self.refuse(job, "set_priority"));
+        }
+        let queued = job.state == JobState::Queued;
+        if queued {
+            self.dequeue(id);
+        }
+        if let Some(job) = self.jobs.get_mut(&id) {
+            job.info.priority = priority;
+        }
+        if queued {
+            self.enqueue(id, now);
+        }
+        self.journal_job(id)
+    }
+
+    /// Raises a job's memory needs (out-of-memory retry); never lowers them.
+    pub fn grow(&mut self, id: u64, memory_mb: f64, vram_mb: f64) -> Result<Resources, JobError> {
+        for (field, v) in [("memory_mb", memory_mb), ("vram_mb", vram_mb)] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(JobError::Invalid {
+                    field: field.into(),
+                    message: format!("must be a finite number >= 0, got {v}"),
+                });
+            }
+        }
+        let job = self.job(id)?;
+        if job.state.is_terminal() {
+            return Err(self.refuse(job, "grow"));
+        }
+        let active = matches!(job.state, JobState::Running | JobState::Paused);
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return Err(JobError::Unknown { id });
+        };
+        let before = job.resources.memory_mb;
+        job.resources.memory_mb = job.resources.memory_mb.max(memory_mb);
+        job.resources.vram_mb = job.resources.vram_mb.max(vram_mb);
+        if active {
+            self.active_mem += job.resources.memory_mb - before;
+        }
+        let r = job.resources;
+        self.journal_job(id)?;
+        Ok(r)
+    }
+
+    /// Records progress of an active job (fraction clamped to [0, 1]).
+    pub fn set_progress(
+        &mut self,
+        id: u64,
+        fraction: f64,
+        message: Option<&str>,
+    ) -> Result<f64, JobError> {
+        if !fraction.is_finite() {
+            return Err(JobError::Invalid {
+                field: "fraction".into(),
+                message: format!("must be a finite number between 0 and 1, got {fraction}"),
+            });
+        }
+        let job = self.job(id)?;
+        if !matches!(job.state, JobState::Running | JobState::Paused) {
+            return Err(self.refuse(job, "progress"));
+        }
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return Err(JobError::Unknown { id });
+        };
+        job.progress = fraction.clamp(0.0, 1.0);
+        job.progress_message = message.map(str::to_owned);
+        Ok(job.progress)
+    }
+
+    /// Number of jobs in `state`.
+    pub fn count(&self, state: JobState) -> u64 {
+        self.counts[state_index(state)]
+    }
+
+    pub fn len(&self) -> usize {
+        self.jobs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.jobs.is_empty()
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// CPU cores, GPUs and memory (MB) held by running and paused jobs.
+    pub fn active(&self) -> (f64, u32, f64) {
+        (self.active_cpu, self.active_gpus, self.active_mem)
+    }
+
+    /// Jobs (optionally in one state), by id.
+    pub fn list(&self, state: Option<JobState>) -> Vec<&Job> {
+        let mut out: Vec<&Job> = self
+            .jobs
+            .values()
+            .filter(|j| state.is_none_or(|s| j.state == s))
+            .collect();
+        out.sort_unstable_by_key(|j| j.id());
+        out
+    }
+
+    fn refresh_keys(&mut self, now: f64) {
+        if self.policy.time_varying() || self.policy.epoch() != self.keyed_epoch {
+            self.rekey_all(now);
+        }
+    }
+
+    /// Pending job ids in the order they would be considered now.
+    pub fn pending_order(&mut self, now: f64, limit: usize) -> Vec<u64> {
+        self.refresh_keys(now);
+        self.pending.iter().take(limit).map(|k| k.id).collect()
+    }
+
+    /// Why the policy puts job `id` where it is.
+    pub fn describe(&self, id: u64, now: f64) -> Result<String, JobError> {
+        let job = self.job(id)?;
+        Ok(self.policy.describe(&job.info, &Ctx { now }))
+    }
+
+    /// One admission pass at `now`: pending jobs in order, each offered to
+    /// `take` (the front end's reservation: `Some(hold)` when it fits) through
+    /// [`admit`] under the policy's admission mode. A queue at its
+    /// `max_concurrent_jobs` and a job `eligible` refuses (a reason) are
+    /// passed over, not waited for. Started jobs are RUNNING on return.
+    pub fn dispatch<H, E>(
+        &mut self,
+        now: f64,
+        capacity: Capacity,
+        mut eligible: impl FnMut(&Job) -> Result<Option<String>, E>,
+        take: impl FnMut(&Job) -> Result<Option<H>, E>,
+    ) -> PassOutcome<H, E> {
+        self.refresh_keys(now);
+        let mut outcome = PassOutcome {
+            started: Vec::new(),
+            blocked: None,
+            skipped: Vec::new(),
+            head_start: None,
+            error: None,
+        };
+        let mut room: HashMap<&str, u32> = HashMap::new();
+        for q in self.queues.values() {
+            if let Some(max) = q.max_concurrent_jobs {
+                room.insert(q.name.as_ref(), max.saturating_sub(q.running_jobs));
+            }
+        }
+        let mut candidates: Vec<u64> = Vec::new();
+        for k in &self.pending {
+            let Some(job) = self.jobs.get(&k.id) else {
+                continue;
+            };
+            if let Some(left) = room.get_mut(job.queue.as_ref()) {
+                if *left == 0 {
+                    if outcome.skipped.len() < 100 {
+                        let max = self
+                            .queues
+                            .get(&job.queue)
+                            .and_then(|q| q.max_concurrent_jobs)
+                            .unwrap_or(0);
+                        outcome.skipped.push((
+                            k.id,
+                            format!("queue {:?} is at max_concurrent_jobs={max}", job.queue),
+                        ));
+                    }
+                    continue;
+                }
+                *left -= 1;
+            }
+            match eligible(job) {
+                Ok(None) => candidates.push(k.id),
+                Ok(Some(why)) => outcome.skipped.push((k.id, why)),
+                Err(e) => {
+                    outcome.error = Some(e);
+                    break;
+                }
+            }
+        }
+        let running: Vec<(f64, u32, f64, f64)> = self
+            .active_ids
+            .iter()
+            .filter_map(|id| self.jobs.get(id))
+            .map(|j| {
+                let end = match (j.started, j.info.estimated_duration) {
+                    (Some(s), Some(d)) => s + d,
+                    _ => f64::INFINITY,
+                };
+                (
+                    j.resources.cpu_cores,
+                    j.resources.gpu_count,
+                    j.resources.memory_mb,
+                    end,
+                )
+            })
+            .collect();
+        if outcome.error.is_none() && !candidates.is_empty() {
+            let mut placement = JobPlacement {
+                jobs: &self.jobs,
+                free: Free {
+                    cpu: capacity.cpu_cores - self.active_cpu,
+                    gpus: f64::from(capacity.gpus) - f64::from(self.active_gpus),
+                    mem: capacity.memory_mb - self.active_mem,
+                },
+                running,
+                now,
+                take,
+                error: None,
+            };
+            let order: Vec<usize> = (0..candidates.len()).collect();
+            let jobs = &self.jobs;
+            let pass = admit(
+                self.policy.admission(),
+                &order,
+                &candidates,
+                &mut placement,
+                |id| jobs.get(id).and_then(|j| j.info.estimated_duration),
+                now,
+            );
+            outcome.error = placement.error.take();
+            outcome.blocked = pass.blocked_head.map(|i| candidates[i]);
+            outcome.head_start = pass.head_start;
+            outcome.started = pass
+                .started
+                .into_iter()
+                .map(|(i, h)| (candidates[i], h))
+                .collect();
+        }
+        for (id, _) in &outcome.started {
+            // Checked: every candidate is QUEUED, and QUEUED → RUNNING is allowed.
+            if self
+                .transition(*id, JobState::Running, "start", None, now)
+                .is_ok()
+            {
+                if let Some(job) = self.jobs.get(id) {
+                    let info = job.info.clone();
+                    self.policy.on_start(&info, now);
+                }
+            }
+        }
+        outcome
+    }
+
+    /// The policy's preemption advice for `head` (who would start if the
+    /// running jobs named were stopped): GPUs when it asks for GPUs, else
+    /// memory (MB), against what the table holds out of `capacity`.
+    pub fn preemption_advice(&self, head: u64, capacity: Capacity) -> Result<Vec<u64>, JobError> {
+        let job = self.job(head)?;
+        let gpus = job.resources.gpu_count > 0;
+        let needed = if gpus {
+            f64::from(job.resources.gpu_count)
+                - (f64::from(capacity.gpus) - f64::from(self.active_gpus))
+        } else {
+            job.resources.memory_mb - (capacity.memory_mb - self.active_mem)
+        };
+        let running: Vec<RunningJob> = self
+            .active_ids
+            .iter()
+            .filter_map(|id| self.jobs.get(id))
+            .filter(|j| j.state == JobState::Running)
+            .map(|j| RunningJob {
+                job: j.info.clone(),
+                started: j.started.unwrap_or(0.0),
+                holds: if gpus {
+                    f64::from(j.resources.gpu_count)
+                } else {
+                    j.resources.memory_mb
+                },
+            })
+            .collect();
+        Ok(self.policy.should_preempt(&running, &job.info, needed))
+    }
+
+    /// Restores the table from its journal: queued jobs wait again in their
+    /// order; jobs that were running or paused are requeued when their kind
+    /// can be rerun, else failed with the reason.
+    pub fn recover(&mut self, now: f64) -> Result<Recovery, JobError> {
+        self.load(now, true)
+    }
+
+    /// Loads the journal's jobs as they were recorded, changing nothing in
+    /// it (for viewers such as the CLI, while a scheduler may be running).
+    pub fn view(&mut self, now: f64) -> Result<Recovery, JobError> {
+        self.load(now, false)
+    }
+
+    fn load(&mut self, now: f64, apply: bool) -> Result<Recovery, JobError> {
+        let Some(journal) = self.journal.as_ref() else {
+            return Ok(Recovery::default());
+        };
+        let rows = journal.load()?;
+        let mut report = Recovery::default();
+        for row in rows {
+            let queue = row.queue.clone();
+            if !self.queues.contains_key(queue.as_str()) {
+                self.add_queue(&queue, 0, None)?;
+            }
+            let mut job = row.into_job(self.offset);
+            job.queue = self.intern(&queue);
+            job.info.name = self.intern(&job.info.name.clone());
+            job.kind = self.intern(&job.kind.clone());
+            let id = job.id();
+            self.next_id = self.next_id.max(id + 1);
+            let was = job.state;
+            if let Some(q) = self.queues.get_mut(&job.queue) {
+                q.total_jobs += 1;
+            }
+            let interrupted = apply && matches!(was, JobState::Running | JobState::Paused);
+            let can_rerun = rerunnable(&job.kind);
+            if interrupted {
+                job.state = if can_rerun {
+                    JobState::Queued
+                } else {
+                    JobState::Failed
+                };
+            }
+            let kind = job.kind.clone();
+            if job.state == JobState::Failed && interrupted {
+                job.error = Some(format!(
+                    "interrupted: the scheduler's process ended while it was {was}, and a {kind} job cannot be rerun (register the function by name with register() to make it rerunnable)"
+                ));
+                job.ended = Some(now);
+            }
+            let state = job.state;
+            let error = job.error.clone();
+            let queue_key = job.queue.clone();
+            self.counts[state_index(state)] += 1;
+            self.jobs.insert(id, job);
+            if matches!(state, JobState::Running | JobState::Paused) {
+                self.active_ids.insert(id);
+                if let Some(q) = self.queues.get_mut(&queue_key) {
+                    q.running_jobs += 1;
+                }
+            }
+            if state == JobState::Queued {
+                self.enqueue(id, now);
+                if interrupted {
+                    report.requeued.push(id);
+                } else {
+                    report.queued.push(id);
+                }
+            }
+            if interrupted {
+                if state == JobState::Failed {
+                    report.failed.push(id);
+                } else {
+                    self.counters.interrupted += 1;
+                }
+                self.journal_job(id)?;
+                let reason = match state {
+                    JobState::Queued => format!("interrupted while {was}: requeued"),
+                    _ => error.unwrap_or_default(),
+                };
+                self.journal_history(id, Some(was), state, "recover", Some(&reason))?;
+            }
+        }
+        if apply {
+            self.flush()?;
+        }
+        Ok(report)
+    }
+
+    /// Commits the journal's buffered writes.
+    pub fn flush(&mut self) -> Result<(), JobError> {
+        match self.journal.as_mut() {
+            Some(j) => j.flush(),
+            None => Ok(()),
+        }
+    }
+
+    pub fn unflushed(&self) -> usize {
+        self.journal.as_ref().map_or(0, Journal::unflushed)
+    }
+
+    /// History from the journal (empty without one).
+    pub fn history(&self, id: Option<u64>, limit: usize) -> Result<Vec<HistoryRow>, JobError> {
+        match self.journal.as_ref() {
+            Some(j) => j.read_history(id, limit),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Clock seconds → Unix seconds.
+    pub fn to_unix(&self, t: f64) -> f64 {
+        t + self.offset
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Free {
+    cpu: f64,
+    gpus: f64,
+    mem: f64,
+}
+
+/// The table's view of the machine during a pass: CPU cores are checked
+/// here; the rest is the front end's `take` (its reservation).
+struct JobPlacement<'a, F, E> {
+    jobs: &'a HashMap<u64, Job>,
+    free: Free,
+    running: Vec<(f64, u32, f64, f64)>,
+    now: f64,
+    take: F,
+    error: Option<E>,
+}
+
+impl<H, E, F: FnMut(&Job) -> Result<Option<H>, E>> Placement for JobPlacement<'_, F, E> {
+    type Job = u64;
+    type Hold = H;
+    type Plan = CapacityPlan;
+
+    fn try_take(&mut self, id: &u64) -> Option<H> {
+        if self.error.is_some() {
+            return None;
+        }
+        let job = self.jobs.get(id)?;
+        if job.resources.cpu_cores > self.free.cpu + 1e-9 {
+            return None;
+        }
+        match (self.take)(job) {
+            Ok(Some(hold)) => {
+                self.free.cpu -= job.resources.cpu_cores;
+                self.free.gpus -= f64::from(job.resources.gpu_count);
+                self.free.mem -= job.resources.memory_mb;
+                self.running.push((
+                    job.resources.cpu_cores,
+                    job.resources.gpu_count,
+                    job.resources.memory_mb,
+                    job.info
+                        .estimated_duration
+                        .map_or(f64::INFINITY, |d| self.now + d),
+                ));
+                Some(hold)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                self.error = Some(e);
+                None
+            }
+        }
+    }
+
+    fn plan(&self) -> CapacityPlan {
+        CapacityPlan {
+            free: self.free.clone(),
+            holds: self
+                .running
+                .iter()
+                .map(|&(c, g, m, end)| (c, f64::from(g), m, end))
+                .collect(),
+            needs: Arc::new(
+                self.jobs
+                    .values()
+                    .filter(|j| j.state == JobState::Queued)
+                    .map(|j| {
+                        (
+                            j.id(),
+                            (
+                                j.resources.cpu_cores,
+                                f64::from(j.resources.gpu_count),
+                                j.resources.memory_mb,
+                            ),
+                        )
+                    })
+                    .collect(),
+            ),
+        }
+    }
+}
+
+/// Backfill's plan: free CPU cores, GPUs and memory, and the holds of the
+/// running jobs with their expected ends.
+#[derive(Debug, Clone)]
+pub struct CapacityPlan {
+    free: Free,
+    holds: Vec<(f64, f64, f64, f64)>,
+    needs: Arc<HashMap<u64, (f64, f64, f64)>>,
+}
+
+impl Plan for CapacityPlan {
+    type Job = u64;
+    fn fits(&self, id: &u64) -> bool {
+        let Some(&(c, g, m)) = self.needs.get(id) else {
+            return false;
+        };
+        c <= self.free.cpu + 1e-9 && g <= self.free.gpus + 1e-9 && m <= self.free.mem + 1e-9
+    }
+    fn hold(&mut self, id: &u64) {
+        if let Some(&(c, g, m)) = self.needs.get(id) {
+            self.free.cpu -= c;
+            self.free.gpus -= g;
+            self.free.mem -= m;
+            self.holds.push((c, g, m, f64::INFINITY));
+        }
+    }
+    fn next_end(&self) -> Option<f64> {
+        self.holds
+            .iter()
+            .map(|h| h.3)
+            .filter(|t| t.is_finite())
+            .min_by(f64::total_cmp)
+    }
+    fn release_until(&mut self, t: f64) {
+        let free = &mut self.free;
+        self.holds.retain(|&(c, g, m, end)| {
+            if end <= t {
+                free.cpu += c;
+                free.gpus += g;
+                free.mem += m;
+                false
+            } else {
+                true
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{by_name, order};
+
+    fn q(policy: &str) -> JobQueue {
+        JobQueue::new(by_name(policy, None).expect("policy"), None)
+    }
+
+    const BIG: Capacity = Capacity {
+        cpu_cores: 1e9,
+        gpus: 1000,
+        memory_mb: 1e12,
+    };
+
+    fn spec(name: &str, priority: f64) -> JobSpec {
+        let mut s = JobSpec::new(name);
+        s.priority = priority;
+        s
+    }
+
+    fn take_all(q: &mut JobQueue, now: f64) -> Vec<u64> {
+        let out = q.dispatch::<(), ()>(now, BIG, |_| Ok(None), |_| Ok(Some(())));
+        out.started.into_iter().map(|s| s.0).collect()
+    }
+
+    #[test]
+    fn pending_order_is_the_policys_order() {
+        for name in crate::policy::NAMES {
+            let mut table = q(name);
+            let mut infos = Vec::new();
+            for i in 0..40u64 {
+                let mut s = spec(&format!("m{}", i % 3), ((i * 37) % 101) as f64);
+                s.user = Some(format!("u{}", i % 4));
+                s.deadline_in = (i % 2 == 0).then_some((i * 13 % 400) as f64);
+                s.estimated_duration = (i % 3 != 0).then_some((i * 7 % 50) as f64);
+                let id = table.submit(s, (i % 9) as f64).expect("submit");
+                infos.push(table.get(id).expect("job").info.clone());
+            }
+            let now = 50.0;
+            let expected: Vec<u64> = order(table.policy(), &infos, &Ctx { now })
+                .into_iter()
+                .map(|i| infos[i].id)
+                .collect();
+            assert_eq!(table.pending_order(now, usize::MAX), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn invalid_transitions_name_job_state_and_call() {
+        let mut t = q("fifo");
+        let id = t.submit(spec("a", 50.0), 0.0).expect("submit");
+        let e = t
+            .transition(id, JobState::Paused, "pause_job", None, 0.0)
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "cannot pause_job job 1 (\"a\"): it is QUEUED"
+        );
+        assert_eq!(take_all(&mut t, 1.0), vec![id]);
+        t.transition(id, JobState::Completed, "finish", None, 2.0)
+            .expect("complete");
+        let e = t
+            .transition(id, JobState::Cancelled, "cancel_job", None, 3.0)
+            .unwrap_err();
+        assert!(e.to_string().contains("COMPLETED"));
+        assert!(matches!(
+            t.transition(99, JobState::Running, "start", None, 0.0),
+            Err(JobError::Unknown { id: 99 })
+        ));
+        assert_eq!(t.count(JobState::Completed), 1);
+        assert_eq!(t.count(JobState::Queued), 0);
+        assert_eq!(t.get(id).expect("job").ran_s, 1.0);
+    }
+
+    #[test]
+    fn priority_reorders_and_requeue_keeps_the_place() {
+        let mut t = q("priority");
+        let a = t.submit(spec("a", 10.0), 0.0).expect("a");
+        let b = t.submit(spec("b", 20.0), 1.0).expect("b");
+        assert_eq!(t.pending_order(2.0, 10), vec![b, a]);
+        t.set_priority(a, 90.0, 2.0).expect("set");
+        assert_eq!(t.pending_order(2.0, 10), vec![a, b]);
+        assert_eq!(take_all(&mut t, 3.0), vec![a, b]);
+        t.requeue(a, Requeue::Preempted, "preempted for job 3", 4.0)
+            .expect("requeue");
+        let job = t.get(a).expect("a");
+        assert_eq!((job.state, job.preemptions), (JobState::Queued, 1));
+        assert_eq!(t.counters().preempted, 1);
+        assert_eq!(t.pending_order(4.0, 10), vec![a]);
+    }
+
+    #[test]
+    fn strict_blocks_at_the_head_and_queue_limits_pass_over() {
+        let mut t = q("fifo");
+        t.add_queue("gpu", 0, Some(1)).expect("queue");
+        let mut s1 = spec("g1", 50.0);
+        s1.queue = Some("gpu".into());
+        let g1 = t.submit(s1.clone(), 0.0).expect("g1");
+        let g2 = t.submit(s1, 1.0).expect("g2");
+        let big = {
+            let mut s = spec("big", 50.0);
+            s.resources.cpu_cores = 8.0;
+            t.submit(s, 2.0).expect("big")
+        };
+        let small = t.submit(spec("small", 50.0), 3.0).expect("small");
+        let cap = Capacity {
+            cpu_cores: 4.0,
+            gpus: 0,
+            memory_mb: 1e6,
+        };
+        let out = t.dispatch::<(), ()>(5.0, cap, |_| Ok(None), |_| Ok(Some(())));
+        let started: Vec<u64> = out.started.iter().map(|s| s.0).collect();
+        assert_eq!(started, vec![g1]);
+        assert_eq!(out.blocked, Some(big));
+        assert_eq!(out.skipped.len(), 1);
+        assert_eq!(out.skipped[0].0, g2);
+        assert!(out.skipped[0].1.contains("max_concurrent_jobs=1"));
+        assert_eq!(t.get(small).expect("small").state, JobState::Queued);
+        let stats: Vec<_> = t.queues().filter(|q| q.name.as_ref() == "gpu").collect();
+        assert_eq!(
+            (
+                stats[0].running_jobs,
+                stats[0].pending_jobs,
+                stats[0].total_jobs
+            ),
+            (1, 1, 2)
+        );
+    }
+
+    #[test]
+    fn queue_priority_is_a_tier_above_the_policy() {
+        let mut t = q("priority");
+        t.add_queue("urgent", 10, None).expect("queue");
+        let low = t.submit(spec("low", 99.0), 0.0).expect("low");
+        let mut s = spec("urgent", 1.0);
+        s.queue = Some("urgent".into());
+        let hi = t.submit(s, 1.0).expect("hi");
+        assert_eq!(t.pending_order(1.0, 10), vec![hi, low]);
+        assert!(t
+            .submit(
+                {
+                    let mut s = spec("x", 1.0);
+                    s.queue = Some("nope".into());
+                    s
+                },
+                1.0
+            )
+            .is_err());
+    }
+
+    #[test]
+    fn take_errors_keep_what_was_taken() {
+        let mut t = q("best_effort_fifo");
+        let a = t.submit(spec("a", 50.0), 0.0).expect("a");
+        let b = t.submit(spec("b", 50.0), 1.0).expect("b");
+        let out = t.dispatch::<u64, String>(
+            2.0,
+            BIG,
+            |_| Ok(None),
+            |j| {
+                if j.id() == a {
+                    Ok(Some(a))
+                } else {
+                    Err("boom".into())
+                }
+            },
+        );
+        assert_eq!(out.started.iter().map(|s| s.0).collect::<Vec<_>>(), vec![a]);
+        assert_eq!(out.error.as_deref(), Some("boom"));
+        assert_eq!(t.get(b).expect("b").state, JobState::Queued);
+    }
+
+    #[test]
+    fn preemption_advice_comes_from_the_policy() {
+        let mut t = q("priority");
+        let cap = Capacity {
+            cpu_cores: 64.0,
+            gpus: 1,
+            memory_mb: 1e6,
+        };
+        let mut low = spec("low", 10.0);
+        low.resources.gpu_count = 1;
+        let low = t.submit(low, 0.0).expect("low");
+        let out = t.dispatch::<(), ()>(1.0, cap, |_| Ok(None), |_| Ok(Some(())));
+        assert_eq!(out.started.len(), 1);
+        let mut hi = spec("hi", 90.0);
+        hi.resources.gpu_count = 1;
+        let hi = t.submit(hi, 2.0).expect("hi");
+        assert_eq!(t.preemption_advice(hi, cap).expect("advice"), vec![low]);
+        let fifo = q("fifo");
+        assert!(fifo
+            .policy()
+            .should_preempt(&[], &t.get(hi).expect("hi").info, 1.0)
+            .is_empty());
+    }
+
+    #[test]
+    fn grow_only_raises() {
+        let mut t = q("fifo");
+        let mut s = spec("a", 50.0);
+        s.resources.memory_mb = 1000.0;
+        let a = t.submit(s, 0.0).expect("a");
+        assert_eq!(t.grow(a, 1500.0, 0.0).expect("grow").memory_mb, 1500.0);
+        assert_eq!(t.grow(a, 10.0, 0.0).expect("grow").memory_mb, 1500.0);
+        assert!(t.grow(a, f64::NAN, 0.0).is_err());
+    }
+
+    #[test]
+    fn recovery_requeues_rerunnable_and_fails_the_rest() {
+        let dir = std::env::temp_dir().join(format!("ps-jobs-recover-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("jobs.db");
+        let (a, b, c, d);
+        {
+            let mut t = JobQueue::new(
+                by_name("fifo", None).expect("fifo"),
+                Some(Journal::open(&path, 1000).expect("journal")),
+            );
+            t.set_clock(0.0);
+            let mut cmd = spec("cmd", 50.0);
+            cmd.kind = "command".into();
+            cmd.payload = "{\"argv\": [\"true\"]}".into();
+            a = t.submit(cmd, 0.0).expect("a");
+            let mut f = spec("fn", 50.0);
+            f.kind = "function".into();
+            b = t.submit(f, 1.0).expect("b");
+            c = t.submit(spec("later", 50.0), 2.0).expect("c");
+            d = t.submit(spec("first", 50.0), 3.0).expect("d");
+            let out = t.dispatch::<(), ()>(
+                4.0,
+                Capacity {
+                    cpu_cores: 64.0,
+                    gpus: 0,
+                    memory_mb: 1e6,
+                },
+                |_| Ok(None),
+                |j| Ok((j.id() <= b).then_some(())),
+            );
+            assert_eq!(out.started.len(), 2);
+            t.flush().expect("flush");
+            // Dropped without any shutdown: as after SIGKILL.
+        }
+        let mut t = JobQueue::new(
+            by_name("fifo", None).expect("fifo"),
+            Some(Journal::open(&path, 1000).expect("journal")),
+        );
+        t.set_clock(100.0);
+        let r = t.recover(100.0).expect("recover");
+        assert_eq!(r.requeued, vec![a]);
+        assert_eq!(r.failed, vec![b]);
+        assert_eq!(r.queued, vec![c, d]);
+        assert_eq!(t.pending_order(100.0, 10), vec![a, c, d]);
+        assert!(t
+            .get(b)
+            .expect("b")
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("cannot be rerun"));
+        let next = t.submit(spec("new", 50.0), 101.0).expect("new");
+        assert!(next > d);
+        let h = t.history(Some(a), 10).expect("history");
+        assert_eq!(h.last().map(|r| r.call.as_str()), Some("recover"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

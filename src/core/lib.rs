@@ -9,5 +9,6 @@ pub mod messages;
 pub mod policy;
 pub mod queue_wait;
 pub mod reserve;
+pub mod sim;
 pub mod stats;
 pub mod wake;

@@ -1,4 +1,4 @@
-"""Command line: ``python -m plugin_scheduling {demo,stats}``."""
+"""Command line: ``python -m plugin_scheduling {demo,stats,simulate,trace}``."""
 
 from __future__ import annotations
 
@@ -25,7 +25,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     stats = commands.add_parser("stats", help="this machine's RAM, CPU and GPUs")
     stats.add_argument("--json", action="store_true", help="print the SystemStats dict as JSON")
     stats.add_argument("--watch", type=_positive_seconds, metavar="SECONDS", help="refresh until Ctrl-C")
+    from . import _cli_sim
+
+    _cli_sim.add_parsers(commands)
     args = parser.parse_args(argv)
+    if args.command in _cli_sim.COMMANDS:
+        return _cli_sim.run(args)
     if args.command == "demo":
         from . import _demo
 

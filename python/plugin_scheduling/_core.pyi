@@ -204,3 +204,97 @@ class QueueWaitState:
     def after_stats(self, plugin_meta: Any, stats: Any) -> bool | float: ...
     def subscribe(self, wake: Any, event_loop: Any, future: Any) -> int | None: ...
     def unsubscribe(self, token: int | None) -> None: ...
+
+# --- Simulator (plugin_scheduling.simulator wraps these) ---
+
+from typing import TypedDict as _TypedDict
+
+PolicyName = Literal[
+    "fifo", "best_effort_fifo", "priority", "fair_share", "deadline", "sjf",
+    "round_robin", "backfill", "multifactor", "las",
+]
+
+class SimMetrics(_TypedDict):
+    jobs: int
+    avg_jct_s: float
+    p50_jct_s: float
+    p95_jct_s: float
+    avg_wait_s: float
+    p95_wait_s: float
+    avg_slowdown: float
+    makespan_s: float
+    gpu_utilization: float
+    jain_fairness: float
+    slo_attainment: float | None
+    preemptions: int
+    cost: float | None
+
+class SimJobColumns(_TypedDict):
+    job_id: list[str]
+    user: list[str | None]
+    num_gpu: list[int]
+    submit_time: list[float]
+    start_time: list[float | None]
+    end_time: list[float | None]
+    wait_s: list[float]
+    jct_s: list[float]
+    duration: list[float]
+    slowdown: list[float]
+    preemptions: list[int]
+    deadline_met: list[bool | None]
+    cost: list[float]
+
+class SimTimelineColumns(_TypedDict):
+    time: list[float]
+    queue_length: list[int]
+    busy_gpus: list[int]
+
+@final
+class SimTrace:
+    """A parsed trace (jobs in submission order), reusable across runs."""
+    def __len__(self) -> int: ...
+    def to_csv(self) -> str:
+        """The trace as CSV text."""
+
+@final
+class SimRun:
+    """One policy's run."""
+    @property
+    def policy(self) -> str: ...
+    def metrics(self) -> SimMetrics: ...
+    def job_columns(self) -> SimJobColumns: ...
+    def timeline_columns(self) -> SimTimelineColumns: ...
+
+def _load_trace(trace: str | os.PathLike[str] | Any, columns: Mapping[str, str] | None = None) -> SimTrace:
+    """Reads a trace from a path (CSV or JSON lines) or an iterable of row mappings."""
+
+def _generate_trace(
+    jobs: int,
+    *,
+    seed: int = 0,
+    jobs_per_hour: float = 30.0,
+    gpus: list[tuple[int, float]] | None = None,
+    durations: list[tuple[float, float, float]] | None = None,
+    users: int = 10,
+    deadline_slack: float | None = None,
+) -> SimTrace:
+    """A synthetic (Gavel-like) trace."""
+
+def _simulate(
+    trace: SimTrace,
+    *,
+    policy: PolicyName | Any,
+    gpus: int | None = None,
+    nodes: int | None = None,
+    gpus_per_node: int | None = None,
+    vram_per_gpu_mb: float | None = None,
+    ram_per_node_mb: float | None = None,
+    node_cost_per_hour: list[float] | None = None,
+    preempt: bool | None = None,
+    oracle_estimates: bool = True,
+    las_thresholds: list[float] | None = None,
+    timeline: bool = True,
+    reference: bool = False,
+    progress: Callable[[int, int], Any] | None = None,
+) -> SimRun:
+    """Runs a trace under a policy (see ``plugin_scheduling.simulate``)."""

@@ -100,3 +100,22 @@ pub fn seconds(field: &str, value: &Bound<'_, PyAny>, allow_infinite: bool) -> P
     }
     Ok(secs)
 }
+
+/// Maps the core's error: bad input to `ValueError`/`TypeError` (the
+/// message names the field and the value), I/O to `OSError`
+/// (`FileNotFoundError` for a missing file), the rest to `RuntimeError`.
+pub fn core_error(error: plugin_scheduling_core::error::Error) -> PyErr {
+    use plugin_scheduling_core::error::Error;
+    let message = error.to_string();
+    match error {
+        Error::InvalidValue { .. } | Error::NeverFits { .. } => PyValueError::new_err(message),
+        Error::InvalidType { .. } => PyTypeError::new_err(message),
+        Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            pyo3::exceptions::PyFileNotFoundError::new_err(message)
+        }
+        Error::Io { .. } => pyo3::exceptions::PyOSError::new_err(message),
+        Error::Database { .. } | Error::Policy { .. } => {
+            pyo3::exceptions::PyRuntimeError::new_err(message)
+        }
+    }
+}

@@ -7,6 +7,7 @@ mod queue;
 mod reservation;
 mod reservation_inputs;
 mod schedulers;
+mod sim;
 mod stats;
 mod waiting;
 
@@ -38,6 +39,11 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         "SimulatedOutOfMemory",
         py.get_type::<errors::SimulatedOutOfMemory>(),
     )?;
+    m.add_class::<sim::SimTrace>()?;
+    m.add_class::<sim::SimRun>()?;
+    m.add_function(wrap_pyfunction!(sim::_load_trace, m)?)?;
+    m.add_function(wrap_pyfunction!(sim::_generate_trace, m)?)?;
+    m.add_function(wrap_pyfunction!(sim::_simulate, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -129,6 +129,11 @@ struct Engine<'p> {
     preempt: bool,
     thresholds: Vec<f64>,
     epoch: u64,
+    /// When the pending keys were computed: a policy whose keys do not vary
+    /// with time alone keys newcomers at this time too, so float drift in
+    /// a key that is constant in theory (fair share's decay) cannot order
+    /// newcomers inconsistently with those already waiting.
+    key_now: f64,
     busy_area: f64,
     last_t: f64,
     done: usize,
@@ -227,6 +232,7 @@ pub(crate) fn run(
     let preempt = options.preempt.unwrap_or(!thresholds.is_empty()) && !options.reference;
     let mut e = Engine {
         epoch: policy.epoch(),
+        key_now: trace.first().map_or(0.0, |t| t.submit_time),
         policy,
         cluster,
         jobs: Jobs(jobs),
@@ -344,6 +350,11 @@ fn stopped(policy: &str) -> Error {
 impl Engine<'_> {
     fn entry(&self, job: u32, now: f64) -> Entry {
         let j = &self.jobs.0[job as usize];
+        let now = if self.policy.time_varying() || self.reference {
+            now
+        } else {
+            self.key_now
+        };
         Entry {
             key: self.policy.key(&j.info, &Ctx { now }),
             submitted: j.info.submitted,
@@ -658,6 +669,7 @@ impl Engine<'_> {
         let epoch = self.policy.epoch();
         if self.policy.time_varying() || epoch != self.epoch {
             self.epoch = epoch;
+            self.key_now = now;
             self.rekey(now);
         }
         let mode = self.policy.admission();

@@ -22,8 +22,14 @@ __all__ = [
     "SafetyScheduler",
     "SimulatedOutOfMemory",
     "SimulatedSystem",
+    "SimRun",
+    "SimTrace",
     "SystemMonitor",
     "__version__",
+    "_generate_trace",
+    "_load_trace",
+    "_metric_names",
+    "_simulate",
 ]
 __version__: str
 
@@ -209,12 +215,12 @@ class QueueWaitState:
 
 from typing import TypedDict as _TypedDict
 
-PolicyName = Literal[
+_PolicyName = Literal[
     "fifo", "best_effort_fifo", "priority", "fair_share", "deadline", "sjf",
     "round_robin", "backfill", "multifactor", "las",
 ]
 
-class SimMetrics(_TypedDict):
+class _SimMetrics(_TypedDict):
     jobs: int
     avg_jct_s: float
     p50_jct_s: float
@@ -229,7 +235,7 @@ class SimMetrics(_TypedDict):
     preemptions: int
     cost: float | None
 
-class SimJobColumns(_TypedDict):
+class _SimJobColumns(_TypedDict):
     job_id: list[str]
     user: list[str | None]
     num_gpu: list[int]
@@ -244,7 +250,7 @@ class SimJobColumns(_TypedDict):
     deadline_met: list[bool | None]
     cost: list[float]
 
-class SimTimelineColumns(_TypedDict):
+class _SimTimelineColumns(_TypedDict):
     time: list[float]
     queue_length: list[int]
     busy_gpus: list[int]
@@ -261,9 +267,12 @@ class SimRun:
     """One policy's run."""
     @property
     def policy(self) -> str: ...
-    def metrics(self) -> SimMetrics: ...
-    def job_columns(self) -> SimJobColumns: ...
-    def timeline_columns(self) -> SimTimelineColumns: ...
+    def metrics(self) -> _SimMetrics: ...
+    def job_columns(self) -> _SimJobColumns: ...
+    def timeline_columns(self) -> _SimTimelineColumns: ...
+
+def _metric_names() -> list[str]:
+    """The metrics' names, in report order."""
 
 def _load_trace(trace: str | os.PathLike[str] | Any, columns: Mapping[str, str] | None = None) -> SimTrace:
     """Reads a trace from a path (CSV or JSON lines) or an iterable of row mappings."""
@@ -283,7 +292,7 @@ def _generate_trace(
 def _simulate(
     trace: SimTrace,
     *,
-    policy: PolicyName | Any,
+    policy: _PolicyName | Any,
     gpus: int | None = None,
     nodes: int | None = None,
     gpus_per_node: int | None = None,

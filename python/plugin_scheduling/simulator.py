@@ -25,28 +25,14 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 from . import _core
 
 #: Every metric :func:`simulate` reports, in report order.
-METRICS = (
-    "jobs",
-    "avg_jct_s",
-    "p50_jct_s",
-    "p95_jct_s",
-    "avg_wait_s",
-    "p95_wait_s",
-    "avg_slowdown",
-    "makespan_s",
-    "gpu_utilization",
-    "jain_fairness",
-    "slo_attainment",
-    "preemptions",
-    "cost",
-)
+METRICS: tuple[str, ...] = tuple(_core._metric_names())
 
 TraceInput = Union[str, "os.PathLike[str]", Sequence[Mapping[str, Any]], Any, "_core.SimTrace"]
 
 
 def _pandas() -> Any:
     try:
-        import pandas
+        import pandas  # type: ignore[import-untyped,unused-ignore]
     except ImportError:
         raise ImportError(
             "to_pandas() needs pandas, which is not installed: pip install pandas"
@@ -87,7 +73,7 @@ class SimulationResult:
         self._timeline: Optional[List[Dict[str, Any]]] = None
 
     @staticmethod
-    def _rows(columns: Mapping[str, List[Any]]) -> List[Dict[str, Any]]:
+    def _rows(columns: Mapping[str, Any]) -> List[Dict[str, Any]]:
         names = list(columns)
         return [dict(zip(names, values)) for values in zip(*columns.values())]
 
@@ -107,10 +93,12 @@ class SimulationResult:
 
     def job_columns(self) -> Dict[str, List[Any]]:
         """The per-job table as columns (cheaper than ``jobs`` for big runs)."""
-        return dict(self._run.job_columns())
+        cols: Mapping[str, List[Any]] = self._run.job_columns()  # type: ignore[assignment]
+        return {k: list(v) for k, v in cols.items()}
 
     def timeline_columns(self) -> Dict[str, List[Any]]:
-        return dict(self._run.timeline_columns())
+        cols: Mapping[str, List[Any]] = self._run.timeline_columns()  # type: ignore[assignment]
+        return {k: list(v) for k, v in cols.items()}
 
     def to_pandas(self, table: str = "jobs") -> Any:
         """The per-job table (``table="jobs"``) or the timeline
@@ -204,7 +192,7 @@ def generate_trace(
         seed=seed,
         jobs_per_hour=jobs_per_hour,
         gpus=list(gpus.items()) if gpus is not None else None,
-        durations=[tuple(d) for d in durations] if durations is not None else None,
+        durations=[(float(lo), float(hi), float(w)) for lo, hi, w in durations] if durations is not None else None,
         users=users,
         deadline_slack=deadline_slack,
     )

@@ -44,6 +44,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(sim::_load_trace, m)?)?;
     m.add_function(wrap_pyfunction!(sim::_generate_trace, m)?)?;
     m.add_function(wrap_pyfunction!(sim::_simulate, m)?)?;
+    m.add_function(wrap_pyfunction!(sim::_metric_names, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -14,7 +14,9 @@ use super::errors::{core_error, describe};
 use plugin_scheduling_core::policy::{by_name, Admission, Ctx, JobInfo, Las, Policy};
 use plugin_scheduling_core::sim::trace::{self, Cell, TraceBuilder};
 use plugin_scheduling_core::sim::workload::{self, WorkloadSpec};
-use plugin_scheduling_core::sim::{self as core_sim, ClusterSpec, Columns, SimOptions, TraceJob};
+use plugin_scheduling_core::sim::{
+    self as core_sim, ClusterSpec, Columns, SimOptions, TraceJob, METRIC_NAMES,
+};
 
 /// A parsed trace (jobs in submission order), reusable across runs.
 #[pyclass(module = "plugin_scheduling._core", frozen)]
@@ -56,6 +58,12 @@ fn cell(value: Option<Bound<'_, PyAny>>) -> PyResult<Cell> {
         return Ok(Cell::Num(x));
     }
     Ok(Cell::Text(v.str()?.to_str()?.to_owned()))
+}
+
+/// The metrics' names, in report order (the keys of `SimRun.metrics()`).
+#[pyfunction]
+pub fn _metric_names() -> Vec<&'static str> {
+    METRIC_NAMES.to_vec()
 }
 
 /// Reads a trace: a path (CSV or JSON lines), or rows (mappings).
@@ -309,20 +317,25 @@ impl SimRun {
     /// trace has no deadlines / the cluster no costs).
     fn metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let m = &self.result.metrics;
+        let values: [Bound<'py, PyAny>; 13] = [
+            m.jobs.into_pyobject(py)?.into_any(),
+            m.avg_jct_s.into_pyobject(py)?.into_any(),
+            m.p50_jct_s.into_pyobject(py)?.into_any(),
+            m.p95_jct_s.into_pyobject(py)?.into_any(),
+            m.avg_wait_s.into_pyobject(py)?.into_any(),
+            m.p95_wait_s.into_pyobject(py)?.into_any(),
+            m.avg_slowdown.into_pyobject(py)?.into_any(),
+            m.makespan_s.into_pyobject(py)?.into_any(),
+            m.gpu_utilization.into_pyobject(py)?.into_any(),
+            m.jain_fairness.into_pyobject(py)?.into_any(),
+            m.slo_attainment.into_pyobject(py)?.into_any(),
+            m.preemptions.into_pyobject(py)?.into_any(),
+            m.cost.into_pyobject(py)?.into_any(),
+        ];
         let d = PyDict::new(py);
-        d.set_item("jobs", m.jobs)?;
-        d.set_item("avg_jct_s", m.avg_jct_s)?;
-        d.set_item("p50_jct_s", m.p50_jct_s)?;
-        d.set_item("p95_jct_s", m.p95_jct_s)?;
-        d.set_item("avg_wait_s", m.avg_wait_s)?;
-        d.set_item("p95_wait_s", m.p95_wait_s)?;
-        d.set_item("avg_slowdown", m.avg_slowdown)?;
-        d.set_item("makespan_s", m.makespan_s)?;
-        d.set_item("gpu_utilization", m.gpu_utilization)?;
-        d.set_item("jain_fairness", m.jain_fairness)?;
-        d.set_item("slo_attainment", m.slo_attainment)?;
-        d.set_item("preemptions", m.preemptions)?;
-        d.set_item("cost", m.cost)?;
+        for (name, value) in METRIC_NAMES.iter().zip(values) {
+            d.set_item(*name, value)?;
+        }
         Ok(d)
     }
 

@@ -336,3 +336,17 @@ def test_package_exports_and_sample_trace() -> None:
     assert "simulate" in plugin_scheduling.__all__ and "SimulationResult" in plugin_scheduling.__all__
     assert Path(simulator.sample_trace_path()).is_file()
     assert _cli_sim.render_table([{"policy": "x", "jobs": 1, "avg_jct_s": 2.5}]).startswith("policy")
+
+
+def test_progress_bar_draws_on_its_stream() -> None:
+    import io
+
+    err = io.StringIO()
+    bar = _cli_sim._Progress("fifo", err)
+    bar(0, 200)
+    bar(100, 200)
+    bar(100, 200)  # unchanged: not redrawn
+    bar(200, 200)
+    text = err.getvalue()
+    assert text.count("\r") == 3
+    assert "  0%" in text and " 50%" in text and text.endswith("100%\n")

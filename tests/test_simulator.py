@@ -180,7 +180,7 @@ def test_jsonl_and_column_mapping(tmp_path: Path) -> None:
 
 
 def test_dataframe_in_and_out() -> None:
-    pd = pytest.importorskip("pandas")
+    import pandas as pd  # type: ignore[import-untyped,unused-ignore]  # in the test extra
     df = pd.DataFrame({
         "job_id": ["a", "b", "c"], "submit_time": [0, 0, 2], "duration": [10, 5, 4],
         "num_gpu": [4, 2, 2], "user": ["u1", "u2", None], "deadline": [10.0, float("nan"), None],
@@ -283,7 +283,7 @@ def test_cli_table_json_csv_and_plot(tmp_path: Path, capsys: pytest.CaptureFixtu
     lines = (tmp_path / "jobs.csv").read_text().splitlines()
     assert lines[0].startswith("policy,job_id,")
     assert len(lines) == 1 + 2 * 3
-    pytest.importorskip("matplotlib")
+    import matplotlib  # noqa: F401  (in the test extra)
     png = tmp_path / "plot.png"
     assert main(["simulate", str(three), "--gpus", "4", "--policy", "fifo,backfill", "--plot", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

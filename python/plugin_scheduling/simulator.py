@@ -10,7 +10,9 @@ metrics::
 Policies: every built-in name (``fifo``, ``best_effort_fifo``, ``priority``,
 ``fair_share``, ``deadline``, ``sjf``, ``round_robin``, ``backfill``,
 ``multifactor``, ``las``), or a Python object with ``key(job, now) -> float``
-(lower goes first; ``job`` is a dict of the trace's fields) and optionally
+(lower goes first; ``job`` is a dict with ``job_id``, ``submit_time``,
+``num_gpu``, ``user``, ``project``, ``priority``, ``deadline`` (seconds after
+submission) and ``estimated_duration`` (what the scheduler is told)) and optionally
 ``admission`` (``"strict"``, ``"best_effort"`` or ``"backfill"``),
 ``time_varying`` (keys change with ``now`` alone), ``on_start(job, now)``,
 ``on_finish(job, ran_s, now)``. A Python policy is called for every key, so

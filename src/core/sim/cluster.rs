@@ -7,6 +7,7 @@
 //! the lowest index); a larger job takes `ceil(gpus / gpus_per_node)` whole
 //! free nodes (cheapest first). A flat pool is one node of every GPU.
 
+use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::rc::Rc;
 
@@ -181,7 +182,7 @@ impl Alloc {
 }
 
 /// Free capacity per node: the state both the cluster and its plans keep.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Free {
     pub gpus: Vec<u32>,
     /// Empty when RAM is not tracked.
@@ -248,6 +249,19 @@ impl Free {
         Some(Alloc::Whole(nodes))
     }
 
+    /// Whether `alloc` (a placement for a job needing `ram_mb`) is free here.
+    pub fn can_take(&self, spec: &ClusterSpec, alloc: &Alloc, ram_mb: f64) -> bool {
+        match alloc {
+            Alloc::One { node, gpus } => {
+                let n = *node as usize;
+                self.gpus.get(n).is_some_and(|&f| f >= *gpus) && self.ram_ok(n, ram_mb)
+            }
+            Alloc::Whole(nodes) => nodes
+                .iter()
+                .all(|&n| (n as usize) < self.gpus.len() && self.whole(spec, n as usize)),
+        }
+    }
+
     /// Takes (`sign` = true) or gives back what `alloc` holds.
     pub fn apply(&mut self, spec: &ClusterSpec, alloc: &Alloc, ram_mb: f64, take: bool) {
         let whole_ram = spec.ram_per_node_mb.unwrap_or(0.0);
@@ -312,6 +326,20 @@ pub trait Holdings {
     fn holding(&self, job: u32) -> Option<(&Alloc, f64)>;
 }
 
+/// On nodes, where a job lands decides whether a backfilled job leaves
+/// room for the head, so the plans of one pass share what the pass does
+/// now: a plan holds a job where it is (or would now be) placed, not where
+/// it would fit best later; only the blocked head (the pass's first job
+/// that did not fit) is placed by best fit at its planned start.
+#[derive(Debug, Default)]
+pub struct Live {
+    /// The cluster's free capacity now.
+    pub free: Free,
+    /// Placed in this pass.
+    pub placed: Vec<(u32, Alloc)>,
+    pub head: Option<u32>,
+}
+
 /// The cluster during one admission pass: takes are applied to the free
 /// capacity at once and remembered (with their expected ends) for plans.
 pub struct View<'a, H: Holdings> {
@@ -322,6 +350,9 @@ pub struct View<'a, H: Holdings> {
     pub now: f64,
     /// Started in this pass: (expected end, alloc, ram).
     pub started: Vec<(f64, Alloc, f64)>,
+    /// Shared with the pass's plans (nodes only; a flat pool has one
+    /// place, so plans need not know it).
+    pub live: Option<Rc<RefCell<Live>>>,
 }
 
 impl<'a, H: Holdings> Placement for View<'a, H> {
@@ -330,8 +361,18 @@ impl<'a, H: Holdings> Placement for View<'a, H> {
     type Plan = ClusterPlan<'a, H>;
 
     fn try_take(&mut self, job: &Need) -> Option<Alloc> {
-        let alloc = self.free.choose(self.spec, job)?;
+        let Some(alloc) = self.free.choose(self.spec, job) else {
+            if let Some(live) = &self.live {
+                live.borrow_mut().head.get_or_insert(job.job);
+            }
+            return None;
+        };
         self.free.apply(self.spec, &alloc, job.ram_mb, true);
+        if let Some(live) = &self.live {
+            let mut l = live.borrow_mut();
+            l.free.apply(self.spec, &alloc, job.ram_mb, true);
+            l.placed.push((job.job, alloc.clone()));
+        }
         let end = job.estimate.map_or(f64::INFINITY, |d| self.now + d);
         self.started.push((end, alloc.clone(), job.ram_mb));
         Some(alloc)
@@ -345,6 +386,7 @@ impl<'a, H: Holdings> Placement for View<'a, H> {
             self.holdings,
             self.started.clone(),
         )
+        .with_live(self.live.clone())
     }
 }
 
@@ -359,6 +401,7 @@ pub struct ClusterPlan<'a, H: Holdings> {
     after: Option<(Ord64, u32)>,
     extra: Rc<Vec<(f64, Alloc, f64)>>,
     extra_pos: usize,
+    live: Option<Rc<RefCell<Live>>>,
 }
 
 impl<H: Holdings> Clone for ClusterPlan<'_, H> {
@@ -371,6 +414,7 @@ impl<H: Holdings> Clone for ClusterPlan<'_, H> {
             after: self.after,
             extra: self.extra.clone(),
             extra_pos: self.extra_pos,
+            live: self.live.clone(),
         }
     }
 }
@@ -394,7 +438,30 @@ impl<'a, H: Holdings> ClusterPlan<'a, H> {
             after: None,
             extra: Rc::new(extra),
             extra_pos: 0,
+            live: None,
         }
+    }
+
+    /// Shares the pass's [`Live`] state (see there).
+    pub fn with_live(mut self, live: Option<Rc<RefCell<Live>>>) -> Self {
+        self.live = live;
+        self
+    }
+
+    /// Where this plan holds `job`: the blocked head by best fit in the
+    /// plan; others where the pass put (or would now put) them.
+    fn placement(&self, job: &Need) -> Option<Alloc> {
+        let Some(live) = &self.live else {
+            return self.free.choose(self.spec, job);
+        };
+        let l = live.borrow();
+        if l.head == Some(job.job) {
+            return self.free.choose(self.spec, job);
+        }
+        if let Some((_, a)) = l.placed.iter().rev().find(|(j, _)| *j == job.job) {
+            return Some(a.clone());
+        }
+        l.free.choose(self.spec, job)
     }
 
     fn next_base(&self) -> Option<(Ord64, u32)> {
@@ -413,12 +480,15 @@ impl<H: Holdings> Plan for ClusterPlan<'_, H> {
     type Job = Need;
 
     fn fits(&self, job: &Need) -> bool {
-        self.free.choose(self.spec, job).is_some()
+        self.placement(job)
+            .is_some_and(|a| self.free.can_take(self.spec, &a, job.ram_mb))
     }
 
     fn hold(&mut self, job: &Need) {
-        if let Some(alloc) = self.free.choose(self.spec, job) {
-            self.free.apply(self.spec, &alloc, job.ram_mb, true);
+        if let Some(alloc) = self.placement(job) {
+            if self.free.can_take(self.spec, &alloc, job.ram_mb) {
+                self.free.apply(self.spec, &alloc, job.ram_mb, true);
+            }
         }
     }
 

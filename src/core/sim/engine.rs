@@ -12,7 +12,10 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
-use super::cluster::{Alloc, Cluster, ClusterPlan, ClusterSpec, Holdings, Need, Ord64, View};
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use super::cluster::{Alloc, Cluster, ClusterPlan, ClusterSpec, Holdings, Live, Need, Ord64, View};
 use super::metrics::{self, JobOutcome, Metrics, TimelinePoint};
 use super::queue::{Entry, Filter, Pending};
 use super::trace::TraceJob;
@@ -511,6 +514,12 @@ impl Engine<'_> {
     /// One call of the shared admission pass on `needs` (in order).
     fn admit_chunk(&mut self, mode: Admission, needs: &[Need], now: f64) -> Pass<Alloc> {
         let order: Vec<usize> = (0..needs.len()).collect();
+        let live = (!self.cluster.spec.flat).then(|| {
+            Rc::new(RefCell::new(Live {
+                free: self.cluster.free.clone(),
+                ..Live::default()
+            }))
+        });
         let (pass, started) = {
             let mut view = View {
                 spec: &self.cluster.spec,
@@ -519,6 +528,7 @@ impl Engine<'_> {
                 holdings: &self.jobs,
                 now,
                 started: Vec::new(),
+                live,
             };
             let pass = admit(mode, &order, needs, &mut view, |n| n.estimate, now);
             (pass, view.started.len())
@@ -569,10 +579,20 @@ impl Engine<'_> {
                 p.fits(head)
             }
         };
-        let largest = if !spec.flat && spec.ram_per_node_mb.is_some() {
-            // RAM makes "room" depend on more than the size: no skipping.
-            cap
-        } else if spec.flat {
+        let largest = if !spec.flat {
+            // On nodes, room depends on where a job lands now, which
+            // changes as the pass places jobs; but any job holds its GPUs
+            // somewhere, so it leaves room only if the GPUs free at the
+            // head's start, less its own, still cover what the head takes.
+            let free_then: u64 = at_start.free.gpus.iter().map(|&g| u64::from(g)).sum();
+            let per = spec.gpus_per_node;
+            let head_takes = if head.gpus <= per {
+                head.gpus
+            } else {
+                head.gpus.div_ceil(per) * per
+            };
+            u32::try_from(free_then.saturating_sub(u64::from(head_takes))).unwrap_or(u32::MAX)
+        } else {
             // Monotone in the size: bisect.
             let (mut lo, mut hi) = (0u32, cap);
             while lo < hi {
@@ -584,8 +604,6 @@ impl Engine<'_> {
                 }
             }
             lo
-        } else {
-            (1..=cap).rev().find(|&g| room(g)).unwrap_or(0)
         };
         Some(Fit {
             cap,

@@ -344,12 +344,11 @@ proptest! {
 
     /// With exact estimates, every job that is the blocked head of a
     /// backfill pass starts no later than the start planned for it then:
-    /// backfilled jobs never delay the head. (A flat pool: on nodes the
-    /// plan's `hold` cannot know which node a backfilled job will take, so
-    /// fragmentation can still delay the head there.)
+    /// backfilled jobs never delay the head, in a pool or on nodes (where
+    /// the plan holds backfilled jobs on the node they really take).
     #[test]
-    fn backfill_never_delays_the_head(trace in arb_trace(), gpus in 8u32..17) {
-        let spec = ClusterSpec::pool(gpus).expect("pool");
+    fn backfill_never_delays_the_head(trace in arb_trace(), gpus in 8u32..17, kind in 0u8..3) {
+        let spec = if kind == 0 { ClusterSpec::pool(gpus).expect("pool") } else { spec_of(kind) };
         let mut policy = by_name("backfill", None).expect("backfill");
         let (r, heads) = run(&trace, &spec, policy.as_mut(), &SimOptions::default(), &mut |_, _| true, true)
             .expect("simulates");

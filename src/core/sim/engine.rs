@@ -128,6 +128,9 @@ struct Engine<'p> {
     jobs: Jobs,
     pending: Pending,
     running: Vec<u32>,
+    /// The running jobs as preemption advice sees them (same positions as
+    /// `running`; kept only when preempting).
+    running_info: Vec<RunningJob>,
     events: BinaryHeap<Reverse<(Ord64, u8, u32, u32)>>,
     preempt: bool,
     thresholds: Vec<f64>,
@@ -241,6 +244,7 @@ pub(crate) fn run(
         jobs: Jobs(jobs),
         pending: Pending::default(),
         running: Vec::new(),
+        running_info: Vec::new(),
         events: BinaryHeap::new(),
         preempt,
         thresholds,
@@ -419,6 +423,9 @@ impl Engine<'_> {
         self.cluster.busy_gpus -= u64::from(j.gpus);
         let pos = j.running_pos;
         self.running.swap_remove(pos);
+        if self.preempt {
+            self.running_info.swap_remove(pos);
+        }
         if let Some(&moved) = self.running.get(pos) {
             self.jobs.0[moved as usize].running_pos = pos;
         }
@@ -507,6 +514,13 @@ impl Engine<'_> {
         self.cluster.busy_gpus += u64::from(j.gpus);
         j.running_pos = self.running.len();
         self.running.push(job);
+        if self.preempt {
+            self.running_info.push(RunningJob {
+                job: j.info.clone(),
+                started: now,
+                holds: f64::from(j.gpus),
+            });
+        }
         self.policy.on_start(&self.jobs.0[job as usize].info, now);
         self.schedule_threshold(job, now);
     }
@@ -618,21 +632,11 @@ impl Engine<'_> {
         let need = self.need(head);
         let cap = self.cluster.free.capacity(spec);
         let needed = f64::from(need.gpus.saturating_sub(cap).max(1));
-        let running: Vec<RunningJob> = self
-            .running
-            .iter()
-            .map(|&r| {
-                let j = &self.jobs.0[r as usize];
-                RunningJob {
-                    job: j.info.clone(),
-                    started: j.seg_start,
-                    holds: f64::from(j.gpus),
-                }
-            })
-            .collect();
-        let victims =
-            self.policy
-                .should_preempt(&running, &self.jobs.0[head as usize].info, needed);
+        let victims = self.policy.should_preempt(
+            &self.running_info,
+            &self.jobs.0[head as usize].info,
+            needed,
+        );
         if victims.is_empty() {
             return false;
         }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from . import _drivers, _lease
 from ._base import ResourceScheduler
+from .simulator import SimulationResult, simulate
 from ._core import (
     InvalidManifest,
     InvalidQuota,
@@ -64,6 +65,8 @@ __all__ = [
     "SafetyScheduler",
     "SimulatedOutOfMemory",
     "SimulatedSystem",
+    "SimulationResult",
     "SystemMonitor",
     "__version__",
+    "simulate",
 ]

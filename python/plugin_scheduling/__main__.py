@@ -1,5 +1,5 @@
-"""Command line: ``plugin-scheduling {demo,stats,quota,jobs}`` (the console script) or
-``python -m plugin_scheduling {demo,stats,quota,jobs}``."""
+"""Command line: ``plugin-scheduling {demo,stats,quota,jobs,simulate,trace}`` (the console
+script) or ``python -m plugin_scheduling {demo,stats,quota,jobs,simulate,trace}``."""
 
 from __future__ import annotations
 
@@ -52,6 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     jobs.add_argument("--json", action="store_true", help="print JSON")
     jobs.add_argument("view", nargs="?", choices=["list", "show", "history"], default="list")
     jobs.add_argument("job_id", nargs="?", type=int)
+    from . import _cli_sim
+
+    _cli_sim.add_parsers(commands)
     args = parser.parse_args(argv)
     if args.command == "quota":
         return _cli_quota.run(args)
@@ -61,6 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from . import _cli_jobs
 
         return _cli_jobs.run(args.journal, args.view, args.job_id, args.json)
+    if args.command in _cli_sim.COMMANDS:
+        return _cli_sim.run(args)
     if args.command == "demo":
         from . import _demo
 

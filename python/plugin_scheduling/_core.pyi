@@ -43,6 +43,8 @@ __all__ = [
     "SchedulingDecision",
     "SimulatedOutOfMemory",
     "SimulatedSystem",
+    "SimRun",
+    "SimTrace",
     "SystemMonitor",
     "UnknownJob",
     "__version__",
@@ -50,6 +52,10 @@ __all__ = [
     "_prioritize_batch",
     "_schedule_batch",
     "_QuotaBackend",
+    "_generate_trace",
+    "_load_trace",
+    "_metric_names",
+    "_simulate",
 ]
 __version__: str
 
@@ -675,3 +681,99 @@ class MonitorHistory:
     def history(self, window_s: float | None = None) -> list[dict[str, float | None]]: ...
     def trend(self, metric_name: _Metric, window_s: float | None = None) -> float | None: ...
     def predict(self, metric_name: _Metric, seconds_ahead: float, window_s: float | None = None) -> float | None: ...
+# --- Simulator (plugin_scheduling.simulator wraps these) ---
+
+from typing import TypedDict as _TypedDict
+
+_PolicyName = Literal[
+    "fifo", "best_effort_fifo", "priority", "fair_share", "deadline", "sjf",
+    "round_robin", "backfill", "multifactor", "las",
+]
+
+class _SimMetrics(_TypedDict):
+    jobs: int
+    avg_jct_s: float
+    p50_jct_s: float
+    p95_jct_s: float
+    avg_wait_s: float
+    p95_wait_s: float
+    avg_slowdown: float
+    makespan_s: float
+    gpu_utilization: float
+    jain_fairness: float
+    slo_attainment: float | None
+    preemptions: int
+    cost: float | None
+
+class _SimJobColumns(_TypedDict):
+    job_id: list[str]
+    user: list[str | None]
+    num_gpu: list[int]
+    submit_time: list[float]
+    start_time: list[float | None]
+    end_time: list[float | None]
+    wait_s: list[float]
+    jct_s: list[float]
+    duration: list[float]
+    slowdown: list[float]
+    preemptions: list[int]
+    deadline_met: list[bool | None]
+    cost: list[float]
+
+class _SimTimelineColumns(_TypedDict):
+    time: list[float]
+    queue_length: list[int]
+    busy_gpus: list[int]
+
+@final
+class SimTrace:
+    """A parsed trace (jobs in submission order), reusable across runs."""
+    def __len__(self) -> int: ...
+    def to_csv(self) -> str:
+        """The trace as CSV text."""
+
+@final
+class SimRun:
+    """One policy's run."""
+    @property
+    def policy(self) -> str: ...
+    def metrics(self) -> _SimMetrics: ...
+    def job_columns(self) -> _SimJobColumns: ...
+    def timeline_columns(self) -> _SimTimelineColumns: ...
+
+def _metric_names() -> list[str]:
+    """The metrics' names, in report order."""
+
+def _load_trace(trace: str | os.PathLike[str] | Any, columns: Mapping[str, str] | None = None) -> SimTrace:
+    """Reads a trace from a path (CSV or JSON lines) or an iterable of row mappings."""
+
+def _generate_trace(
+    jobs: int,
+    *,
+    seed: int = 0,
+    jobs_per_hour: float = 30.0,
+    gpus: list[tuple[int, float]] | None = None,
+    durations: list[tuple[float, float, float]] | None = None,
+    users: int = 10,
+    deadline_slack: float | None = None,
+) -> SimTrace:
+    """A synthetic (Gavel-like) trace."""
+
+def _simulate(
+    trace: SimTrace,
+    *,
+    policy: _PolicyName | Any,
+    gpus: int | None = None,
+    nodes: int | None = None,
+    gpus_per_node: int | None = None,
+    vram_per_gpu_mb: float | None = None,
+    ram_per_node_mb: float | None = None,
+    node_cost_per_hour: list[float] | None = None,
+    preempt: bool | None = None,
+    oracle_estimates: bool = True,
+    las_thresholds: list[float] | None = None,
+    timeline: bool = True,
+    reference: bool = False,
+    progress: Callable[[int, int], Any] | None = None,
+) -> SimRun:
+    """Runs a trace under a policy (see ``plugin_scheduling.simulate``)."""

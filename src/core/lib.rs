@@ -13,5 +13,6 @@ pub mod policy;
 pub mod queue_wait;
 pub mod quota;
 pub mod reserve;
+pub mod sim;
 pub mod stats;
 pub mod wake;

@@ -13,6 +13,7 @@ mod quotas;
 mod reservation;
 mod reservation_inputs;
 mod schedulers;
+mod sim;
 mod stats;
 mod waiting;
 
@@ -70,6 +71,12 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     )?;
     m.add("UnknownJob", py.get_type::<errors::UnknownJob>())?;
     m.add("JournalError", py.get_type::<errors::JournalError>())?;
+    m.add_class::<sim::SimTrace>()?;
+    m.add_class::<sim::SimRun>()?;
+    m.add_function(wrap_pyfunction!(sim::_load_trace, m)?)?;
+    m.add_function(wrap_pyfunction!(sim::_generate_trace, m)?)?;
+    m.add_function(wrap_pyfunction!(sim::_simulate, m)?)?;
+    m.add_function(wrap_pyfunction!(sim::_metric_names, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

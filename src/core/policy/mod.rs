@@ -12,6 +12,7 @@
 pub mod admit;
 mod builtin;
 pub mod fair_share;
+mod las;
 pub mod preempt;
 mod spec;
 
@@ -23,6 +24,7 @@ pub use builtin::{
     RoundRobin, ShortestJobFirst,
 };
 pub use fair_share::{FairShare, ShareKey, UsageBook};
+pub use las::Las;
 pub use spec::PolicySpec;
 
 /// A job as a policy sees it (a waiter of the reservation queue, a job of
@@ -141,6 +143,19 @@ pub trait Policy: Send + Sync + fmt::Debug {
 
     /// A job ended after `ran_s` seconds holding `size` (usage, history).
     fn on_finish(&mut self, _job: &JobInfo, _ran_s: f64, _now: f64) {}
+
+    /// Service thresholds (GPU-seconds attained) at which a job's key
+    /// changes while it runs (least-attained-service queues). A preemptive
+    /// executor (the simulator) reports each crossing through
+    /// [`Policy::on_service`] and re-evaluates then. Empty: keys do not
+    /// depend on service.
+    fn service_thresholds(&self) -> &[f64] {
+        &[]
+    }
+
+    /// `job` has attained `gpu_s` GPU-seconds of service so far (reported
+    /// when it is preempted or crosses a [`Policy::service_thresholds`]).
+    fn on_service(&mut self, _job: &JobInfo, _gpu_s: f64, _now: f64) {}
 
     /// Why a job is where it is, in the policy's terms.
     fn describe(&self, job: &JobInfo, ctx: &Ctx) -> String {
@@ -266,7 +281,7 @@ pub fn by_name(name: &str, usage: Option<UsageBook>) -> Option<Box<dyn Policy>> 
 }
 
 /// Every built-in policy name, in documentation order.
-pub const NAMES: [&str; 9] = [
+pub const NAMES: [&str; 10] = [
     "fifo",
     "best_effort_fifo",
     "priority",
@@ -276,6 +291,7 @@ pub const NAMES: [&str; 9] = [
     "round_robin",
     "backfill",
     "multifactor",
+    "las",
 ];
 
 #[cfg(test)]

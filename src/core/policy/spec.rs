@@ -92,6 +92,7 @@ impl PolicySpec {
                 Box::new(d)
             }
             "sjf" => Box::new(ShortestJobFirst::default()),
+            "las" => Box::new(super::Las::default()),
             "round_robin" => Box::new(RoundRobin::new(self.key()?)),
             "fair_share" => Box::new(FairShare::new(self.usage(now)?, self.key()?)),
             "multifactor" => {

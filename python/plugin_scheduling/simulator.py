@@ -1,0 +1,205 @@
+"""Trace-driven simulation: replay a workload on a simulated cluster in
+virtual time under a scheduling policy, with the very policy and admission
+code live scheduling runs (the Rust core), and compare policies on the usual
+metrics::
+
+    from plugin_scheduling import simulate
+    result = simulate("trace.csv", gpus=64, policy="backfill")
+    result.metrics["avg_jct_s"], result.jobs[0], result.timeline[:3]
+
+Policies: every built-in name (``fifo``, ``best_effort_fifo``, ``priority``,
+``fair_share``, ``deadline``, ``sjf``, ``round_robin``, ``backfill``,
+``multifactor``, ``las``), or a Python object with ``key(job, now) -> float``
+(lower goes first; ``job`` is a dict with ``job_id``, ``submit_time``,
+``num_gpu``, ``user``, ``project``, ``priority``, ``deadline`` (seconds after
+submission) and ``estimated_duration`` (what the scheduler is told)) and optionally
+``admission`` (``"strict"``, ``"best_effort"`` or ``"backfill"``),
+``time_varying`` (keys change with ``now`` alone), ``on_start(job, now)``,
+``on_finish(job, ran_s, now)``. A Python policy is called for every key, so
+it is much slower than a built-in one (fine for thousands of jobs).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
+
+from . import _core
+
+#: Every metric :func:`simulate` reports, in report order.
+METRICS: tuple[str, ...] = tuple(_core._metric_names())
+
+TraceInput = Union[str, "os.PathLike[str]", Sequence[Mapping[str, Any]], Any, "_core.SimTrace"]
+
+
+def _pandas() -> Any:
+    try:
+        import pandas  # type: ignore[import-untyped,unused-ignore]
+    except ImportError:
+        raise ImportError(
+            "to_pandas() needs pandas, which is not installed: pip install pandas"
+        ) from None
+    return pandas
+
+
+def load_trace(trace: TraceInput, *, columns: Optional[Mapping[str, str]] = None) -> "_core.SimTrace":
+    """Reads a trace once (to simulate it under several policies).
+
+    ``trace``: a path (CSV with a header, or JSON lines: ``.jsonl`` /
+    ``.ndjson`` or a first character ``{``), a list of row mappings, or a
+    pandas DataFrame. ``columns`` maps trace fields to the columns that hold
+    them, e.g. ``{"num_gpu": "gpus", "submit_time": "arrival"}``. A bad row
+    raises ``ValueError`` naming its line (or row) and column.
+    """
+    if isinstance(trace, _core.SimTrace):
+        return trace
+    cols = dict(columns) if columns is not None else None
+    if isinstance(trace, (str, os.PathLike)):
+        return _core._load_trace(os.fspath(trace), cols)
+    to_dict = getattr(trace, "to_dict", None)
+    if callable(to_dict) and hasattr(trace, "columns"):  # a DataFrame
+        trace = to_dict("records")
+    return _core._load_trace(trace, cols)
+
+
+class SimulationResult:
+    """One policy's run: ``metrics`` (dict), ``jobs`` (one row dict per job,
+    in submission order), ``timeline`` (row dicts of ``time``,
+    ``queue_length``, ``busy_gpus`` from that time on)."""
+
+    def __init__(self, run: "_core.SimRun") -> None:
+        self._run = run
+        self.policy: str = run.policy
+        self.metrics: Dict[str, Any] = dict(run.metrics())
+        self._jobs: Optional[List[Dict[str, Any]]] = None
+        self._timeline: Optional[List[Dict[str, Any]]] = None
+
+    @staticmethod
+    def _rows(columns: Mapping[str, Any]) -> List[Dict[str, Any]]:
+        names = list(columns)
+        return [dict(zip(names, values)) for values in zip(*columns.values())]
+
+    @property
+    def jobs(self) -> List[Dict[str, Any]]:
+        """Per job: job_id, user, num_gpu, submit_time, start_time, end_time,
+        wait_s, jct_s, duration, slowdown, preemptions, deadline_met, cost."""
+        if self._jobs is None:
+            self._jobs = self._rows(self._run.job_columns())
+        return self._jobs
+
+    @property
+    def timeline(self) -> List[Dict[str, Any]]:
+        if self._timeline is None:
+            self._timeline = self._rows(self._run.timeline_columns())
+        return self._timeline
+
+    def job_columns(self) -> Dict[str, List[Any]]:
+        """The per-job table as columns (cheaper than ``jobs`` for big runs)."""
+        cols: Mapping[str, List[Any]] = self._run.job_columns()  # type: ignore[assignment]
+        return {k: list(v) for k, v in cols.items()}
+
+    def timeline_columns(self) -> Dict[str, List[Any]]:
+        cols: Mapping[str, List[Any]] = self._run.timeline_columns()  # type: ignore[assignment]
+        return {k: list(v) for k, v in cols.items()}
+
+    def to_pandas(self, table: str = "jobs") -> Any:
+        """The per-job table (``table="jobs"``) or the timeline
+        (``"timeline"``) as a DataFrame (needs pandas)."""
+        if table not in ("jobs", "timeline"):
+            raise ValueError(f"table must be 'jobs' or 'timeline', got {table!r}")
+        pd = _pandas()
+        cols = self._run.job_columns() if table == "jobs" else self._run.timeline_columns()
+        return pd.DataFrame(cols)
+
+    def __repr__(self) -> str:
+        m = self.metrics
+        return (
+            f"SimulationResult(policy={self.policy!r}, jobs={m['jobs']}, "
+            f"avg_jct_s={m['avg_jct_s']:.1f}, gpu_utilization={m['gpu_utilization']:.3f})"
+        )
+
+
+def simulate(
+    trace: TraceInput,
+    *,
+    gpus: Optional[int] = None,
+    nodes: Optional[int] = None,
+    gpus_per_node: Optional[int] = None,
+    policy: Any = "fifo",
+    columns: Optional[Mapping[str, str]] = None,
+    vram_per_gpu_mb: Optional[float] = None,
+    ram_per_node_mb: Optional[float] = None,
+    node_cost_per_hour: Union[None, float, Sequence[float]] = None,
+    preempt: Optional[bool] = None,
+    oracle_estimates: bool = True,
+    las_thresholds: Optional[Sequence[float]] = None,
+    timeline: bool = True,
+    progress: Optional[Callable[[int, int], Any]] = None,
+) -> SimulationResult:
+    """Replays ``trace`` on a cluster under ``policy`` in virtual time.
+
+    Cluster: ``gpus=N`` (one pool) or ``nodes=K, gpus_per_node=G`` (a job
+    that fits in a node runs within one node; a larger one takes whole
+    nodes); optional ``vram_per_gpu_mb`` and ``ram_per_node_mb`` (checked
+    against jobs' ``vram_mb`` / ``ram_mb``) and ``node_cost_per_hour`` (one
+    value or one per node; adds ``cost``). ``preempt``: follow the policy's
+    preemption advice (default: only ``las``). ``oracle_estimates``: a job
+    without ``estimated_duration`` is estimated at its true duration (else
+    it has none, and backfill cannot plan around it). ``las_thresholds``:
+    LAS queue limits in GPU-seconds (default one, at 3600).
+    ``progress(done, total)`` is called now and then. Ctrl-C stops a run.
+    """
+    loaded = load_trace(trace, columns=columns)
+    if isinstance(node_cost_per_hour, (int, float)):
+        costs: Optional[List[float]] = [float(node_cost_per_hour)]
+    elif node_cost_per_hour is not None:
+        costs = [float(c) for c in node_cost_per_hour]
+    else:
+        costs = None
+    run = _core._simulate(
+        loaded,
+        policy=policy,
+        gpus=gpus,
+        nodes=nodes,
+        gpus_per_node=gpus_per_node,
+        vram_per_gpu_mb=vram_per_gpu_mb,
+        ram_per_node_mb=ram_per_node_mb,
+        node_cost_per_hour=costs,
+        preempt=preempt,
+        oracle_estimates=oracle_estimates,
+        las_thresholds=list(las_thresholds) if las_thresholds is not None else None,
+        timeline=timeline,
+        progress=progress,
+    )
+    return SimulationResult(run)
+
+
+def generate_trace(
+    jobs: int,
+    *,
+    seed: int = 0,
+    jobs_per_hour: float = 30.0,
+    gpus: Optional[Mapping[int, float]] = None,
+    durations: Optional[Sequence[tuple[float, float, float]]] = None,
+    users: int = 10,
+    deadline_slack: Optional[float] = None,
+) -> "_core.SimTrace":
+    """A synthetic trace (Gavel's defaults): Poisson arrivals at
+    ``jobs_per_hour``; GPU counts ``{gpus: weight}`` (default 1/2/4/8 at
+    70/10/15/5 %); durations ``10**U(low, high)`` minutes for
+    ``(low, high, weight)`` ranges (default (1.5, 3, 0.8), (3, 4, 0.2));
+    ``users`` users at random; deadlines at ``deadline_slack`` × duration."""
+    return _core._generate_trace(
+        jobs,
+        seed=seed,
+        jobs_per_hour=jobs_per_hour,
+        gpus=list(gpus.items()) if gpus is not None else None,
+        durations=[(float(lo), float(hi), float(w)) for lo, hi, w in durations] if durations is not None else None,
+        users=users,
+        deadline_slack=deadline_slack,
+    )
+
+
+def sample_trace_path() -> str:
+    """The small sample trace shipped with the package."""
+    return os.path.join(os.path.dirname(__file__), "data", "sample_trace.csv")

@@ -431,17 +431,17 @@ class TinyQuota:
         self.calls: list[tuple[str, str]] = []
 
     def check_quota(self, project_id, resources, job_type) -> bool:
-        return self.used.get(project_id, 0.0) + resources.cpu_cores <= self.limit
+        return self.used.get(project_id, 0.0) + resources.cpu <= self.limit
 
     def allocate_quota(self, project_id, resources, job_type) -> bool:
         if not self.check_quota(project_id, resources, job_type):
             return False
-        self.used[project_id] = self.used.get(project_id, 0.0) + resources.cpu_cores
+        self.used[project_id] = self.used.get(project_id, 0.0) + resources.cpu
         self.calls.append(("allocate", project_id))
         return True
 
     def release_quota(self, project_id, resources, job_type) -> None:
-        self.used[project_id] -= resources.cpu_cores
+        self.used[project_id] -= resources.cpu
         self.calls.append(("release", project_id))
 
 

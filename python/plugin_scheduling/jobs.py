@@ -468,6 +468,10 @@ class JobScheduler:
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
         self._scale = priority_scale
+        if quotas is None and os.environ.get("QUOTA_PROVIDER"):
+            from .quotas import quota_provider_from_env
+
+            quotas = quota_provider_from_env()  # seed 004's configuration
         self._quotas = quotas
         self._reservations = reservations if reservations is not None else ReservationScheduler(timeout=0.0)
         self._stats_provider = stats_provider
@@ -1153,9 +1157,10 @@ class JobScheduler:
             if self._quotas is not None:
                 project = self._table_project(job_id)
                 if project is not None:
-                    req = ResourceRequirements(self._cpu_of(job_id), memory_mb, gpu_count, vram_mb)
-                    if not self._quotas.allocate_quota(project, req, self._kind_of(job_id)):
-                        self._refusal = f"quota of project {project!r} refused the allocation"
+                    req = _quota_resources(self._cpu_of(job_id), memory_mb, gpu_count, vram_mb)
+                    decision = _quota_call(self._quotas, "allocate_quota", project, req)
+                    if not decision:
+                        self._refusal = _quota_reason(decision, project, "refused the allocation")
                         self._quota_refused = True
                         return None
                     rt.quota = True
@@ -1178,10 +1183,11 @@ class JobScheduler:
                     return f"trigger(project_id={project_id!r}) considers only that project"
                 if quotas is None or project is None:
                     return None
-                req = ResourceRequirements(cpu_cores, memory_mb, gpu_count, vram_mb)
-                if quotas.check_quota(project, req, self._kind_of(job_id)):
+                req = _quota_resources(cpu_cores, memory_mb, gpu_count, vram_mb)
+                decision = _quota_call(quotas, "check_quota", project, req)
+                if decision:
                     return None
-                return f"quota of project {project!r} exceeded"
+                return _quota_reason(decision, project, "exceeded")
 
         # Job details the callbacks need without calling the table (it is busy).
         self._pass_jobs = None
@@ -1232,7 +1238,9 @@ class JobScheduler:
         r = d["requirements"]
         try:
             self._quotas.release_quota(
-                d["project"], ResourceRequirements(r["cpu_cores"], r["memory_mb"], r["gpu_count"], r["vram_mb"]), d["kind"]
+                d["project"],
+                _quota_resources(r["cpu_cores"], r["memory_mb"], r["gpu_count"], r["vram_mb"]),
+                QUOTA_JOB_TYPE,
             )
         except Exception:
             logger.exception("release_quota failed for job %d (project %r)", job_id, d["project"])
@@ -1436,3 +1444,30 @@ class JobScheduler:
         elif rc == -signal.SIGKILL and rt.stop is None:
             rt.oom = "killed by SIGKILL, not by the scheduler (the kernel's OOM killer?)"
         raise RuntimeError(f"command {list(command.argv)!r} exited with {rc}: {tail.strip()[-500:]}")
+
+
+#: The job type quotas are charged under (seed 004's ``JobTypeEnum``).
+QUOTA_JOB_TYPE = "batch"
+
+
+def _quota_resources(cpu_cores: float, memory_mb: float, gpu_count: int, vram_mb: float) -> Any:
+    """A job's requirements as seed 004's ``Resources`` (memory in GiB)."""
+    from .quotas import Resources
+
+    return Resources(cpu=float(cpu_cores), memory=float(memory_mb) / 1024.0, gpu=int(gpu_count), vram_mb=float(vram_mb))
+
+
+def _quota_call(quotas: Any, call: str, project: str, resources: Any) -> Any:
+    """``check_quota``/``allocate_quota``, with the reason (``*_detail``) when
+    the provider gives one."""
+    detail = getattr(quotas, f"{call}_detail", None)
+    if detail is not None:
+        return detail(project, resources, QUOTA_JOB_TYPE)
+    return bool(getattr(quotas, call)(project, resources, QUOTA_JOB_TYPE))
+
+
+def _quota_reason(decision: Any, project: str, what: str) -> str:
+    reason = getattr(decision, "reason", None)
+    if reason:
+        return f"quota of project {project!r} {what}: {reason}"
+    return f"quota of project {project!r} {what}"

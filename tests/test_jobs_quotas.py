@@ -50,3 +50,12 @@ async def test_local_quota_provider_gates_jobs_and_is_released(tmp_path) -> None
 async def _until(cond) -> None:
     while not cond():
         await asyncio.sleep(0.01)
+
+
+def test_a_job_that_can_never_fit_its_quota_is_rejected_at_submit(tmp_path) -> None:
+    quotas = LocalQuotaProvider(path=tmp_path / "quotas.db")
+    quotas.set_quota("p1", gpu_quota=1)
+    s = JobScheduler("fifo", journal=None, quotas=quotas, cpu_cores=8)
+    with pytest.raises(ValueError, match="can never fit the quota of project 'p1'"):
+        s.submit_job("big", project="p1", requirements=ResourceRequirements(gpu_count=2))
+    assert s.get_scheduler_stats()["queued_jobs"] == 0

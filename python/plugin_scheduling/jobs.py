@@ -615,6 +615,12 @@ class JobScheduler:
             kind, payload, fn = "function", "", run
         else:
             raise TypeError(f"run must be a function, a Command, a PluginCall, a registered name or None, got {run!r}")
+        if self._quotas is not None and project is not None:
+            detail = getattr(self._quotas, "check_quota_detail", None)
+            if detail is not None:
+                decision = detail(project, _quota_resources(req.cpu_cores, req.memory_mb, req.gpu_count, req.vram_mb), QUOTA_JOB_TYPE)
+                if getattr(decision, "never_fits", False):
+                    raise ValueError(f"job {module!r} can never fit the quota of project {project!r}: {decision.reason}")
         job_id = self._table.submit(
             module,
             self._priority(priority),

@@ -41,9 +41,10 @@ waiting caller.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence, get_args
 
 from ._core import CorePolicy
+from .types import PolicyName
 
 __all__ = [
     "SchedulingPolicy",
@@ -56,21 +57,13 @@ __all__ = [
     "RoundRobinPolicy",
     "BackfillPolicy",
     "MultifactorPolicy",
+    "LASPolicy",
     "POLICY_NAMES",
     "policy_from_name",
 ]
 
-POLICY_NAMES = (
-    "fifo",
-    "best_effort_fifo",
-    "priority",
-    "fair_share",
-    "deadline",
-    "sjf",
-    "round_robin",
-    "backfill",
-    "multifactor",
-)
+#: Every built-in policy name (``las``: the simulator's preemptive research policy).
+POLICY_NAMES: tuple[str, ...] = get_args(PolicyName)
 
 
 class SchedulingPolicy:
@@ -289,6 +282,14 @@ class MultifactorPolicy(_SharesMixin, SchedulingPolicy):
         return out
 
 
+class LASPolicy(SchedulingPolicy):
+    """Tiresias' discretized two-dimensional least-attained-service: queues by
+    attained GPU-time; preemptive in the simulator (elsewhere: its order and
+    preemption advice)."""
+
+    kind = "las"
+
+
 _BY_NAME: dict[str, type[SchedulingPolicy]] = {
     cls.kind: cls
     for cls in (
@@ -301,6 +302,7 @@ _BY_NAME: dict[str, type[SchedulingPolicy]] = {
         RoundRobinPolicy,
         BackfillPolicy,
         MultifactorPolicy,
+        LASPolicy,
     )
 }
 

@@ -87,4 +87,5 @@ PolicyName = Literal[
     "round_robin",
     "backfill",
     "multifactor",
+    "las",
 ]

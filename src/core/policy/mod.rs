@@ -249,20 +249,28 @@ pub fn order(policy: &dyn Policy, jobs: &[JobInfo], ctx: &Ctx) -> Vec<usize> {
 
 /// The index of the job that goes next (one pass, no sort).
 pub fn select_next(policy: &dyn Policy, jobs: &[JobInfo], ctx: &Ctx) -> Option<usize> {
-    let mut best: Option<(f64, f64, u64, usize)> = None;
-    for (i, j) in jobs.iter().enumerate() {
-        let k = (policy.key(j, ctx), j.submitted, j.id, i);
-        let better = match &best {
-            None => true,
-            Some(b) => {
-                k.0.total_cmp(&b.0)
-                    .then(k.1.total_cmp(&b.1))
-                    .then(k.2.cmp(&b.2))
-                    .is_lt()
-            }
-        };
+    first_of(policy, jobs.iter().enumerate(), ctx)
+}
+
+/// The key of the item whose job goes first under `policy` (one pass, no
+/// sort; ties by submission time, then id).
+pub fn first_of<'a, K: Copy>(
+    policy: &dyn Policy,
+    items: impl IntoIterator<Item = (K, &'a JobInfo)>,
+    ctx: &Ctx,
+) -> Option<K> {
+    let mut best: Option<(f64, f64, u64, K)> = None;
+    for (k, j) in items {
+        let cand = (policy.key(j, ctx), j.submitted, j.id, k);
+        let better = best.as_ref().is_none_or(|b| {
+            cand.0
+                .total_cmp(&b.0)
+                .then(cand.1.total_cmp(&b.1))
+                .then(cand.2.cmp(&b.2))
+                .is_lt()
+        });
         if better {
-            best = Some(k);
+            best = Some(cand);
         }
     }
     best.map(|b| b.3)

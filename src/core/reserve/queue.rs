@@ -544,24 +544,14 @@ impl<W: Clone> ReservationQueue<W> {
                 .map(|k| k.2)
                 .find(|id| self.waiters.get(id).is_some_and(eligible));
         }
-        let ctx = Ctx { now };
-        let mut best: Option<(f64, f64, WaiterId)> = None;
-        for (id, w) in &self.waiters {
-            if !eligible(w) {
-                continue;
-            }
-            let k = (self.policy.key(&w.job, &ctx), w.job.submitted, *id);
-            let better = best.is_none_or(|b| {
-                k.0.total_cmp(&b.0)
-                    .then(k.1.total_cmp(&b.1))
-                    .then(k.2.cmp(&b.2))
-                    .is_lt()
-            });
-            if better {
-                best = Some(k);
-            }
-        }
-        best.map(|b| b.2)
+        crate::policy::first_of(
+            self.policy.as_ref(),
+            self.waiters
+                .iter()
+                .filter(|(_, w)| eligible(w))
+                .map(|(id, w)| (*id, &w.job)),
+            &Ctx { now },
+        )
     }
 
     fn head_waker(&mut self, now: f64) -> Vec<W> {

@@ -42,11 +42,22 @@ fn number(field: &str, value: &Bound<'_, PyAny>, what: &str) -> PyResult<f64> {
 }
 
 fn get_item<'py>(map: &Bound<'py, PyAny>, key: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
-    let found = map.call_method1(intern!(map.py(), "get"), (key,))?;
+    // A plain dict is read directly (what its `get` would do); anything
+    // else, a dict subclass included, through its own `get`.
+    let found = match map.cast_exact::<pyo3::types::PyDict>() {
+        Ok(dict) => match dict.get_item(key)? {
+            Some(v) => v,
+            None => return Ok(None),
+        },
+        Err(_) => map.call_method1(intern!(map.py(), "get"), (key,))?,
+    };
     Ok((!found.is_none()).then_some(found))
 }
 
 fn is_mapping(v: &Bound<'_, PyAny>) -> PyResult<bool> {
+    if v.is_exact_instance_of::<pyo3::types::PyDict>() {
+        return Ok(true);
+    }
     v.hasattr(intern!(v.py(), "get"))
 }
 

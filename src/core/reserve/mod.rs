@@ -4,3 +4,4 @@
 pub mod ledger;
 pub mod peaks;
 pub mod queue;
+pub mod shared;

@@ -1070,6 +1070,34 @@ mod processes {
         }
     }
 
+    fn wall_ns() -> u128 {
+        std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_nanos())
+    }
+
+    /// A process that waits on its wake channel and notes when each wake
+    /// arrived (wall clock, ns).
+    #[test]
+    fn wake_child() {
+        let Some(dir) = std::env::var_os(CHILD).map(PathBuf::from) else {
+            return;
+        };
+        let ledger = dir.join("contended");
+        let token = Token {
+            owner: Owner::current().unwrap_or_else(|| panic!("proc")),
+            id: 1,
+        };
+        let chan = super::super::shared_wake::WakeChannel::bind(&ledger, &token)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let _ = std::fs::write(dir.join("wake-pid"), token.owner.pid.to_string());
+        let mut times = Vec::new();
+        for _ in 0..200 {
+            if chan.wait(Duration::from_secs(10)).unwrap_or(false) {
+                times.push(wall_ns().to_string());
+            }
+        }
+        let _ = std::fs::write(dir.join("wake-times"), times.join("\n"));
+    }
+
     /// `cargo test --release -p plugin-scheduling-core bench_shared -- --ignored --nocapture`
     #[test]
     #[ignore = "benchmark: prints numbers for README"]
@@ -1145,6 +1173,48 @@ mod processes {
         println!(
             "4 processes contending: {:.0} grant+release/s in all",
             20_000.0 / start.elapsed().as_secs_f64()
+        );
+        // Wake latency from this process to another one.
+        let mut child = spawn("reserve::shared::processes::wake_child", &dir, "");
+        let pid_file = dir.join("wake-pid");
+        while !pid_file.exists() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        let pid: u32 = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0);
+        let token = Token {
+            owner: Owner::of(pid).unwrap_or_else(|| panic!("child")),
+            id: 1,
+        };
+        let mut sent = Vec::new();
+        for _ in 0..200 {
+            sent.push(wall_ns());
+            assert!(super::super::shared_wake::wake(
+                &dir.join("contended"),
+                &token
+            ));
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert!(child.wait().is_ok_and(|s| s.success()));
+        let got: Vec<u128> = std::fs::read_to_string(dir.join("wake-times"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.parse().ok())
+            .collect();
+        let mut lat: Vec<u128> = sent
+            .iter()
+            .zip(&got)
+            .map(|(s, g)| g.saturating_sub(*s))
+            .collect();
+        lat.sort_unstable();
+        println!(
+            "wake latency across processes: median {} us, p99 {} us ({} wakes)",
+            lat[lat.len() / 2] / 1000,
+            lat[lat.len() * 99 / 100] / 1000,
+            lat.len()
         );
     }
 }

@@ -123,6 +123,17 @@ pub struct State {
     pub next_grant: u64,
     pub waiters: Vec<WaiterState<Token>>,
     pub next_waiter: u64,
+    /// The pid namespace whose pids the file names (`/proc/self/ns/pid`):
+    /// a process of another namespace would take live owners for dead.
+    #[serde(default)]
+    pub pid_ns: Option<u64>,
+}
+
+/// This process's pid namespace (the inode of `/proc/self/ns/pid`).
+fn pid_namespace() -> Option<u64> {
+    let link = std::fs::read_link("/proc/self/ns/pid").ok()?;
+    let text = link.to_string_lossy();
+    text.strip_prefix("pid:[")?.strip_suffix(']')?.parse().ok()
 }
 
 /// Why the shared ledger cannot be used; each names the file.
@@ -151,6 +162,12 @@ pub enum SharedError {
     /// A policy whose order a shared line cannot reproduce.
     Policy {
         name: String,
+    },
+    /// Written by processes of another pid namespace (another container).
+    Namespace {
+        path: PathBuf,
+        theirs: u64,
+        mine: u64,
     },
     /// `/proc` does not show this process (needed to tell owners apart).
     NoProc,
@@ -183,6 +200,12 @@ impl fmt::Display for SharedError {
                 f,
                 "policy {name:?} keeps its history in one process and cannot order a shared line; \
                  use one of {SHARED_POLICIES:?}"
+            ),
+            SharedError::Namespace { path, theirs, mine } => write!(
+                f,
+                "shared ledger {} belongs to pid namespace {theirs}, this process runs in {mine} \
+                 (another container?): its pids cannot be told alive or dead here; use another name",
+                path.display()
             ),
             SharedError::NoProc => write!(f, "a shared ledger needs /proc to identify processes"),
         }
@@ -422,6 +445,17 @@ impl SharedQueue {
             why,
         };
         let state = self.read(&self.file)?;
+        let ns = pid_namespace();
+        if let (Some(theirs), Some(mine)) = (state.pid_ns, ns) {
+            if theirs != mine {
+                return Err(SharedError::Namespace {
+                    path: self.path.clone(),
+                    theirs,
+                    mine,
+                });
+            }
+        }
+        let pid_ns = state.pid_ns.or(ns);
         let mut alive = Alive::default();
         let (kept, reclaimed): (Vec<Held>, Vec<Held>) =
             state.grants.into_iter().partition(|h| alive.check(h.owner));
@@ -467,6 +501,7 @@ impl SharedQueue {
             next_grant: queue.ledger().next_id(),
             waiters,
             next_waiter,
+            pid_ns,
         };
         self.write(&self.file, &next)?;
         Ok(Done {
@@ -826,6 +861,19 @@ mod tests {
             // Not overwritten.
             assert_eq!(std::fs::read_to_string(&path).unwrap_or_default(), text);
         }
+        // Another pid namespace's file: refused, not reclaimed.
+        let path = d.join("container");
+        let body = r#"{"grants":[],"next_grant":0,"waiters":[],"next_waiter":0,"pid_ns":1}"#;
+        std::fs::write(&path, format!("PSLEDGER 1 {}\n{body}", body.len()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let msg = SharedQueue::open(&path, 0o600, "fifo", settings())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            msg.contains("pid namespace 1") && msg.contains(path.to_string_lossy().as_ref()),
+            "{msg}"
+        );
         let err = SharedQueue::open(&d.join("p"), 0o600, "fair_share", settings()).err();
         assert!(matches!(err, Some(SharedError::Policy { .. })));
     }

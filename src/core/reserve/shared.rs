@@ -558,7 +558,7 @@ mod tests {
         d
     }
 
-    fn settings() -> Settings {
+    pub(super) fn settings() -> Settings {
         Settings {
             limits: Limits {
                 headroom: 1.0,
@@ -568,7 +568,7 @@ mod tests {
         }
     }
 
-    fn gpu(total: f64) -> Reading {
+    pub(super) fn gpu(total: f64) -> Reading {
         Reading {
             devices: vec![DeviceReading {
                 index: 0,
@@ -579,7 +579,7 @@ mod tests {
         }
     }
 
-    fn need(vram: f64) -> Need {
+    pub(super) fn need(vram: f64) -> Need {
         Need {
             gpu_count: 1,
             vram_mb: vram,
@@ -593,6 +593,22 @@ mod tests {
 
     fn token(q: &SharedQueue, id: u64) -> Token {
         Token { owner: q.me(), id }
+    }
+
+    /// Joins the line and offers a reading at once.
+    fn enter(
+        q: &SharedQueue,
+        plugin: &str,
+        vram: f64,
+        at: f64,
+        tok: Token,
+    ) -> (super::super::queue::WaiterId, Option<Grant>) {
+        q.with(|s| {
+            let id = s.join(plugin, need(vram), JobInfo::new(0, plugin, at), tok);
+            (id, s.offer(Some(id), &gpu(24_000.0), at).mine)
+        })
+        .unwrap_or_else(|e| panic!("{e}"))
+        .value
     }
 
     #[test]
@@ -613,32 +629,10 @@ mod tests {
         let path = dir("line").join("gpu");
         let (a, b) = (open(&path), open(&path));
         let r = gpu(24_000.0);
-        let first = a
-            .with(|q| {
-                let id = q.join(
-                    "big",
-                    need(20_000.0),
-                    JobInfo::new(0, "big", 0.0),
-                    token(&a, 1),
-                );
-                (id, q.offer(Some(id), &r, 0.0).mine)
-            })
-            .unwrap_or_else(|e| panic!("{e}"))
-            .value;
+        let first = enter(&a, "big", 20_000.0, 0.0, token(&a, 1));
         assert!(first.1.is_some());
         // b waits behind; a's release wakes b's token.
-        let waiting = b
-            .with(|q| {
-                let id = q.join(
-                    "next",
-                    need(20_000.0),
-                    JobInfo::new(0, "next", 1.0),
-                    token(&b, 7),
-                );
-                (id, q.offer(Some(id), &r, 1.0).mine)
-            })
-            .unwrap_or_else(|e| panic!("{e}"))
-            .value;
+        let waiting = enter(&b, "next", 20_000.0, 1.0, token(&b, 7));
         assert!(waiting.1.is_none());
         let (released, wake) = a
             .finish_own("big", 2.0)
@@ -900,8 +894,17 @@ mod tests {
 /// Cross-process checks: the test binary runs itself as worker processes.
 #[cfg(test)]
 mod processes {
-    use super::super::ledger::{DeviceReading, Limits, Need, Reading};
+    use super::super::ledger::{DeviceReading, Reading};
+    use super::tests::{gpu, settings};
     use super::*;
+
+    fn reading() -> Reading {
+        gpu(24_000.0)
+    }
+
+    fn need() -> super::super::ledger::Need {
+        super::tests::need(8_000.0)
+    }
     use crate::policy::JobInfo;
     use std::time::{Duration, Instant};
 
@@ -912,35 +915,6 @@ mod processes {
         std::time::UNIX_EPOCH
             .elapsed()
             .map_or(0.0, |d| d.as_secs_f64())
-    }
-
-    fn settings() -> Settings {
-        Settings {
-            limits: Limits {
-                headroom: 1.0,
-                settle_s: 0.0,
-            },
-            ..Settings::default()
-        }
-    }
-
-    fn reading() -> Reading {
-        Reading {
-            devices: vec![DeviceReading {
-                index: 0,
-                total_mb: 24_000.0,
-                free_mb: 24_000.0,
-            }],
-            pools: Vec::new(),
-        }
-    }
-
-    fn need() -> Need {
-        Need {
-            gpu_count: 1,
-            vram_mb: 8_000.0,
-            pools: Vec::new(),
-        }
     }
 
     /// What is really held, across processes: "held peak" in a file under

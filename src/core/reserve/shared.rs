@@ -214,6 +214,26 @@ impl fmt::Display for SharedError {
 
 impl std::error::Error for SharedError {}
 
+/// A file (or directory) of another user is refused, unless both it and
+/// the request are open to the group (`mode` with group read and write).
+fn check_owner(
+    path: &Path,
+    owner_uid: u32,
+    file_mode: u32,
+    my_uid: u32,
+    mode: u32,
+) -> Result<(), SharedError> {
+    let group_shared = mode & 0o060 == 0o060 && file_mode & 0o060 == 0o060;
+    if owner_uid != my_uid && !group_shared {
+        return Err(SharedError::Foreign {
+            path: path.to_owned(),
+            owner_uid,
+            my_uid,
+        });
+    }
+    Ok(())
+}
+
 /// The effective uid of this process (`/proc/self/status`).
 fn my_uid() -> Result<u32, SharedError> {
     let status = std::fs::read_to_string("/proc/self/status").map_err(|_| SharedError::NoProc)?;
@@ -284,6 +304,7 @@ impl SharedQueue {
             });
         }
         let me = Owner::current().ok_or(SharedError::NoProc)?;
+        let uid = my_uid()?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             if !dir.exists() {
                 std::fs::create_dir_all(dir).map_err(io(dir, "create its directory"))?;
@@ -291,6 +312,12 @@ impl SharedQueue {
                 let dir_mode = if mode & 0o070 != 0 { 0o770 } else { 0o700 };
                 std::fs::set_permissions(dir, std::fs::Permissions::from_mode(dir_mode))
                     .map_err(io(dir, "set its directory's mode"))?;
+            }
+            // A directory another user made for us could swap the file.
+            let d = std::fs::metadata(dir).map_err(io(dir, "stat its directory"))?;
+            let sticky_shared = d.mode() & 0o1000 != 0 && d.uid() == 0;
+            if !sticky_shared {
+                check_owner(dir, d.uid(), d.mode(), uid, mode)?;
             }
         }
         let file = OpenOptions::new()
@@ -308,15 +335,7 @@ impl SharedQueue {
                 why: "not a regular file".into(),
             });
         }
-        let uid = my_uid()?;
-        let group_shared = mode & 0o060 == 0o060 && meta.mode() & 0o060 == 0o060;
-        if meta.uid() != uid && !group_shared {
-            return Err(SharedError::Foreign {
-                path: path.to_owned(),
-                owner_uid: meta.uid(),
-                my_uid: uid,
-            });
-        }
+        check_owner(path, meta.uid(), meta.mode(), uid, mode)?;
         let q = Self {
             path: path.to_owned(),
             file,
@@ -873,12 +892,33 @@ mod tests {
     }
 
     #[test]
+    fn the_owner_rule() {
+        let p = Path::new("/x/gpu");
+        assert!(check_owner(p, 1000, 0o600, 1000, 0o600).is_ok());
+        let err = check_owner(p, 65534, 0o600, 1000, 0o600).err();
+        assert!(matches!(
+            err,
+            Some(SharedError::Foreign {
+                owner_uid: 65534,
+                my_uid: 1000,
+                ..
+            })
+        ));
+        // A group: both the file and the request must be group read-write.
+        assert!(check_owner(p, 65534, 0o660, 1000, 0o660).is_ok());
+        assert!(check_owner(p, 65534, 0o660, 1000, 0o600).is_err());
+        assert!(check_owner(p, 65534, 0o600, 1000, 0o660).is_err());
+    }
+
+    /// Needs root (to give a file away); the suite runs as root here, and
+    /// says so loudly where it does not.
+    #[test]
     fn another_users_file_is_refused() {
-        if my_uid().unwrap_or(1) != 0 {
-            // Only root can hand a file to another user; the check itself is
-            // the uid comparison exercised here whenever the suite runs as root.
-            return;
-        }
+        assert_eq!(
+            my_uid().ok(),
+            Some(0),
+            "this test gives a file to nobody with chown: run it as root"
+        );
         let path = dir("foreign").join("gpu");
         drop(open(&path));
         std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap_or_else(|e| panic!("{e}"));
@@ -886,6 +926,19 @@ mod tests {
         let msg = err.map(|e| e.to_string()).unwrap_or_default();
         assert!(
             msg.contains("owned by uid 65534") && msg.contains(path.to_string_lossy().as_ref()),
+            "{msg}"
+        );
+        // A directory made by another user is refused too (it could swap the file).
+        let other = dir("foreign-dir");
+        std::fs::create_dir_all(&other).unwrap_or_else(|e| panic!("{e}"));
+        std::os::unix::fs::chown(&other, Some(65534), Some(65534))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let msg = SharedQueue::open(&other.join("gpu"), 0o600, "fifo", settings())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            msg.contains("owned by uid 65534") && msg.contains(other.to_string_lossy().as_ref()),
             "{msg}"
         );
     }

@@ -1,5 +1,5 @@
-"""Command line: ``plugin-scheduling {demo,stats,quota}`` (the console script) or
-``python -m plugin_scheduling {demo,stats,quota}``."""
+"""Command line: ``plugin-scheduling {demo,stats,quota,ledger}`` (the console script) or
+``python -m plugin_scheduling {demo,stats,quota,ledger}``."""
 
 from __future__ import annotations
 
@@ -47,7 +47,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from . import _cli_quota
 
     _cli_quota.add_parser(commands)
+    from . import _cli_ledger
+
+    _cli_ledger.add_parser(commands)
     args = parser.parse_args(argv)
+    if args.command == "ledger":
+        return _cli_ledger.run(args)
     if args.command == "quota":
         return _cli_quota.run(args)
     if args.command == "demo":

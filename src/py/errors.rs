@@ -257,3 +257,15 @@ pub fn duration(field: &str, value: &Bound<'_, PyAny>) -> PyResult<std::time::Du
         PyValueError::new_err(format!("{field} is too large: {} seconds", describe(value)))
     })
 }
+
+create_exception!(
+    plugin_scheduling,
+    SharedLedgerError,
+    pyo3::exceptions::PyRuntimeError,
+    "A shared ledger file cannot be used: corrupt, of a newer layout, owned by another user or pid namespace, or unreadable (names the path)."
+);
+
+/// The one mapping of [`SharedError`](plugin_scheduling_core::reserve::shared::SharedError).
+pub fn shared_error(error: plugin_scheduling_core::reserve::shared::SharedError) -> PyErr {
+    SharedLedgerError::new_err(error.to_string())
+}

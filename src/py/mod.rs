@@ -11,6 +11,7 @@ mod quotas;
 mod reservation;
 mod reservation_inputs;
 mod schedulers;
+mod shared_ledger;
 mod stats;
 mod waiting;
 
@@ -54,6 +55,11 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add(
         "QuotaBackendError",
         py.get_type::<errors::QuotaBackendError>(),
+    )?;
+    m.add_function(wrap_pyfunction!(shared_ledger::_shared_ledger_view, m)?)?;
+    m.add(
+        "SharedLedgerError",
+        py.get_type::<errors::SharedLedgerError>(),
     )?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

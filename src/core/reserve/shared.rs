@@ -356,51 +356,8 @@ impl SharedQueue {
         self.me
     }
 
-    fn read(&self, mut file: &File) -> Result<State, SharedError> {
-        let corrupt = |why: String| SharedError::Corrupt {
-            path: self.path.clone(),
-            why,
-        };
-        let mut bytes = Vec::new();
-        file.seek(SeekFrom::Start(0))
-            .map_err(io(&self.path, "seek"))?;
-        file.read_to_end(&mut bytes)
-            .map_err(io(&self.path, "read it"))?;
-        if bytes.is_empty() {
-            return Ok(State::default());
-        }
-        let end = bytes
-            .iter()
-            .position(|&b| b == b'\n')
-            .filter(|&e| e <= 64)
-            .ok_or_else(|| corrupt("no header line".into()))?;
-        let header =
-            std::str::from_utf8(&bytes[..end]).map_err(|_| corrupt("header is not text".into()))?;
-        let mut parts = header.split(' ');
-        if parts.next() != Some(MAGIC) {
-            return Err(corrupt(format!("header {header:?} is not {MAGIC}")));
-        }
-        let version: u32 = parts
-            .next()
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| corrupt(format!("header {header:?} has no version")))?;
-        if version > VERSION {
-            return Err(SharedError::Newer {
-                path: self.path.clone(),
-                version,
-            });
-        }
-        let length: usize = parts
-            .next()
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| corrupt(format!("header {header:?} has no length")))?;
-        let body = bytes.get(end + 1..end + 1 + length).ok_or_else(|| {
-            corrupt(format!(
-                "{length} bytes announced, {} present",
-                bytes.len() - end - 1
-            ))
-        })?;
-        serde_json::from_slice(body).map_err(|e| corrupt(e.to_string()))
+    fn read(&self, file: &File) -> Result<State, SharedError> {
+        read_state(&self.path, file)
     }
 
     fn write(&self, mut file: &File, state: &State) -> Result<(), SharedError> {
@@ -421,14 +378,7 @@ impl SharedQueue {
     /// The state as it is now, with dead processes' entries left out
     /// (not written: a view).
     pub fn view(&self) -> Result<State, SharedError> {
-        self.file.lock_shared().map_err(io(&self.path, "lock it"))?;
-        let state = self.read(&self.file);
-        let _ = self.file.unlock();
-        let mut state = state?;
-        let mut alive = Alive::default();
-        state.grants.retain(|h| alive.check(h.owner));
-        state.waiters.retain(|w| alive.check(w.waker.owner));
-        Ok(state)
+        read_view(&self.path, &self.file)
     }
 
     /// Runs `op` on the queue as every process sees it, atomically: under
@@ -553,6 +503,76 @@ impl SharedQueue {
     }
 }
 
+/// Reads and checks the state in `file` (the caller holds a lock).
+fn read_state(path: &Path, mut file: &File) -> Result<State, SharedError> {
+    let corrupt = |why: String| SharedError::Corrupt {
+        path: path.to_owned(),
+        why,
+    };
+    let mut bytes = Vec::new();
+    file.seek(SeekFrom::Start(0)).map_err(io(path, "seek"))?;
+    file.read_to_end(&mut bytes).map_err(io(path, "read it"))?;
+    if bytes.is_empty() {
+        return Ok(State::default());
+    }
+    let end = bytes
+        .iter()
+        .position(|&b| b == b'\n')
+        .filter(|&e| e <= 64)
+        .ok_or_else(|| corrupt("no header line".into()))?;
+    let header =
+        std::str::from_utf8(&bytes[..end]).map_err(|_| corrupt("header is not text".into()))?;
+    let mut parts = header.split(' ');
+    if parts.next() != Some(MAGIC) {
+        return Err(corrupt(format!("header {header:?} is not {MAGIC}")));
+    }
+    let version: u32 = parts
+        .next()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| corrupt(format!("header {header:?} has no version")))?;
+    if version > VERSION {
+        return Err(SharedError::Newer {
+            path: path.to_owned(),
+            version,
+        });
+    }
+    let length: usize = parts
+        .next()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| corrupt(format!("header {header:?} has no length")))?;
+    let body = bytes.get(end + 1..end + 1 + length).ok_or_else(|| {
+        corrupt(format!(
+            "{length} bytes announced, {} present",
+            bytes.len() - end - 1
+        ))
+    })?;
+    serde_json::from_slice(body).map_err(|e| corrupt(e.to_string()))
+}
+
+/// The ledger at `path` as it is now, without creating or changing it
+/// (`None`: there is no such file); dead processes' entries left out.
+pub fn view_file(path: &Path) -> Result<Option<State>, SharedError> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(path, "open it")(e)),
+    };
+    let meta = file.metadata().map_err(io(path, "stat it"))?;
+    check_owner(path, meta.uid(), meta.mode(), my_uid()?, meta.mode())?;
+    read_view(path, &file).map(Some)
+}
+
+fn read_view(path: &Path, file: &File) -> Result<State, SharedError> {
+    file.lock_shared().map_err(io(path, "lock it"))?;
+    let state = read_state(path, file);
+    let _ = file.unlock();
+    let mut state = state?;
+    let mut alive = Alive::default();
+    state.grants.retain(|h| alive.check(h.owner));
+    state.waiters.retain(|w| alive.check(w.waker.owner));
+    Ok(state)
+}
+
 /// Liveness of owners, each checked once per operation.
 #[derive(Default)]
 struct Alive(std::collections::HashMap<Owner, bool>);
@@ -641,6 +661,13 @@ mod tests {
         assert_eq!(parent.mode() & 0o777, 0o700);
         let text = std::fs::read_to_string(q.path()).unwrap_or_default();
         assert!(text.starts_with("PSLEDGER 1 "), "{text}");
+        // A view neither creates nor changes a file.
+        let missing = path.with_file_name("missing");
+        assert!(matches!(view_file(&missing), Ok(None)));
+        assert!(!missing.exists());
+        let _ = enter(&q, "p", 1_000.0, 0.0, token(&q, 1));
+        let seen = view_file(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(seen.map(|s| s.grants.len()), Some(1));
     }
 
     #[test]

@@ -41,7 +41,7 @@ def render(view: Mapping[str, Any]) -> str:
             f"| {w['pid']:>6} | {w['process'][:16]:<16} | {w['plugin'][:20]:<20} | {'x' + str(w['gpu_count']):<7} | {w['vram_mb']:>9,.0f} | {state:<8} |"
         )
     if not view["grants"] and not view["waiters"]:
-        lines.append(f"| {'nothing held, nobody waiting':<85} |")
+        lines.append(f"| {'nothing held, nobody waiting':<81} |")
     lines.append(rule)
     return "\n".join(lines)
 

@@ -428,11 +428,19 @@ impl SharedQueue {
         let mut alive = Alive::default();
         let (kept, reclaimed): (Vec<Held>, Vec<Held>) =
             state.grants.into_iter().partition(|h| alive.check(h.owner));
-        let (waiters, dropped): (Vec<_>, Vec<_>) = state
+        let (mut waiters, dropped): (Vec<_>, Vec<_>) = state
             .waiters
             .into_iter()
             .partition(|w: &WaiterState<Token>| alive.check(w.waker.owner));
         let mut owners: Owners = kept.iter().map(|h| (h.grant.id, h.owner)).collect();
+        // A live waiter's uncollected grant that was reclaimed with a dead
+        // holder's (a file edited by hand): the waiter just waits again.
+        for w in &mut waiters {
+            if w.granted.is_some_and(|(g, _)| !owners.contains_key(&g)) {
+                w.granted = None;
+                w.woken_at = None;
+            }
+        }
         let ledger = Ledger::restore(kept.into_iter().map(|h| h.grant), state.next_grant)
             .map_err(corrupt)?;
         let policy =

@@ -1,5 +1,5 @@
-"""Command line: ``plugin-scheduling {demo,stats,quota,jobs,simulate,trace}`` (the console
-script) or ``python -m plugin_scheduling {demo,stats,quota,jobs,simulate,trace}``."""
+"""Command line: ``plugin-scheduling {demo,stats,quota,jobs,simulate,trace,ledger}`` (the
+console script) or ``python -m plugin_scheduling ...`` with the same commands."""
 
 from __future__ import annotations
 
@@ -55,7 +55,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from . import _cli_sim
 
     _cli_sim.add_parsers(commands)
+    from . import _cli_ledger
+
+    _cli_ledger.add_parser(commands)
     args = parser.parse_args(argv)
+    if args.command == "ledger":
+        return _cli_ledger.run(args)
     if args.command == "quota":
         return _cli_quota.run(args)
     if args.command == "jobs":

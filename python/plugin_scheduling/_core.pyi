@@ -42,12 +42,14 @@ __all__ = [
     "SafetyScheduler",
     "SchedulingDecision",
     "SimulatedOutOfMemory",
+    "SharedLedgerError",
     "SimulatedSystem",
     "SimRun",
     "SimTrace",
     "SystemMonitor",
     "UnknownJob",
     "__version__",
+    "_shared_ledger_view",
     "_check_item",
     "_prioritize_batch",
     "_schedule_batch",
@@ -777,3 +779,41 @@ def _simulate(
     progress: Callable[[int, int], Any] | None = None,
 ) -> SimRun:
     """Runs a trace under a policy (see ``plugin_scheduling.simulate``)."""
+
+# ----------------------------------------------------------------- shared ledger
+
+class SharedLedgerError(RuntimeError):
+    """A shared ledger file cannot be used: corrupt, of a newer layout, owned by another user or pid namespace, or unreadable (names the path)."""
+
+class _SharedGrantDict(TypedDict):
+    pid: int
+    process: str
+    id: int
+    plugin: str
+    devices: list[int]
+    vram_mb: float
+    ram_mb: float
+    started: bool
+    granted_at: float
+
+class _SharedWaiterDict(TypedDict):
+    pid: int
+    process: str
+    id: int
+    plugin: str
+    gpu_count: int
+    vram_mb: float
+    ram_mb: float
+    priority: float
+    submitted: float
+    granted: bool
+
+class _SharedLedgerView(TypedDict):
+    path: str
+    exists: bool
+    grants: list[_SharedGrantDict]
+    waiters: list[_SharedWaiterDict]
+
+def _shared_ledger_view(name: str) -> _SharedLedgerView:
+    """The shared ledger ``name`` (a name under the per-user directory, or a
+    path) as every live process holds and waits for it; reads only."""

@@ -27,6 +27,8 @@ pub enum Error {
     Quota(crate::quota::QuotaError),
     /// A job operation failed (unknown job, invalid transition, journal).
     Job(crate::jobs::JobError),
+    /// A shared ledger file cannot be used (names the path).
+    Shared(crate::reserve::shared::SharedError),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -80,6 +82,7 @@ impl fmt::Display for Error {
             Self::Policy { policy, message } => write!(f, "policy {policy} failed: {message}"),
             Self::Quota(e) => e.fmt(f),
             Self::Job(e) => e.fmt(f),
+            Self::Shared(e) => e.fmt(f),
         }
     }
 }
@@ -102,6 +105,12 @@ impl From<crate::quota::QuotaError> for Error {
 impl From<crate::jobs::JobError> for Error {
     fn from(e: crate::jobs::JobError) -> Self {
         Self::Job(e)
+    }
+}
+
+impl From<crate::reserve::shared::SharedError> for Error {
+    fn from(e: crate::reserve::shared::SharedError) -> Self {
+        Self::Shared(e)
     }
 }
 

@@ -201,6 +201,7 @@ pub fn core_error(error: plugin_scheduling_core::error::Error) -> PyErr {
         Error::Database { .. } => pyo3::exceptions::PyOSError::new_err(message),
         Error::NeverFits { .. } => ReservationTimeout::new_err(message),
         Error::Policy { .. } => pyo3::exceptions::PyRuntimeError::new_err(message),
+        Error::Shared(_) => SharedLedgerError::new_err(message),
         Error::Job(j) => {
             use plugin_scheduling_core::jobs::JobError as J;
             match j {
@@ -289,5 +290,17 @@ create_exception!(
 
 /// A job failure through the one mapping ([`core_error`]).
 pub fn job_error(error: plugin_scheduling_core::jobs::JobError) -> PyErr {
+    core_error(error.into())
+}
+
+create_exception!(
+    plugin_scheduling,
+    SharedLedgerError,
+    pyo3::exceptions::PyRuntimeError,
+    "A shared ledger file cannot be used: corrupt, of a newer layout, owned by another user or pid namespace, or unreadable (names the path)."
+);
+
+/// A shared-ledger failure through the one mapping ([`core_error`]).
+pub fn shared_error(error: plugin_scheduling_core::reserve::shared::SharedError) -> PyErr {
     core_error(error.into())
 }

@@ -13,6 +13,7 @@ mod quotas;
 mod reservation;
 mod reservation_inputs;
 mod schedulers;
+mod shared_ledger;
 mod sim;
 mod stats;
 mod waiting;
@@ -77,6 +78,11 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(sim::_generate_trace, m)?)?;
     m.add_function(wrap_pyfunction!(sim::_simulate, m)?)?;
     m.add_function(wrap_pyfunction!(sim::_metric_names, m)?)?;
+    m.add_function(wrap_pyfunction!(shared_ledger::_shared_ledger_view, m)?)?;
+    m.add(
+        "SharedLedgerError",
+        py.get_type::<errors::SharedLedgerError>(),
+    )?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

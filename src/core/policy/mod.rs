@@ -29,7 +29,7 @@ pub use spec::PolicySpec;
 
 /// A job as a policy sees it (a waiter of the reservation queue, a job of
 /// the job scheduler, a row of a simulated trace).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct JobInfo {
     pub id: u64,
     /// The plugin's (or job's) name; SJF history is kept per name.

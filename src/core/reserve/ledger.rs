@@ -29,7 +29,7 @@ pub const RAM_MB: &str = "ram_mb";
 pub const CPU_CORES: &str = "cpu_cores";
 
 /// What a plugin asks for.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Need {
     /// Devices needed (0 for a CPU-only plugin).
     pub gpu_count: u32,
@@ -101,11 +101,13 @@ impl Reading {
 }
 
 /// Identifies a grant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct GrantId(pub u64);
 
 /// A reservation held by a plugin execution.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Grant {
     pub id: GrantId,
     pub plugin: String,
@@ -122,7 +124,9 @@ pub struct Grant {
     pub pids: Vec<u32>,
     /// Per device, its used MB in the reading that admitted this grant.
     seen_used: Vec<f64>,
-    /// Per pool, its used amount in that reading (NaN: unknown).
+    /// Per pool, its used amount in that reading (NaN: unknown; `null`
+    /// when serialized).
+    #[serde(with = "nan_as_null")]
     seen_pool_used: Vec<f64>,
     /// The job it serves (priority, user, ...), for policies and views.
     pub job: Option<JobInfo>,
@@ -198,6 +202,21 @@ pub struct Ledger {
     unstarted: BTreeSet<GrantId>,
 }
 
+/// `f64`s where NaN (unknown) is written as `null` (JSON has no NaN).
+mod nan_as_null {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[f64], s: S) -> Result<S::Ok, S::Error> {
+        let opts: Vec<Option<f64>> = v.iter().map(|x| (!x.is_nan()).then_some(*x)).collect();
+        opts.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
+        let opts = Vec::<Option<f64>>::deserialize(d)?;
+        Ok(opts.into_iter().map(|x| x.unwrap_or(f64::NAN)).collect())
+    }
+}
+
 fn add(map: &mut HashMap<u32, f64>, key: u32, v: f64) {
     let e = map.entry(key).or_insert(0.0);
     *e += v;
@@ -233,6 +252,49 @@ impl Ledger {
 
     pub fn get(&self, id: GrantId) -> Option<&Grant> {
         self.grants.get(&id)
+    }
+
+    /// Rebuilds a ledger from its grants and its next grant id (as read
+    /// back from a shared ledger file); the per-device, per-pool, per-plugin
+    /// and per-pid indices are recomputed, so it decides exactly as the
+    /// ledger that wrote them.
+    /// A grant that could not have been made (lengths that do not match,
+    /// amounts that are not finite and non-negative, a repeated id) is an
+    /// error naming it.
+    pub fn restore(grants: impl IntoIterator<Item = Grant>, next_id: u64) -> Result<Self, String> {
+        let mut ledger = Self::new();
+        let mut grants: Vec<Grant> = grants.into_iter().collect();
+        grants.sort_by_key(|g| g.id);
+        for grant in grants {
+            let amounts_ok = grant.vram_mb.is_finite()
+                && grant.vram_mb >= 0.0
+                && grant.granted_at.is_finite()
+                && grant.pools.iter().all(|p| p.1.is_finite() && p.1 >= 0.0)
+                && grant.seen_used.iter().all(|v| v.is_finite());
+            if grant.seen_used.len() != grant.devices.len()
+                || grant.seen_pool_used.len() != grant.pools.len()
+                || !amounts_ok
+                || ledger.grants.contains_key(&grant.id)
+            {
+                return Err(format!(
+                    "grant {} of {:?} is inconsistent",
+                    grant.id.0, grant.plugin
+                ));
+            }
+            ledger.next_id = ledger.next_id.max(grant.id.0 + 1);
+            let (id, pids) = (grant.id, grant.pids.clone());
+            ledger.insert(grant);
+            for pid in pids {
+                ledger.by_pid.insert(pid, id);
+            }
+        }
+        ledger.next_id = ledger.next_id.max(next_id);
+        Ok(ledger)
+    }
+
+    /// The id the next grant will get.
+    pub fn next_id(&self) -> u64 {
+        self.next_id
     }
 
     fn recent_grants(&self, now: f64, settle_s: f64) -> impl Iterator<Item = &Grant> {

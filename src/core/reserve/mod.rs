@@ -4,3 +4,5 @@
 pub mod ledger;
 pub mod peaks;
 pub mod queue;
+pub mod shared;
+pub mod shared_wake;

@@ -22,8 +22,26 @@ use super::peaks::{effective, Peaks};
 use crate::policy::admit::{admit, Placement, Plan};
 use crate::policy::{Admission, Ctx, JobInfo, Policy, RunningJob};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct WaiterId(pub u64);
+
+/// A waiter as kept outside the queue (a shared ledger file): what
+/// [`ReservationQueue::export`] writes and [`ReservationQueue::restore`]
+/// reads back. Refusal texts are not kept (the next pass recomputes them).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct WaiterState<W> {
+    pub id: WaiterId,
+    pub plugin: String,
+    pub need: Need,
+    pub job: JobInfo,
+    pub waker: W,
+    pub granted: Option<(GrantId, f64)>,
+    pub stalled: bool,
+    pub last_active: f64,
+    pub woken_at: Option<f64>,
+}
 
 /// What to do when the stats have no GPU figures for a GPU plugin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -321,6 +339,77 @@ impl<W: Clone> ReservationQueue<W> {
 
     pub fn ledger(&self) -> &Ledger {
         &self.ledger
+    }
+
+    /// The queue's state outside it: its waiters and the next waiter id
+    /// (the ledger is [`ReservationQueue::ledger`]).
+    pub fn export(&self) -> (Vec<WaiterState<W>>, u64) {
+        let waiters = self
+            .waiters
+            .iter()
+            .map(|(id, w)| WaiterState {
+                id: *id,
+                plugin: w.plugin.clone(),
+                need: w.need.clone(),
+                job: w.job.clone(),
+                waker: w.waker.clone(),
+                granted: w.granted,
+                stalled: w.stalled,
+                last_active: w.last_active,
+                woken_at: w.woken_at,
+            })
+            .collect();
+        (waiters, self.next_waiter)
+    }
+
+    /// A queue rebuilt from exported state: the same ledger, line and ids,
+    /// so it decides as the queue that exported them. A waiter whose grant
+    /// is not in the ledger (or a repeated id) is an error.
+    pub fn restore(
+        policy: Box<dyn Policy>,
+        settings: Settings,
+        peaks: Peaks,
+        ledger: Ledger,
+        waiters: Vec<WaiterState<W>>,
+        next_waiter: u64,
+    ) -> Result<Self, String> {
+        let mut q = Self::new(policy, settings, peaks);
+        q.ledger = ledger;
+        for w in waiters {
+            if q.waiters.contains_key(&w.id)
+                || w.granted.is_some_and(|(g, _)| q.ledger.get(g).is_none())
+            {
+                return Err(format!(
+                    "waiter {} of {:?} is inconsistent",
+                    w.id.0, w.plugin
+                ));
+            }
+            q.next_waiter = q.next_waiter.max(w.id.0 + 1);
+            let (k, s) = q.key_of(&w.job, w.job.submitted);
+            let key = (k, s, w.id);
+            q.index.insert(key);
+            if w.granted.is_some() || w.woken_at.is_some() {
+                q.watched.insert(w.id);
+            }
+            q.waiters.insert(
+                w.id,
+                Waiter {
+                    job: w.job,
+                    plugin: w.plugin,
+                    need: w.need,
+                    waker: w.waker,
+                    granted: w.granted,
+                    stalled: w.stalled,
+                    last_refusal: None,
+                    blocked: None,
+                    last_active: w.last_active,
+                    woken_at: w.woken_at,
+                    key,
+                },
+            );
+        }
+        q.next_waiter = q.next_waiter.max(next_waiter);
+        Ok(q)
     }
 
     pub fn policy(&self) -> &dyn Policy {

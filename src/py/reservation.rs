@@ -474,9 +474,11 @@ impl ReservationWait {
 
     fn is_my_turn(&self, py: Python<'_>) -> bool {
         let s = self.scheduler(py).get();
-        let patience = lock(&s.waits).poll_interval + s.queue().settings.claim_s;
+        let poll = lock(&s.waits).poll_interval;
         let now = s.now();
-        s.queue().may_offer(self.id, now, patience)
+        let mut q = s.queue();
+        let patience = poll + q.settings.claim_s;
+        q.may_offer(self.id, now, patience)
     }
 
     /// Brings `stats` to the queue: one admission pass. This waiter's grant,

@@ -26,6 +26,30 @@ impl Clock for SystemClock {
     }
 }
 
+/// Seconds since the Unix epoch that the processes of a host agree on (a
+/// shared ledger stamps grants and waiters with it): the wall clock read
+/// once per process, then advanced by the monotonic clock, so it never runs
+/// backwards within a process.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct WallClock;
+
+fn wall_anchor() -> (Instant, f64) {
+    static ANCHOR: OnceLock<(Instant, f64)> = OnceLock::new();
+    *ANCHOR.get_or_init(|| {
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        (Instant::now(), wall)
+    })
+}
+
+impl Clock for WallClock {
+    fn now(&self) -> f64 {
+        let (at, wall) = wall_anchor();
+        wall + at.elapsed().as_secs_f64()
+    }
+}
+
 /// A clock that moves only when told: tests and simulations.
 #[derive(Debug, Default, Clone)]
 pub struct ManualClock {

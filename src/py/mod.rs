@@ -11,6 +11,7 @@ mod policies;
 mod queue;
 mod quotas;
 mod reservation;
+mod reservation_backend;
 mod reservation_inputs;
 mod schedulers;
 mod shared_ledger;

@@ -11,8 +11,8 @@
 
 use std::cell::RefCell;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
@@ -22,14 +22,17 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PySet, PyTuple};
 use pyo3::PyTraverseError;
 
-use super::errors::{core, describe, int_in, seconds, ReservationTimeout};
+use super::errors::{core, core_error, describe, int_in, seconds, ReservationTimeout};
 use super::loop_guard::warn_if_blocking_a_loop;
+use super::reservation_backend::{
+    listen, lock, next_token_id, Backend, Queue, Reclaims, Registry, Signal,
+};
 use super::reservation_inputs::{
     declared_need, gpu_processes, job_info, mb, reading, JobOverrides,
 };
 use super::schedulers::{patchable, require_callable};
 use super::waiting::{async_step, sleep_or_wake, AsyncWaker, Constructed, LoggerCell, WakeSlot};
-use plugin_scheduling_core::clock::{Clock, ManualClock, SystemClock};
+use plugin_scheduling_core::clock::{Clock, ManualClock, SystemClock, WallClock};
 use plugin_scheduling_core::error::finite_in;
 use plugin_scheduling_core::policy::{External, JobInfo, MultifactorWeights, PolicySpec};
 use plugin_scheduling_core::queue_wait::{QueueWait, Step};
@@ -38,10 +41,10 @@ use plugin_scheduling_core::reserve::peaks::Peaks;
 use plugin_scheduling_core::reserve::queue::{
     refusal_text, Event, MissingStats, Offer, ReservationQueue, Settings, WaiterId,
 };
+use plugin_scheduling_core::reserve::shared::{
+    finish_owned, ledger_path, start_owned, Owners, SharedQueue, Token,
+};
 use plugin_scheduling_core::wake::WakeSignal;
-
-type Signal = Arc<WakeSignal<AsyncWaker>>;
-type Queue = ReservationQueue<Signal>;
 
 /// A clock that moves only when told, for tests and notebooks:
 /// `ReservationScheduler(clock=ManualClock())` stamps arrivals, ages,
@@ -96,7 +99,17 @@ pub struct ReservationScheduler {
     patched: AtomicBool,
     waits: Mutex<Waits>,
     logger: LoggerCell,
-    queue: Mutex<Queue>,
+    /// The queue: in this process, or a shared ledger's (replaced whole by
+    /// `__init__`).
+    backend: Mutex<Arc<Backend>>,
+    /// This scheduler's waiters in this process, by token id.
+    registry: Arc<Registry>,
+    /// Whether some grant had a pid attached at the last look (peaks are
+    /// read from stats only then).
+    has_pids: AtomicBool,
+    /// Operations on the queue so far (a waiter's remembered turn holds only
+    /// while no other operation came between).
+    ops: AtomicU64,
     clock: Mutex<Arc<dyn Clock>>,
     /// A Python policy object whose `select_next_job` decides (None: the
     /// core policy decides alone).
@@ -158,12 +171,6 @@ impl PyGrant {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section leaves its data consistent (whole inserts,
-    // removals and assignments), so recovering from poisoning is sound.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 thread_local! {
     /// Schedulers whose stats provider this thread is running (re-entrancy).
     static IN_PROVIDER: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
@@ -186,15 +193,59 @@ fn reentrant(owner: usize) -> bool {
     IN_PROVIDER.with(|s| s.borrow().contains(&owner))
 }
 
-fn notify(wakers: Vec<Signal>) {
-    for w in wakers {
-        w.notify();
-    }
-}
-
 impl ReservationScheduler {
-    fn queue(&self) -> MutexGuard<'_, Queue> {
-        lock(&self.queue)
+    fn backend(&self) -> Arc<Backend> {
+        Arc::clone(&lock(&self.backend))
+    }
+
+    /// Runs `op` on the queue, atomically (on a shared ledger, as every
+    /// process sees it). What dead processes held is logged and the line
+    /// moves on.
+    fn op<R>(slf: &Bound<'_, Self>, op: impl FnOnce(&mut Queue, &Owners) -> R) -> PyResult<R> {
+        let backend = slf.get().backend();
+        let (value, reclaims) = backend.with(op).map_err(core_error)?;
+        slf.get().ops.fetch_add(1, Ordering::AcqRel);
+        if !reclaims.is_empty() {
+            Self::reclaimed(slf, &backend, reclaims)?;
+        }
+        Ok(value)
+    }
+
+    /// Wakes the waiters of `tokens` (after unlocking).
+    fn wake(&self, tokens: Vec<Token>) {
+        if !tokens.is_empty() {
+            self.backend().wake(&self.registry, tokens);
+        }
+    }
+
+    /// Logs grants and waiters of processes that are gone, and wakes
+    /// whoever's turn it is now.
+    fn reclaimed(slf: &Bound<'_, Self>, backend: &Backend, r: Reclaims) -> PyResult<()> {
+        let this = slf.get();
+        let path = backend
+            .shared()
+            .map(|s| s.path().display().to_string())
+            .unwrap_or_default();
+        for (plugin, pid) in &r.grants {
+            Self::log(
+                slf,
+                "warning",
+                format!("reclaimed the grant of {plugin} on shared ledger {path}: its process {pid} is gone"),
+            )?;
+        }
+        for (plugin, pid) in &r.waiters {
+            Self::log(
+                slf,
+                "info",
+                format!(
+                    "{plugin} left the line of shared ledger {path}: its process {pid} is gone"
+                ),
+            )?;
+        }
+        let now = this.now();
+        let (wake, _) = backend.with(|q, _| q.wake_head(now)).map_err(core_error)?;
+        this.wake(wake);
+        Ok(())
     }
 
     fn now(&self) -> f64 {
@@ -283,7 +334,7 @@ impl ReservationScheduler {
 
     fn flush_peaks(slf: &Bound<'_, Self>, force: bool) -> PyResult<()> {
         let now = slf.get().now();
-        let problem = slf.get().queue().peaks_mut().flush(now, force);
+        let problem = Self::op(slf, |q, _| q.peaks_mut().flush(now, force))?;
         if let Some(problem) = problem {
             Self::log(
                 slf,
@@ -294,16 +345,23 @@ impl ReservationScheduler {
         Ok(())
     }
 
+    /// The GPU processes of `stats` when some grant has a pid attached
+    /// (as last seen), else none: what [`Queue::observe`] takes.
+    fn processes_of(&self, stats: &Bound<'_, PyAny>) -> PyResult<Vec<(u32, f64)>> {
+        if !self.has_pids.load(Ordering::Acquire) {
+            return Ok(Vec::new());
+        }
+        gpu_processes(stats)
+    }
+
     /// Records peaks from `stats` for plugins whose grants have processes.
-    fn observe_peaks(&self, stats: &Bound<'_, PyAny>) -> PyResult<usize> {
-        if !self.queue().ledger().has_pids() {
-            return Ok(0);
-        }
-        let processes = gpu_processes(stats)?;
-        if processes.is_empty() {
-            return Ok(0);
-        }
-        Ok(self.queue().observe(&processes))
+    fn observe_peaks(slf: &Bound<'_, Self>, stats: &Bound<'_, PyAny>) -> PyResult<usize> {
+        let this = slf.get();
+        this.has_pids.store(true, Ordering::Release);
+        let processes = this.processes_of(stats)?;
+        let (n, has) = Self::op(slf, |q, _| (q.observe(&processes), q.ledger().has_pids()))?;
+        this.has_pids.store(has, Ordering::Release);
+        Ok(n)
     }
 
     /// Asks the outside (Python) policy, if any, who goes next; outside the
@@ -316,7 +374,7 @@ impl ReservationScheduler {
         else {
             return Ok(());
         };
-        let pending = slf.get().queue().pending_jobs();
+        let pending = Self::op(slf, |q, _| q.pending_jobs())?;
         if pending.is_empty() {
             return Ok(());
         }
@@ -341,8 +399,7 @@ impl ReservationScheduler {
                     })?;
                 Some(WaiterId(chosen.id))
             };
-        slf.get().queue().set_external_head(head);
-        Ok(())
+        Self::op(slf, |q, _| q.set_external_head(head))
     }
 }
 
@@ -420,10 +477,19 @@ pub struct ReservationWait {
     /// Set once the need is known never to fit (the wait ends at once).
     never_fits: Mutex<Option<String>>,
     last_reason: Mutex<Option<String>>,
+    /// How the queue reaches this waiter, and where its signal is found.
+    token: Token,
+    registry: Arc<Registry>,
     /// This waiter's own wake signal.
     signal: Signal,
     slot: WakeSlot,
     left: AtomicBool,
+    /// Whether it may offer, as the last look at the queue found, and the
+    /// scheduler's operation count after it (taken by the next `my_turn`
+    /// when nothing came between, saving a look).
+    turn: Mutex<Option<(bool, u64)>>,
+    /// When the ledger changes by itself next, as last seen.
+    next_change: Mutex<Option<f64>>,
 }
 
 impl ReservationWait {
@@ -437,13 +503,39 @@ impl ReservationWait {
         let now = this.now();
         let job = job_info(plugin_meta, &plugin, &declared, now, overrides)?;
         let signal: Signal = Arc::new(WakeSignal::new());
-        let (id, need) = {
-            let mut q = this.queue();
+        let backend = this.backend();
+        let token = Token {
+            owner: backend.me(),
+            id: next_token_id(),
+        };
+        if let Some(shared) = backend.shared() {
+            // Wake-ups from other processes reach this one (a forked child
+            // starts its own listener). Without one, waits poll.
+            if let Err(e) = listen(shared.path(), token.owner, &this.registry) {
+                ReservationScheduler::log(
+                    slf,
+                    "warning",
+                    format!(
+                        "{plugin}: no wake socket beside shared ledger {} ({e}); it re-checks every poll_interval",
+                        shared.path().display()
+                    ),
+                )?;
+            }
+        }
+        this.registry.insert(token.id, Arc::clone(&signal));
+        let patience = lock(&this.waits).poll_interval;
+        let joined = ReservationScheduler::op(slf, |q, _| {
             let need = q.effective_need(&plugin, &declared);
-            (
-                q.join(&plugin, need.clone(), job, Arc::clone(&signal)),
-                need,
-            )
+            let id = q.join(&plugin, need.clone(), job, token);
+            let patience = patience + q.settings.claim_s;
+            (id, need, q.may_offer(id, now, patience), q.next_change(now))
+        });
+        let (id, need, turn, change) = match joined {
+            Ok(j) => j,
+            Err(e) => {
+                this.registry.remove(token.id);
+                return Err(e);
+            }
         };
         let started = Instant::now();
         Ok(Self {
@@ -455,9 +547,13 @@ impl ReservationWait {
             started,
             never_fits: Mutex::new(None),
             last_reason: Mutex::new(None),
+            token,
+            registry: Arc::clone(&this.registry),
             slot: WakeSlot::new(signal.generation()),
             signal,
             left: AtomicBool::new(false),
+            turn: Mutex::new(Some((turn, this.ops.load(Ordering::Acquire)))),
+            next_change: Mutex::new(change),
         })
     }
 
@@ -465,20 +561,45 @@ impl ReservationWait {
         self.scheduler.bind(py)
     }
 
-    /// The grant a pass made for this waiter, if any (it leaves the line).
+    /// The grant a pass made for this waiter, if any (it leaves the line);
+    /// else whether it may offer is noted for [`Self::is_my_turn`].
     fn claim(&self, py: Python<'_>) -> PyResult<Option<PyGrant>> {
-        let s = self.scheduler(py).get();
+        let slf = self.scheduler(py);
+        let s = slf.get();
         let now = s.now();
-        Ok(s.queue().claim(self.id, now).map(|g| PyGrant::from(&g)))
+        let poll = lock(&s.waits).poll_interval;
+        let id = self.id;
+        let (grant, turn, change) = ReservationScheduler::op(slf, |q, _| match q.claim(id, now) {
+            Some(g) => (Some(g), false, None),
+            None => {
+                let patience = poll + q.settings.claim_s;
+                (None, q.may_offer(id, now, patience), q.next_change(now))
+            }
+        })?;
+        if let Some(g) = grant {
+            self.done();
+            return Ok(Some(PyGrant::from(&g)));
+        }
+        *lock(&self.turn) = Some((turn, s.ops.load(Ordering::Acquire)));
+        *lock(&self.next_change) = change;
+        Ok(None)
     }
 
-    fn is_my_turn(&self, py: Python<'_>) -> bool {
-        let s = self.scheduler(py).get();
+    fn is_my_turn(&self, py: Python<'_>) -> PyResult<bool> {
+        let slf = self.scheduler(py);
+        let s = slf.get();
+        if let Some((turn, at)) = lock(&self.turn).take() {
+            if at == s.ops.load(Ordering::Acquire) {
+                return Ok(turn);
+            }
+        }
         let poll = lock(&s.waits).poll_interval;
         let now = s.now();
-        let mut q = s.queue();
-        let patience = poll + q.settings.claim_s;
-        q.may_offer(self.id, now, patience)
+        let id = self.id;
+        ReservationScheduler::op(slf, |q, _| {
+            let patience = poll + q.settings.claim_s;
+            q.may_offer(id, now, patience)
+        })
     }
 
     /// Brings `stats` to the queue: one admission pass. This waiter's grant,
@@ -487,24 +608,30 @@ impl ReservationWait {
         let slf = self.scheduler(py);
         let this = slf.get();
         let reading = reading(stats)?;
-        this.observe_peaks(stats)?;
+        let processes = this.processes_of(stats)?;
         ReservationScheduler::consult_outside_policy(slf)?;
         let now = this.now();
-        let (offer, never) = {
-            let mut q = this.queue();
-            let never = q.never_fits(&self.need, &reading);
-            let offer: Offer<Signal> = q.offer(Some(self.id), &reading, now);
-            (offer, never)
-        };
-        notify(offer.wake);
+        let (id, need) = (self.id, &self.need);
+        let (offer, never, why, change, has_pids) = ReservationScheduler::op(slf, |q, _| {
+            if !processes.is_empty() {
+                q.observe(&processes);
+            }
+            let never = q.never_fits(need, &reading);
+            let offer: Offer<Token> = q.offer(Some(id), &reading, now);
+            let why = offer.mine.is_none().then(|| q.why(id, now));
+            (offer, never, why, q.next_change(now), q.ledger().has_pids())
+        })?;
+        this.has_pids.store(has_pids, Ordering::Release);
+        *lock(&self.next_change) = change;
+        this.wake(offer.wake);
+        if offer.mine.is_some() {
+            self.done();
+        }
         ReservationScheduler::report(slf, &offer.events)?;
         if let Some(grant) = offer.mine {
             return Ok(Some(PyGrant::from(&grant)));
         }
-        let why = {
-            let mut q = this.queue();
-            q.why(self.id, now)
-        };
+        let why = why.unwrap_or_default();
         if never {
             let reason = offer
                 .refusal
@@ -528,15 +655,25 @@ impl ReservationWait {
         Ok(None)
     }
 
+    /// The wait got its grant: it has left the line.
+    fn done(&self) {
+        self.left.store(true, Ordering::Release);
+        self.registry.remove(self.token.id);
+    }
+
     /// Gives up the place in line (idempotent) and lets the next one try.
-    fn leave_line(&self, py: Python<'_>) {
+    fn leave_line(&self, py: Python<'_>) -> PyResult<()> {
         if self.left.swap(true, Ordering::AcqRel) {
-            return;
+            return Ok(());
         }
-        let s = self.scheduler(py).get();
+        let slf = self.scheduler(py);
+        let s = slf.get();
+        self.registry.remove(self.token.id);
         let now = s.now();
-        let wake = s.queue().leave(self.id, now);
-        notify(wake);
+        let id = self.id;
+        let wake = ReservationScheduler::op(slf, |q, _| q.leave(id, now))?;
+        s.wake(wake);
+        Ok(())
     }
 
     /// Why the wait ended without a grant.
@@ -568,14 +705,14 @@ impl ReservationWait {
             (w.timeout, w.poll_interval)
         };
         if lock(&self.never_fits).is_some() {
-            self.leave_line(py);
+            self.leave_line(py)?;
             ReservationScheduler::log(slf, "error", self.failure(py))?;
             return Ok(None);
         }
         let now = Instant::now();
         match self.wait.step(false, timeout, now) {
             Step::GiveUp => {
-                self.leave_line(py);
+                self.leave_line(py)?;
                 ReservationScheduler::log(slf, "error", self.failure(py))?;
                 Ok(None)
             }
@@ -585,13 +722,17 @@ impl ReservationWait {
                 // back), which no release would announce.
                 let left = timeout - now.saturating_duration_since(self.started).as_secs_f64();
                 let clock_now = this.now();
-                let change = this
-                    .queue()
-                    .next_change(clock_now)
-                    .map_or(f64::INFINITY, |t| (t - clock_now).max(0.0));
+                let change =
+                    lock(&self.next_change).map_or(f64::INFINITY, |t| (t - clock_now).max(0.0));
                 Ok(Some(poll.min(left.max(0.0) + 0.001).min(change + 0.001)))
             }
         }
+    }
+}
+
+impl Drop for ReservationWait {
+    fn drop(&mut self) {
+        self.registry.remove(self.token.id);
     }
 }
 
@@ -602,7 +743,7 @@ impl ReservationWait {
     }
 
     /// Whether this waiter should read stats and offer now.
-    fn my_turn(&self, py: Python<'_>) -> bool {
+    fn my_turn(&self, py: Python<'_>) -> PyResult<bool> {
         self.is_my_turn(py)
     }
 
@@ -626,8 +767,8 @@ impl ReservationWait {
         ReservationTimeout::new_err(self.failure(py))
     }
 
-    fn leave(&self, py: Python<'_>) {
-        self.leave_line(py);
+    fn leave(&self, py: Python<'_>) -> PyResult<()> {
+        self.leave_line(py)
     }
 
     fn subscribe(&self, wake: Py<PyAny>, event_loop: Py<PyAny>, future: Py<PyAny>) -> Option<u64> {
@@ -780,7 +921,7 @@ impl ReservationScheduler {
     #[new]
     #[pyo3(
         signature = (*_args, **_kwargs),
-        text_signature = "(timeout=300.0, poll_interval=2.0, *, headroom=0.9, settle_s=2.0, start_timeout=60.0, on_missing_stats='allow', peaks_path=None, persist_peaks=False, peak_margin=1.1, policy='fifo', clock=None, claim_timeout=1.0)"
+        text_signature = "(timeout=300.0, poll_interval=2.0, *, headroom=0.9, settle_s=2.0, start_timeout=60.0, on_missing_stats='allow', peaks_path=None, persist_peaks=False, peak_margin=1.1, policy='fifo', clock=None, claim_timeout=1.0, shared=False, mode=0o600)"
     )]
     fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> Self {
         Self {
@@ -791,11 +932,14 @@ impl ReservationScheduler {
                 timeout: DEFAULT_TIMEOUT,
                 poll_interval: DEFAULT_POLL_INTERVAL,
             }),
-            queue: Mutex::new(ReservationQueue::new(
+            backend: Mutex::new(Arc::new(Backend::Local(Mutex::new(ReservationQueue::new(
                 Box::new(plugin_scheduling_core::policy::Fifo),
                 Settings::default(),
                 Peaks::in_memory(),
-            )),
+            ))))),
+            registry: Arc::new(Registry::default()),
+            has_pids: AtomicBool::new(false),
+            ops: AtomicU64::new(0),
             clock: Mutex::new(Arc::new(SystemClock)),
             outside_policy: Mutex::new(None),
             warned_blocking: AtomicBool::new(false),
@@ -805,7 +949,8 @@ impl ReservationScheduler {
     #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (timeout = None, poll_interval = None, *, headroom = None, settle_s = None,
         start_timeout = None, on_missing_stats = "allow", peaks_path = None, persist_peaks = false,
-        peak_margin = None, policy = None, clock = None, claim_timeout = None))]
+        peak_margin = None, policy = None, clock = None, claim_timeout = None, shared = None,
+        mode = None))]
     fn __init__(
         slf: &Bound<'_, Self>,
         timeout: Option<&Bound<'_, PyAny>>,
@@ -820,7 +965,27 @@ impl ReservationScheduler {
         policy: Option<&Bound<'_, PyAny>>,
         clock: Option<&Bound<'_, PyAny>>,
         claim_timeout: Option<&Bound<'_, PyAny>>,
+        shared: Option<&Bound<'_, PyAny>>,
+        mode: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
+        let shared = shared.map(shared_arg).transpose()?.flatten();
+        let mode = match mode {
+            None => 0o600,
+            Some(m) => {
+                let m: u32 = int_in("mode", m, 0, 0o777)?;
+                if m & 0o600 != 0o600 {
+                    return Err(PyValueError::new_err(format!(
+                        "mode must let the owner read and write the ledger (0o600 or more, e.g. 0o660 for a group), got {m:#o}"
+                    )));
+                }
+                if shared.is_none() && m != 0o600 {
+                    return Err(PyValueError::new_err(format!(
+                        "mode={m:#o} applies to a shared ledger: pass shared=True or shared='NAME-or-PATH' too"
+                    )));
+                }
+                m
+            }
+        };
         let opt = |v: Option<&Bound<'_, PyAny>>, field: &str, default: f64, min: f64, max: f64| {
             v.map_or(Ok(default), |v| float_arg(field, v, min, max))
         };
@@ -869,9 +1034,15 @@ impl ReservationScheduler {
                 3600.0,
             )?,
         };
+        // Processes on one ledger stamp times with the clock they share.
+        let system: Arc<dyn Clock> = if shared.is_some() {
+            Arc::new(WallClock)
+        } else {
+            Arc::new(SystemClock)
+        };
         let clock: Arc<dyn Clock> = match clock {
-            None => Arc::new(SystemClock),
-            Some(c) if c.is_none() => Arc::new(SystemClock),
+            None => system,
+            Some(c) if c.is_none() => system,
             Some(c) => match c.extract::<PyManualClock>() {
                 Ok(m) => Arc::new(m.0),
                 Err(_) => {
@@ -883,11 +1054,20 @@ impl ReservationScheduler {
             },
         };
         let now = clock.now();
-        let (core_policy, outside): (Box<dyn plugin_scheduling_core::policy::Policy>, _) =
-            match policy.map(policy_arg).transpose()? {
-                None => (Box::new(plugin_scheduling_core::policy::Fifo), None),
-                Some(PolicyArg::Core(spec)) => (core(spec.build(now))?, None),
-                Some(PolicyArg::Outside(obj, name)) => (Box::new(External::new(&name)), Some(obj)),
+        let spec = match policy.map(policy_arg).transpose()? {
+            None => PolicyArg::Core(PolicySpec::named("fifo")),
+            Some(p) => p,
+        };
+        if let (Some(_), PolicyArg::Outside(_, name)) = (&shared, &spec) {
+            return Err(PyValueError::new_err(format!(
+                "policy {name:?} decides in Python, in one process; a shared ledger orders its line with a built-in policy: one of {:?}",
+                plugin_scheduling_core::reserve::shared::SHARED_POLICIES
+            )));
+        }
+        let (core_policy, outside, spec): (Box<dyn plugin_scheduling_core::policy::Policy>, _, _) =
+            match spec {
+                PolicyArg::Core(spec) => (core(spec.build(now))?, None, Some(spec)),
+                PolicyArg::Outside(obj, name) => (Box::new(External::new(&name)), Some(obj), None),
             };
         let path = match (peaks_path, persist_peaks) {
             (Some(p), _) if !p.is_none() => Some(path_arg("peaks_path", p)?),
@@ -905,7 +1085,19 @@ impl ReservationScheduler {
         };
         *lock(&this.clock) = clock;
         *lock(&this.outside_policy) = outside;
-        *this.queue() = ReservationQueue::new(core_policy, settings, peaks);
+        let backend = match (shared, spec) {
+            (Some(path), Some(spec)) => {
+                let q = py_shared_open(slf.py(), &path, mode, &spec, settings)?;
+                q.set_peaks(peaks);
+                Backend::Shared(q)
+            }
+            _ => Backend::Local(Mutex::new(ReservationQueue::new(
+                core_policy,
+                settings,
+                peaks,
+            ))),
+        };
+        *lock(&this.backend) = Arc::new(backend);
         if let Some(problem) = problem {
             Self::log(slf, "warning", problem)?;
         }
@@ -920,10 +1112,8 @@ impl ReservationScheduler {
         if let Ok(p) = self.outside_policy.try_lock() {
             visit.call(&*p)?;
         }
-        if let Ok(q) = self.queue.try_lock() {
-            for signal in q.wakers() {
-                AsyncWaker::visit_all(signal, &visit)?;
-            }
+        for signal in self.registry.try_signals() {
+            AsyncWaker::visit_all(&signal, &visit)?;
         }
         Ok(())
     }
@@ -932,8 +1122,7 @@ impl ReservationScheduler {
         if !self.constructed.get() {
             return;
         }
-        let signals: Vec<Signal> = self.queue().wakers().cloned().collect();
-        for signal in signals {
+        for signal in self.registry.signals() {
             drop(signal.take_wakers());
         }
         self.logger.set(None);
@@ -957,8 +1146,14 @@ impl ReservationScheduler {
 
     /// The policy's name.
     #[getter]
-    fn policy(&self) -> String {
-        self.queue().policy().name().to_owned()
+    fn policy(slf: &Bound<'_, Self>) -> PyResult<String> {
+        Self::op(slf, |q, _| q.policy().name().to_owned())
+    }
+
+    /// The shared ledger's file (`None`: this scheduler's queue is its own).
+    #[getter]
+    fn shared(&self) -> Option<PathBuf> {
+        self.backend().shared().map(|s| s.path().to_owned())
     }
 
     /// Starts a wait (used by the async methods in `_drivers`).
@@ -1019,7 +1214,7 @@ impl ReservationScheduler {
             if let Some(grant) = wait.claim(py)? {
                 return Ok(grant);
             }
-            if wait.is_my_turn(py) {
+            if wait.is_my_turn(py)? {
                 let stats = in_provider(owner, || stats_provider.call0())?;
                 if let Some(grant) = wait.offer(py, &stats)? {
                     return Ok(grant);
@@ -1042,8 +1237,11 @@ impl ReservationScheduler {
         })();
         // On success the place was given up; on error (provider raised,
         // Ctrl-C, timeout) give it up now so nobody waits behind a ghost.
-        wait.leave_line(py);
-        result
+        // The wait's own error comes first.
+        let left = wait.leave_line(py);
+        let grant = result?;
+        left?;
+        Ok(grant)
     }
 
     /// Reserves what the plugin declares (waiting if needed); `False` after
@@ -1079,7 +1277,12 @@ impl ReservationScheduler {
 
     /// Marks the oldest unstarted reservation of `plugin_name` started.
     fn on_execution_start(slf: &Bound<'_, Self>, plugin_name: &str) -> PyResult<()> {
-        let started = slf.get().queue().start(plugin_name);
+        let backend = slf.get().backend();
+        let me = backend.me();
+        let started = Self::op(slf, |q, owners| match &*backend {
+            Backend::Local(_) => q.start(plugin_name),
+            Backend::Shared(_) => start_owned(q, owners, me, plugin_name),
+        })?;
         if started.is_none() {
             Self::log(
                 slf,
@@ -1097,20 +1300,25 @@ impl ReservationScheduler {
     fn on_execution_finish(slf: &Bound<'_, Self>, plugin_name: &str) -> PyResult<()> {
         let this = slf.get();
         let now = this.now();
-        let (released, wake) = this.queue().finish(plugin_name, now);
-        notify(wake);
+        let backend = this.backend();
+        let me = backend.me();
+        let (released, wake) = Self::op(slf, |q, owners| match &*backend {
+            Backend::Local(_) => q.finish(plugin_name, now),
+            Backend::Shared(_) => finish_owned(q, owners, me, plugin_name, now),
+        })?;
+        this.wake(wake);
         Self::log_release(slf, released.as_ref())
     }
 
-    fn _start_grant(&self, grant_id: u64) -> bool {
-        self.queue().start_lease(GrantId(grant_id))
+    fn _start_grant(slf: &Bound<'_, Self>, grant_id: u64) -> PyResult<bool> {
+        Self::op(slf, |q, _| q.start_lease(GrantId(grant_id)))
     }
 
     fn _release_grant(slf: &Bound<'_, Self>, grant_id: u64) -> PyResult<bool> {
         let this = slf.get();
         let now = this.now();
-        let (released, wake) = this.queue().release(GrantId(grant_id), now);
-        notify(wake);
+        let (released, wake) = Self::op(slf, |q, _| q.release(GrantId(grant_id), now))?;
+        this.wake(wake);
         Self::log_release(slf, released.as_ref())?;
         Ok(released.is_some())
     }
@@ -1118,10 +1326,16 @@ impl ReservationScheduler {
     /// Records that process `pid` runs the plugin of grant `grant_id`, so
     /// its GPU memory (from a `SystemMonitor` reading passed to `observe`,
     /// or read while someone waits) is recorded as the plugin's peak.
-    fn attach_pid(&self, grant_id: &Bound<'_, PyAny>, pid: &Bound<'_, PyAny>) -> PyResult<bool> {
+    fn attach_pid(
+        slf: &Bound<'_, Self>,
+        grant_id: &Bound<'_, PyAny>,
+        pid: &Bound<'_, PyAny>,
+    ) -> PyResult<bool> {
         let id: u64 = int_in("grant_id", grant_id, 0, u64::MAX)?;
         let pid: u32 = int_in("pid", pid, 1, u32::MAX)?;
-        Ok(self.queue().attach_pid(GrantId(id), pid))
+        let attached = Self::op(slf, |q, _| q.attach_pid(GrantId(id), pid))?;
+        slf.get().has_pids.store(true, Ordering::Release);
+        Ok(attached)
     }
 
     /// Records peaks from a stats reading (see `attach_pid`); returns how many
@@ -1135,21 +1349,21 @@ impl ReservationScheduler {
         }
         // The whole reading is validated as a decision would read it.
         reading(stats)?;
-        let n = slf.get().observe_peaks(stats)?;
+        let n = Self::observe_peaks(slf, stats)?;
         Self::flush_peaks(slf, false)?;
         Ok(n)
     }
 
     /// Names of plugins with a started reservation (a new set).
-    fn get_active_plugins<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PySet>> {
-        let q = self.queue();
-        let names: Vec<&str> = q
-            .ledger()
-            .grants()
-            .filter(|g| g.started)
-            .map(|g| g.plugin.as_str())
-            .collect();
-        PySet::new(py, names)
+    fn get_active_plugins<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PySet>> {
+        let names: Vec<String> = Self::op(slf, |q, _| {
+            q.ledger()
+                .grants()
+                .filter(|g| g.started)
+                .map(|g| g.plugin.clone())
+                .collect()
+        })?;
+        PySet::new(slf.py(), names)
     }
 
     /// Records a measured peak; later grants for the plugin reserve at
@@ -1165,12 +1379,10 @@ impl ReservationScheduler {
         let py = slf.py();
         let vram_mb = vram_mb.map(|v| mb("vram_mb", v)).transpose()?;
         let ram_mb = ram_mb.map(|v| mb("ram_mb", v)).transpose()?;
-        let peak = slf
-            .get()
-            .queue()
-            .peaks_mut()
-            .record(plugin_name, vram_mb, ram_mb)
-            .map_err(PyValueError::new_err)?;
+        let peak = Self::op(slf, |q, _| {
+            q.peaks_mut().record(plugin_name, vram_mb, ram_mb)
+        })?
+        .map_err(PyValueError::new_err)?;
         Self::flush_peaks(slf, true)?;
         let out = PyDict::new(py);
         out.set_item("vram_mb", peak.vram_mb)?;
@@ -1179,10 +1391,17 @@ impl ReservationScheduler {
     }
 
     /// Recorded peaks per plugin.
-    fn peaks<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let out = PyDict::new(py);
-        for (plugin, peak) in self.queue().peaks().all() {
-            let d = PyDict::new(py);
+    fn peaks<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyDict>> {
+        let out = PyDict::new(slf.py());
+        let all = Self::op(slf, |q, _| {
+            q.peaks()
+                .all()
+                .iter()
+                .map(|(p, peak)| (p.clone(), *peak))
+                .collect::<Vec<_>>()
+        })?;
+        for (plugin, peak) in all {
+            let d = PyDict::new(slf.py());
             d.set_item("vram_mb", peak.vram_mb)?;
             d.set_item("ram_mb", peak.ram_mb)?;
             out.set_item(plugin, d)?;
@@ -1221,15 +1440,17 @@ impl ReservationScheduler {
         let reading = reading(&stats)?;
         let out = PyDict::new(py);
         // A hypothetical waiter: joined, judged, removed (nothing kept).
-        let (need, places, never, fits) = {
-            let mut q = this.queue();
+        let token = Token {
+            owner: this.backend().me(),
+            id: next_token_id(),
+        };
+        let (need, places, never, fits, policy_name) = Self::op(slf, |q, _| {
             let need = q.effective_need(&plugin, &declared);
             let never = q.never_fits(&need, &reading);
             let fits = q
                 .adjusted(&need, &reading)
                 .map(|(n, _)| q.ledger().place(&n, &reading, q.settings.limits, now));
-            let signal: Signal = Arc::new(WakeSignal::new());
-            let id = q.join(&plugin, need.clone(), job.clone(), signal);
+            let id = q.join(&plugin, need.clone(), job.clone(), token);
             let places = q.places(now);
             q.leave(id, now);
             (
@@ -1240,10 +1461,11 @@ impl ReservationScheduler {
                     .collect::<Vec<_>>(),
                 never,
                 fits,
+                q.policy().name().to_owned(),
             )
-        };
+        })?;
         out.set_item("plugin", &plugin)?;
-        out.set_item("policy", this.queue().policy().name())?;
+        out.set_item("policy", policy_name)?;
         out.set_item("gpu_count", need.gpu_count)?;
         out.set_item("vram_mb", need.vram_mb)?;
         out.set_item("ram_mb", need.ram_mb())?;
@@ -1348,20 +1570,70 @@ impl ReservationScheduler {
         };
         let job = job_info(plugin_meta, &plugin, &declared, now, &overrides)?;
         let reading = reading(&stats_provider.call0()?)?;
-        let q = this.queue();
-        let need = q.effective_need(&plugin, &declared);
-        Ok(q.preemption_candidates(&job, &need, &reading, now)
-            .iter()
-            .map(PyGrant::from)
-            .collect())
+        let victims = Self::op(slf, |q, _| {
+            let need = q.effective_need(&plugin, &declared);
+            q.preemption_candidates(&job, &need, &reading, now)
+        })?;
+        Ok(victims.iter().map(PyGrant::from).collect())
     }
 
     /// Grants and waiters now (waiters in the policy's order, with why).
-    fn snapshot<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let now = self.now();
-        let mut q = self.queue();
+    fn snapshot<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyDict>> {
+        let py = slf.py();
+        let this = slf.get();
+        let now = this.now();
+        let backend = this.backend();
+        let shared = backend.shared().is_some();
+        type Seen = (
+            Vec<(Grant, Option<u32>)>,
+            Vec<(plugin_scheduling_core::reserve::queue::Place, Option<u32>)>,
+            Vec<(u32, f64)>,
+            f64,
+            Vec<(String, f64)>,
+            String,
+        );
+        let (grants_now, places, by_device, ram, by_pool, policy): Seen =
+            Self::op(slf, |q, owners| {
+                let tokens: std::collections::HashMap<WaiterId, u32> = q
+                    .export()
+                    .0
+                    .into_iter()
+                    .map(|w| (w.id, w.waker.owner.pid))
+                    .collect();
+                (
+                    q.ledger()
+                        .grants()
+                        .map(|g| (g.clone(), owners.get(&g.id).map(|o| o.pid)))
+                        .collect(),
+                    q.places(now)
+                        .into_iter()
+                        .map(|p| {
+                            let pid = tokens.get(&p.id).copied();
+                            (p, pid)
+                        })
+                        .collect(),
+                    q.ledger().reserved_by_device().into_iter().collect(),
+                    q.ledger().reserved_pool(RAM_MB),
+                    q.ledger()
+                        .reserved_by_pool()
+                        .into_iter()
+                        .map(|(n, v)| (n.as_ref().to_owned(), v))
+                        .collect(),
+                    q.policy().name().to_owned(),
+                )
+            })?;
+        let me = backend.me();
+        let process = |pid: Option<u32>, d: &Bound<'py, PyDict>| -> PyResult<()> {
+            if shared {
+                let pid = pid.unwrap_or(me.pid);
+                let name = plugin_scheduling_core::reserve::shared::Owner { pid, start: 0 }.name();
+                d.set_item("pid", pid)?;
+                d.set_item("process", name)?;
+            }
+            Ok(())
+        };
         let grants = PyList::empty(py);
-        for g in q.ledger().grants() {
+        for (g, pid) in &grants_now {
             let d = PyDict::new(py);
             d.set_item("id", g.id.0)?;
             d.set_item("plugin", &g.plugin)?;
@@ -1376,10 +1648,11 @@ impl ReservationScheduler {
                 d.set_item("user", job.user.as_deref())?;
                 d.set_item("project", job.project.as_deref())?;
             }
+            process(*pid, &d)?;
             grants.append(d)?;
         }
         let waiters = PyList::empty(py);
-        for p in q.places(now) {
+        for (p, pid) in &places {
             let d = PyDict::new(py);
             d.set_item("plugin", &p.plugin)?;
             d.set_item("position", p.position)?;
@@ -1392,42 +1665,98 @@ impl ReservationScheduler {
             d.set_item("waiting_s", (now - p.job.submitted).max(0.0))?;
             d.set_item("reason", &p.reason)?;
             d.set_item("passed_over", p.stalled)?;
+            process(*pid, &d)?;
             waiters.append(d)?;
         }
         let out = PyDict::new(py);
         out.set_item("grants", grants)?;
         out.set_item("waiters", waiters)?;
         let reserved = PyDict::new(py);
-        for (device, mb) in q.ledger().reserved_by_device() {
+        for (device, mb) in by_device {
             reserved.set_item(device, mb)?;
         }
         out.set_item("reserved_vram_mb", reserved)?;
-        out.set_item("reserved_ram_mb", q.ledger().reserved_pool(RAM_MB))?;
+        out.set_item("reserved_ram_mb", ram)?;
         let pools = PyDict::new(py);
-        for (name, v) in q.ledger().reserved_by_pool() {
-            pools.set_item(name.as_ref(), v)?;
+        for (name, v) in by_pool {
+            pools.set_item(name, v)?;
         }
         out.set_item("reserved_pools", pools)?;
-        out.set_item("policy", q.policy().name())?;
+        out.set_item("policy", policy)?;
+        if let Some(s) = backend.shared() {
+            out.set_item("shared", s.path())?;
+        }
         Ok(out)
     }
 
     fn _pending_wakers(&self) -> usize {
-        self.queue().wakers().map(|s| s.pending_wakers()).sum()
+        self.registry
+            .signals()
+            .iter()
+            .map(|s| s.pending_wakers())
+            .sum()
     }
 
-    fn __repr__(&self) -> String {
+    fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
+        let this = slf.get();
         let (timeout, poll) = {
-            let w = lock(&self.waits);
+            let w = lock(&this.waits);
             (w.timeout, w.poll_interval)
         };
-        let q = self.queue();
-        format!(
-            "ReservationScheduler(timeout={timeout}, poll_interval={poll}, headroom={}, policy={:?}, grants={}, waiting={})",
-            q.settings.limits.headroom,
-            q.policy().name(),
-            q.ledger().len(),
-            q.waiting()
-        )
+        let (headroom, policy, grants, waiting) = Self::op(slf, |q, _| {
+            (
+                q.settings.limits.headroom,
+                q.policy().name().to_owned(),
+                q.ledger().len(),
+                q.waiting(),
+            )
+        })?;
+        let shared = this
+            .backend()
+            .shared()
+            .map(|s| format!(", shared={:?}", s.path().display().to_string()))
+            .unwrap_or_default();
+        Ok(format!(
+            "ReservationScheduler(timeout={timeout}, poll_interval={poll}, headroom={headroom}, policy={policy:?}, grants={grants}, waiting={waiting}{shared})"
+        ))
     }
+}
+
+/// `shared=` as a path: `None`/`False` → none, `True` → the per-user
+/// default ledger, a name or a path → that ledger.
+fn shared_arg(value: &Bound<'_, PyAny>) -> PyResult<Option<PathBuf>> {
+    if value.is_none() {
+        return Ok(None);
+    }
+    if let Ok(b) = value.cast::<pyo3::types::PyBool>() {
+        return match b.is_true() {
+            false => Ok(None),
+            true => ledger_path("default")
+                .map(Some)
+                .map_err(super::errors::shared_error),
+        };
+    }
+    let path = path_arg("shared", value).map_err(|_| {
+        PyTypeError::new_err(format!(
+            "shared must be True, False, a ledger name or a path (str or os.PathLike), got {}",
+            describe(value)
+        ))
+    })?;
+    let text = path.to_string_lossy().into_owned();
+    ledger_path(&text)
+        .map(Some)
+        .map_err(super::errors::shared_error)
+}
+
+/// Opens a shared ledger with the GIL released (another process may hold
+/// its lock for a moment).
+fn py_shared_open(
+    py: Python<'_>,
+    path: &std::path::Path,
+    mode: u32,
+    spec: &PolicySpec,
+    settings: Settings,
+) -> PyResult<SharedQueue> {
+    py.detach(|| SharedQueue::open(path, mode, spec, settings))
+        .map_err(super::errors::shared_error)
 }

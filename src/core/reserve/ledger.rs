@@ -611,6 +611,11 @@ impl Ledger {
         }
     }
 
+    /// Marks one grant started (as `start` does, by id); `false` if it is gone.
+    pub fn start_id(&mut self, id: GrantId) -> bool {
+        self.mark_started(id, false)
+    }
+
     /// Marks one grant started and held by a lease; `false` if it is gone.
     pub fn start_lease(&mut self, id: GrantId) -> bool {
         self.mark_started(id, true)

@@ -979,6 +979,11 @@ impl<W: Clone> ReservationQueue<W> {
         self.ledger.start(plugin)
     }
 
+    /// Marks grant `id` started (not as a lease); `false` if it is gone.
+    pub fn start_id(&mut self, id: GrantId) -> bool {
+        self.ledger.start_id(id)
+    }
+
     pub fn start_lease(&mut self, id: GrantId) -> bool {
         self.ledger.start_lease(id)
     }

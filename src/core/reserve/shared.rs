@@ -31,6 +31,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use serde::{Deserialize, Serialize};
 
@@ -127,6 +128,10 @@ pub struct State {
     /// a process of another namespace would take live owners for dead.
     #[serde(default)]
     pub pid_ns: Option<u64>,
+    /// The policy ordering the line (name and settings): processes with
+    /// another one are refused while the ledger is in use.
+    #[serde(default)]
+    pub policy: Option<String>,
 }
 
 /// This process's pid namespace (the inode of `/proc/self/ns/pid`).
@@ -169,6 +174,12 @@ pub enum SharedError {
         theirs: u64,
         mine: u64,
     },
+    /// Opened with another policy than the processes using it.
+    PolicyMismatch {
+        path: PathBuf,
+        theirs: String,
+        mine: String,
+    },
     /// `/proc` does not show this process (needed to tell owners apart).
     NoProc,
 }
@@ -205,6 +216,12 @@ impl fmt::Display for SharedError {
                 f,
                 "shared ledger {} belongs to pid namespace {theirs}, this process runs in {mine} \
                  (another container?): its pids cannot be told alive or dead here; use another name",
+                path.display()
+            ),
+            SharedError::PolicyMismatch { path, theirs, mine } => write!(
+                f,
+                "shared ledger {} is in use with policy {theirs:?}, this scheduler asks for {mine:?}: \
+                 every process on one ledger orders its line the same way",
                 path.display()
             ),
             SharedError::NoProc => write!(f, "a shared ledger needs /proc to identify processes"),
@@ -275,14 +292,46 @@ pub struct Done<R> {
     pub dropped: Vec<WaiterState<Token>>,
 }
 
-/// A handle on a shared ledger file (one per scheduler in a process).
+/// A handle on a shared ledger file (one per scheduler in a process; its
+/// threads share it: an in-process mutex orders them, the file lock orders
+/// processes).
 #[derive(Debug)]
 pub struct SharedQueue {
     path: PathBuf,
-    file: File,
+    mode: u32,
+    spec: PolicySpec,
+    /// How the policy is told apart in the file (name and settings).
     policy: String,
     settings: Settings,
+    handle: Mutex<Handle>,
+    /// This process (a lock of its own: asked for inside operations too).
+    me: Mutex<Owner>,
+}
+
+/// What belongs to one process: the open file (its own open file
+/// description, so `flock` excludes other processes, and after `fork()` the
+/// child's own), who this process is, and its peaks.
+#[derive(Debug)]
+struct Handle {
+    pid: u32,
+    file: File,
     me: Owner,
+    peaks: Peaks,
+}
+
+/// The policy as the file records it: its name and the settings it reads.
+fn policy_text(spec: &PolicySpec) -> String {
+    let mut out = spec.name.clone();
+    for (k, v) in [
+        ("aging_per_s", spec.aging_per_s),
+        ("window_s", spec.window_s),
+        ("boost", spec.boost),
+    ] {
+        if let Some(v) = v {
+            out.push_str(&format!(" {k}={v}"));
+        }
+    }
+    out
 }
 
 fn io(path: &Path, what: &str) -> impl FnOnce(std::io::Error) -> SharedError {
@@ -291,57 +340,39 @@ fn io(path: &Path, what: &str) -> impl FnOnce(std::io::Error) -> SharedError {
 }
 
 impl SharedQueue {
-    /// Opens (creating with `mode`, e.g. `0o600`) the ledger at `path`.
+    /// Opens (creating with `mode`, e.g. `0o600`) the ledger at `path`,
+    /// ordering its line by `policy` (one of [`SHARED_POLICIES`]; every
+    /// process on the ledger must use the same one while it is in use).
     pub fn open(
         path: &Path,
         mode: u32,
-        policy: &str,
+        policy: &PolicySpec,
         settings: Settings,
     ) -> Result<Self, SharedError> {
-        if !SHARED_POLICIES.contains(&policy) {
+        if !SHARED_POLICIES.contains(&policy.name.as_str()) {
             return Err(SharedError::Policy {
-                name: policy.to_owned(),
+                name: policy.name.clone(),
             });
         }
+        // Settings are checked once here, not at every operation.
+        policy.build(0.0).map_err(|_| SharedError::Policy {
+            name: policy.name.clone(),
+        })?;
         let me = Owner::current().ok_or(SharedError::NoProc)?;
-        let uid = my_uid()?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            if !dir.exists() {
-                std::fs::create_dir_all(dir).map_err(io(dir, "create its directory"))?;
-                // Private, or open to the group when the file is.
-                let dir_mode = if mode & 0o070 != 0 { 0o770 } else { 0o700 };
-                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(dir_mode))
-                    .map_err(io(dir, "set its directory's mode"))?;
-            }
-            // A directory another user made for us could swap the file.
-            let d = std::fs::metadata(dir).map_err(io(dir, "stat its directory"))?;
-            let sticky_shared = d.mode() & 0o1000 != 0 && d.uid() == 0;
-            if !sticky_shared {
-                check_owner(dir, d.uid(), d.mode(), uid, mode)?;
-            }
-        }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(mode)
-            .open(path)
-            .map_err(io(path, "open it"))?;
-        let meta = file.metadata().map_err(io(path, "stat it"))?;
-        if !meta.is_file() {
-            return Err(SharedError::Corrupt {
-                path: path.to_owned(),
-                why: "not a regular file".into(),
-            });
-        }
-        check_owner(path, meta.uid(), meta.mode(), uid, mode)?;
+        let file = open_file(path, mode)?;
         let q = Self {
             path: path.to_owned(),
-            file,
-            policy: policy.to_owned(),
+            mode,
+            spec: policy.clone(),
+            policy: policy_text(policy),
             settings,
-            me,
+            handle: Mutex::new(Handle {
+                pid: me.pid,
+                file,
+                me,
+                peaks: Peaks::in_memory(),
+            }),
+            me: Mutex::new(me),
         };
         // Check the layout now, so a bad file is reported at construction.
         q.with(|_| ())?;
@@ -352,33 +383,54 @@ impl SharedQueue {
         &self.path
     }
 
+    /// The policy as recorded in the file.
+    pub fn policy(&self) -> &str {
+        &self.policy
+    }
+
+    pub fn settings(&self) -> Settings {
+        self.settings
+    }
+
+    /// This process (after `fork()`, the child).
     pub fn me(&self) -> Owner {
-        self.me
+        let mut me = self.me.lock().unwrap_or_else(PoisonError::into_inner);
+        let pid = std::process::id();
+        if me.pid != pid {
+            *me = Owner::current().unwrap_or(Owner { pid, start: 0 });
+        }
+        *me
     }
 
-    fn read(&self, file: &File) -> Result<State, SharedError> {
-        read_state(&self.path, file)
+    /// Peaks this process uses for effective needs (moved into every
+    /// operation's queue and back).
+    pub fn set_peaks(&self, peaks: Peaks) {
+        if let Ok(mut h) = self.handle() {
+            h.peaks = peaks;
+        }
     }
 
-    fn write(&self, mut file: &File, state: &State) -> Result<(), SharedError> {
-        let body = serde_json::to_vec(state).map_err(|e| SharedError::Corrupt {
-            path: self.path.clone(),
-            why: format!("cannot encode the state: {e}"),
-        })?;
-        let mut out = format!("{MAGIC} {VERSION} {}\n", body.len()).into_bytes();
-        out.extend_from_slice(&body);
-        file.seek(SeekFrom::Start(0))
-            .map_err(io(&self.path, "seek"))?;
-        file.write_all(&out).map_err(io(&self.path, "write it"))?;
-        file.set_len(out.len() as u64)
-            .map_err(io(&self.path, "truncate it"))?;
-        Ok(())
+    /// The handle of this process: after `fork()` the child opens the file
+    /// again (a lock on the inherited open file description would be the
+    /// parent's lock, excluding nobody).
+    fn handle(&self) -> Result<MutexGuard<'_, Handle>, SharedError> {
+        // Every field is replaced whole; a panic in an operation leaves the
+        // handle usable (the file lock goes with the guard below).
+        let mut h = self.handle.lock().unwrap_or_else(PoisonError::into_inner);
+        let pid = std::process::id();
+        if h.pid != pid {
+            h.file = open_file(&self.path, self.mode)?;
+            h.me = self.me();
+            h.pid = pid;
+        }
+        Ok(h)
     }
 
     /// The state as it is now, with dead processes' entries left out
     /// (not written: a view).
     pub fn view(&self) -> Result<State, SharedError> {
-        read_view(&self.path, &self.file)
+        let h = self.handle()?;
+        read_view(&self.path, &h.file)
     }
 
     /// Runs `op` on the queue as every process sees it, atomically: under
@@ -397,23 +449,27 @@ impl SharedQueue {
         &self,
         op: impl FnOnce(&mut ReservationQueue<Token>, &Owners) -> R,
     ) -> Result<Done<R>, SharedError> {
-        self.file.lock().map_err(io(&self.path, "lock it"))?;
-        let out = self.locked(op);
-        // Unlocking cannot fail on a file we locked; if it did, closing the
-        // handle (drop) releases it.
-        let _ = self.file.unlock();
-        out
+        let mut h = self.handle()?;
+        let Handle {
+            file, peaks, me, ..
+        } = &mut *h;
+        file.lock().map_err(io(&self.path, "lock it"))?;
+        let locked = Locked(file);
+        self.locked(&locked, peaks, *me, op)
     }
 
     fn locked<R>(
         &self,
+        file: &Locked<'_>,
+        peaks: &mut Peaks,
+        me: Owner,
         op: impl FnOnce(&mut ReservationQueue<Token>, &Owners) -> R,
     ) -> Result<Done<R>, SharedError> {
         let corrupt = |why: String| SharedError::Corrupt {
             path: self.path.clone(),
             why,
         };
-        let state = self.read(&self.file)?;
+        let (state, body) = read_state(&self.path, file.0)?;
         let ns = pid_namespace();
         if let (Some(theirs), Some(mine)) = (state.pid_ns, ns) {
             if theirs != mine {
@@ -432,6 +488,19 @@ impl SharedQueue {
             .waiters
             .into_iter()
             .partition(|w: &WaiterState<Token>| alive.check(w.waker.owner));
+        if let Some(theirs) = state.policy.filter(|p| *p != self.policy) {
+            if !kept.is_empty() || !waiters.is_empty() {
+                return Err(SharedError::PolicyMismatch {
+                    path: self.path.clone(),
+                    theirs,
+                    mine: self.policy.clone(),
+                });
+            }
+        }
+        // Wake sockets of processes that are gone.
+        for owner in alive.dead() {
+            let _ = std::fs::remove_file(super::shared_wake::wake_path(&self.path, &owner));
+        }
         let mut owners: Owners = kept.iter().map(|h| (h.grant.id, h.owner)).collect();
         // A live waiter's uncollected grant that was reclaimed with a dead
         // holder's (a file edited by hand): the waiter just waits again.
@@ -443,22 +512,20 @@ impl SharedQueue {
         }
         let ledger = Ledger::restore(kept.into_iter().map(|h| h.grant), state.next_grant)
             .map_err(corrupt)?;
-        let policy =
-            PolicySpec::named(&self.policy)
-                .build(0.0)
-                .map_err(|_| SharedError::Policy {
-                    name: self.policy.clone(),
-                })?;
+        let policy = self.spec.build(0.0).map_err(|_| SharedError::Policy {
+            name: self.spec.name.clone(),
+        })?;
         let mut queue = ReservationQueue::restore(
             policy,
             self.settings,
-            Peaks::in_memory(),
+            std::mem::replace(peaks, Peaks::in_memory()),
             ledger,
             waiters,
             state.next_waiter,
         )
         .map_err(corrupt)?;
         let value = op(&mut queue, &owners);
+        *peaks = std::mem::replace(queue.peaks_mut(), Peaks::in_memory());
         let (waiters, next_waiter) = queue.export();
         for w in &waiters {
             if let Some((g, _)) = w.granted {
@@ -469,7 +536,7 @@ impl SharedQueue {
             .ledger()
             .grants()
             .map(|g| Held {
-                owner: owners.get(&g.id).copied().unwrap_or(self.me),
+                owner: owners.get(&g.id).copied().unwrap_or(me),
                 grant: g.clone(),
             })
             .collect();
@@ -479,8 +546,9 @@ impl SharedQueue {
             waiters,
             next_waiter,
             pid_ns,
+            policy: Some(self.policy.clone()),
         };
-        self.write(&self.file, &next)?;
+        self.write(file.0, &next, &body)?;
         Ok(Done {
             value,
             reclaimed,
@@ -488,31 +556,136 @@ impl SharedQueue {
         })
     }
 
+    /// Writes `state` unless its encoding is `old` (an operation that
+    /// changed nothing writes nothing).
+    fn write(&self, mut file: &File, state: &State, old: &[u8]) -> Result<(), SharedError> {
+        let body = serde_json::to_vec(state).map_err(|e| SharedError::Corrupt {
+            path: self.path.clone(),
+            why: format!("cannot encode the state: {e}"),
+        })?;
+        if body == old {
+            return Ok(());
+        }
+        let mut out = format!("{MAGIC} {VERSION} {}\n", body.len()).into_bytes();
+        out.extend_from_slice(&body);
+        file.seek(SeekFrom::Start(0))
+            .map_err(io(&self.path, "seek"))?;
+        file.write_all(&out).map_err(io(&self.path, "write it"))?;
+        file.set_len(out.len() as u64)
+            .map_err(io(&self.path, "truncate it"))?;
+        Ok(())
+    }
+
     /// Releases the oldest started (else unstarted) grant of `plugin` held
     /// by this process, as `on_execution_finish` does in one process; with
     /// the wakers of whoever's turn it is now.
     pub fn finish_own(&self, plugin: &str, now: f64) -> Result<Done<Released>, SharedError> {
-        let me = self.me;
-        self.with_owned(move |q, owners| {
-            let own =
-                |g: &&Grant| g.plugin == plugin && !g.leased && owners.get(&g.id) == Some(&me);
-            let id = q
-                .ledger()
-                .grants()
-                .filter(own)
-                .find(|g| g.started)
-                .or_else(|| q.ledger().grants().find(own))
-                .map(|g| g.id);
-            match id {
-                Some(id) => q.release(id, now),
-                None => (None, Vec::new()),
-            }
-        })
+        let me = self.me();
+        self.with_owned(move |q, owners| finish_owned(q, owners, me, plugin, now))
     }
 }
 
-/// Reads and checks the state in `file` (the caller holds a lock).
-fn read_state(path: &Path, mut file: &File) -> Result<State, SharedError> {
+/// The oldest started (else unstarted) grant of `plugin` that `me` holds,
+/// released; with the wakers of whoever's turn it is now.
+pub fn finish_owned(
+    q: &mut ReservationQueue<Token>,
+    owners: &Owners,
+    me: Owner,
+    plugin: &str,
+    now: f64,
+) -> Released {
+    let own = |g: &&Grant| g.plugin == plugin && !g.leased && owners.get(&g.id) == Some(&me);
+    let id = q
+        .ledger()
+        .grants()
+        .filter(own)
+        .find(|g| g.started)
+        .or_else(|| q.ledger().grants().find(own))
+        .map(|g| g.id);
+    match id {
+        Some(id) => q.release(id, now),
+        None => (None, Vec::new()),
+    }
+}
+
+/// Marks the oldest unstarted grant of `plugin` that `me` holds started.
+pub fn start_owned(
+    q: &mut ReservationQueue<Token>,
+    owners: &Owners,
+    me: Owner,
+    plugin: &str,
+) -> Option<GrantId> {
+    let id = q
+        .ledger()
+        .grants()
+        .find(|g| g.plugin == plugin && !g.started && !g.leased && owners.get(&g.id) == Some(&me))
+        .map(|g| g.id)?;
+    q.start_id(id).then_some(id)
+}
+
+/// An exclusively locked file, unlocked when dropped (also on a panic).
+struct Locked<'a>(&'a File);
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        // Unlocking cannot fail on a file we locked; if it did, closing the
+        // handle releases the lock.
+        let _ = self.0.unlock();
+    }
+}
+
+/// Opens (creating with `mode`) the ledger file, refusing what is not ours.
+fn open_file(path: &Path, mode: u32) -> Result<File, SharedError> {
+    let uid = my_uid()?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(io(dir, "create its directory"))?;
+            // Private, or open to the group when the file is.
+            let dir_mode = if mode & 0o070 != 0 { 0o770 } else { 0o700 };
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(dir_mode))
+                .map_err(io(dir, "set its directory's mode"))?;
+        }
+        // A directory another user made for us could swap the file.
+        let d = std::fs::metadata(dir).map_err(io(dir, "stat its directory"))?;
+        let sticky_shared = d.mode() & 0o1000 != 0 && d.uid() == 0;
+        if !sticky_shared {
+            check_owner(dir, d.uid(), d.mode(), uid, mode)?;
+        }
+    }
+    let created = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path);
+    let file = match created {
+        // Exactly `mode`, whatever the umask (a group ledger needs g+rw).
+        Ok(file) => {
+            file.set_permissions(std::fs::Permissions::from_mode(mode))
+                .map_err(io(path, "set its mode"))?;
+            file
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(io(path, "open it"))?,
+        Err(e) => return Err(io(path, "create it")(e)),
+    };
+    let meta = file.metadata().map_err(io(path, "stat it"))?;
+    if !meta.is_file() {
+        return Err(SharedError::Corrupt {
+            path: path.to_owned(),
+            why: "not a regular file".into(),
+        });
+    }
+    check_owner(path, meta.uid(), meta.mode(), uid, mode)?;
+    Ok(file)
+}
+
+/// Reads and checks the state in `file` (the caller holds a lock); with the
+/// JSON body as read.
+fn read_state(path: &Path, mut file: &File) -> Result<(State, Vec<u8>), SharedError> {
     let corrupt = |why: String| SharedError::Corrupt {
         path: path.to_owned(),
         why,
@@ -521,7 +694,7 @@ fn read_state(path: &Path, mut file: &File) -> Result<State, SharedError> {
     file.seek(SeekFrom::Start(0)).map_err(io(path, "seek"))?;
     file.read_to_end(&mut bytes).map_err(io(path, "read it"))?;
     if bytes.is_empty() {
-        return Ok(State::default());
+        return Ok((State::default(), Vec::new()));
     }
     let end = bytes
         .iter()
@@ -554,7 +727,8 @@ fn read_state(path: &Path, mut file: &File) -> Result<State, SharedError> {
             bytes.len() - end - 1
         ))
     })?;
-    serde_json::from_slice(body).map_err(|e| corrupt(e.to_string()))
+    let state = serde_json::from_slice(body).map_err(|e| corrupt(e.to_string()))?;
+    Ok((state, body.to_vec()))
 }
 
 /// The ledger at `path` as it is now, without creating or changing it
@@ -574,7 +748,7 @@ fn read_view(path: &Path, file: &File) -> Result<State, SharedError> {
     file.lock_shared().map_err(io(path, "lock it"))?;
     let state = read_state(path, file);
     let _ = file.unlock();
-    let mut state = state?;
+    let (mut state, _) = state?;
     let mut alive = Alive::default();
     state.grants.retain(|h| alive.check(h.owner));
     state.waiters.retain(|w| alive.check(w.waker.owner));
@@ -588,6 +762,11 @@ struct Alive(std::collections::HashMap<Owner, bool>);
 impl Alive {
     fn check(&mut self, o: Owner) -> bool {
         *self.0.entry(o).or_insert_with(|| o.alive())
+    }
+
+    /// The owners found gone.
+    fn dead(&self) -> impl Iterator<Item = Owner> + '_ {
+        self.0.iter().filter(|(_, alive)| !**alive).map(|(o, _)| *o)
     }
 }
 
@@ -635,7 +814,8 @@ mod tests {
     }
 
     fn open(path: &Path) -> SharedQueue {
-        SharedQueue::open(path, 0o600, "fifo", settings()).unwrap_or_else(|e| panic!("{e}"))
+        SharedQueue::open(path, 0o600, &PolicySpec::named("fifo"), settings())
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     fn token(q: &SharedQueue, id: u64) -> Token {
@@ -898,7 +1078,7 @@ mod tests {
         for (name, text, kind) in cases {
             let path = d.join(name);
             std::fs::write(&path, &text).unwrap_or_else(|e| panic!("{e}"));
-            let err = SharedQueue::open(&path, 0o600, "fifo", settings())
+            let err = SharedQueue::open(&path, 0o600, &PolicySpec::named("fifo"), settings())
                 .map(|_| ())
                 .err();
             let msg = err.map(|e| e.to_string()).unwrap_or_default();
@@ -914,7 +1094,7 @@ mod tests {
         let body = r#"{"grants":[],"next_grant":0,"waiters":[],"next_waiter":0,"pid_ns":1}"#;
         std::fs::write(&path, format!("PSLEDGER 1 {}\n{body}", body.len()))
             .unwrap_or_else(|e| panic!("{e}"));
-        let msg = SharedQueue::open(&path, 0o600, "fifo", settings())
+        let msg = SharedQueue::open(&path, 0o600, &PolicySpec::named("fifo"), settings())
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
@@ -922,7 +1102,13 @@ mod tests {
             msg.contains("pid namespace 1") && msg.contains(path.to_string_lossy().as_ref()),
             "{msg}"
         );
-        let err = SharedQueue::open(&d.join("p"), 0o600, "fair_share", settings()).err();
+        let err = SharedQueue::open(
+            &d.join("p"),
+            0o600,
+            &PolicySpec::named("fair_share"),
+            settings(),
+        )
+        .err();
         assert!(matches!(err, Some(SharedError::Policy { .. })));
     }
 
@@ -957,7 +1143,7 @@ mod tests {
         let path = dir("foreign").join("gpu");
         drop(open(&path));
         std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap_or_else(|e| panic!("{e}"));
-        let err = SharedQueue::open(&path, 0o600, "fifo", settings()).err();
+        let err = SharedQueue::open(&path, 0o600, &PolicySpec::named("fifo"), settings()).err();
         let msg = err.map(|e| e.to_string()).unwrap_or_default();
         assert!(
             msg.contains("owned by uid 65534") && msg.contains(path.to_string_lossy().as_ref()),
@@ -968,10 +1154,15 @@ mod tests {
         std::fs::create_dir_all(&other).unwrap_or_else(|e| panic!("{e}"));
         std::os::unix::fs::chown(&other, Some(65534), Some(65534))
             .unwrap_or_else(|e| panic!("{e}"));
-        let msg = SharedQueue::open(&other.join("gpu"), 0o600, "fifo", settings())
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let msg = SharedQueue::open(
+            &other.join("gpu"),
+            0o600,
+            &PolicySpec::named("fifo"),
+            settings(),
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
         assert!(
             msg.contains("owned by uid 65534") && msg.contains(other.to_string_lossy().as_ref()),
             "{msg}"
@@ -1054,8 +1245,13 @@ mod processes {
             .map(|t| {
                 let dir = dir.clone();
                 std::thread::spawn(move || {
-                    let q = SharedQueue::open(&dir.join("gpu"), 0o600, "fifo", settings())
-                        .unwrap_or_else(|e| panic!("{e}"));
+                    let q = SharedQueue::open(
+                        &dir.join("gpu"),
+                        0o600,
+                        &PolicySpec::named("fifo"),
+                        settings(),
+                    )
+                    .unwrap_or_else(|e| panic!("{e}"));
                     let plugin = format!("p{}-{t}", std::process::id());
                     for i in 0..rounds {
                         let tok = Token {
@@ -1120,8 +1316,13 @@ mod processes {
             .collect();
         assert_eq!(v[0], 0, "{text}");
         assert!(v[1] >= 1 && v[1] <= i64::from(CAPACITY), "peak held {text}");
-        let q = SharedQueue::open(&dir.join("gpu"), 0o600, "fifo", settings())
-            .unwrap_or_else(|e| panic!("{e}"));
+        let q = SharedQueue::open(
+            &dir.join("gpu"),
+            0o600,
+            &PolicySpec::named("fifo"),
+            settings(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         let state = q.view().unwrap_or_else(|e| panic!("{e}"));
         assert!(state.grants.is_empty() && state.waiters.is_empty());
     }
@@ -1150,8 +1351,8 @@ mod processes {
         for mut c in others {
             assert!(c.wait().unwrap_or_else(|e| panic!("{e}")).success());
         }
-        let q =
-            SharedQueue::open(&path, 0o600, "fifo", settings()).unwrap_or_else(|e| panic!("{e}"));
+        let q = SharedQueue::open(&path, 0o600, &PolicySpec::named("fifo"), settings())
+            .unwrap_or_else(|e| panic!("{e}"));
         let state = q.view().unwrap_or_else(|e| panic!("{e}"));
         assert!(state.grants.is_empty() && state.waiters.is_empty());
     }
@@ -1162,8 +1363,13 @@ mod processes {
         let Some(dir) = std::env::var_os(CHILD).map(PathBuf::from) else {
             return;
         };
-        let q = SharedQueue::open(&dir.join("contended"), 0o600, "fifo", settings())
-            .unwrap_or_else(|e| panic!("{e}"));
+        let q = SharedQueue::open(
+            &dir.join("contended"),
+            0o600,
+            &PolicySpec::named("fifo"),
+            settings(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         let plugin = format!("p{}", std::process::id());
         for i in 0..5_000u64 {
             let tok = Token {
@@ -1196,12 +1402,16 @@ mod processes {
             owner: Owner::current().unwrap_or_else(|| panic!("proc")),
             id: 1,
         };
-        let chan = super::super::shared_wake::WakeChannel::bind(&ledger, &token)
+        let chan = super::super::shared_wake::WakeChannel::bind(&ledger, &token.owner)
             .unwrap_or_else(|e| panic!("{e}"));
         let _ = std::fs::write(dir.join("wake-pid"), token.owner.pid.to_string());
         let mut times = Vec::new();
         for _ in 0..200 {
-            if chan.wait(Duration::from_secs(10)).unwrap_or(false) {
+            if !chan
+                .recv(Some(Duration::from_secs(10)))
+                .unwrap_or_default()
+                .is_empty()
+            {
                 times.push(wall_ns().to_string());
             }
         }
@@ -1216,8 +1426,13 @@ mod processes {
             return;
         }
         let dir = fresh("bench");
-        let q = SharedQueue::open(&dir.join("gpu"), 0o600, "fifo", settings())
-            .unwrap_or_else(|e| panic!("{e}"));
+        let q = SharedQueue::open(
+            &dir.join("gpu"),
+            0o600,
+            &PolicySpec::named("fifo"),
+            settings(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         let n = 20_000u64;
         let start = Instant::now();
         for i in 0..n {
@@ -1234,8 +1449,13 @@ mod processes {
         let per_s = n as f64 / start.elapsed().as_secs_f64();
         println!("single process: {per_s:.0} grant+release/s");
         // With 50 grants held by others.
-        let hold = SharedQueue::open(&dir.join("gpu2"), 0o600, "fifo", settings())
-            .unwrap_or_else(|e| panic!("{e}"));
+        let hold = SharedQueue::open(
+            &dir.join("gpu2"),
+            0o600,
+            &PolicySpec::named("fifo"),
+            settings(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         let big = Reading {
             devices: vec![DeviceReading {
                 index: 0,

@@ -1,26 +1,33 @@
-//! Wake-ups across processes for a shared ledger: each waiting process
-//! binds a Unix datagram socket named after its [`Token`] beside the ledger
-//! file; a releaser sends one byte to the socket of each waiter it must wake,
-//! after unlocking, without blocking. The waiter sleeps in `recv` with a
-//! timeout (so a caller can check Ctrl-C between slices), or registers the
-//! socket's fd with an event loop. No `unsafe`, no extra dependency.
+//! Wake-ups across processes for a shared ledger: each process with waiters
+//! binds one Unix datagram socket beside the ledger file, named after its
+//! [`Owner`] (pid and start time, so a reused pid never receives another
+//! process's wake-ups); a releaser sends the waiter's token id (8 bytes) to
+//! the socket of the waiter's process, after unlocking, without blocking.
+//! The receiving process hands the id to the waiter (in the binding, a
+//! thread that notifies the waiter's signal). No `unsafe`, no extra
+//! dependency.
 
 use std::io::ErrorKind;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::shared::Token;
+use super::shared::{Owner, Token};
 
-/// The socket path of `token` for the ledger at `ledger`.
-pub fn wake_path(ledger: &Path, token: &Token) -> PathBuf {
+/// The prefix of every wake socket of the ledger at `ledger`.
+fn prefix(ledger: &Path) -> String {
     let name = ledger
         .file_name()
         .map_or_else(|| "ledger".into(), |n| n.to_string_lossy().into_owned());
-    ledger.with_file_name(format!(".{name}.wake-{}-{}", token.owner.pid, token.id))
+    format!(".{name}.wake-")
 }
 
-/// A waiter's end: bound while it waits, removed when dropped.
+/// The socket path of process `owner` for the ledger at `ledger`.
+pub fn wake_path(ledger: &Path, owner: &Owner) -> PathBuf {
+    ledger.with_file_name(format!("{}{}-{}", prefix(ledger), owner.pid, owner.start))
+}
+
+/// A process's end: bound while it listens, removed when dropped.
 #[derive(Debug)]
 pub struct WakeChannel {
     socket: UnixDatagram,
@@ -28,10 +35,12 @@ pub struct WakeChannel {
 }
 
 impl WakeChannel {
-    /// Binds the channel of `token` (a stale socket of a dead process with
-    /// the same pid and id is replaced).
-    pub fn bind(ledger: &Path, token: &Token) -> std::io::Result<Self> {
-        let path = wake_path(ledger, token);
+    /// Binds the channel of `owner` (a stale socket left by the same
+    /// process, e.g. one that failed half-way, is replaced). Sockets of
+    /// processes that are gone are removed on the way.
+    pub fn bind(ledger: &Path, owner: &Owner) -> std::io::Result<Self> {
+        remove_stale(ledger);
+        let path = wake_path(ledger, owner);
         let socket = match UnixDatagram::bind(&path) {
             Err(e) if e.kind() == ErrorKind::AddrInUse => {
                 std::fs::remove_file(&path)?;
@@ -42,28 +51,33 @@ impl WakeChannel {
         Ok(Self { socket, path })
     }
 
-    /// Waits up to `timeout` for a wake-up; `true` if one came. Every wake
-    /// already queued is consumed.
-    pub fn wait(&self, timeout: Duration) -> std::io::Result<bool> {
+    /// Waits up to `timeout` (`None`: until one comes) for wake-ups; the
+    /// token ids received (empty after the timeout). Every wake-up already
+    /// queued is taken.
+    pub fn recv(&self, timeout: Option<Duration>) -> std::io::Result<Vec<u64>> {
         let mut buf = [0u8; 16];
+        let mut ids = Vec::new();
+        let id = |n: usize, buf: &[u8; 16]| -> Option<u64> {
+            let bytes: [u8; 8] = buf.get(..8).filter(|_| n == 8)?.try_into().ok()?;
+            Some(u64::from_le_bytes(bytes))
+        };
         self.socket.set_nonblocking(false)?;
         self.socket
-            .set_read_timeout(Some(timeout.max(Duration::from_micros(1))))?;
-        let woke = match self.socket.recv(&mut buf) {
-            Ok(_) => true,
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => false,
+            .set_read_timeout(timeout.map(|t| t.max(Duration::from_micros(1))))?;
+        match self.socket.recv(&mut buf) {
+            Ok(n) => ids.extend(id(n, &buf)),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return Ok(ids)
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => return Ok(ids),
             Err(e) => return Err(e),
-        };
-        // Drain the rest without blocking.
+        }
+        // The rest without blocking.
         self.socket.set_nonblocking(true)?;
-        while self.socket.recv(&mut buf).is_ok() {}
-        Ok(woke)
-    }
-
-    /// The socket's file descriptor, for an event loop's reader.
-    pub fn fd(&self) -> i32 {
-        use std::os::fd::AsRawFd;
-        self.socket.as_raw_fd()
+        while let Ok(n) = self.socket.recv(&mut buf) {
+            ids.extend(id(n, &buf));
+        }
+        Ok(ids)
     }
 }
 
@@ -73,9 +87,37 @@ impl Drop for WakeChannel {
     }
 }
 
-/// Wakes the waiter of `token` (never blocks; a waiter that is gone or
-/// whose queue is full is skipped: it polls anyway). Returns whether the
-/// byte was sent.
+/// Removes the wake sockets of processes that are gone (best effort).
+pub fn remove_stale(ledger: &Path) {
+    let Some(dir) = ledger.parent() else { return };
+    let prefix = prefix(ledger);
+    let Ok(entries) = std::fs::read_dir(if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    }) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+            continue;
+        };
+        let owner = rest.split_once('-').and_then(|(pid, start)| {
+            Some(Owner {
+                pid: pid.parse().ok()?,
+                start: start.parse().ok()?,
+            })
+        });
+        if owner.is_some_and(|o| !o.alive()) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Wakes the waiter of `token` (never blocks; a process that is gone or
+/// whose queue is full is skipped: its waiters poll anyway). Returns
+/// whether the wake-up was sent.
 pub fn wake(ledger: &Path, token: &Token) -> bool {
     let Ok(sender) = UnixDatagram::unbound() else {
         return false;
@@ -83,17 +125,18 @@ pub fn wake(ledger: &Path, token: &Token) -> bool {
     if sender.set_nonblocking(true).is_err() {
         return false;
     }
-    sender.send_to(&[1], wake_path(ledger, token)).is_ok()
+    sender
+        .send_to(&token.id.to_le_bytes(), wake_path(ledger, &token.owner))
+        .is_ok()
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::shared::Owner;
     use super::*;
     use std::time::Instant;
 
     #[test]
-    fn a_wake_reaches_the_waiter_and_a_missing_one_is_skipped() {
+    fn a_wake_reaches_the_process_and_a_missing_one_is_skipped() {
         let dir = std::env::temp_dir().join(format!("ps-wake-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
@@ -101,29 +144,40 @@ mod tests {
         let owner = Owner::current().unwrap_or_else(|| panic!("proc"));
         let token = Token { owner, id: 9 };
         assert!(!wake(&ledger, &token), "nobody bound yet");
-        let chan = WakeChannel::bind(&ledger, &token).unwrap_or_else(|e| panic!("{e}"));
-        assert!(!chan.wait(Duration::from_millis(5)).unwrap_or(true));
+        let chan = WakeChannel::bind(&ledger, &owner).unwrap_or_else(|e| panic!("{e}"));
+        assert!(chan
+            .recv(Some(Duration::from_millis(5)))
+            .unwrap_or_default()
+            .is_empty());
         let mut lat = Vec::new();
-        for _ in 0..200 {
+        for i in 0..200u64 {
             let l = ledger.clone();
             let t = std::thread::spawn(move || {
                 std::thread::sleep(Duration::from_micros(300));
                 let at = Instant::now();
-                assert!(wake(&l, &token));
+                assert!(wake(&l, &Token { owner, id: i }));
                 at
             });
-            assert!(chan.wait(Duration::from_secs(5)).unwrap_or(false));
+            let got = chan.recv(Some(Duration::from_secs(5))).unwrap_or_default();
             let woke = Instant::now();
+            assert_eq!(got, vec![i]);
             let sent = t.join().unwrap_or_else(|_| Instant::now());
             lat.push(woke.saturating_duration_since(sent));
         }
         lat.sort();
         println!("wake latency median {:?}, p99 {:?}", lat[100], lat[198]);
         assert!(lat[100] < Duration::from_secs(1));
-        // Rebinding over a stale socket works; dropping removes it.
+        // A stale socket of a dead process is removed; dropping removes ours.
+        let dead = Owner {
+            pid: owner.pid,
+            start: owner.start + 1,
+        };
+        let stale = wake_path(&ledger, &dead);
+        let _keep = UnixDatagram::bind(&stale);
         drop(chan);
-        assert!(!wake_path(&ledger, &token).exists());
-        let _stale = std::os::unix::net::UnixDatagram::bind(wake_path(&ledger, &token));
-        assert!(WakeChannel::bind(&ledger, &token).is_ok());
+        assert!(!wake_path(&ledger, &owner).exists());
+        assert!(stale.exists());
+        assert!(WakeChannel::bind(&ledger, &owner).is_ok());
+        assert!(!stale.exists());
     }
 }

@@ -1,0 +1,248 @@
+//! Where a `ReservationScheduler`'s queue lives: in this process, or in a
+//! shared ledger file every process of the user on the host uses
+//! (`plugin_scheduling_core::reserve::shared`). Either way the queue is the
+//! core's `ReservationQueue`, its waiters are reached by [`Token`]s, and
+//! this module maps tokens to the waiters' signals: a waiter of this
+//! process is notified directly, one of another process through its wake
+//! socket (`shared_wake`), which a thread of that process turns into the
+//! same notify.
+//!
+//! The wake thread is started by the first shared scheduler of a ledger in
+//! a process (never at import), again in a forked child, and only calls
+//! Python through the async wakers (which attach only while the
+//! interpreter runs).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
+
+use plugin_scheduling_core::error::Error;
+use plugin_scheduling_core::reserve::queue::ReservationQueue;
+use plugin_scheduling_core::reserve::shared::{Done, Owner, Owners, SharedQueue, Token};
+use plugin_scheduling_core::reserve::shared_wake::{wake, WakeChannel};
+use plugin_scheduling_core::wake::WakeSignal;
+
+use super::waiting::AsyncWaker;
+
+pub type Signal = Arc<WakeSignal<AsyncWaker>>;
+pub type Queue = ReservationQueue<Token>;
+
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section leaves its data consistent (whole inserts,
+    // removals and assignments), so recovering from poisoning is sound.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The signals of a scheduler's waiters in this process, by token id.
+#[derive(Default)]
+pub struct Registry(Mutex<HashMap<u64, Signal>>);
+
+impl Registry {
+    pub fn insert(&self, id: u64, signal: Signal) {
+        lock(&self.0).insert(id, signal);
+    }
+
+    pub fn remove(&self, id: u64) {
+        lock(&self.0).remove(&id);
+    }
+
+    pub fn notify(&self, id: u64) -> bool {
+        let signal = lock(&self.0).get(&id).cloned();
+        signal.map(|s| s.notify()).is_some()
+    }
+
+    /// Every signal (a snapshot), or none while another thread holds the
+    /// map (for the garbage collector, which must not block).
+    pub fn try_signals(&self) -> Vec<Signal> {
+        self.0
+            .try_lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn signals(&self) -> Vec<Signal> {
+        lock(&self.0).values().cloned().collect()
+    }
+}
+
+/// Token ids, unique in this process (across schedulers: one wake socket
+/// per process and ledger serves them all).
+pub fn next_token_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Where the queue lives.
+pub enum Backend {
+    Local(Mutex<Queue>),
+    Shared(SharedQueue),
+}
+
+/// What an operation on a shared ledger found besides its result: grants
+/// and waiters of processes that are gone (to log, and to let the line move).
+#[derive(Default)]
+pub struct Reclaims {
+    pub grants: Vec<(String, u32)>,
+    pub waiters: Vec<(String, u32)>,
+}
+
+impl Reclaims {
+    pub fn is_empty(&self) -> bool {
+        self.grants.is_empty() && self.waiters.is_empty()
+    }
+}
+
+impl Backend {
+    /// This process as the ledger knows it.
+    pub fn me(&self) -> Owner {
+        match self {
+            Backend::Local(_) => Owner {
+                pid: std::process::id(),
+                start: 0,
+            },
+            Backend::Shared(s) => s.me(),
+        }
+    }
+
+    pub fn shared(&self) -> Option<&SharedQueue> {
+        match self {
+            Backend::Local(_) => None,
+            Backend::Shared(s) => Some(s),
+        }
+    }
+
+    /// Runs `op` on the queue (atomically; for a shared ledger, as every
+    /// process sees it), with the process holding each grant (empty in
+    /// one process).
+    pub fn with<R>(
+        &self,
+        op: impl FnOnce(&mut Queue, &Owners) -> R,
+    ) -> Result<(R, Reclaims), Error> {
+        match self {
+            Backend::Local(q) => {
+                let owners = Owners::new();
+                Ok((op(&mut lock(q), &owners), Reclaims::default()))
+            }
+            Backend::Shared(s) => {
+                let Done {
+                    value,
+                    reclaimed,
+                    dropped,
+                } = s.with_owned(op)?;
+                let reclaims = Reclaims {
+                    grants: reclaimed
+                        .into_iter()
+                        .map(|h| (h.grant.plugin, h.owner.pid))
+                        .collect(),
+                    waiters: dropped
+                        .into_iter()
+                        .map(|w| (w.plugin, w.waker.owner.pid))
+                        .collect(),
+                };
+                Ok((value, reclaims))
+            }
+        }
+    }
+
+    /// Wakes the waiters of `tokens`: this process's through `registry`,
+    /// others' through their wake sockets. Call after unlocking.
+    pub fn wake(&self, registry: &Registry, tokens: Vec<Token>) {
+        let pid = std::process::id();
+        for t in tokens {
+            if t.owner.pid != pid {
+                if let Backend::Shared(s) = self {
+                    wake(s.path(), &t);
+                }
+            } else if !registry.notify(t.id) {
+                // Another scheduler of this process on the same ledger.
+                if let Backend::Shared(s) = self {
+                    notify_listeners(s.path(), t.id);
+                }
+            }
+        }
+    }
+}
+
+/// One wake thread per process and ledger: the registries it serves.
+struct Listener {
+    path: PathBuf,
+    pid: u32,
+    registries: Arc<Mutex<Vec<Weak<Registry>>>>,
+}
+
+fn listeners() -> &'static Mutex<Vec<Listener>> {
+    static LISTENERS: Mutex<Vec<Listener>> = Mutex::new(Vec::new());
+    &LISTENERS
+}
+
+/// Makes sure this process listens for wake-ups on the ledger at `path`
+/// and hands those for `registry`'s waiters to it (after `fork()` the
+/// child starts its own thread). An error: no socket (waiters then poll).
+pub fn listen(path: &Path, me: Owner, registry: &Arc<Registry>) -> std::io::Result<()> {
+    let mut all = lock(listeners());
+    all.retain(|l| l.pid == me.pid);
+    if let Some(l) = all.iter().find(|l| l.path == path) {
+        let mut regs = lock(&l.registries);
+        regs.retain(|r| r.strong_count() > 0);
+        if !regs.iter().any(|r| r.as_ptr() == Arc::as_ptr(registry)) {
+            regs.push(Arc::downgrade(registry));
+        }
+        return Ok(());
+    }
+    let channel = WakeChannel::bind(path, &me)?;
+    let registries = Arc::new(Mutex::new(vec![Arc::downgrade(registry)]));
+    let served = Arc::clone(&registries);
+    std::thread::Builder::new()
+        .name("plugin-scheduling-wake".into())
+        .spawn(move || serve(&channel, &served))?;
+    all.push(Listener {
+        path: path.to_owned(),
+        pid: me.pid,
+        registries,
+    });
+    Ok(())
+}
+
+/// Notifies waiter `id` of whichever scheduler of this process on the
+/// ledger at `path` has it.
+fn notify_listeners(path: &Path, id: u64) {
+    let pid = std::process::id();
+    let regs: Vec<Arc<Registry>> = lock(listeners())
+        .iter()
+        .filter(|l| l.pid == pid && l.path == path)
+        .flat_map(|l| {
+            lock(&l.registries)
+                .iter()
+                .filter_map(Weak::upgrade)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    for r in regs {
+        if r.notify(id) {
+            return;
+        }
+    }
+}
+
+/// The wake thread: each token id received notifies its waiter.
+fn serve(channel: &WakeChannel, registries: &Mutex<Vec<Weak<Registry>>>) {
+    loop {
+        match channel.recv(None) {
+            Ok(ids) => {
+                let regs: Vec<Arc<Registry>> =
+                    lock(registries).iter().filter_map(Weak::upgrade).collect();
+                for id in ids {
+                    for r in &regs {
+                        if r.notify(id) {
+                            break;
+                        }
+                    }
+                }
+            }
+            // A failing socket: waiters poll; try again shortly.
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}

@@ -2,6 +2,7 @@
 
 import logging
 import os
+import pathlib
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import Any, Awaitable, Callable, ClassVar, Iterable, Literal, Mapping, TypedDict, final
 
@@ -171,7 +172,11 @@ class ReservationScheduler(ResourceScheduler):
     of ``plugin_scheduling.policies.POLICY_NAMES``, a policy object, or a
     ``SchedulingPolicy`` subclass deciding in Python), ``clock`` (a
     ``ManualClock`` for tests), ``claim_timeout`` (s a woken waiter may take to
-    answer before it is passed over, 1).
+    answer before it is passed over, 1), ``shared`` (``True``: the per-user
+    ledger ``default`` under ``$XDG_RUNTIME_DIR/plugin-scheduling/``; a name
+    there, or a path: every process that opens it sees one ledger and one line
+    of waiters; ``False``: this scheduler's own queue), ``mode`` (the shared
+    ledger file's permissions when created, 0o600; 0o660 for a group).
     """
 
     def __new__(cls, *_args: Any, **_kwargs: Any) -> ReservationScheduler: ...
@@ -190,7 +195,12 @@ class ReservationScheduler(ResourceScheduler):
         policy: PolicyName | Any = "fifo",
         clock: ManualClock | None = None,
         claim_timeout: float = 1.0,
+        shared: bool | str | os.PathLike[str] | None = False,
+        mode: int = 0o600,
     ) -> None: ...
+    @property
+    def shared(self) -> pathlib.Path | None:
+        """The shared ledger's file (``None``: this scheduler's queue is its own)."""
     @property
     def timeout(self) -> float: ...
     @property

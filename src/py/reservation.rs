@@ -465,6 +465,47 @@ impl PendingJob {
     }
 }
 
+/// What one admission pass for a waiter produced (computed under the lock).
+struct Offered {
+    offer: Offer<Token>,
+    never: bool,
+    why: Option<String>,
+    change: Option<f64>,
+    has_pids: bool,
+}
+
+/// Waiter `id` brings `reading` (and the GPU processes of it) to the queue:
+/// one admission pass.
+fn offer_in(
+    q: &mut Queue,
+    id: WaiterId,
+    need: &Need,
+    reading: &plugin_scheduling_core::reserve::ledger::Reading,
+    processes: &[(u32, f64)],
+    now: f64,
+) -> Offered {
+    if !processes.is_empty() {
+        q.observe(processes);
+    }
+    let never = q.never_fits(need, reading);
+    let offer: Offer<Token> = q.offer(Some(id), reading, now);
+    let why = offer.mine.is_none().then(|| q.why(id, now));
+    Offered {
+        offer,
+        never,
+        why,
+        change: q.next_change(now),
+        has_pids: q.ledger().has_pids(),
+    }
+}
+
+/// A reading taken before joining the line (a shared ledger's first look:
+/// joining and offering are then one operation on the file).
+type FirstLook = (
+    plugin_scheduling_core::reserve::ledger::Reading,
+    Vec<(u32, f64)>,
+);
+
 /// One wait for a reservation (blocking or async).
 #[pyclass(module = "plugin_scheduling", frozen, name = "ReservationWait")]
 pub struct ReservationWait {
@@ -498,6 +539,17 @@ impl ReservationWait {
         plugin_meta: &Bound<'_, PyAny>,
         overrides: &JobOverrides<'_>,
     ) -> PyResult<Self> {
+        Self::begin_with(slf, plugin_meta, overrides, None).map(|(w, _)| w)
+    }
+
+    /// Joins the line; with `first`, offers it at once when it is this
+    /// waiter's turn (in the same operation).
+    fn begin_with(
+        slf: &Bound<'_, ReservationScheduler>,
+        plugin_meta: &Bound<'_, PyAny>,
+        overrides: &JobOverrides<'_>,
+        first: Option<FirstLook>,
+    ) -> PyResult<(Self, Option<Offered>)> {
         let this = slf.get();
         let (plugin, declared) = declared_need(plugin_meta)?;
         let now = this.now();
@@ -528,9 +580,16 @@ impl ReservationWait {
             let need = q.effective_need(&plugin, &declared);
             let id = q.join(&plugin, need.clone(), job, token);
             let patience = patience + q.settings.claim_s;
-            (id, need, q.may_offer(id, now, patience), q.next_change(now))
+            let turn = q.may_offer(id, now, patience);
+            let offered = match (&first, turn) {
+                (Some((reading, processes)), true) => {
+                    Some(offer_in(q, id, &need, reading, processes, now))
+                }
+                _ => None,
+            };
+            (id, need, turn, q.next_change(now), offered)
         });
-        let (id, need, turn, change) = match joined {
+        let (id, need, turn, change, offered) = match joined {
             Ok(j) => j,
             Err(e) => {
                 this.registry.remove(token.id);
@@ -538,7 +597,7 @@ impl ReservationWait {
             }
         };
         let started = Instant::now();
-        Ok(Self {
+        let wait = Self {
             scheduler: slf.clone().unbind(),
             id,
             plugin,
@@ -554,7 +613,8 @@ impl ReservationWait {
             left: AtomicBool::new(false),
             turn: Mutex::new(Some((turn, this.ops.load(Ordering::Acquire)))),
             next_change: Mutex::new(change),
-        })
+        };
+        Ok((wait, offered))
     }
 
     fn scheduler<'py>(&self, py: Python<'py>) -> &Bound<'py, ReservationScheduler> {
@@ -612,15 +672,23 @@ impl ReservationWait {
         ReservationScheduler::consult_outside_policy(slf)?;
         let now = this.now();
         let (id, need) = (self.id, &self.need);
-        let (offer, never, why, change, has_pids) = ReservationScheduler::op(slf, |q, _| {
-            if !processes.is_empty() {
-                q.observe(&processes);
-            }
-            let never = q.never_fits(need, &reading);
-            let offer: Offer<Token> = q.offer(Some(id), &reading, now);
-            let why = offer.mine.is_none().then(|| q.why(id, now));
-            (offer, never, why, q.next_change(now), q.ledger().has_pids())
-        })?;
+        let offered =
+            ReservationScheduler::op(slf, |q, _| offer_in(q, id, need, &reading, &processes, now))?;
+        self.offered(py, offered)
+    }
+
+    /// What an offer (here or in [`Self::begin`]) produced, as the wait
+    /// sees it: its grant, or `None` with the reason logged when it changed.
+    fn offered(&self, py: Python<'_>, offered: Offered) -> PyResult<Option<PyGrant>> {
+        let slf = self.scheduler(py);
+        let this = slf.get();
+        let Offered {
+            offer,
+            never,
+            why,
+            change,
+            has_pids,
+        } = offered;
         this.has_pids.store(has_pids, Ordering::Release);
         *lock(&self.next_change) = change;
         this.wake(offer.wake);
@@ -1207,9 +1275,28 @@ impl ReservationScheduler {
             deadline_s,
             estimated_duration_s,
         };
-        let wait = ReservationWait::begin(slf, plugin_meta, &overrides)?;
+        // On a shared ledger every look at the queue is a locked read and
+        // write of the file: the stats are read first, so that joining and
+        // the first offer are one operation.
+        let first = match slf.get().backend().shared() {
+            Some(_) => {
+                let stats = in_provider(owner, || stats_provider.call0())?;
+                Some((reading(&stats)?, slf.get().processes_of(&stats)?))
+            }
+            None => None,
+        };
+        let (wait, mut offered) = ReservationWait::begin_with(slf, plugin_meta, &overrides, first)?;
         let signal = Arc::clone(&wait.signal);
         let result = (|| loop {
+            if let Some(offered) = offered.take() {
+                if let Some(grant) = wait.offered(py, offered)? {
+                    return Ok(grant);
+                }
+                match wait.refused(py)? {
+                    None => return Err(wait.failure_error(py)),
+                    Some(secs) => sleep_or_wake(py, &signal, 0, secs)?,
+                }
+            }
             let seen = signal.generation();
             if let Some(grant) = wait.claim(py)? {
                 return Ok(grant);

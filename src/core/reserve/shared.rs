@@ -28,8 +28,7 @@
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -61,13 +60,20 @@ pub struct Owner {
     pub start: u64,
 }
 
-/// `/proc/<pid>/stat` field 22; `None` if there is no such process.
-fn start_time(pid: u32) -> Option<u64> {
+/// `/proc/<pid>/stat`'s state (field 3) and start time (field 22); `None`
+/// if there is no such process.
+fn stat_of(pid: u32) -> Option<(char, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces and parentheses: fields
     // after it start past the last ')'; field 3 is the first of them.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(22 - 3)?.parse().ok()
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let start = fields.nth(22 - 4)?.parse().ok()?;
+    Some((state, start))
+}
+
+fn start_time(pid: u32) -> Option<u64> {
+    stat_of(pid).map(|(_, start)| start)
 }
 
 impl Owner {
@@ -83,15 +89,8 @@ impl Owner {
 
     /// Whether this very process still runs (a zombie counts as gone).
     pub fn alive(&self) -> bool {
-        let running = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
-            .ok()
-            .and_then(|s| {
-                let rest = s[s.rfind(')')? + 1..].to_owned();
-                let state = rest.split_whitespace().next()?.to_owned();
-                Some(state != "Z" && state != "X")
-            })
-            .unwrap_or(false);
-        running && start_time(self.pid) == Some(self.start)
+        stat_of(self.pid)
+            .is_some_and(|(state, start)| state != 'Z' && state != 'X' && start == self.start)
     }
 
     /// The process's name (`/proc/<pid>/comm`), for views.
@@ -134,11 +133,25 @@ pub struct State {
     pub policy: Option<String>,
 }
 
-/// This process's pid namespace (the inode of `/proc/self/ns/pid`).
+/// This process's pid namespace (the inode of `/proc/self/ns/pid`), read
+/// once per process (a forked child reads its own).
 fn pid_namespace() -> Option<u64> {
-    let link = std::fs::read_link("/proc/self/ns/pid").ok()?;
-    let text = link.to_string_lossy();
-    text.strip_prefix("pid:[")?.strip_suffix(']')?.parse().ok()
+    static SEEN: Mutex<Option<(u32, Option<u64>)>> = Mutex::new(None);
+    let pid = std::process::id();
+    let mut seen = SEEN.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some((p, ns)) = *seen {
+        if p == pid {
+            return ns;
+        }
+    }
+    let ns = std::fs::read_link("/proc/self/ns/pid")
+        .ok()
+        .and_then(|link| {
+            let text = link.to_string_lossy();
+            text.strip_prefix("pid:[")?.strip_suffix(']')?.parse().ok()
+        });
+    *seen = Some((pid, ns));
+    ns
 }
 
 /// Why the shared ledger cannot be used; each names the file.
@@ -317,7 +330,16 @@ struct Handle {
     file: File,
     me: Owner,
     peaks: Peaks,
+    /// Owners seen alive, and when (a dead owner is found within
+    /// [`ALIVE_FOR`] of its death; one that is gone stays gone).
+    alive: std::collections::HashMap<Owner, std::time::Instant>,
+    /// The file's length as last read or written (to read it in one call).
+    length: usize,
 }
+
+/// How long an owner seen alive is taken to be alive without looking again:
+/// a dead holder's grant is reclaimed at the first operation after this.
+pub const ALIVE_FOR: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// The policy as the file records it: its name and the settings it reads.
 fn policy_text(spec: &PolicySpec) -> String {
@@ -371,6 +393,8 @@ impl SharedQueue {
                 file,
                 me,
                 peaks: Peaks::in_memory(),
+                alive: std::collections::HashMap::new(),
+                length: 0,
             }),
             me: Mutex::new(me),
         };
@@ -451,11 +475,16 @@ impl SharedQueue {
     ) -> Result<Done<R>, SharedError> {
         let mut h = self.handle()?;
         let Handle {
-            file, peaks, me, ..
+            file,
+            peaks,
+            me,
+            alive,
+            length,
+            ..
         } = &mut *h;
         file.lock().map_err(io(&self.path, "lock it"))?;
         let locked = Locked(file);
-        self.locked(&locked, peaks, *me, op)
+        self.locked(&locked, peaks, *me, alive, length, op)
     }
 
     fn locked<R>(
@@ -463,13 +492,15 @@ impl SharedQueue {
         file: &Locked<'_>,
         peaks: &mut Peaks,
         me: Owner,
+        seen_alive: &mut std::collections::HashMap<Owner, std::time::Instant>,
+        length: &mut usize,
         op: impl FnOnce(&mut ReservationQueue<Token>, &Owners) -> R,
     ) -> Result<Done<R>, SharedError> {
         let corrupt = |why: String| SharedError::Corrupt {
             path: self.path.clone(),
             why,
         };
-        let (state, body) = read_state(&self.path, file.0)?;
+        let (state, body, file_len) = read_state_sized(&self.path, file.0, *length)?;
         let ns = pid_namespace();
         if let (Some(theirs), Some(mine)) = (state.pid_ns, ns) {
             if theirs != mine {
@@ -481,7 +512,7 @@ impl SharedQueue {
             }
         }
         let pid_ns = state.pid_ns.or(ns);
-        let mut alive = Alive::default();
+        let mut alive = Alive::cached(me, seen_alive);
         let (kept, reclaimed): (Vec<Held>, Vec<Held>) =
             state.grants.into_iter().partition(|h| alive.check(h.owner));
         let (mut waiters, dropped): (Vec<_>, Vec<_>) = state
@@ -501,6 +532,7 @@ impl SharedQueue {
         for owner in alive.dead() {
             let _ = std::fs::remove_file(super::shared_wake::wake_path(&self.path, &owner));
         }
+        alive.remember(seen_alive);
         let mut owners: Owners = kept.iter().map(|h| (h.grant.id, h.owner)).collect();
         // A live waiter's uncollected grant that was reclaimed with a dead
         // holder's (a file edited by hand): the waiter just waits again.
@@ -548,7 +580,9 @@ impl SharedQueue {
             pid_ns,
             policy: Some(self.policy.clone()),
         };
-        self.write(file.0, &next, &body)?;
+        *length = self
+            .write(file.0, &next, &body, file_len)?
+            .unwrap_or(file_len);
         Ok(Done {
             value,
             reclaimed,
@@ -557,23 +591,33 @@ impl SharedQueue {
     }
 
     /// Writes `state` unless its encoding is `old` (an operation that
-    /// changed nothing writes nothing).
-    fn write(&self, mut file: &File, state: &State, old: &[u8]) -> Result<(), SharedError> {
+    /// changed nothing writes nothing); the file's new length, if written.
+    /// Bytes past the announced length are ignored by readers, so the file
+    /// is truncated only when much longer than its state.
+    fn write(
+        &self,
+        file: &File,
+        state: &State,
+        old: &[u8],
+        file_len: usize,
+    ) -> Result<Option<usize>, SharedError> {
         let body = serde_json::to_vec(state).map_err(|e| SharedError::Corrupt {
             path: self.path.clone(),
             why: format!("cannot encode the state: {e}"),
         })?;
         if body == old {
-            return Ok(());
+            return Ok(None);
         }
         let mut out = format!("{MAGIC} {VERSION} {}\n", body.len()).into_bytes();
         out.extend_from_slice(&body);
-        file.seek(SeekFrom::Start(0))
-            .map_err(io(&self.path, "seek"))?;
-        file.write_all(&out).map_err(io(&self.path, "write it"))?;
-        file.set_len(out.len() as u64)
-            .map_err(io(&self.path, "truncate it"))?;
-        Ok(())
+        file.write_all_at(&out, 0)
+            .map_err(io(&self.path, "write it"))?;
+        if file_len > out.len() + TRUNCATE_SLACK {
+            file.set_len(out.len() as u64)
+                .map_err(io(&self.path, "truncate it"))?;
+            return Ok(Some(out.len()));
+        }
+        Ok(Some(file_len.max(out.len())))
     }
 
     /// Releases the oldest started (else unstarted) grant of `plugin` held
@@ -683,16 +727,45 @@ fn open_file(path: &Path, mode: u32) -> Result<File, SharedError> {
     Ok(file)
 }
 
+/// Bytes past the state a file may keep before it is truncated.
+const TRUNCATE_SLACK: usize = 64 * 1024;
+
 /// Reads and checks the state in `file` (the caller holds a lock); with the
 /// JSON body as read.
-fn read_state(path: &Path, mut file: &File) -> Result<(State, Vec<u8>), SharedError> {
+fn read_state(path: &Path, file: &File) -> Result<(State, Vec<u8>), SharedError> {
+    read_state_sized(path, file, 0).map(|(state, body, _)| (state, body))
+}
+
+/// As [`read_state`], reading the whole file in one call when it is about
+/// `expected` bytes long; with the file's length.
+fn read_state_sized(
+    path: &Path,
+    file: &File,
+    expected: usize,
+) -> Result<(State, Vec<u8>, usize), SharedError> {
+    let mut bytes = vec![0u8; expected + 4096];
+    let mut len = 0;
+    loop {
+        let n = file
+            .read_at(&mut bytes[len..], len as u64)
+            .map_err(io(path, "read it"))?;
+        if n == 0 {
+            break;
+        }
+        len += n;
+        if len == bytes.len() {
+            bytes.resize(len * 2, 0);
+        }
+    }
+    bytes.truncate(len);
+    parse_state(path, &bytes).map(|(state, body)| (state, body, len))
+}
+
+fn parse_state(path: &Path, bytes: &[u8]) -> Result<(State, Vec<u8>), SharedError> {
     let corrupt = |why: String| SharedError::Corrupt {
         path: path.to_owned(),
         why,
     };
-    let mut bytes = Vec::new();
-    file.seek(SeekFrom::Start(0)).map_err(io(path, "seek"))?;
-    file.read_to_end(&mut bytes).map_err(io(path, "read it"))?;
     if bytes.is_empty() {
         return Ok((State::default(), Vec::new()));
     }
@@ -749,24 +822,61 @@ fn read_view(path: &Path, file: &File) -> Result<State, SharedError> {
     let state = read_state(path, file);
     let _ = file.unlock();
     let (mut state, _) = state?;
-    let mut alive = Alive::default();
+    let mut alive = Alive::fresh();
     state.grants.retain(|h| alive.check(h.owner));
     state.waiters.retain(|w| alive.check(w.waker.owner));
     Ok(state)
 }
 
-/// Liveness of owners, each checked once per operation.
-#[derive(Default)]
-struct Alive(std::collections::HashMap<Owner, bool>);
+/// Liveness of owners, each checked once per operation; this process and
+/// owners seen alive within [`ALIVE_FOR`] are not looked up again.
+struct Alive {
+    known: std::collections::HashMap<Owner, bool>,
+    now: std::time::Instant,
+}
 
 impl Alive {
+    fn fresh() -> Self {
+        Self {
+            known: std::collections::HashMap::new(),
+            now: std::time::Instant::now(),
+        }
+    }
+
+    fn cached(me: Owner, seen: &std::collections::HashMap<Owner, std::time::Instant>) -> Self {
+        let mut a = Self::fresh();
+        a.known.insert(me, true);
+        for (o, at) in seen {
+            if a.now.saturating_duration_since(*at) < ALIVE_FOR {
+                a.known.insert(*o, true);
+            }
+        }
+        a
+    }
+
+    /// Keeps the owners found alive by a lookup of this operation.
+    fn remember(&self, seen: &mut std::collections::HashMap<Owner, std::time::Instant>) {
+        let now = self.now;
+        seen.retain(|o, at| {
+            self.known.get(o) != Some(&false) && now.saturating_duration_since(*at) < ALIVE_FOR
+        });
+        for (o, alive) in &self.known {
+            if *alive {
+                seen.entry(*o).or_insert(now);
+            }
+        }
+    }
+
     fn check(&mut self, o: Owner) -> bool {
-        *self.0.entry(o).or_insert_with(|| o.alive())
+        *self.known.entry(o).or_insert_with(|| o.alive())
     }
 
     /// The owners found gone.
     fn dead(&self) -> impl Iterator<Item = Owner> + '_ {
-        self.0.iter().filter(|(_, alive)| !**alive).map(|(o, _)| *o)
+        self.known
+            .iter()
+            .filter(|(_, alive)| !**alive)
+            .map(|(o, _)| *o)
     }
 }
 
@@ -1185,6 +1295,7 @@ mod processes {
         super::tests::need(8_000.0)
     }
     use crate::policy::JobInfo;
+    use std::io::{Read, Seek, SeekFrom, Write};
     use std::time::{Duration, Instant};
 
     const CHILD: &str = "PS_SHARED_LEDGER_CHILD";

@@ -221,6 +221,27 @@ def test_ctrl_c_ends_a_wait_and_leaves_the_line(ledger: Path, tmp_path: Path) ->
     assert s.snapshot()["waiters"] == []
 
 
+def test_a_cancelled_async_wait_leaves_the_shared_line(ledger: Path) -> None:
+    s = shared(ledger)
+    sim = SimulatedSystem(gpus=[CARD])
+    assert s.allocate(meta("holder", 20_000), sim)
+
+    async def main() -> None:
+        task = asyncio.create_task(s.allocate_async(meta("waiter", 20_000), sim.snapshot_async))
+        while not s.snapshot()["waiters"]:
+            await asyncio.sleep(0.005)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert s.snapshot()["waiters"] == []
+        timed = ReservationScheduler(shared=str(ledger), settle_s=0, headroom=1.0, timeout=0.2, poll_interval=0.05)
+        assert await timed.allocate_async(meta("late", 20_000), sim.snapshot_async) is False
+        assert s.snapshot()["waiters"] == []
+
+    asyncio.run(main())
+    assert s._pending_wakers() == 0
+
+
 def test_a_forked_child_holds_its_own_grants(ledger: Path) -> None:
     s = shared(ledger)
     sim = SimulatedSystem(gpus=[CARD])

@@ -93,6 +93,10 @@ def test_two_schedulers_share_one_line_and_wake_each_other(ledger: Path) -> None
     assert snap["shared"] == ledger
     assert [(g["plugin"], g["pid"]) for g in snap["grants"]] == [("big", os.getpid())]
     assert snap["waiters"][0]["pid"] == os.getpid() and snap["waiters"][0]["process"]
+    why = b.explain(meta("third", 20_000), sim)
+    assert why["would_wait"] and why["waiting_ahead"] == 1 and "big" in why["reason"]
+    assert [(g["plugin"], g["pid"]) for g in why["grants"]] == [("big", os.getpid())]
+    assert [(w["plugin"], w["pid"]) for w in why["waiters"]] == [("next", os.getpid())]
     a.on_execution_finish("big")  # wakes b's waiter (poll_interval is 60 s)
     t.join(30)
     assert got == [True]
@@ -219,6 +223,57 @@ def test_ctrl_c_ends_a_wait_and_leaves_the_line(ledger: Path, tmp_path: Path) ->
     waiter.send_signal(signal.SIGINT)
     assert finish(waiter, timeout=30).strip() == "interrupted 0"
     assert s.snapshot()["waiters"] == []
+
+
+LOCKED_OUT = """
+import sys
+from plugin_scheduling import ReservationScheduler, SimulatedSystem
+from shared_ledger_worker import meta
+s = ReservationScheduler(shared=sys.argv[1]) if sys.argv[2] == "op" else None
+print("ready", flush=True)
+sys.stdin.readline()
+try:
+    if s is None:
+        ReservationScheduler(shared=sys.argv[1])
+    else:
+        s.allocate(meta("x", 1000), SimulatedSystem(gpus=[24000]))
+    print("not blocked", flush=True)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+"""
+
+
+@pytest.mark.parametrize("stage", ["open", "op"])
+def test_ctrl_c_while_another_process_holds_the_lock(ledger: Path, stage: str) -> None:
+    """A process stopped while holding the file's lock (a debugger, SIGSTOP)
+    blocks the others; they wait with the GIL released and Ctrl-C still works."""
+    shared(ledger)
+    env = {**os.environ, "PYTHONPATH": str(HERE)}
+    victim = subprocess.Popen([sys.executable, "-c", LOCKED_OUT, str(ledger), stage], env=env, text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert victim.stdout is not None and victim.stdin is not None
+    assert victim.stdout.readline().strip() == "ready"
+    locker = subprocess.Popen(
+        [sys.executable, "-c",
+         "import fcntl, sys, time; f = open(sys.argv[1], 'rb'); fcntl.flock(f, fcntl.LOCK_EX); "
+         "print('locked', flush=True); time.sleep(600)", str(ledger)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert locker.stdout is not None
+        assert locker.stdout.readline().strip() == "locked"
+        victim.stdin.write("go\n")
+        victim.stdin.flush()
+        # Blocked in flock (state S, in the kernel's lock wait) before Ctrl-C.
+        eventually(lambda: "lock" in Path(f"/proc/{victim.pid}/wchan").read_text(), timeout=30)
+        victim.send_signal(signal.SIGINT)
+        out, _ = victim.communicate(timeout=30)
+        assert out.strip() == "interrupted"
+    finally:
+        for p in (victim, locker):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
 
 
 def test_a_cancelled_async_wait_leaves_the_shared_line(ledger: Path) -> None:

@@ -22,7 +22,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PySet, PyTuple};
 use pyo3::PyTraverseError;
 
-use super::errors::{core, core_error, describe, int_in, seconds, ReservationTimeout};
+use super::errors::{core, describe, int_in, seconds, ReservationTimeout};
 use super::loop_guard::warn_if_blocking_a_loop;
 use super::reservation_backend::{
     listen, lock, next_token_id, Backend, Queue, Reclaims, Registry, Signal,
@@ -201,9 +201,12 @@ impl ReservationScheduler {
     /// Runs `op` on the queue, atomically (on a shared ledger, as every
     /// process sees it). What dead processes held is logged and the line
     /// moves on.
-    fn op<R>(slf: &Bound<'_, Self>, op: impl FnOnce(&mut Queue, &Owners) -> R) -> PyResult<R> {
+    fn op<R: Send>(
+        slf: &Bound<'_, Self>,
+        op: impl FnOnce(&mut Queue, &Owners) -> R + Send,
+    ) -> PyResult<R> {
         let backend = slf.get().backend();
-        let (value, reclaims) = backend.with(op).map_err(core_error)?;
+        let (value, reclaims) = backend.with(slf.py(), op)?;
         slf.get().ops.fetch_add(1, Ordering::AcqRel);
         if !reclaims.is_empty() {
             Self::reclaimed(slf, &backend, reclaims)?;
@@ -243,7 +246,7 @@ impl ReservationScheduler {
             )?;
         }
         let now = this.now();
-        let (wake, _) = backend.with(|q, _| q.wake_head(now)).map_err(core_error)?;
+        let (wake, _) = backend.with(slf.py(), |q, _| q.wake_head(now))?;
         this.wake(wake);
         Ok(())
     }
@@ -1561,6 +1564,12 @@ impl ReservationScheduler {
         let ahead = mine.as_ref().map_or(0, |p| p.position);
         out.set_item("waiting_ahead", ahead)?;
         out.set_item("waiting", places.len().saturating_sub(1))?;
+        if this.backend().shared().is_some() {
+            // Who holds and who waits, in every process (pid, process).
+            let snap = Self::snapshot(slf)?;
+            out.set_item("grants", snap.get_item("grants")?)?;
+            out.set_item("waiters", snap.get_item("waiters")?)?;
+        }
         let policy_view = mine.map(|p| p.reason).unwrap_or_default();
         let fits = match fits {
             Ok(fits) => fits,
@@ -1836,7 +1845,7 @@ fn shared_arg(value: &Bound<'_, PyAny>) -> PyResult<Option<PathBuf>> {
 }
 
 /// Opens a shared ledger with the GIL released (another process may hold
-/// its lock for a moment).
+/// its lock), Ctrl-C honoured meanwhile.
 fn py_shared_open(
     py: Python<'_>,
     path: &std::path::Path,
@@ -1844,6 +1853,7 @@ fn py_shared_open(
     spec: &PolicySpec,
     settings: Settings,
 ) -> PyResult<SharedQueue> {
-    py.detach(|| SharedQueue::open(path, mode, spec, settings))
-        .map_err(super::errors::shared_error)
+    super::reservation_backend::interruptible(py, |interrupted| {
+        SharedQueue::open_or(path, mode, spec, settings, interrupted)
+    })
 }

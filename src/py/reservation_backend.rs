@@ -20,10 +20,15 @@ use std::time::Duration;
 
 use plugin_scheduling_core::error::Error;
 use plugin_scheduling_core::reserve::queue::ReservationQueue;
-use plugin_scheduling_core::reserve::shared::{Done, Owner, Owners, SharedQueue, Token};
+use plugin_scheduling_core::reserve::shared::{
+    Done, Owner, Owners, SharedError, SharedQueue, Token,
+};
 use plugin_scheduling_core::reserve::shared_wake::{wake, WakeChannel};
 use plugin_scheduling_core::wake::WakeSignal;
 
+use pyo3::prelude::*;
+
+use super::errors::core_error;
 use super::waiting::AsyncWaker;
 
 pub type Signal = Arc<WakeSignal<AsyncWaker>>;
@@ -116,10 +121,15 @@ impl Backend {
     /// Runs `op` on the queue (atomically; for a shared ledger, as every
     /// process sees it), with the process holding each grant (empty in
     /// one process).
-    pub fn with<R>(
+    ///
+    /// On a shared ledger the GIL is released meanwhile (another process
+    /// may hold the file's lock), and a signal while waiting for the lock
+    /// is checked: its exception (Ctrl-C's `KeyboardInterrupt`) is raised.
+    pub fn with<R: Send>(
         &self,
-        op: impl FnOnce(&mut Queue, &Owners) -> R,
-    ) -> Result<(R, Reclaims), Error> {
+        py: Python<'_>,
+        op: impl FnOnce(&mut Queue, &Owners) -> R + Send,
+    ) -> PyResult<(R, Reclaims)> {
         match self {
             Backend::Local(q) => {
                 let owners = Owners::new();
@@ -130,7 +140,7 @@ impl Backend {
                     value,
                     reclaimed,
                     dropped,
-                } = s.with_owned(op)?;
+                } = interruptible(py, |interrupted| s.with_owned_or(op, interrupted))?;
                 let reclaims = Reclaims {
                     grants: reclaimed
                         .into_iter()
@@ -162,6 +172,32 @@ impl Backend {
                 }
             }
         }
+    }
+}
+
+/// Runs `f` with the GIL released; `f` hands its lock wait the callback
+/// that, on a signal, runs Python's signal handlers: when one raises
+/// (Ctrl-C's `KeyboardInterrupt`), the wait gives up and that is raised.
+pub fn interruptible<T: Send>(
+    py: Python<'_>,
+    f: impl FnOnce(&mut dyn FnMut() -> bool) -> Result<T, SharedError> + Send,
+) -> PyResult<T> {
+    let mut raised: Option<PyErr> = None;
+    let out = py.detach(|| {
+        f(&mut || {
+            Python::attach(|py| match py.check_signals() {
+                Ok(()) => false,
+                Err(e) => {
+                    raised = Some(e);
+                    true
+                }
+            })
+        })
+    });
+    match (out, raised) {
+        (Ok(v), _) => Ok(v),
+        (Err(_), Some(e)) => Err(e),
+        (Err(e), None) => Err(core_error(Error::Shared(e))),
     }
 }
 

@@ -193,6 +193,10 @@ pub enum SharedError {
         theirs: String,
         mine: String,
     },
+    /// A signal came while waiting for the lock and the caller gave up.
+    Interrupted {
+        path: PathBuf,
+    },
     /// `/proc` does not show this process (needed to tell owners apart).
     NoProc,
 }
@@ -235,6 +239,11 @@ impl fmt::Display for SharedError {
                 f,
                 "shared ledger {} is in use with policy {theirs:?}, this scheduler asks for {mine:?}: \
                  every process on one ledger orders its line the same way",
+                path.display()
+            ),
+            SharedError::Interrupted { path } => write!(
+                f,
+                "shared ledger {}: interrupted while waiting for its lock",
                 path.display()
             ),
             SharedError::NoProc => write!(f, "a shared ledger needs /proc to identify processes"),
@@ -371,6 +380,18 @@ impl SharedQueue {
         policy: &PolicySpec,
         settings: Settings,
     ) -> Result<Self, SharedError> {
+        Self::open_or(path, mode, policy, settings, &mut || false)
+    }
+
+    /// As [`SharedQueue::open`]; a signal while waiting for the lock asks
+    /// `interrupted` whether to give up (see [`SharedQueue::with_owned_or`]).
+    pub fn open_or(
+        path: &Path,
+        mode: u32,
+        policy: &PolicySpec,
+        settings: Settings,
+        interrupted: &mut dyn FnMut() -> bool,
+    ) -> Result<Self, SharedError> {
         if !SHARED_POLICIES.contains(&policy.name.as_str()) {
             return Err(SharedError::Policy {
                 name: policy.name.clone(),
@@ -399,7 +420,7 @@ impl SharedQueue {
             me: Mutex::new(me),
         };
         // Check the layout now, so a bad file is reported at construction.
-        q.with(|_| ())?;
+        q.with_owned_or(|_, _| (), interrupted)?;
         Ok(q)
     }
 
@@ -473,6 +494,17 @@ impl SharedQueue {
         &self,
         op: impl FnOnce(&mut ReservationQueue<Token>, &Owners) -> R,
     ) -> Result<Done<R>, SharedError> {
+        self.with_owned_or(op, &mut || false)
+    }
+
+    /// As [`SharedQueue::with_owned`]; while waiting for the lock, a signal
+    /// (`EINTR`) asks `interrupted` whether to give up
+    /// ([`SharedError::Interrupted`], `op` not run) or wait on.
+    pub fn with_owned_or<R>(
+        &self,
+        op: impl FnOnce(&mut ReservationQueue<Token>, &Owners) -> R,
+        interrupted: &mut dyn FnMut() -> bool,
+    ) -> Result<Done<R>, SharedError> {
         let mut h = self.handle()?;
         let Handle {
             file,
@@ -482,7 +514,19 @@ impl SharedQueue {
             length,
             ..
         } = &mut *h;
-        file.lock().map_err(io(&self.path, "lock it"))?;
+        loop {
+            match file.lock() {
+                Ok(()) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                    if interrupted() {
+                        return Err(SharedError::Interrupted {
+                            path: self.path.clone(),
+                        });
+                    }
+                }
+                Err(e) => return Err(io(&self.path, "lock it")(e)),
+            }
+        }
         let locked = Locked(file);
         self.locked(&locked, peaks, *me, alive, length, op)
     }

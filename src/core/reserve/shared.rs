@@ -967,7 +967,7 @@ mod tests {
         }
     }
 
-    fn open(path: &Path) -> SharedQueue {
+    pub(super) fn open(path: &Path) -> SharedQueue {
         SharedQueue::open(path, 0o600, &PolicySpec::named("fifo"), settings())
             .unwrap_or_else(|e| panic!("{e}"))
     }
@@ -1328,7 +1328,7 @@ mod tests {
 #[cfg(test)]
 mod processes {
     use super::super::ledger::{DeviceReading, Reading};
-    use super::tests::{gpu, settings};
+    use super::tests::{gpu, open};
     use super::*;
 
     fn reading() -> Reading {
@@ -1400,13 +1400,7 @@ mod processes {
             .map(|t| {
                 let dir = dir.clone();
                 std::thread::spawn(move || {
-                    let q = SharedQueue::open(
-                        &dir.join("gpu"),
-                        0o600,
-                        &PolicySpec::named("fifo"),
-                        settings(),
-                    )
-                    .unwrap_or_else(|e| panic!("{e}"));
+                    let q = open(&dir.join("gpu"));
                     let plugin = format!("p{}-{t}", std::process::id());
                     for i in 0..rounds {
                         let tok = Token {
@@ -1471,13 +1465,7 @@ mod processes {
             .collect();
         assert_eq!(v[0], 0, "{text}");
         assert!(v[1] >= 1 && v[1] <= i64::from(CAPACITY), "peak held {text}");
-        let q = SharedQueue::open(
-            &dir.join("gpu"),
-            0o600,
-            &PolicySpec::named("fifo"),
-            settings(),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        let q = open(&dir.join("gpu"));
         let state = q.view().unwrap_or_else(|e| panic!("{e}"));
         assert!(state.grants.is_empty() && state.waiters.is_empty());
     }
@@ -1506,8 +1494,7 @@ mod processes {
         for mut c in others {
             assert!(c.wait().unwrap_or_else(|e| panic!("{e}")).success());
         }
-        let q = SharedQueue::open(&path, 0o600, &PolicySpec::named("fifo"), settings())
-            .unwrap_or_else(|e| panic!("{e}"));
+        let q = open(&path);
         let state = q.view().unwrap_or_else(|e| panic!("{e}"));
         assert!(state.grants.is_empty() && state.waiters.is_empty());
     }
@@ -1518,13 +1505,7 @@ mod processes {
         let Some(dir) = std::env::var_os(CHILD).map(PathBuf::from) else {
             return;
         };
-        let q = SharedQueue::open(
-            &dir.join("contended"),
-            0o600,
-            &PolicySpec::named("fifo"),
-            settings(),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        let q = open(&dir.join("contended"));
         let plugin = format!("p{}", std::process::id());
         for i in 0..5_000u64 {
             let tok = Token {
@@ -1581,13 +1562,7 @@ mod processes {
             return;
         }
         let dir = fresh("bench");
-        let q = SharedQueue::open(
-            &dir.join("gpu"),
-            0o600,
-            &PolicySpec::named("fifo"),
-            settings(),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        let q = open(&dir.join("gpu"));
         let n = 20_000u64;
         let start = Instant::now();
         for i in 0..n {
@@ -1604,13 +1579,7 @@ mod processes {
         let per_s = n as f64 / start.elapsed().as_secs_f64();
         println!("single process: {per_s:.0} grant+release/s");
         // With 50 grants held by others.
-        let hold = SharedQueue::open(
-            &dir.join("gpu2"),
-            0o600,
-            &PolicySpec::named("fifo"),
-            settings(),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        let hold = open(&dir.join("gpu2"));
         let big = Reading {
             devices: vec![DeviceReading {
                 index: 0,

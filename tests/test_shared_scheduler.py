@@ -103,6 +103,7 @@ def test_two_schedulers_share_one_line_and_wake_each_other(ledger: Path) -> None
     assert [g["plugin"] for g in a.snapshot()["grants"]] == ["next"]
     b.on_execution_finish("next")
     assert view(ledger)["grants"] == [] and view(ledger)["waiters"] == []
+    assert view(ledger)["policy"] == "fifo"
     assert "shared=" in repr(a) and oct(ledger.stat().st_mode & 0o777) == "0o600"
 
 

@@ -23,7 +23,8 @@ def add_parser(commands: Any) -> None:
 
 def render(view: Mapping[str, Any]) -> str:
     """The view as a table: one row per grant, then one per waiter."""
-    lines = [f"Shared ledger {view['path']}"]
+    policy = f" (policy {view['policy']})" if view.get("policy") else ""
+    lines = [f"Shared ledger {view['path']}{policy}"]
     if not view["exists"]:
         lines.append("  (no such ledger yet: nothing held, nobody waiting)")
         return "\n".join(lines)

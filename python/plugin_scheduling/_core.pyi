@@ -821,6 +821,7 @@ class _SharedWaiterDict(TypedDict):
 class _SharedLedgerView(TypedDict):
     path: str
     exists: bool
+    policy: str | None
     grants: list[_SharedGrantDict]
     waiters: list[_SharedWaiterDict]
 

@@ -10,7 +10,8 @@ use super::errors::shared_error;
 use plugin_scheduling_core::reserve::shared::{ledger_path, view_file};
 
 /// The shared ledger `name` (a name under the per-user directory, or a path)
-/// as a dict: `path`, `exists`, `grants` and `waiters` of live processes,
+/// as a dict: `path`, `exists`, `policy` (the line's order, once written),
+/// `grants` and `waiters` of live processes,
 /// each with `pid` and `process` (its name).
 #[pyfunction]
 pub fn _shared_ledger_view<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyDict>> {
@@ -26,6 +27,7 @@ pub fn _shared_ledger_view<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'
     out.set_item("exists", state.is_some())?;
     let grants = PyList::empty(py);
     let waiters = PyList::empty(py);
+    out.set_item("policy", state.as_ref().and_then(|s| s.policy.clone()))?;
     if let Some(state) = state {
         for h in &state.grants {
             let g = PyDict::new(py);

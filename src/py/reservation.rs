@@ -337,7 +337,10 @@ impl ReservationScheduler {
 
     fn flush_peaks(slf: &Bound<'_, Self>, force: bool) -> PyResult<()> {
         let now = slf.get().now();
-        let problem = Self::op(slf, |q, _| q.peaks_mut().flush(now, force))?;
+        let problem = slf
+            .get()
+            .backend()
+            .peaks(slf.py(), |p| p.flush(now, force))?;
         if let Some(problem) = problem {
             Self::log(
                 slf,
@@ -360,8 +363,7 @@ impl ReservationScheduler {
     /// Records peaks from `stats` for plugins whose grants have processes.
     fn observe_peaks(slf: &Bound<'_, Self>, stats: &Bound<'_, PyAny>) -> PyResult<usize> {
         let this = slf.get();
-        this.has_pids.store(true, Ordering::Release);
-        let processes = this.processes_of(stats)?;
+        let processes = gpu_processes(stats)?;
         let (n, has) = Self::op(slf, |q, _| (q.observe(&processes), q.ledger().has_pids()))?;
         this.has_pids.store(has, Ordering::Release);
         Ok(n)
@@ -1159,7 +1161,7 @@ impl ReservationScheduler {
         let backend = match (shared, spec) {
             (Some(path), Some(spec)) => {
                 let q = py_shared_open(slf.py(), &path, mode, &spec, settings)?;
-                q.set_peaks(peaks);
+                core(q.with_peaks(|p| *p = peaks).map_err(Into::into))?;
                 Backend::Shared(q)
             }
             _ => Backend::Local(Mutex::new(ReservationQueue::new(
@@ -1469,10 +1471,11 @@ impl ReservationScheduler {
         let py = slf.py();
         let vram_mb = vram_mb.map(|v| mb("vram_mb", v)).transpose()?;
         let ram_mb = ram_mb.map(|v| mb("ram_mb", v)).transpose()?;
-        let peak = Self::op(slf, |q, _| {
-            q.peaks_mut().record(plugin_name, vram_mb, ram_mb)
-        })?
-        .map_err(PyValueError::new_err)?;
+        let peak = slf
+            .get()
+            .backend()
+            .peaks(py, |p| p.record(plugin_name, vram_mb, ram_mb))?
+            .map_err(PyValueError::new_err)?;
         Self::flush_peaks(slf, true)?;
         let out = PyDict::new(py);
         out.set_item("vram_mb", peak.vram_mb)?;
@@ -1483,9 +1486,8 @@ impl ReservationScheduler {
     /// Recorded peaks per plugin.
     fn peaks<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyDict>> {
         let out = PyDict::new(slf.py());
-        let all = Self::op(slf, |q, _| {
-            q.peaks()
-                .all()
+        let all = slf.get().backend().peaks(slf.py(), |p| {
+            p.all()
                 .iter()
                 .map(|(p, peak)| (p.clone(), *peak))
                 .collect::<Vec<_>>()

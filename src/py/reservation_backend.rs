@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use plugin_scheduling_core::error::Error;
+use plugin_scheduling_core::reserve::peaks::Peaks;
 use plugin_scheduling_core::reserve::queue::ReservationQueue;
 use plugin_scheduling_core::reserve::shared::{
     Done, Owner, Owners, SharedError, SharedQueue, Token,
@@ -153,6 +154,22 @@ impl Backend {
                 };
                 Ok((value, reclaims))
             }
+        }
+    }
+
+    /// Runs `f` on this process's peaks: the queue's in one process; on a
+    /// shared ledger they are the process's own, so the file is not touched
+    /// (the GIL is released while another thread's operation holds them).
+    pub fn peaks<R: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&mut Peaks) -> R + Send,
+    ) -> PyResult<R> {
+        match self {
+            Backend::Local(q) => Ok(f(lock(q).peaks_mut())),
+            Backend::Shared(s) => py
+                .detach(|| s.with_peaks(f))
+                .map_err(|e| core_error(Error::Shared(e))),
         }
     }
 

@@ -447,12 +447,11 @@ impl SharedQueue {
         *me
     }
 
-    /// Peaks this process uses for effective needs (moved into every
-    /// operation's queue and back).
-    pub fn set_peaks(&self, peaks: Peaks) {
-        if let Ok(mut h) = self.handle() {
-            h.peaks = peaks;
-        }
+    /// Runs `f` on the peaks this process uses for effective needs (moved
+    /// into every operation's queue and back): no operation on the file.
+    pub fn with_peaks<R>(&self, f: impl FnOnce(&mut Peaks) -> R) -> Result<R, SharedError> {
+        let mut h = self.handle()?;
+        Ok(f(&mut h.peaks))
     }
 
     /// The handle of this process: after `fork()` the child opens the file

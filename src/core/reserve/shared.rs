@@ -428,15 +428,6 @@ impl SharedQueue {
         &self.path
     }
 
-    /// The policy as recorded in the file.
-    pub fn policy(&self) -> &str {
-        &self.policy
-    }
-
-    pub fn settings(&self) -> Settings {
-        self.settings
-    }
-
     /// This process (after `fork()`, the child).
     pub fn me(&self) -> Owner {
         let mut me = self.me.lock().unwrap_or_else(PoisonError::into_inner);

@@ -199,7 +199,6 @@ def test_sigkill_loop_never_runs_a_job_twice_and_leaves_no_orphan(tmp_path: Path
         _read_line(proc, "RECOVERED ")
         # Recovery is done: nothing any earlier incarnation started is alive.
         survivors = [x for x in rig.starts() if _alive(int(x[2]), x[3])]
-        assert all(int(x[2]) in _marked(rig.journal) for x in survivors)
         assert not survivors, f"loop {loop}: survivors of an earlier scheduler after recovery: {survivors}"
         time.sleep(rng.uniform(0.05, 0.6))
         _sigkill(proc)

@@ -30,6 +30,7 @@ import logging
 import math
 import os
 import signal
+import stat
 import threading
 import time
 from pathlib import Path
@@ -487,7 +488,12 @@ def _kill_survivors(pgid: int | None, survivors: Sequence[tuple[int, int]]) -> N
     for pid, start in survivors:
         try:
             fd = os.pidfd_open(pid)
-        except (ProcessLookupError, OSError):
+        except ProcessLookupError:
+            continue
+        except OSError:  # no pidfds (Linux < 5.3): check, then signal by pid
+            if JobTable.proc_start_time(pid) == start:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
             continue
         try:
             if JobTable.proc_start_time(pid) == start:
@@ -506,6 +512,9 @@ def _log_file(journal: str, job_id: int) -> int:
     never through a symlink."""
     d = Path(journal + ".logs")
     d.mkdir(mode=0o700, exist_ok=True)
+    st = os.lstat(d)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+        raise PermissionError(f"{d} must be a directory of this user that no one else can write (not a symlink)")
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
     return os.open(d / f"{job_id}.log", flags, 0o600)
 
@@ -532,11 +541,15 @@ async def _wait_gone(proc: _AdoptedProcess) -> None:
             await asyncio.sleep(0.05)
         return
     loop = asyncio.get_running_loop()
-    done = loop.create_future()
+    done: asyncio.Future[None] = loop.create_future()
     try:
         if JobTable.proc_start_time(proc.pid) != proc.start_time:
             return  # gone (or another process now) before the pidfd was opened
-        loop.add_reader(fd, lambda: done.done() or done.set_result(None))
+        def gone() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        loop.add_reader(fd, gone)
         try:
             await done
         finally:
@@ -566,6 +579,23 @@ class JobScheduler:
     blocked on VRAM or RAM that idle loaded plugins hold, the least recently
     used idle ones are unloaded, only as many as needed, never an active or
     pinned one. ``keep_alive_s``: idle plugins are unloaded after this long.
+
+    At most one copy of a job, across a crash: a ``Command`` runs in its own
+    process group, and its pid, process start time and group are in the
+    journal before it can do anything. ``recovery_mode="kill"`` (default):
+    the commands die with the scheduler (``PR_SET_PDEATHSIG``), and a
+    scheduler opening the journal after a crash kills whatever of them
+    survived (their descendants) before it requeues anything.
+    ``recovery_mode="adopt"``: the commands outlive the scheduler (their
+    output goes to ``<journal>.logs/<job_id>.log``, not to a pipe); the
+    recovering scheduler keeps a survivor running, its job RUNNING with its
+    cores, quota and reservation taken again, and waits for it: its exit
+    status cannot be known (it is not this scheduler's child), so the job
+    ends COMPLETED with ``result`` None and says so in its history. A pid
+    is matched with its start time, so a reused pid is never mistaken for
+    a job's process. With a quota provider that records holders
+    (``LocalQuotaProvider`` on SQLite, ``supports_holds``), what a job held
+    is released exactly once at recovery (kept for an adopted job).
     """
 
     def __init__(
@@ -608,6 +638,12 @@ class JobScheduler:
         self._adopt: dict[int, _AdoptedProcess] = self._recover_processes() if journal is not None else {}
         if journal is not None:
             self._recovery = self._table.recover_adopting(sorted(self._adopt))
+            # A survivor of a job that has ended meanwhile (its end was
+            # journaled, its process had not gone yet) is not adopted: killed.
+            stray = sorted(set(self._adopt) - set(self._recovery["adopted"]))
+            for job_id in stray:
+                self._adopt.pop(job_id)
+            self._kill_until_gone(stray)
         else:
             self._recovery = {"queued": [], "requeued": [], "failed": [], "adopted": []}
         if priority_scale not in ("auto", "0-100", "1-10"):
@@ -713,11 +749,10 @@ class JobScheduler:
     def _recover_processes(self) -> dict[int, _AdoptedProcess]:
         """Kills (``recovery_mode="kill"``) the processes the previous
         incarnation left running, and waits until they are gone; in adopt
-        mode keeps those whose leader still runs. The adopted ones, by job."""
-        plan = self._table.recovery_plan(self._recovery_mode)
+        mode keeps those whose leader still runs. The adoption candidates, by job."""
         adopt: dict[int, _AdoptedProcess] = {}
         kill: list[int] = []
-        for d in plan:
+        for d in self._table.recovery_plan(self._recovery_mode):
             job_id, verdict = d["job_id"], d["verdict"]
             if verdict == "owner_alive":
                 raise JournalError(
@@ -736,25 +771,31 @@ class JobScheduler:
                 )
             else:
                 self._table.process_ended(job_id)
+        self._kill_until_gone(kill)
+        return adopt
+
+    def _kill_until_gone(self, jobs: Sequence[int]) -> None:
+        """SIGKILL to what is left of these jobs' processes until nothing is
+        (``_KILL_WAIT_S`` at most, else ``JournalError``: they are not rerun)."""
+        left = set(jobs)
         deadline = time.monotonic() + _KILL_WAIT_S
-        while kill:
+        while left:
+            plan = [d for d in self._table.recovery_plan("kill") if d["job_id"] in left]
+            left &= {d["job_id"] for d in plan}  # no record, no marker: nothing left of it
             for d in plan:
                 if d["verdict"] == "kill":
                     _kill_survivors(d["pgid"], d["survivors"])
-            plan = [d for d in self._table.recovery_plan(self._recovery_mode) if d["job_id"] in kill]
-            for d in plan:
-                if d["verdict"] == "gone":
+                else:
                     self._table.process_ended(d["job_id"])
-            kill = [d["job_id"] for d in plan if d["verdict"] == "kill"]
-            if not kill:
-                break
+                    left.discard(d["job_id"])
+            if not left:
+                return
             if time.monotonic() > deadline:
                 raise JournalError(
-                    f"job journal {self._table.journal_path}: processes of jobs {kill} survive SIGKILL after "
+                    f"job journal {self._table.journal_path}: processes of jobs {sorted(left)} survive SIGKILL after "
                     f"{_KILL_WAIT_S:g} s; refusing to rerun them"
                 )
             time.sleep(0.005)
-        return adopt
 
     def _recover_quota(self) -> dict[int, str]:
         """Releases, exactly once, what the previous incarnation's jobs held
@@ -1563,7 +1604,8 @@ class JobScheduler:
         try:
             try:
                 if isinstance(rt.proc, _AdoptedProcess):
-                    rt.result = await self._wait_adopted(job_id, rt.proc)
+                    await self._wait_adopted(job_id, rt.proc)
+                    rt.result = None  # its exit status cannot be known
                 elif kind == "command":
                     rt.result = await self._run_command(job_id, rt, Command.from_json(job["payload"]), job["requirements"]["gpu_count"])
                 elif kind == "plugin":
@@ -1739,10 +1781,11 @@ class JobScheduler:
             await _wait_gone(proc)
         except asyncio.CancelledError:
             self._signal(proc, signal.SIGKILL)
+            with contextlib.suppress(Exception):
+                await asyncio.shield(_wait_gone(proc))
             raise
         finally:
             self._table.process_ended(job_id)
-        return None
 
     def _reattach(self, stats: Mapping[str, Any]) -> None:
         """Runs the adopted jobs again here: their reservation taken again

@@ -731,6 +731,11 @@ impl JobTable {
                 j.journal_id().map_err(job_error)?,
             )
         };
+        if records.is_empty() {
+            // Every spawn writes its record first: no record, no process
+            // (and no need to read /proc).
+            return Ok(PyList::empty(py));
+        }
         let decisions = py.detach(|| {
             let snapshot = procs::scan();
             let marked = procs::scan_markers(&snapshot, &journal_id);
@@ -804,7 +809,11 @@ impl JobTable {
 
     /// The journal's quota holders to release at recovery: all but the adopted jobs'.
     #[staticmethod]
-    fn holders_to_release(holders: Vec<String>, journal_id: &str, adopted: Vec<u64>) -> Vec<String> {
+    fn holders_to_release(
+        holders: Vec<String>,
+        journal_id: &str,
+        adopted: Vec<u64>,
+    ) -> Vec<String> {
         let adopted: BTreeSet<u64> = adopted.into_iter().collect();
         procs::holders_to_release(&holders, journal_id, &adopted)
     }

@@ -850,12 +850,7 @@ impl JobQueue {
         self.load(now, false, &BTreeSet::new())
     }
 
-    fn load(
-        &mut self,
-        now: f64,
-        apply: bool,
-        adopt: &BTreeSet<u64>,
-    ) -> Result<Recovery, JobError> {
+    fn load(&mut self, now: f64, apply: bool, adopt: &BTreeSet<u64>) -> Result<Recovery, JobError> {
         let Some(journal) = self.journal.as_ref() else {
             return Ok(Recovery::default());
         };
@@ -877,9 +872,15 @@ impl JobQueue {
                 q.total_jobs += 1;
             }
             let active = matches!(was, JobState::Running | JobState::Paused);
-            let adopted = apply && active && adopt.contains(&id);
+            // A queued job can have a live process: its start (batched) had
+            // not reached the journal, its process record (written at once) had.
+            let adopted = apply && adopt.contains(&id) && (active || was == JobState::Queued);
             let interrupted = apply && active && !adopted;
             if adopted {
+                if was == JobState::Queued {
+                    job.state = JobState::Running;
+                    job.attempts += 1;
+                }
                 job.started = Some(now);
                 self.active_cpu += job.resources.cpu_cores;
                 self.active_gpus += job.resources.gpu_count;
@@ -934,10 +935,13 @@ impl JobQueue {
                 self.journal_history(id, Some(was), state, "recover", Some(&reason))?;
             }
             if adopted {
+                if was == JobState::Queued {
+                    self.journal_job(id)?;
+                }
                 self.journal_history(
                     id,
                     Some(was),
-                    was,
+                    state,
                     "adopt",
                     Some("its process survived the scheduler's end: adopted"),
                 )?;
@@ -1376,7 +1380,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ps-jobs-adopt-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let path = dir.join("jobs.db");
-        let (a, b);
+        let (a, b, c);
         {
             let mut t = JobQueue::new(
                 by_name("fifo", None).expect("fifo"),
@@ -1387,7 +1391,7 @@ mod tests {
             cmd.kind = "command".into();
             cmd.resources.cpu_cores = 2.0;
             a = t.submit(cmd.clone(), 0.0).expect("a");
-            b = t.submit(cmd, 1.0).expect("b");
+            b = t.submit(cmd.clone(), 1.0).expect("b");
             let out = t.dispatch::<(), ()>(
                 4.0,
                 Capacity {
@@ -1399,6 +1403,7 @@ mod tests {
                 |_| Ok(Some(())),
             );
             assert_eq!(out.started.len(), 2);
+            c = t.submit(cmd, 2.0).expect("c");
             t.flush().expect("flush");
         }
         let mut t = JobQueue::new(
@@ -1407,18 +1412,20 @@ mod tests {
         );
         t.set_clock(100.0);
         let r = t
-            .recover_adopting(100.0, &BTreeSet::from([a]))
+            .recover_adopting(100.0, &BTreeSet::from([a, c]))
             .expect("recover");
-        assert_eq!(r.adopted, vec![a]);
+        assert_eq!(r.adopted, vec![a, c], "c's start was not journaled yet");
         assert_eq!(r.requeued, vec![b]);
+        assert_eq!(t.get(c).expect("c").state, JobState::Running);
+        assert_eq!(t.pending_order(100.0, 10), vec![b], "only b reruns");
         assert_eq!(t.get(a).expect("a").state, JobState::Running);
         assert_eq!(t.get(a).expect("a").attempts, 1, "not a new attempt");
-        assert_eq!(t.active().0, 2.0, "the adopted job's cores are held again");
+        assert_eq!(t.active().0, 4.0, "the adopted jobs' cores are held again");
         let h = t.history(Some(a), 10).expect("history");
         assert_eq!(h.last().map(|r| r.call.as_str()), Some("adopt"));
         t.transition(a, JobState::Completed, "finish", None, 101.0)
             .expect("ends as usual");
-        assert_eq!(t.active().0, 0.0);
+        assert_eq!(t.active().0, 2.0);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -249,9 +249,9 @@ pub fn plan(
                 // reused).
                 let group = record.and_then(|r| {
                     let g = r.pgid?;
-                    let reused = live.get(&g).is_some_and(|p| {
-                        !(r.pid == Some(g) && r.start_time == Some(p.start_time))
-                    });
+                    let reused = live
+                        .get(&g)
+                        .is_some_and(|p| !(r.pid == Some(g) && r.start_time == Some(p.start_time)));
                     (!reused).then_some(g)
                 });
                 match (mode, leader, group) {
@@ -345,7 +345,8 @@ mod tests {
 
     #[test]
     fn stat_parses_names_with_spaces_and_parentheses() {
-        let text = "4242 (we ird) (x)) S 7 4242 4242 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 987654 0 0";
+        let text =
+            "4242 (we ird) (x)) S 7 4242 4242 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 987654 0 0";
         let s = parse_stat(text).expect("parse");
         assert_eq!((s.pid, s.ppid, s.pgrp, s.session), (4242, 7, 4242, 4242));
         assert_eq!(s.start_time, 987654);

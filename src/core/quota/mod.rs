@@ -84,13 +84,16 @@ pub(crate) mod sql {
         memory_kib, gpu, vram_kib) VALUES ($1, $2, $3, $4, $5, $6) \
         ON CONFLICT (project_id, job_type) DO UPDATE SET cpu_milli = excluded.cpu_milli, \
         memory_kib = excluded.memory_kib, gpu = excluded.gpu, vram_kib = excluded.vram_kib";
-    pub const LOAD_HOLD: &str = "SELECT project_id, job_type, cpu_milli, memory_kib, gpu, vram_kib \
+    pub const LOAD_HOLD: &str =
+        "SELECT holder, project_id, job_type, cpu_milli, memory_kib, gpu, vram_kib \
         FROM quota_holds WHERE holder = $1";
-    pub const SAVE_HOLD: &str = "INSERT INTO quota_holds (holder, project_id, job_type, cpu_milli, \
+    pub const SAVE_HOLD: &str =
+        "INSERT INTO quota_holds (holder, project_id, job_type, cpu_milli, \
         memory_kib, gpu, vram_kib) VALUES ($1, $2, $3, $4, $5, $6, $7)";
     pub const DELETE_HOLD: &str = "DELETE FROM quota_holds WHERE holder = $1";
     /// Holders starting with `$1` (compared as a prefix, no LIKE escapes).
-    pub const LIST_HOLDS: &str = "SELECT holder, project_id, job_type, cpu_milli, memory_kib, gpu, \
+    pub const LIST_HOLDS: &str =
+        "SELECT holder, project_id, job_type, cpu_milli, memory_kib, gpu, \
         vram_kib FROM quota_holds WHERE substr(holder, 1, length($1)) = $1 ORDER BY holder";
 }
 

@@ -171,33 +171,7 @@ impl Txn for SqliteTxn<'_> {
     }
 
     fn load_hold(&mut self, holder: &str) -> Result<Option<Hold>> {
-        let mut stmt = self.tx.prepare_cached(sql::LOAD_HOLD).map_err(storage)?;
-        let row = stmt
-            .query_row(params![holder], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    Amounts {
-                        cpu_milli: r.get(2)?,
-                        memory_kib: r.get(3)?,
-                        gpu: r.get(4)?,
-                        vram_kib: r.get(5)?,
-                    },
-                ))
-            })
-            .optional()
-            .map_err(storage)?;
-        row.map(|(project, job_type, amounts)| {
-            Ok(Hold {
-                holder: holder.to_owned(),
-                project,
-                job_type: JobType::parse(&job_type).map_err(|_| {
-                    storage(format!("unknown job_type {job_type:?} in quota_holds"))
-                })?,
-                amounts,
-            })
-        })
-        .transpose()
+        Ok(self.read_holds(sql::LOAD_HOLD, holder)?.pop())
     }
 
     fn save_hold(&mut self, h: &Hold) -> Result<()> {
@@ -228,9 +202,16 @@ impl Txn for SqliteTxn<'_> {
     }
 
     fn list_holds(&mut self, prefix: &str) -> Result<Vec<Hold>> {
-        let mut stmt = self.tx.prepare_cached(sql::LIST_HOLDS).map_err(storage)?;
+        self.read_holds(sql::LIST_HOLDS, prefix)
+    }
+}
+
+impl SqliteTxn<'_> {
+    /// The `quota_holds` rows `query` selects with its one parameter.
+    fn read_holds(&mut self, query: &str, param: &str) -> Result<Vec<Hold>> {
+        let mut stmt = self.tx.prepare_cached(query).map_err(storage)?;
         let rows = stmt
-            .query_map(params![prefix], |r| {
+            .query_map(params![param], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, String>(1)?,
@@ -496,7 +477,10 @@ mod tests {
         );
         assert!(store.holds("K:").unwrap().is_empty());
         assert!(store.release_held("J:1").unwrap());
-        assert!(!store.release_held("J:1").unwrap(), "a second release does nothing");
+        assert!(
+            !store.release_held("J:1").unwrap(),
+            "a second release does nothing"
+        );
         assert_eq!(store.usage("p").unwrap().gpu, 1);
         assert!(store.release_held("nobody").is_ok_and(|r| !r));
         assert!(store.release_held("").is_err());

@@ -28,7 +28,7 @@ import pytest
 
 from plugin_scheduling import SimulatedSystem
 from plugin_scheduling._core import JobTable
-from plugin_scheduling.jobs import Command, JobScheduler, ResourceRequirements
+from plugin_scheduling.jobs import JobScheduler, JournalError
 from plugin_scheduling.quotas import LocalQuotaProvider, Resources
 
 pytestmark = pytest.mark.timeout(120)
@@ -121,10 +121,6 @@ class Rig:
             "worker": str(self.worker), "mode": mode, "secs": secs, "fork": "fork" if fork else "nofork",
             "submit": [],
         }
-
-    def command(self, name: str) -> Command:
-        c = self.cfg
-        return Command([sys.executable, str(self.worker), c["lockdir"], c["log"], name, str(c["secs"]), c["fork"]])
 
     def spawn(self, **over: object) -> subprocess.Popen[str]:
         cfg = dict(self.cfg, **over)
@@ -339,3 +335,50 @@ def test_quota_held_across_a_crash_is_released_exactly_once(tmp_path: Path) -> N
 def test_recovery_mode_is_checked() -> None:
     with pytest.raises(ValueError, match="recovery_mode"):
         JobScheduler("fifo", journal=None, recovery_mode="keep")
+
+
+def _sleeper(env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(30)"], env=env, start_new_session=True
+    )
+
+
+def test_a_process_spawned_but_not_recorded_is_found_by_its_marker(tmp_path: Path) -> None:
+    # The scheduler died between the spawn and the write of its pid: only
+    # the intent and the marker in the process's environment are left.
+    journal = tmp_path / "jobs.db"
+    table = JobTable("fifo", str(journal))
+    journal_id = table.journal_id()
+    assert journal_id is not None
+    token = JobTable.marker_token(journal_id, 1)
+    table.process_intent(1, token)
+    stray = _sleeper(dict(os.environ, PLUGIN_SCHEDULING_JOB=token))
+    try:
+        time.sleep(0.2)  # its environment is the child's own once it has exec'd
+        assert [d["verdict"] for d in table.recovery_plan("kill")] == ["kill"]
+        JobScheduler("fifo", journal=journal, cpu_cores=8, stats_provider=SimulatedSystem(gpus=[]).snapshot_async)
+        assert stray.wait(5) == -signal.SIGKILL
+        assert table.processes() == []
+    finally:
+        stray.kill()
+        stray.wait()
+
+
+def test_records_of_a_live_scheduler_are_not_touched(tmp_path: Path) -> None:
+    journal = tmp_path / "jobs.db"
+    owner, job = _sleeper(), _sleeper()
+    try:
+        table = JobTable("fifo", str(journal))
+        table.process_intent(1, "x:1")
+        table.process_spawned(1, job.pid, job.pid)
+        import sqlite3
+
+        with sqlite3.connect(journal) as db:  # written by the live process `owner`
+            db.execute("UPDATE processes SET owner_pid = ?, owner_start = ?", (owner.pid, JobTable.proc_start_time(owner.pid)))
+        with pytest.raises(JournalError, match=f"scheduler process {owner.pid}, which is still alive"):
+            JobScheduler("fifo", journal=journal, cpu_cores=8, stats_provider=SimulatedSystem(gpus=[]).snapshot_async)
+        assert job.poll() is None, "the live scheduler's job was left alone"
+    finally:
+        for p in (owner, job):
+            p.kill()
+            p.wait()

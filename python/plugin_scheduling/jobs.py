@@ -706,7 +706,7 @@ class JobScheduler:
         self._refusal: str | None = None
         self._quota_refused = False
         self._took: int | None = None
-        for job_id in self._recovery["queued"] + self._recovery["requeued"]:
+        for job_id in self._recovery["queued"] + self._recovery["requeued"] + self._recovery["adopted"]:
             job = self._table.job(job_id)
             if job["deadline"] is not None:
                 heapq.heappush(self._deadlines, (job["deadline"], job_id))

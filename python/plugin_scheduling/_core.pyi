@@ -584,6 +584,16 @@ class _QuotaBackend:
         self, project: str, job_type: _QuotaJobType, request: tuple[float, float, int, float]
     ) -> None: ...
     def usage(self, project: str) -> _QuotaUsageDict: ...
+    def allocate_held(
+        self, holder: str, project: str, job_type: _QuotaJobType, request: tuple[float, float, int, float]
+    ) -> _QuotaDeniedDict | None:
+        """``decide(..., allocate=True)`` recorded under ``holder`` in the same
+        transaction (a holder already holding is allowed, not charged again)."""
+    def release_held(self, holder: str) -> bool:
+        """Releases what ``holder`` holds (True), or nothing (False): at most once."""
+    def holds(self, prefix: str) -> list[tuple[str, str, str]]:
+        """``[(holder, project_id, job_type)]`` of the holders starting with ``prefix``."""
+
 class InvalidTransition(ValueError):
     """A job operation its state does not allow (names the job, its state and the call)."""
 
@@ -661,6 +671,32 @@ class JobTable:
     def history(self, job_id: int | None = None, limit: int = 1000) -> list[dict[str, Any]]: ...
     def flush(self) -> None: ...
     def __len__(self) -> int: ...
+    # Process records and crash recovery (core ``jobs::recovery``).
+    def journal_id(self) -> str | None:
+        """The journal's identity (names job markers and quota holders); None without a journal."""
+    def process_intent(self, job_id: int, token: str) -> None:
+        """Records (committed at once) that the job is about to be spawned by this process."""
+    def process_spawned(self, job_id: int, pid: int, pgid: int) -> int:
+        """Records (committed at once) the job's spawned process; its start time (0 if already gone)."""
+    def process_adopted(self, job_id: int) -> None:
+        """The job's process is now this process's (adopted), committed at once."""
+    def process_ended(self, job_id: int) -> None:
+        """Forgets the job's process record, at once."""
+    def processes(self) -> list[dict[str, Any]]:
+        """The journal's process records."""
+    def recovery_plan(self, mode: Literal["kill", "adopt"]) -> list[dict[str, Any]]:
+        """What to do, per job, with the previous incarnation's processes."""
+    def recover_adopting(self, adopt: list[int]) -> dict[str, list[int]]:
+        """``recover()``, keeping the jobs in ``adopt`` running (their process survived)."""
+    @staticmethod
+    def proc_start_time(pid: int) -> int | None:
+        """The start time (clock ticks after boot) of the live process ``pid``, if any."""
+    @staticmethod
+    def holders_to_release(holders: list[str], journal_id: str, adopted: list[int]) -> list[str]:
+        """The journal's quota holders to release at recovery: all but the adopted jobs'."""
+    @staticmethod
+    def marker_token(journal_id: str, job_id: int) -> str:
+        """The marker token (and quota holder) of a job of the journal."""
 
 @final
 class LoadedPlugins:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import dataclasses
 import enum
 import heapq
@@ -29,7 +30,9 @@ import logging
 import math
 import os
 import signal
+import stat
 import threading
+import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Literal, Mapping, Sequence, cast
 
@@ -322,20 +325,34 @@ class JobContext:
         self._unpause()
 
 
+class _AdoptedProcess:
+    """A command's process that survived the previous scheduler and was
+    adopted: not a child of this one (its exit status cannot be known)."""
+
+    __slots__ = ("pid", "start_time")
+
+    def __init__(self, pid: int, start_time: int) -> None:
+        self.pid = pid
+        self.start_time = start_time
+
+
 class _Runtime:
     """Python-side state of a job being run."""
 
-    __slots__ = ("ctx", "proc", "task", "stop", "stop_reason", "lease", "grant", "quota", "result", "oom", "stopper")
+    __slots__ = (
+        "ctx", "proc", "task", "stop", "stop_reason", "lease", "grant", "quota", "holder", "result", "oom", "stopper"
+    )
 
     def __init__(self) -> None:
         self.ctx: JobContext | None = None
-        self.proc: asyncio.subprocess.Process | None = None
+        self.proc: asyncio.subprocess.Process | _AdoptedProcess | None = None
         self.task: asyncio.Task[None] | None = None
         self.stop: str | None = None  # "cancel" | "preempt" | "shutdown"
         self.stop_reason: str | None = None
         self.lease: Any = None
         self.grant: Any = None
         self.quota: bool = False
+        self.holder: str | None = None  # the quota holder (providers with supports_holds)
         self.result: Any = None
         self.oom: str | None = None
         self.stopper: asyncio.Task[None] | None = None
@@ -403,6 +420,143 @@ def default_journal_path() -> Path:
 
 _DEFAULT = object()
 
+_UNKNOWN_EXIT = "the adopted process ended; its exit status cannot be known (it is not a child of this scheduler)"
+
+#: How long recovery waits for the previous incarnation's killed processes to go.
+_KILL_WAIT_S = 10.0
+_PR_SET_PDEATHSIG = 1
+#: The environment variable that marks a command's processes as a job's (recovery finds them by it).
+_MARKER_VAR = "PLUGIN_SCHEDULING_JOB"
+
+
+def _prctl() -> Any:
+    """libc's ``prctl``, resolved in the parent (the child only calls it)."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_PRCTL: Any = None
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """The ``preexec_fn`` that makes a command die with the scheduler.
+
+    Why ``PR_SET_PDEATHSIG`` rather than a supervisor process: it is armed
+    in the child *before* ``exec``, so there is no moment at which the
+    command runs unprotected (a supervisor learns about a child only after
+    it was spawned, and is one more process per scheduler that can itself
+    be killed); it costs nothing per job. Its caveats, and why they hold
+    here: (1) it fires when the *thread* that forked the child ends, not
+    the process. asyncio forks in the event loop's thread
+    (``subprocess.Popen`` runs inside ``loop.subprocess_exec``; the child
+    watcher's threads only wait), so the commands die when the loop's
+    thread ends -- which is the scheduler's end (``asyncio.run`` cancels
+    the job tasks, which kill their commands, first anyway). (2) A parent
+    that died before ``prctl`` ran would never signal: the child checks
+    ``getppid()`` after arming and kills itself. (3) It reaches only the
+    direct child: descendants in the job's process group outlive a crashed
+    scheduler until the recovering one kills the group (pgid and start time
+    are in the journal, the marker in their environment). The function
+    runs between fork and exec, so it does no more than two system calls
+    through a ``prctl`` resolved beforehand (no import, no lock)."""
+    global _PRCTL
+    if _PRCTL is None:
+        _PRCTL = _prctl() or False
+    prctl = _PRCTL
+    if not prctl:
+        return None
+    parent = os.getpid()
+    sig = int(signal.SIGKILL)
+
+    def arm() -> None:
+        prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+        if os.getppid() != parent:  # the scheduler died before prctl
+            os.kill(os.getpid(), sig)
+
+    return arm
+
+
+def _kill_survivors(pgid: int | None, survivors: Sequence[tuple[int, int]]) -> None:
+    """SIGKILL to each survivor that still is the process recorded (pid and
+    start time, checked through a pidfd so a reused pid is never hit), then
+    to the group (when the plan found it is the job's)."""
+    for pid, start in survivors:
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue
+        except OSError:  # no pidfds (Linux < 5.3): check, then signal by pid
+            if JobTable.proc_start_time(pid) == start:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            continue
+        try:
+            if JobTable.proc_start_time(pid) == start:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    signal.pidfd_send_signal(fd, signal.SIGKILL)
+        finally:
+            os.close(fd)
+    if pgid is not None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+
+
+def _log_file(journal: str, job_id: int) -> int:
+    """The output file of a command in adopt mode (it must survive the
+    scheduler, a pipe would not): ``<journal>.logs/<job_id>.log``, 0600,
+    never through a symlink."""
+    d = Path(journal + ".logs")
+    d.mkdir(mode=0o700, exist_ok=True)
+    st = os.lstat(d)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+        raise PermissionError(f"{d} must be a directory of this user that no one else can write (not a symlink)")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    return os.open(d / f"{job_id}.log", flags, 0o600)
+
+
+def _log_tail(journal: str, job_id: int, size: int = 4000) -> str:
+    try:
+        with open(Path(journal + ".logs") / f"{job_id}.log", "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(f.tell() - size, 0))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+async def _wait_gone(proc: _AdoptedProcess) -> None:
+    """Waits for a process that is not our child to end (pidfd readable on
+    exit; polling ``/proc`` where pidfds are missing)."""
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except ProcessLookupError:
+        return
+    except OSError:
+        while JobTable.proc_start_time(proc.pid) == proc.start_time:
+            await asyncio.sleep(0.05)
+        return
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    try:
+        if JobTable.proc_start_time(proc.pid) != proc.start_time:
+            return  # gone (or another process now) before the pidfd was opened
+        def gone() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        loop.add_reader(fd, gone)
+        try:
+            await done
+        finally:
+            loop.remove_reader(fd)
+    finally:
+        os.close(fd)
+
 
 class JobScheduler:
     """Jobs with a lifecycle, a journal, events, preemption and OOM retry.
@@ -425,6 +579,23 @@ class JobScheduler:
     blocked on VRAM or RAM that idle loaded plugins hold, the least recently
     used idle ones are unloaded, only as many as needed, never an active or
     pinned one. ``keep_alive_s``: idle plugins are unloaded after this long.
+
+    At most one copy of a job, across a crash: a ``Command`` runs in its own
+    process group, and its pid, process start time and group are in the
+    journal before it can do anything. ``recovery_mode="kill"`` (default):
+    the commands die with the scheduler (``PR_SET_PDEATHSIG``), and a
+    scheduler opening the journal after a crash kills whatever of them
+    survived (their descendants) before it requeues anything.
+    ``recovery_mode="adopt"``: the commands outlive the scheduler (their
+    output goes to ``<journal>.logs/<job_id>.log``, not to a pipe); the
+    recovering scheduler keeps a survivor running, its job RUNNING with its
+    cores, quota and reservation taken again, and waits for it: its exit
+    status cannot be known (it is not this scheduler's child), so the job
+    ends COMPLETED with ``result`` None and says so in its history. A pid
+    is matched with its start time, so a reused pid is never mistaken for
+    a job's process. With a quota provider that records holders
+    (``LocalQuotaProvider`` on SQLite, ``supports_holds``), what a job held
+    is released exactly once at recovery (kept for an adopted job).
     """
 
     def __init__(
@@ -451,13 +622,30 @@ class JobScheduler:
         keep_alive_s: float | None = None,
         history: Any = None,
         history_interval: float = 1.0,
+        recovery_mode: str = "kill",
     ) -> None:
         self._policy_name = _policy_name(policy)
         self._policy_obj = policy
+        if recovery_mode not in ("kill", "adopt"):
+            raise ValueError(f"recovery_mode must be 'kill' or 'adopt', got {recovery_mode!r}")
+        self._recovery_mode: Literal["kill", "adopt"] = "adopt" if recovery_mode == "adopt" else "kill"
         if journal is _DEFAULT:
             journal = default_journal_path()
         self._table = JobTable(self._policy_name, None if journal is None else os.fspath(journal), clock, journal_batch)
-        self._recovery = self._table.recover() if journal is not None else {"queued": [], "requeued": [], "failed": []}
+        self._journal_id = self._table.journal_id()
+        # The previous incarnation's processes are killed (or adopted)
+        # before any job is requeued, so nothing can run twice.
+        self._adopt: dict[int, _AdoptedProcess] = self._recover_processes() if journal is not None else {}
+        if journal is not None:
+            self._recovery = self._table.recover_adopting(sorted(self._adopt))
+            # A survivor of a job that has ended meanwhile (its end was
+            # journaled, its process had not gone yet) is not adopted: killed.
+            stray = sorted(set(self._adopt) - set(self._recovery["adopted"]))
+            for job_id in stray:
+                self._adopt.pop(job_id)
+            self._kill_until_gone(stray)
+        else:
+            self._recovery = {"queued": [], "requeued": [], "failed": [], "adopted": []}
         if priority_scale not in ("auto", "0-100", "1-10"):
             raise ValueError(f"priority_scale must be 'auto', '0-100' or '1-10', got {priority_scale!r}")
         if not (isinstance(max_retries, int) and max_retries >= 0):
@@ -473,6 +661,7 @@ class JobScheduler:
 
             quotas = quota_provider_from_env()  # seed 004's configuration
         self._quotas = quotas
+        self._adopted_holders = self._recover_quota()
         self._reservations = reservations if reservations is not None else ReservationScheduler(timeout=0.0)
         self._stats_provider = stats_provider
         self._cpu_cores = float(cpu_cores if cpu_cores is not None else (os.cpu_count() or 1))
@@ -517,7 +706,7 @@ class JobScheduler:
         self._refusal: str | None = None
         self._quota_refused = False
         self._took: int | None = None
-        for job_id in self._recovery["queued"] + self._recovery["requeued"]:
+        for job_id in self._recovery["queued"] + self._recovery["requeued"] + self._recovery["adopted"]:
             job = self._table.job(job_id)
             if job["deadline"] is not None:
                 heapq.heappush(self._deadlines, (job["deadline"], job_id))
@@ -546,8 +735,81 @@ class JobScheduler:
 
     @property
     def recovery(self) -> dict[str, list[int]]:
-        """What the journal gave back at construction: ``queued``, ``requeued`` and ``failed`` ids."""
+        """What the journal gave back at construction: ``queued``, ``requeued``,
+        ``failed`` and ``adopted`` ids (``recovery_mode="adopt"``: jobs whose
+        process survived and runs on, RUNNING again)."""
         return self._recovery
+
+    @property
+    def recovery_mode(self) -> str:
+        return self._recovery_mode
+
+    # --------------------------------------------------------------- recovery
+
+    def _recover_processes(self) -> dict[int, _AdoptedProcess]:
+        """Kills (``recovery_mode="kill"``) the processes the previous
+        incarnation left running, and waits until they are gone; in adopt
+        mode keeps those whose leader still runs. The adoption candidates, by job."""
+        adopt: dict[int, _AdoptedProcess] = {}
+        kill: list[int] = []
+        for d in self._table.recovery_plan(self._recovery_mode):
+            job_id, verdict = d["job_id"], d["verdict"]
+            if verdict == "owner_alive":
+                raise JournalError(
+                    f"job journal {self._table.journal_path}: job {job_id}'s process belongs to the scheduler process "
+                    f"{d['owner_pid']}, which is still alive; one scheduler per journal"
+                )
+            if verdict == "adopt":
+                adopt[job_id] = _AdoptedProcess(d["pid"], d["start_time"])
+                self._table.process_adopted(job_id)
+                logger.warning("job %d: adopting its process %d, which survived the previous scheduler", job_id, d["pid"])
+            elif verdict == "kill":
+                kill.append(job_id)
+                logger.warning(
+                    "job %d: killing %d process(es) left by the previous scheduler (group %s) before it is rerun",
+                    job_id, len(d["survivors"]), d["pgid"],
+                )
+            else:
+                self._table.process_ended(job_id)
+        self._kill_until_gone(kill)
+        return adopt
+
+    def _kill_until_gone(self, jobs: Sequence[int]) -> None:
+        """SIGKILL to what is left of these jobs' processes until nothing is
+        (``_KILL_WAIT_S`` at most, else ``JournalError``: they are not rerun)."""
+        left = set(jobs)
+        deadline = time.monotonic() + _KILL_WAIT_S
+        while left:
+            plan = [d for d in self._table.recovery_plan("kill") if d["job_id"] in left]
+            left &= {d["job_id"] for d in plan}  # no record, no marker: nothing left of it
+            for d in plan:
+                if d["verdict"] == "kill":
+                    _kill_survivors(d["pgid"], d["survivors"])
+                else:
+                    self._table.process_ended(d["job_id"])
+                    left.discard(d["job_id"])
+            if not left:
+                return
+            if time.monotonic() > deadline:
+                raise JournalError(
+                    f"job journal {self._table.journal_path}: processes of jobs {sorted(left)} survive SIGKILL after "
+                    f"{_KILL_WAIT_S:g} s; refusing to rerun them"
+                )
+            time.sleep(0.005)
+
+    def _recover_quota(self) -> dict[int, str]:
+        """Releases, exactly once, what the previous incarnation's jobs held
+        in the quota store (a provider with ``supports_holds``), except what
+        adopted jobs hold: those holders, by job."""
+        if self._journal_id is None or self._quotas is None or not getattr(self._quotas, "supports_holds", False):
+            return {}
+        prefix = f"{self._journal_id}:"
+        holders = self._quotas.quota_holds(prefix)
+        for holder in JobTable.holders_to_release(holders, self._journal_id, sorted(self._adopt)):
+            if self._quotas.release_quota_held(holder):
+                logger.warning("quota holder %s released at recovery (its job no longer runs)", holder)
+        kept = {int(h[len(prefix):]): h for h in holders if h[len(prefix):].isdigit()}
+        return {job_id: h for job_id, h in kept.items() if job_id in self._adopt}
 
     @property
     def reservations(self) -> Any:
@@ -1021,6 +1283,8 @@ class JobScheduler:
         self._stopping = False
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
+        if self._adopt:
+            self._reattach(await self._stats())
         self._loop_task = asyncio.get_running_loop().create_task(self._dispatcher(), name="JobScheduler.dispatcher")
 
     async def stop(self, cancel_running: bool = True) -> None:
@@ -1164,7 +1428,13 @@ class JobScheduler:
                 project = self._table_project(job_id)
                 if project is not None:
                     req = _quota_resources(self._cpu_of(job_id), memory_mb, gpu_count, vram_mb)
-                    decision = _quota_call(self._quotas, "allocate_quota", project, req)
+                    if self._journal_id is not None and getattr(self._quotas, "supports_holds", False):
+                        # Recorded under the job, in the quota store's own
+                        # transaction: recovery releases it exactly once.
+                        rt.holder = JobTable.marker_token(self._journal_id, job_id)
+                        decision = self._quotas.allocate_quota_held(rt.holder, project, req, QUOTA_JOB_TYPE)
+                    else:
+                        decision = _quota_call(self._quotas, "allocate_quota", project, req)
                     if not decision:
                         self._refusal = _quota_reason(decision, project, "refused the allocation")
                         self._quota_refused = True
@@ -1240,6 +1510,12 @@ class JobScheduler:
         if not rt.quota or self._quotas is None:
             return
         rt.quota = False
+        if rt.holder is not None:
+            try:
+                self._quotas.release_quota_held(rt.holder)
+            except Exception:
+                logger.exception("release_quota failed for job %d (holder %s)", job_id, rt.holder)
+            return
         d = self._table.job(job_id)
         r = d["requirements"]
         try:
@@ -1295,7 +1571,7 @@ class JobScheduler:
         return rt.proc is not None or (rt.task is not None and not (rt.ctx is not None and rt.ctx._in_thread))
 
     @staticmethod
-    def _signal(proc: asyncio.subprocess.Process, sig: int) -> None:
+    def _signal(proc: asyncio.subprocess.Process | _AdoptedProcess, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, sig)
 
@@ -1327,7 +1603,10 @@ class JobScheduler:
         error: BaseException | None = None
         try:
             try:
-                if kind == "command":
+                if isinstance(rt.proc, _AdoptedProcess):
+                    await self._wait_adopted(job_id, rt.proc)
+                    rt.result = None  # its exit status cannot be known
+                elif kind == "command":
                     rt.result = await self._run_command(job_id, rt, Command.from_json(job["payload"]), job["requirements"]["gpu_count"])
                 elif kind == "plugin":
                     call = self._functions.get(job_id)
@@ -1387,7 +1666,8 @@ class JobScheduler:
             return
         if error is None:
             self._results[job_id] = rt.result
-            self._transition(job_id, "COMPLETED", "finish")
+            unknown = isinstance(rt.proc, _AdoptedProcess)
+            self._transition(job_id, "COMPLETED", "finish", _UNKNOWN_EXIT if unknown else None)
             return
         message = f"{type(error).__name__}: {error}"
         oom = rt.oom or (message if isinstance(error, (SimulatedOutOfMemory, MemoryError)) or _oom_text(message) else None)
@@ -1419,29 +1699,69 @@ class JobScheduler:
             env.update(command.env)
         if gpu_count > 0 and rt.grant is not None:
             env["CUDA_VISIBLE_DEVICES"] = rt.grant.cuda_visible_devices
-        proc = await asyncio.create_subprocess_exec(
-            *command.argv,
-            env=env,
-            cwd=command.cwd,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,  # its own process group: signals reach its children
-        )
-        rt.proc = proc
-        if rt.grant is not None:
-            self._reservations.attach_pid(rt.grant.id, proc.pid)
-        if rt.stop is not None:  # stopped before it started
-            self._signal(proc, signal.SIGTERM)
-        elif self._table.state(job_id) == "PAUSED":
-            self._signal(proc, signal.SIGSTOP)
+        journal = self._table.journal_path
+        token = None
+        if self._journal_id is not None:
+            # On disk before the process exists: a crash at any point
+            # leaves a record (or the marker in its environment) that the
+            # recovering scheduler finds before it reruns the job.
+            token = JobTable.marker_token(self._journal_id, job_id)
+            env[_MARKER_VAR] = token
+            self._table.process_intent(job_id, token)
+        adopt = self._recovery_mode == "adopt" and journal is not None
+        log_fd = _log_file(journal, job_id) if adopt and journal is not None else None
         try:
-            out, err = await proc.communicate()
-        except asyncio.CancelledError:
-            self._signal(proc, signal.SIGKILL)
-            with contextlib.suppress(Exception):
-                await asyncio.shield(proc.wait())
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *command.argv,
+                    env=env,
+                    cwd=command.cwd,
+                    # adopt mode: nothing of the scheduler's may tie it (its stdin included)
+                    stdin=asyncio.subprocess.DEVNULL if adopt else None,
+                    stdout=asyncio.subprocess.PIPE if log_fd is None else log_fd,
+                    stderr=asyncio.subprocess.PIPE if log_fd is None else log_fd,
+                    start_new_session=True,  # its own process group: signals reach its children
+                    # kill mode: the command dies with the scheduler; adopt
+                    # mode: it must outlive it, to be adopted.
+                    preexec_fn=None if adopt else _die_with_parent(),
+                )
+            finally:
+                if log_fd is not None:
+                    os.close(log_fd)
+        except BaseException:
+            if token is not None:
+                self._table.process_ended(job_id)
             raise
-        tail = (err or b"")[-2000:].decode(errors="replace") + (out or b"")[-2000:].decode(errors="replace")
+        rt.proc = proc
+        try:
+            if token is not None:
+                self._table.process_spawned(job_id, proc.pid, proc.pid)
+            if rt.grant is not None:
+                self._reservations.attach_pid(rt.grant.id, proc.pid)
+            if rt.stop is not None:  # stopped before it started
+                self._signal(proc, signal.SIGTERM)
+            elif self._table.state(job_id) == "PAUSED":
+                self._signal(proc, signal.SIGSTOP)
+            try:
+                out, err = await proc.communicate()
+            except asyncio.CancelledError:
+                self._signal(proc, signal.SIGKILL)
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(proc.wait())
+                raise
+        except BaseException:
+            if proc.returncode is None:  # a journal write failed: it must not run unrecorded
+                self._signal(proc, signal.SIGKILL)
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(proc.wait())
+            raise
+        finally:
+            if token is not None and proc.returncode is not None:
+                self._table.process_ended(job_id)
+        if log_fd is not None and journal is not None:
+            tail = _log_tail(journal, job_id)
+        else:
+            tail = (err or b"")[-2000:].decode(errors="replace") + (out or b"")[-2000:].decode(errors="replace")
         rc = proc.returncode
         if rc == 0:
             return 0
@@ -1450,6 +1770,44 @@ class JobScheduler:
         elif rc == -signal.SIGKILL and rt.stop is None:
             rt.oom = "killed by SIGKILL, not by the scheduler (the kernel's OOM killer?)"
         raise RuntimeError(f"command {list(command.argv)!r} exited with {rc}: {tail.strip()[-500:]}")
+
+    async def _wait_adopted(self, job_id: int, proc: _AdoptedProcess) -> None:
+        """Waits for an adopted command to end. Its exit status cannot be
+        known (it is not our child): the job ends COMPLETED, ``result``
+        None, the history saying so; its output is in ``<journal>.logs/``."""
+        try:
+            if self._table.state(job_id) == "PAUSED":
+                self._signal(proc, signal.SIGSTOP)
+            await _wait_gone(proc)
+        except asyncio.CancelledError:
+            self._signal(proc, signal.SIGKILL)
+            with contextlib.suppress(Exception):
+                await asyncio.shield(_wait_gone(proc))
+            raise
+        finally:
+            self._table.process_ended(job_id)
+
+    def _reattach(self, stats: Mapping[str, Any]) -> None:
+        """Runs the adopted jobs again here: their reservation taken again
+        (when it still fits: the process runs either way), then waited for."""
+        adopt, self._adopt = self._adopt, {}
+        for job_id, proc in sorted(adopt.items()):
+            rt = _Runtime()
+            rt.proc = proc
+            holder = self._adopted_holders.get(job_id)
+            if holder is not None:
+                rt.quota, rt.holder = True, holder
+            r = self._table.job(job_id)
+            req = r["requirements"]
+            meta = _Meta(r["module"], req["gpu_count"], req["vram_mb"], req["memory_mb"])
+            cm = self._reservations.lease(meta, lambda: stats)
+            try:
+                rt.grant = cm.__enter__()
+                rt.lease = cm
+                self._reservations.attach_pid(rt.grant.id, proc.pid)
+            except ReservationTimeout as e:
+                logger.warning("adopted job %d runs without its reservation (it does not fit now: %s)", job_id, e)
+            self._launch(job_id, rt)
 
 
 #: The job type quotas are charged under (seed 004's ``JobTypeEnum``).

@@ -370,6 +370,29 @@ class _BuiltinProvider(QuotaProvider):
     def release_quota(self, project_id: ProjectId, resources: Resources, job_type: JobTypeEnum) -> None:
         self._backend.release(*self._request(project_id, resources, job_type))
 
+    @property
+    def supports_holds(self) -> bool:
+        """Whether allocations can be recorded by holder (``allocate_quota_held``):
+        what makes a job scheduler's quota crash-consistent. SQLite only."""
+        return self._backend.kind == "sqlite"
+
+    def allocate_quota_held(
+        self, holder: str, project_id: ProjectId, resources: Resources, job_type: JobTypeEnum
+    ) -> QuotaDecision:
+        """``allocate_quota_detail`` recorded under ``holder`` in the same
+        transaction as the usage it adds; a holder that already holds is
+        allowed again without a second charge."""
+        return _decision(self._backend.allocate_held(holder, *self._request(project_id, resources, job_type)))
+
+    def release_quota_held(self, holder: str) -> bool:
+        """Releases what ``holder`` holds (True) or nothing (False), in one
+        transaction with forgetting the hold: a second call does nothing."""
+        return self._backend.release_held(holder)
+
+    def quota_holds(self, prefix: str) -> list[str]:
+        """The holders starting with ``prefix``."""
+        return [h for h, _project, _type in self._backend.holds(prefix)]
+
     def usage(self, project_id: ProjectId) -> QuotaUsage:
         raw = self._backend.usage(_project(project_id))
         slurm = raw["slurm_jobs"]

@@ -9,12 +9,14 @@ use std::sync::Mutex;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
+use std::collections::BTreeSet;
 
 use super::errors::{describe, job_error};
 use plugin_scheduling_core::clock::{Clock, SystemClock};
 use plugin_scheduling_core::jobs::evict::{Memory, Plugins};
 use plugin_scheduling_core::jobs::journal::Journal;
 use plugin_scheduling_core::jobs::queue::{Capacity, JobQueue, Recovery, Requeue};
+use plugin_scheduling_core::jobs::recovery::{self as procs, Mode, Verdict};
 use plugin_scheduling_core::jobs::{Job, JobSpec, JobState, Resources};
 use plugin_scheduling_core::policy;
 
@@ -145,6 +147,7 @@ fn recovery_dict(py: Python<'_>, r: Recovery) -> PyResult<Bound<'_, PyDict>> {
     d.set_item("queued", r.queued)?;
     d.set_item("requeued", r.requeued)?;
     d.set_item("failed", r.failed)?;
+    d.set_item("adopted", r.adopted)?;
     Ok(d)
 }
 
@@ -618,6 +621,207 @@ impl JobTable {
             visit.call(c)?;
         }
         Ok(())
+    }
+}
+
+/// This process's pid and start time (the owner of the processes it spawns).
+fn me() -> (u32, u64) {
+    let pid = std::process::id();
+    (pid, procs::read_stat(pid).map_or(0, |s| s.start_time))
+}
+
+fn no_journal() -> PyErr {
+    PyValueError::new_err("this JobTable has no journal (journal=None): no process records")
+}
+
+fn mode_arg(mode: &str) -> PyResult<Mode> {
+    Mode::parse(mode).ok_or_else(|| {
+        PyValueError::new_err(format!(
+            "recovery_mode must be 'kill' or 'adopt', got {mode:?}"
+        ))
+    })
+}
+
+/// Process records and crash recovery (core `jobs::recovery`).
+#[pymethods]
+impl JobTable {
+    /// The journal's identity (names job markers and quota holders); None without a journal.
+    fn journal_id(&self) -> PyResult<Option<String>> {
+        let t = self.table()?;
+        t.journal_ref()
+            .map(|j| j.journal_id())
+            .transpose()
+            .map_err(job_error)
+    }
+
+    /// Records (committed at once) that job `job_id` is about to be
+    /// spawned by this process, with its marker `token`.
+    fn process_intent(&self, job_id: u64, token: &str) -> PyResult<()> {
+        let (pid, start) = me();
+        let t = self.table()?;
+        let j = t.journal_ref().ok_or_else(no_journal)?;
+        j.process_intent(job_id, token, pid, start)
+            .map_err(job_error)
+    }
+
+    /// Records (committed at once) job `job_id`'s spawned process; its
+    /// start time (0 when it is already gone).
+    fn process_spawned(&self, job_id: u64, pid: u32, pgid: u32) -> PyResult<u64> {
+        // A zombie child still shows its start time.
+        let start = procs::read_stat(pid).map_or(0, |s| s.start_time);
+        let t = self.table()?;
+        let j = t.journal_ref().ok_or_else(no_journal)?;
+        j.process_spawned(job_id, pid, start, pgid)
+            .map_err(job_error)?;
+        Ok(start)
+    }
+
+    /// Job `job_id`'s process is now this process's (adopted), at once.
+    fn process_adopted(&self, job_id: u64) -> PyResult<()> {
+        let (pid, start) = me();
+        let t = self.table()?;
+        let j = t.journal_ref().ok_or_else(no_journal)?;
+        j.process_owner(job_id, pid, start).map_err(job_error)
+    }
+
+    /// Forgets job `job_id`'s process record, at once.
+    fn process_ended(&self, job_id: u64) -> PyResult<()> {
+        let t = self.table()?;
+        match t.journal_ref() {
+            Some(j) => j.process_ended(job_id).map_err(job_error),
+            None => Ok(()),
+        }
+    }
+
+    /// `[{"job_id", "pid", "start_time", "pgid", "owner_pid", "owner_start"}]`.
+    fn processes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let rows = {
+            let t = self.table()?;
+            match t.journal_ref() {
+                Some(j) => j.processes().map_err(job_error)?,
+                None => Vec::new(),
+            }
+        };
+        let out = PyList::empty(py);
+        for r in rows {
+            let d = PyDict::new(py);
+            d.set_item("job_id", r.job_id)?;
+            d.set_item("token", r.token)?;
+            d.set_item("pid", r.pid)?;
+            d.set_item("start_time", r.start_time)?;
+            d.set_item("pgid", r.pgid)?;
+            d.set_item("owner_pid", r.owner_pid)?;
+            d.set_item("owner_start", r.owner_start)?;
+            out.append(d)?;
+        }
+        Ok(out)
+    }
+
+    /// What to do, per job, with the previous incarnation's processes
+    /// (`mode`: "kill" or "adopt"), from the journal's records and `/proc`
+    /// now: `[{"job_id", "verdict": "gone"|"owner_alive"|"adopt"|"kill",
+    /// "pid", "start_time", "pgid", "owner_pid", "survivors": [(pid, start_time)]}]`.
+    fn recovery_plan<'py>(&self, py: Python<'py>, mode: &str) -> PyResult<Bound<'py, PyList>> {
+        let mode = mode_arg(mode)?;
+        let (records, journal_id) = {
+            let t = self.table()?;
+            let j = t.journal_ref().ok_or_else(no_journal)?;
+            (
+                j.processes().map_err(job_error)?,
+                j.journal_id().map_err(job_error)?,
+            )
+        };
+        if records.is_empty() {
+            // Every spawn writes its record first: no record, no process
+            // (and no need to read /proc).
+            return Ok(PyList::empty(py));
+        }
+        let decisions = py.detach(|| {
+            let snapshot = procs::scan();
+            let marked = procs::scan_markers(&snapshot, &journal_id);
+            procs::plan(&records, &snapshot, &marked, std::process::id(), mode)
+        });
+        let out = PyList::empty(py);
+        for dec in decisions {
+            let d = PyDict::new(py);
+            d.set_item("job_id", dec.job_id)?;
+            let (verdict, pid, start, pgid, owner, survivors) = match dec.verdict {
+                Verdict::Gone => ("gone", None, None, None, None, Vec::new()),
+                Verdict::OwnerAlive { owner_pid } => {
+                    ("owner_alive", None, None, None, Some(owner_pid), Vec::new())
+                }
+                Verdict::Adopt {
+                    pid,
+                    start_time,
+                    pgid,
+                } => (
+                    "adopt",
+                    Some(pid),
+                    Some(start_time),
+                    Some(pgid),
+                    None,
+                    Vec::new(),
+                ),
+                Verdict::Kill { pgid, survivors } => (
+                    "kill",
+                    None,
+                    None,
+                    pgid,
+                    None,
+                    survivors
+                        .into_iter()
+                        .map(|s| (s.pid, s.start_time))
+                        .collect(),
+                ),
+            };
+            d.set_item("verdict", verdict)?;
+            d.set_item("pid", pid)?;
+            d.set_item("start_time", start)?;
+            d.set_item("pgid", pgid)?;
+            d.set_item("owner_pid", owner)?;
+            d.set_item("survivors", survivors)?;
+            out.append(d)?;
+        }
+        Ok(out)
+    }
+
+    /// `recover()`, keeping the running or paused jobs in `adopt` as they
+    /// are (their process survived and is reattached).
+    fn recover_adopting<'py>(
+        &self,
+        py: Python<'py>,
+        adopt: Vec<u64>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let now = self.now(py)?;
+        let adopt: BTreeSet<u64> = adopt.into_iter().collect();
+        let r = self
+            .table()?
+            .recover_adopting(now, &adopt)
+            .map_err(job_error)?;
+        recovery_dict(py, r)
+    }
+
+    /// The start time (clock ticks after boot) of the live process `pid`, if any.
+    #[staticmethod]
+    fn proc_start_time(pid: u32) -> Option<u64> {
+        procs::start_time(pid)
+    }
+
+    /// The journal's quota holders to release at recovery: all but the adopted jobs'.
+    #[staticmethod]
+    fn holders_to_release(
+        holders: Vec<String>,
+        journal_id: &str,
+        adopted: Vec<u64>,
+    ) -> Vec<String> {
+        let adopted: BTreeSet<u64> = adopted.into_iter().collect();
+        procs::holders_to_release(&holders, journal_id, &adopted)
+    }
+
+    /// The marker token (and quota holder) of job `job_id` of the journal `journal_id`.
+    #[staticmethod]
+    fn marker_token(journal_id: &str, job_id: u64) -> String {
+        procs::marker_token(journal_id, job_id)
     }
 }
 

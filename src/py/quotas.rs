@@ -204,6 +204,37 @@ impl PyQuotaBackend {
         self.call(py, move |b| b.release(&project, job_type, &request))
     }
 
+    /// `decide(..., allocate=True)` recorded under `holder` in the same
+    /// transaction (a holder already holding is allowed, not charged again).
+    fn allocate_held<'py>(
+        &self,
+        py: Python<'py>,
+        holder: String,
+        project: String,
+        job_type: &str,
+        request: Request,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let (job_type, request) = parse_request(job_type, request)?;
+        let d = self.call(py, move |b| {
+            b.allocate_held(&holder, &project, job_type, &request)
+        })?;
+        Self::decision(py, d)
+    }
+
+    /// Releases what `holder` holds (True), or nothing (False): at most once.
+    fn release_held(&self, py: Python<'_>, holder: String) -> PyResult<bool> {
+        self.call(py, move |b| b.release_held(&holder))
+    }
+
+    /// `[(holder, project_id, job_type)]` of the holders starting with `prefix`.
+    fn holds(&self, py: Python<'_>, prefix: String) -> PyResult<Vec<(String, String, String)>> {
+        let holds = self.call(py, move |b| b.holds(&prefix))?;
+        Ok(holds
+            .into_iter()
+            .map(|h| (h.holder, h.project, h.job_type.as_str().to_owned()))
+            .collect())
+    }
+
     fn usage<'py>(&self, py: Python<'py>, project: String) -> PyResult<Bound<'py, PyAny>> {
         let report = self.call(py, move |b| b.usage(&project))?;
         Ok(pythonize::pythonize(py, &report)?)

@@ -9,6 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection};
 
+use super::recovery::ProcessRecord;
 use super::{Job, JobError, JobState, Resources};
 use crate::policy::JobInfo;
 use std::sync::Arc;
@@ -446,6 +447,165 @@ impl Journal {
     }
 }
 
+/// The journal's process records (`recovery`): an additive table, written
+/// at once (not buffered), so a process is on disk before it runs.
+const PROCESS_TABLES: &str = "CREATE TABLE IF NOT EXISTS processes (
+         job_id INTEGER PRIMARY KEY,
+         token TEXT NOT NULL,
+         pid INTEGER,
+         start_time INTEGER,
+         pgid INTEGER,
+         owner_pid INTEGER NOT NULL,
+         owner_start INTEGER NOT NULL,
+         at_unix REAL NOT NULL
+     );
+     CREATE TABLE IF NOT EXISTS recovery_meta (
+         key TEXT PRIMARY KEY,
+         value TEXT NOT NULL
+     );";
+
+impl Journal {
+    fn process_tables(&self) -> Result<(), JobError> {
+        self.conn
+            .execute_batch(PROCESS_TABLES)
+            .map_err(|e| self.err(e))
+    }
+
+    /// This journal's identity (random, made once and kept in the file):
+    /// names its jobs' markers and quota holders.
+    pub fn journal_id(&self) -> Result<String, JobError> {
+        self.process_tables()?;
+        let fresh = {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u128(
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos()),
+            );
+            h.write_u32(std::process::id());
+            let a = h.finish();
+            h.write_u64(a);
+            format!("{a:016x}{:016x}", h.finish())
+        };
+        self.conn
+            .execute(
+                "INSERT OR IGNORE INTO recovery_meta (key, value) VALUES ('journal_id', ?1)",
+                params![fresh],
+            )
+            .map_err(|e| self.err(e))?;
+        self.conn
+            .query_row(
+                "SELECT value FROM recovery_meta WHERE key = 'journal_id'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))
+    }
+
+    /// Records (committed at once) that job `job_id` is about to be spawned
+    /// by the process `owner_pid` (started at `owner_start`).
+    pub fn process_intent(
+        &self,
+        job_id: u64,
+        token: &str,
+        owner_pid: u32,
+        owner_start: u64,
+    ) -> Result<(), JobError> {
+        self.process_tables()?;
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO processes
+                 (job_id, token, pid, start_time, pgid, owner_pid, owner_start, at_unix)
+                 VALUES (?1, ?2, NULL, NULL, NULL, ?3, ?4, ?5)",
+                params![
+                    job_id as i64,
+                    token,
+                    owner_pid,
+                    owner_start as i64,
+                    unix_now()
+                ],
+            )
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Records (committed at once) the spawned process of job `job_id`.
+    pub fn process_spawned(
+        &self,
+        job_id: u64,
+        pid: u32,
+        start_time: u64,
+        pgid: u32,
+    ) -> Result<(), JobError> {
+        self.process_tables()?;
+        self.conn
+            .execute(
+                "UPDATE processes SET pid = ?2, start_time = ?3, pgid = ?4 WHERE job_id = ?1",
+                params![job_id as i64, pid, start_time as i64, pgid],
+            )
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Moves job `job_id`'s process record to a new owner (an adopting
+    /// scheduler), committed at once.
+    pub fn process_owner(
+        &self,
+        job_id: u64,
+        owner_pid: u32,
+        owner_start: u64,
+    ) -> Result<(), JobError> {
+        self.process_tables()?;
+        self.conn
+            .execute(
+                "UPDATE processes SET owner_pid = ?2, owner_start = ?3 WHERE job_id = ?1",
+                params![job_id as i64, owner_pid, owner_start as i64],
+            )
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Forgets job `job_id`'s process (it ended, or was killed), at once.
+    pub fn process_ended(&self, job_id: u64) -> Result<(), JobError> {
+        self.process_tables()?;
+        self.conn
+            .execute(
+                "DELETE FROM processes WHERE job_id = ?1",
+                params![job_id as i64],
+            )
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Every process record, by job id.
+    pub fn processes(&self) -> Result<Vec<ProcessRecord>, JobError> {
+        self.process_tables()?;
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT job_id, token, pid, start_time, pgid, owner_pid, owner_start
+                 FROM processes ORDER BY job_id",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(ProcessRecord {
+                    job_id: r.get::<_, i64>(0)? as u64,
+                    token: r.get(1)?,
+                    pid: r.get(2)?,
+                    start_time: r.get::<_, Option<i64>>(3)?.map(|v| v as u64),
+                    pgid: r.get(4)?,
+                    owner_pid: r.get(5)?,
+                    owner_start: r.get::<_, i64>(6)? as u64,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.err(e))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -495,6 +655,30 @@ mod tests {
         assert!(j.failed().is_some_and(|e| e.contains("history")));
         assert_eq!(j.unflushed(), 1, "kept for a retry");
         assert!(j.flush().is_err());
+        let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
+    }
+
+    #[test]
+    fn process_records_are_committed_at_once_and_forgotten() {
+        let path = tmp("proc");
+        let j = Journal::open(&path, 1000).expect("open");
+        let id = j.journal_id().expect("id");
+        assert_eq!(id.len(), 32);
+        let other = Journal::open(&path, 1).expect("other");
+        assert_eq!(other.journal_id().expect("id"), id, "kept in the file");
+        j.process_intent(3, "t:3", 10, 11).expect("intent");
+        let back = other.processes().expect("read");
+        assert_eq!(back.len(), 1, "visible to another connection: committed");
+        assert_eq!(back[0].pid, None);
+        j.process_spawned(3, 400, 401, 400).expect("spawned");
+        j.process_owner(3, 12, 13).expect("owner");
+        let r = &other.processes().expect("read")[0];
+        assert_eq!(
+            (r.pid, r.start_time, r.pgid, r.owner_pid, r.owner_start),
+            (Some(400), Some(401), Some(400), 12, 13)
+        );
+        j.process_ended(3).expect("ended");
+        assert!(other.processes().expect("read").is_empty());
         let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
     }
 }

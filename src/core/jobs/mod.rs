@@ -10,6 +10,7 @@
 pub mod evict;
 pub mod journal;
 pub mod queue;
+pub mod recovery;
 
 use std::fmt;
 use std::sync::Arc;

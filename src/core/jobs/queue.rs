@@ -117,6 +117,9 @@ pub struct Recovery {
     pub requeued: Vec<u64>,
     /// Were running and cannot be rerun: failed, with the reason.
     pub failed: Vec<u64>,
+    /// Were running and their process still runs: kept RUNNING (or
+    /// PAUSED), reattached (`recovery` adopt mode).
+    pub adopted: Vec<u64>,
 }
 
 /// Jobs of one scheduler.
@@ -822,16 +825,32 @@ impl JobQueue {
     /// order; jobs that were running or paused are requeued when their kind
     /// can be rerun, else failed with the reason.
     pub fn recover(&mut self, now: f64) -> Result<Recovery, JobError> {
-        self.load(now, true)
+        self.load(now, true, &BTreeSet::new())
+    }
+
+    /// [`JobQueue::recover`], except that the running or paused jobs in
+    /// `adopt` keep their state (their process survived and is reattached:
+    /// they hold their resources again from `now`).
+    pub fn recover_adopting(
+        &mut self,
+        now: f64,
+        adopt: &BTreeSet<u64>,
+    ) -> Result<Recovery, JobError> {
+        self.load(now, true, adopt)
+    }
+
+    /// The journal, for its additive tables (process records).
+    pub fn journal_ref(&self) -> Option<&Journal> {
+        self.journal.as_ref()
     }
 
     /// Loads the journal's jobs as they were recorded, changing nothing in
     /// it (for viewers such as the CLI, while a scheduler may be running).
     pub fn view(&mut self, now: f64) -> Result<Recovery, JobError> {
-        self.load(now, false)
+        self.load(now, false, &BTreeSet::new())
     }
 
-    fn load(&mut self, now: f64, apply: bool) -> Result<Recovery, JobError> {
+    fn load(&mut self, now: f64, apply: bool, adopt: &BTreeSet<u64>) -> Result<Recovery, JobError> {
         let Some(journal) = self.journal.as_ref() else {
             return Ok(Recovery::default());
         };
@@ -852,7 +871,22 @@ impl JobQueue {
             if let Some(q) = self.queues.get_mut(&job.queue) {
                 q.total_jobs += 1;
             }
-            let interrupted = apply && matches!(was, JobState::Running | JobState::Paused);
+            let active = matches!(was, JobState::Running | JobState::Paused);
+            // A queued job can have a live process: its start (batched) had
+            // not reached the journal, its process record (written at once) had.
+            let adopted = apply && adopt.contains(&id) && (active || was == JobState::Queued);
+            let interrupted = apply && active && !adopted;
+            if adopted {
+                if was == JobState::Queued {
+                    job.state = JobState::Running;
+                    job.attempts += 1;
+                }
+                job.started = Some(now);
+                self.active_cpu += job.resources.cpu_cores;
+                self.active_gpus += job.resources.gpu_count;
+                self.active_mem += job.resources.memory_mb;
+                report.adopted.push(id);
+            }
             let can_rerun = rerunnable(&job.kind);
             if interrupted {
                 job.state = if can_rerun {
@@ -899,6 +933,18 @@ impl JobQueue {
                     _ => error.unwrap_or_default(),
                 };
                 self.journal_history(id, Some(was), state, "recover", Some(&reason))?;
+            }
+            if adopted {
+                if was == JobState::Queued {
+                    self.journal_job(id)?;
+                }
+                self.journal_history(
+                    id,
+                    Some(was),
+                    state,
+                    "adopt",
+                    Some("its process survived the scheduler's end: adopted"),
+                )?;
             }
         }
         if apply {
@@ -1326,6 +1372,60 @@ mod tests {
         assert!(next > d);
         let h = t.history(Some(a), 10).expect("history");
         assert_eq!(h.last().map(|r| r.call.as_str()), Some("recover"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn recovery_adopting_keeps_the_adopted_job_running_with_its_resources() {
+        let dir = std::env::temp_dir().join(format!("ps-jobs-adopt-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("jobs.db");
+        let (a, b, c);
+        {
+            let mut t = JobQueue::new(
+                by_name("fifo", None).expect("fifo"),
+                Some(Journal::open(&path, 1000).expect("journal")),
+            );
+            t.set_clock(0.0);
+            let mut cmd = spec("cmd", 50.0);
+            cmd.kind = "command".into();
+            cmd.resources.cpu_cores = 2.0;
+            a = t.submit(cmd.clone(), 0.0).expect("a");
+            b = t.submit(cmd.clone(), 1.0).expect("b");
+            let out = t.dispatch::<(), ()>(
+                4.0,
+                Capacity {
+                    cpu_cores: 64.0,
+                    gpus: 0,
+                    memory_mb: 1e6,
+                },
+                |_| Ok(None),
+                |_| Ok(Some(())),
+            );
+            assert_eq!(out.started.len(), 2);
+            c = t.submit(cmd, 2.0).expect("c");
+            t.flush().expect("flush");
+        }
+        let mut t = JobQueue::new(
+            by_name("fifo", None).expect("fifo"),
+            Some(Journal::open(&path, 1000).expect("journal")),
+        );
+        t.set_clock(100.0);
+        let r = t
+            .recover_adopting(100.0, &BTreeSet::from([a, c]))
+            .expect("recover");
+        assert_eq!(r.adopted, vec![a, c], "c's start was not journaled yet");
+        assert_eq!(r.requeued, vec![b]);
+        assert_eq!(t.get(c).expect("c").state, JobState::Running);
+        assert_eq!(t.pending_order(100.0, 10), vec![b], "only b reruns");
+        assert_eq!(t.get(a).expect("a").state, JobState::Running);
+        assert_eq!(t.get(a).expect("a").attempts, 1, "not a new attempt");
+        assert_eq!(t.active().0, 4.0, "the adopted jobs' cores are held again");
+        let h = t.history(Some(a), 10).expect("history");
+        assert_eq!(h.last().map(|r| r.call.as_str()), Some("adopt"));
+        t.transition(a, JobState::Completed, "finish", None, 101.0)
+            .expect("ends as usual");
+        assert_eq!(t.active().0, 2.0);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -45,6 +45,18 @@ pub(crate) const SCHEMA: &[&str] = &[
         gpu BIGINT NOT NULL DEFAULT 0,
         vram_kib BIGINT NOT NULL DEFAULT 0,
         PRIMARY KEY (project_id, job_type))",
+    // One row per holder (a job of a job scheduler's journal) of an
+    // allocation made with `allocate_held`: written in the same
+    // transaction as the usage it adds, deleted in the same transaction as
+    // the release, so a release by holder happens at most once.
+    "CREATE TABLE IF NOT EXISTS quota_holds (
+        holder TEXT PRIMARY KEY,
+        project_id TEXT NOT NULL,
+        job_type TEXT NOT NULL,
+        cpu_milli BIGINT NOT NULL,
+        memory_kib BIGINT NOT NULL,
+        gpu BIGINT NOT NULL,
+        vram_kib BIGINT NOT NULL)",
 ];
 
 /// Statements shared by SQLite and PostgreSQL. SQLite numbers `$N`
@@ -72,6 +84,45 @@ pub(crate) mod sql {
         memory_kib, gpu, vram_kib) VALUES ($1, $2, $3, $4, $5, $6) \
         ON CONFLICT (project_id, job_type) DO UPDATE SET cpu_milli = excluded.cpu_milli, \
         memory_kib = excluded.memory_kib, gpu = excluded.gpu, vram_kib = excluded.vram_kib";
+    pub const LOAD_HOLD: &str =
+        "SELECT holder, project_id, job_type, cpu_milli, memory_kib, gpu, vram_kib \
+        FROM quota_holds WHERE holder = $1";
+    pub const SAVE_HOLD: &str =
+        "INSERT INTO quota_holds (holder, project_id, job_type, cpu_milli, \
+        memory_kib, gpu, vram_kib) VALUES ($1, $2, $3, $4, $5, $6, $7)";
+    pub const DELETE_HOLD: &str = "DELETE FROM quota_holds WHERE holder = $1";
+    /// Holders starting with `$1` (compared as a prefix, no LIKE escapes).
+    pub const LIST_HOLDS: &str =
+        "SELECT holder, project_id, job_type, cpu_milli, memory_kib, gpu, \
+        vram_kib FROM quota_holds WHERE substr(holder, 1, length($1)) = $1 ORDER BY holder";
+}
+
+/// An allocation recorded under its holder (see `allocate_held`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Hold {
+    pub holder: String,
+    pub project: String,
+    pub job_type: JobType,
+    pub amounts: Amounts,
+}
+
+fn holds_unsupported(backend: &'static str) -> QuotaError {
+    QuotaError::Unsupported {
+        backend,
+        field: "holder",
+        reason: "this backend does not record allocations by holder".to_owned(),
+    }
+}
+
+pub(crate) fn check_holder(holder: &str) -> Result<()> {
+    if holder.is_empty() || holder.len() > 512 || holder.chars().any(char::is_control) {
+        return Err(QuotaError::InvalidInput {
+            field: "holder",
+            value: format!("{holder:?}"),
+            reason: "must be 1-512 characters without control characters".to_owned(),
+        });
+    }
+    Ok(())
 }
 
 /// `Ok` when the stored schema `found` is the one this build knows.
@@ -649,6 +700,26 @@ pub trait QuotaBackend: Send + Sync {
     fn allocate(&self, project: &str, job_type: JobType, request: &Resources) -> Result<Decision>;
     fn release(&self, project: &str, job_type: JobType, request: &Resources) -> Result<()>;
     fn usage(&self, project: &str) -> Result<UsageReport>;
+    /// `allocate`, recorded under `holder` in the same transaction; a
+    /// holder that already holds is allowed again without a second charge.
+    fn allocate_held(
+        &self,
+        _holder: &str,
+        _project: &str,
+        _job_type: JobType,
+        _request: &Resources,
+    ) -> Result<Decision> {
+        Err(holds_unsupported(self.kind()))
+    }
+    /// Releases what `holder` holds, if anything (true), in one
+    /// transaction with forgetting the hold: a second call does nothing.
+    fn release_held(&self, _holder: &str) -> Result<bool> {
+        Err(holds_unsupported(self.kind()))
+    }
+    /// The holds whose holder starts with `prefix`.
+    fn holds(&self, _prefix: &str) -> Result<Vec<Hold>> {
+        Err(holds_unsupported(self.kind()))
+    }
 }
 
 pub(crate) fn check_project(project: &str) -> Result<()> {
@@ -712,6 +783,19 @@ pub(crate) trait Txn {
     fn load(&mut self, project: &str) -> Result<Row>;
     fn save_limits(&mut self, project: &str, limits: &Limits, now_ms: i64) -> Result<()>;
     fn save_used(&mut self, project: &str, job_type: JobType, used: Amounts) -> Result<()>;
+    /// The hold of `holder` (backends that record holders; others refuse).
+    fn load_hold(&mut self, _holder: &str) -> Result<Option<Hold>> {
+        Err(holds_unsupported("quota"))
+    }
+    fn save_hold(&mut self, _hold: &Hold) -> Result<()> {
+        Err(holds_unsupported("quota"))
+    }
+    fn delete_hold(&mut self, _holder: &str) -> Result<()> {
+        Err(holds_unsupported("quota"))
+    }
+    fn list_holds(&mut self, _prefix: &str) -> Result<Vec<Hold>> {
+        Err(holds_unsupported("quota"))
+    }
 }
 
 /// A SQL store: runs `f` in one transaction (`write`: locking the
@@ -825,6 +909,49 @@ impl<S: SqlStore> QuotaBackend for S {
         check_project(project)?;
         let request = request.amounts()?;
         self.transact(true, &mut |tx| release_in(tx, project, job_type, request))
+    }
+
+    fn allocate_held(
+        &self,
+        holder: &str,
+        project: &str,
+        job_type: JobType,
+        request: &Resources,
+    ) -> Result<Decision> {
+        check_holder(holder)?;
+        check_project(project)?;
+        let request = request.amounts()?;
+        self.transact(true, &mut |tx| {
+            if tx.load_hold(holder)?.is_some() {
+                return Ok(Decision::Allowed);
+            }
+            let decision = allocate_in(tx, project, job_type, request, &mut local_view)?;
+            if decision.allowed() {
+                tx.save_hold(&Hold {
+                    holder: holder.to_owned(),
+                    project: project.to_owned(),
+                    job_type,
+                    amounts: request,
+                })?;
+            }
+            Ok(decision)
+        })
+    }
+
+    fn release_held(&self, holder: &str) -> Result<bool> {
+        check_holder(holder)?;
+        self.transact(true, &mut |tx| {
+            let Some(hold) = tx.load_hold(holder)? else {
+                return Ok(false);
+            };
+            release_in(tx, &hold.project, hold.job_type, hold.amounts)?;
+            tx.delete_hold(holder)?;
+            Ok(true)
+        })
+    }
+
+    fn holds(&self, prefix: &str) -> Result<Vec<Hold>> {
+        self.transact(false, &mut |tx| tx.list_holds(prefix))
     }
 
     fn usage(&self, project: &str) -> Result<UsageReport> {

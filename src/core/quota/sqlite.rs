@@ -14,7 +14,8 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::SCHEMA_VERSION;
 use super::{
-    check_version, sql, Amounts, JobType, Limits, QuotaError, Result, Row, SqlStore, Txn, SCHEMA,
+    check_version, sql, Amounts, Hold, JobType, Limits, QuotaError, Result, Row, SqlStore, Txn,
+    SCHEMA,
 };
 
 /// How long a writer waits for another process's write lock.
@@ -167,6 +168,77 @@ impl Txn for SqliteTxn<'_> {
             })
             .map(drop)
             .map_err(storage)
+    }
+
+    fn load_hold(&mut self, holder: &str) -> Result<Option<Hold>> {
+        Ok(self.read_holds(sql::LOAD_HOLD, holder)?.pop())
+    }
+
+    fn save_hold(&mut self, h: &Hold) -> Result<()> {
+        let a = h.amounts;
+        self.tx
+            .prepare_cached(sql::SAVE_HOLD)
+            .and_then(|mut s| {
+                s.execute(params![
+                    h.holder,
+                    h.project,
+                    h.job_type.as_str(),
+                    a.cpu_milli,
+                    a.memory_kib,
+                    a.gpu,
+                    a.vram_kib
+                ])
+            })
+            .map(drop)
+            .map_err(storage)
+    }
+
+    fn delete_hold(&mut self, holder: &str) -> Result<()> {
+        self.tx
+            .prepare_cached(sql::DELETE_HOLD)
+            .and_then(|mut s| s.execute(params![holder]))
+            .map(drop)
+            .map_err(storage)
+    }
+
+    fn list_holds(&mut self, prefix: &str) -> Result<Vec<Hold>> {
+        self.read_holds(sql::LIST_HOLDS, prefix)
+    }
+}
+
+impl SqliteTxn<'_> {
+    /// The `quota_holds` rows `query` selects with its one parameter.
+    fn read_holds(&mut self, query: &str, param: &str) -> Result<Vec<Hold>> {
+        let mut stmt = self.tx.prepare_cached(query).map_err(storage)?;
+        let rows = stmt
+            .query_map(params![param], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    Amounts {
+                        cpu_milli: r.get(3)?,
+                        memory_kib: r.get(4)?,
+                        gpu: r.get(5)?,
+                        vram_kib: r.get(6)?,
+                    },
+                ))
+            })
+            .map_err(storage)?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(storage)?;
+        rows.into_iter()
+            .map(|(holder, project, job_type, amounts)| {
+                Ok(Hold {
+                    holder,
+                    project,
+                    job_type: JobType::parse(&job_type).map_err(|_| {
+                        storage(format!("unknown job_type {job_type:?} in quota_holds"))
+                    })?,
+                    amounts,
+                })
+            })
+            .collect()
     }
 }
 
@@ -375,5 +447,42 @@ mod tests {
             )
             .unwrap_err();
         assert!(err.to_string().starts_with("memory must be"), "{err}");
+    }
+
+    #[test]
+    fn held_allocations_are_released_once() {
+        let store = SqliteStore::open(Some(&temp_db("held"))).unwrap();
+        set_gpus(&store, "p", 2);
+        let a = store
+            .allocate_held("J:1", "p", JobType::Batch, &gpus(1))
+            .unwrap();
+        assert!(a.allowed());
+        // Allocating again under the same holder does not charge twice.
+        assert!(store
+            .allocate_held("J:1", "p", JobType::Batch, &gpus(1))
+            .unwrap()
+            .allowed());
+        assert!(store
+            .allocate_held("J:2", "p", JobType::Batch, &gpus(1))
+            .unwrap()
+            .allowed());
+        assert!(!store
+            .allocate_held("J:3", "p", JobType::Batch, &gpus(1))
+            .unwrap()
+            .allowed());
+        let holds = store.holds("J:").unwrap();
+        assert_eq!(
+            holds.iter().map(|h| h.holder.as_str()).collect::<Vec<_>>(),
+            ["J:1", "J:2"]
+        );
+        assert!(store.holds("K:").unwrap().is_empty());
+        assert!(store.release_held("J:1").unwrap());
+        assert!(
+            !store.release_held("J:1").unwrap(),
+            "a second release does nothing"
+        );
+        assert_eq!(store.usage("p").unwrap().gpu, 1);
+        assert!(store.release_held("nobody").is_ok_and(|r| !r));
+        assert!(store.release_held("").is_err());
     }
 }

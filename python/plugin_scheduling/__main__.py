@@ -58,7 +58,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from . import _cli_ledger
 
     _cli_ledger.add_parser(commands)
+    from . import _cli_serve
+
+    _cli_serve.add_parser(commands)
     args = parser.parse_args(argv)
+    if args.command == "serve":
+        return _cli_serve.run(args)
     if args.command == "ledger":
         return _cli_ledger.run(args)
     if args.command == "quota":

@@ -11,7 +11,8 @@ by the same signal). Each stream goes to ``DIR/stdout.log`` /
 the newest output is kept and at most ``2 * BYTES`` per stream is on disk.
 The last 2000 bytes of each stream are also written to the wrapper's own
 stdout/stderr at exit (the scheduler's error message and OOM detection
-read them). The child dies with the wrapper (``PR_SET_PDEATHSIG``, Linux). Standard
+read them). The wrapper dies with the scheduler that started it and the child with the
+wrapper (``PR_SET_PDEATHSIG``, Linux), so a job never outlives its scheduler. Standard
 library only: it runs with ``-I`` and imports nothing from the package.
 """
 
@@ -74,6 +75,11 @@ def main(argv: list[str]) -> int:
         print("usage: _logcapture.py --dir DIR --limit BYTES -- ARGV...", file=sys.stderr)
         return 2
     directory, limit = opts[1], max(int(opts[3]), 1024)
+    # The wrapper dies with the scheduler that started it, and the command
+    # with the wrapper: a job never outlives its scheduler (at most once).
+    _pdeathsig()
+    if os.getppid() == 1:  # the scheduler died before prctl took effect
+        return 137
     sinks = {name: _Sink(directory, name, limit) for name in _STREAMS}
     # The group's SIGTERM/SIGINT is for the command: the wrapper outlives it
     # to collect its last output and its status.

@@ -78,10 +78,6 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-class _TooLarge(Exception):
-    pass
-
-
 class BodyLimit:
     """Answers 413 to a request body over ``limit`` bytes (declared or sent)."""
 
@@ -101,29 +97,29 @@ class BodyLimit:
                 if declared > self.limit or declared < 0:
                     await self._refuse(scope, receive, send)
                     return
+        # Read the body (at most limit bytes) before the app sees it, then
+        # replay it: a body that turns out too large is refused whole.
+        messages: list[Message] = []
         seen = 0
-        started = False
-
-        async def limited_receive() -> Message:
-            nonlocal seen
+        more = scope.get("method") in ("POST", "PUT", "PATCH", "DELETE")
+        while more:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise _TooLarge
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            if not started:
+            if message["type"] != "http.request":
+                messages.append(message)
+                break
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
                 await self._refuse(scope, receive, send)
+                return
+            messages.append(message)
+            more = bool(message.get("more_body", False))
+
+        async def replay() -> Message:
+            if messages:
+                return messages.pop(0)
+            return await receive()
+
+        await self.app(scope, replay, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = _error(413, "body_too_large", f"request body larger than {self.limit} bytes", "body")
@@ -407,6 +403,7 @@ def create_app(
         except (ValueError, TypeError) as e:
             raise ApiError(422, "invalid", str(e), _submit_field(str(e))) from None
         project_cache[job_id] = project
+        scheduler.flush()  # a 201 is a job in the journal, whatever the scheduler's batching
         return Snapshot(view).job_view(view.raw(job_id))
 
     @app.get("/api/v1/jobs", response_model=list[JobView], tags=["jobs"])
@@ -441,6 +438,7 @@ def create_app(
             action(job_id)
         except InvalidTransition as e:
             raise ApiError(409, "invalid_transition", str(e), "state") from None
+        scheduler.flush()
         return Snapshot(view).job_view(view.raw(job_id))
 
     conflict = {409: {"model": ErrorBody, "description": "the job's state does not allow it"}}

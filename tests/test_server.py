@@ -528,7 +528,7 @@ def test_restart_after_sigkill_keeps_jobs_history_and_quotas(tmp_path: Path) -> 
     def survivors() -> list[int]:
         return [p.pid for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [])[-2:] == ["sleep", "61.25"]]
 
-    wait_for(lambda: not survivors(), what="the job's process to die with its server")  # at most once
+    wait_for(lambda: not survivors(), timeout=3.0, what="the job's process to die with its server")  # at most once
     s.start()
     try:
         with s.client(ANN) as c, s.client(BOB) as bob:

@@ -126,7 +126,7 @@ class BodyLimit:
         await response(scope, receive, send)
 
 
-def _field(loc: tuple[Any, ...] | list[Any]) -> str:
+def _field(loc: Any) -> str:
     parts = [str(p) for p in loc]
     if parts and parts[0] in ("body", "query", "path", "header", "cookie"):
         parts = parts[1:]
@@ -441,7 +441,7 @@ def create_app(
         scheduler.flush()
         return Snapshot(view).job_view(view.raw(job_id))
 
-    conflict = {409: {"model": ErrorBody, "description": "the job's state does not allow it"}}
+    conflict: dict[int | str, dict[str, Any]] = {409: {"model": ErrorBody, "description": "the job's state does not allow it"}}
 
     @app.post("/api/v1/jobs/{job_id}/cancel", response_model=JobView, tags=["jobs"], responses=conflict)
     async def cancel(job_id: int, ident: Identity = Depends(identity)) -> dict[str, Any]:
@@ -520,7 +520,7 @@ def create_app(
         for w in snap.get("waiters") or []:
             for dev in w.get("devices") or []:
                 waiters[int(dev)] = waiters.get(int(dev), 0) + 1
-        out = []
+        out: list[dict[str, Any]] = []
         devices = (view.last_stats().get("details") or {}).get("gpus") or []
         for g in devices:
             idx = int(g.get("index", len(out)))

@@ -32,10 +32,10 @@ class ErrorBody(BaseModel):
 
 
 class Requirements(_Strict):
-    cpu_cores: float = Field(1.0, ge=0, le=1_000_000)
-    memory_mb: float = Field(0.0, ge=0, le=1e12)
-    gpu_count: int = Field(0, ge=0, le=4096)
-    vram_mb: float = Field(0.0, ge=0, le=1e12)
+    cpu_cores: float = Field(default=1.0, ge=0, le=1_000_000)
+    memory_mb: float = Field(default=0.0, ge=0, le=1e12)
+    gpu_count: int = Field(default=0, ge=0, le=4096)
+    vram_mb: float = Field(default=0.0, ge=0, le=1e12)
 
 
 class JobSubmit(_Strict):
@@ -43,13 +43,13 @@ class JobSubmit(_Strict):
 
     name: Name = "job"
     command: list[Arg] = Field(min_length=1, max_length=4096, description="argv: the program and its arguments; never run through a shell")
-    priority: float = Field(50.0, ge=0, le=100, description="0-100 (seed 004's scale)")
-    project: Name | None = Field(None, description="one of the token's projects (default: its only one)")
+    priority: float = Field(default=50.0, ge=0, le=100, description="0-100 (seed 004's scale)")
+    project: Name | None = Field(default=None, description="one of the token's projects (default: its only one)")
     queue: Name | None = None
     requirements: Requirements = Field(default_factory=Requirements)
-    deadline: float | None = Field(None, gt=0, le=10 * 365 * 86400, description="seconds from now")
-    estimated_duration: float | None = Field(None, gt=0, le=10 * 365 * 86400, description="seconds")
-    env: dict[str, Arg] | None = Field(None, max_length=1024, description="added to the server's environment")
+    deadline: float | None = Field(default=None, gt=0, le=10 * 365 * 86400, description="seconds from now")
+    estimated_duration: float | None = Field(default=None, gt=0, le=10 * 365 * 86400, description="seconds")
+    env: dict[str, Arg] | None = Field(default=None, max_length=1024, description="added to the server's environment")
     cwd: Annotated[str, Field(min_length=1, max_length=4096)] | None = None
 
     @field_validator("command")
@@ -159,10 +159,10 @@ class QuotaPatch(_Strict):
     """Seed 004's ``PATCH /api/v1/queues/quota/{project_id}``: fields left out
     keep their value; ``null`` makes a resource unlimited."""
 
-    cpu_quota: float | None = Field(None, ge=0)
-    memory_quota: float | None = Field(None, ge=0)
-    gpu_quota: int | None = Field(None, ge=0)
-    vram_quota_mb: float | None = Field(None, ge=0)
+    cpu_quota: float | None = Field(default=None, ge=0)
+    memory_quota: float | None = Field(default=None, ge=0)
+    gpu_quota: int | None = Field(default=None, ge=0)
+    vram_quota_mb: float | None = Field(default=None, ge=0)
     enforce_quota: bool | None = None
 
 

@@ -150,11 +150,11 @@ class Snapshot:
             by_id = {d["job_id"]: d for d in v.records("QUEUED")}
             pending = []
             for job_id in self.pending:
-                d = by_id.get(job_id)
-                if d is None:
+                q = by_id.get(job_id)
+                if q is None:
                     continue
-                r = d["requirements"]
-                pending.append((job_id, float(r["cpu_cores"]), int(r["gpu_count"]), d["estimated_duration"]))
+                r = q["requirements"]
+                pending.append((job_id, float(r["cpu_cores"]), int(r["gpu_count"]), q["estimated_duration"]))
             plan = plan_starts(now, cpu, gpus, running, pending)
             offset = time.time() - now
             self._starts = {k: (None if t is None else t + offset) for k, t in plan.items()}
@@ -168,13 +168,12 @@ class Snapshot:
         ahead = None if position is None else position - 1
         block = v.scheduler.block_reason(job_id) if state in ("QUEUED", "PAUSED") else None
         describe = v.describe(job_id) if state == "QUEUED" and not block and ahead else None
+        estimated: float | None = None
         if state == "QUEUED":
             if block is None and ahead == 0:
                 estimated = v.now_unix()
             else:
                 estimated = self.starts().get(job_id)
-        else:
-            estimated = None
         command = None
         if d["kind"] == "command":
             try:

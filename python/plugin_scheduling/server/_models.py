@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from typing import Annotated, Literal
+import typing
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
+
+from ..quotas import QuotaInfo
 
 JobStateName = Literal["QUEUED", "RUNNING", "PAUSED", "COMPLETED", "FAILED", "CANCELLED"]
 ReasonCategory = Literal["quota", "resources", "queue_limit", "policy", "held"]
@@ -166,30 +170,16 @@ class QuotaPatch(_Strict):
     enforce_quota: bool | None = None
 
 
-class QuotaView(BaseModel):
-    """Seed 004's quota usage view."""
+def _quota_view() -> type[BaseModel]:
+    """Seed 004's quota usage view: ``QuotaInfo.to_dict()``'s fields (one
+    source: the dataclass), ``synced_at`` as an ISO 8601 string."""
+    hints = typing.get_type_hints(QuotaInfo)
+    fields: dict[str, Any] = {f.name: (hints[f.name], ...) for f in dataclasses.fields(QuotaInfo)}
+    fields["synced_at"] = (str, ...)
+    return create_model("QuotaView", __doc__="Seed 004's quota usage view (GET /api/v1/queues/quota/{project_id}).", **fields)
 
-    project_id: str
-    cpu_quota: float | None
-    used_cpu: float
-    available_cpu: float | None
-    cpu_usage_percent: float | None
-    memory_quota: float | None
-    used_memory: float
-    available_memory: float | None
-    memory_usage_percent: float | None
-    gpu_quota: int | None
-    used_gpu: int
-    available_gpu: int | None
-    gpu_usage_percent: float | None
-    vram_quota_mb: float | None
-    used_vram_mb: float
-    available_vram_mb: float | None
-    vram_usage_percent: float | None
-    enforce_quota: bool
-    provider: str
-    backend: str
-    synced_at: str
+
+QuotaView = _quota_view()
 
 
 class GpuGrant(BaseModel):

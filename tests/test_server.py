@@ -542,3 +542,39 @@ def test_restart_after_sigkill_keeps_jobs_history_and_quotas(tmp_path: Path) -> 
             error(bob.get(f"/api/v1/jobs/{done['id']}"), 404)
     finally:
         s.stop()
+
+
+# ------------------------------------------------------------ CLI client
+
+
+def _cli(srv: ServerProc, token_file: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "plugin_scheduling", "jobs", "--url", srv.url, "--token-file", str(token_file), *args],
+                          env=env(srv.tmp), capture_output=True, text=True, timeout=60)
+
+
+def test_cli_client_submit_list_show_logs_cancel(clean: ServerProc, tmp_path: Path) -> None:
+    tf = tmp_path / "token"
+    tf.write_text(ANN + "\n")
+    out = _cli(clean, tf, "--json", "submit", "--name", "cli-job", "--cpu", "0.5", "--estimated-duration", "5", "--", "sh", "-c", "echo from-cli")
+    assert out.returncode == 0, out.stderr
+    j = json.loads(out.stdout)
+    assert j["name"] == "cli-job" and j["user"] == "ann" and j["command"] == ["sh", "-c", "echo from-cli"]
+    with clean.client(ANN) as c:
+        until_state(c, j["id"], "COMPLETED")
+    table = _cli(clean, tf, "list")
+    assert table.returncode == 0 and "cli-job" in table.stdout and "COMPLETED" in table.stdout
+    assert table.stdout.splitlines()[0].split()[:9] == ["ID", "NAME", "USER", "PROJECT", "STATE", "SUBMITTED", "STARTED", "ELAPSED", "REASON"]
+    assert json.loads(_cli(clean, tf, "--json", "list", "--state", "completed").stdout)[-1]["id"] == j["id"]
+    assert "from-cli" in _cli(clean, tf, "logs", str(j["id"])).stdout
+    assert "cli-job" in _cli(clean, tf, "show", str(j["id"])).stdout
+    long = json.loads(_cli(clean, tf, "--json", "submit", "--", "sleep", "30").stdout)
+    assert _cli(clean, tf, "cancel", str(long["id"])).returncode == 0
+    # errors: the server's message, exit 1; unreachable server, exit 3; no command, exit 2
+    tf_bob = tmp_path / "bob"
+    tf_bob.write_text(BOB)
+    denied = _cli(clean, tf_bob, "show", str(j["id"]))
+    assert denied.returncode == 1 and "404" in denied.stderr and f"no job {j['id']}" in denied.stderr
+    assert _cli(clean, tf, "submit").returncode == 2
+    down = subprocess.run([sys.executable, "-m", "plugin_scheduling", "jobs", "--url", "http://127.0.0.1:9", "--token-file", str(tf), "list"],
+                          env=env(clean.tmp), capture_output=True, text=True, timeout=60)
+    assert down.returncode == 3 and "cannot reach" in down.stderr

@@ -33,7 +33,10 @@ def _prog() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from . import __version__
+    from . import __version__, _cli_client
+
+    if _cli_client.wants_client(sys.argv[1:] if argv is None else argv):
+        return _cli_client.main(list(sys.argv[2:] if argv is None else argv[1:]))
 
     parser = argparse.ArgumentParser(
         prog=_prog(), description="Resource-aware admission of plugins (GPU VRAM, RAM): a demo and this machine's stats."

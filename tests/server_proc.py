@@ -60,11 +60,12 @@ def env(tmp: Path) -> dict[str, str]:
 
 
 class ServerProc:
-    def __init__(self, tmp: Path, tokens: Mapping[str, Any] | None = TOKENS, extra: Sequence[str] = (), journal: Path | None = None) -> None:
+    def __init__(self, tmp: Path, tokens: Mapping[str, Any] | None = TOKENS, extra: Sequence[str] = (), journal: Path | None = None, env_extra: Mapping[str, str] | None = None) -> None:
         self.tmp = tmp
         self.journal = journal or tmp / "jobs.db"
         self.tokens_path = write_tokens(tmp / "tokens.json", tokens) if tokens is not None else None
         self.extra = list(extra)
+        self.env_extra = dict(env_extra or {})
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = tmp / "server.log"
@@ -82,7 +83,7 @@ class ServerProc:
     def start(self, timeout: float = 30.0) -> "ServerProc":
         self.port = free_port()
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(self.argv(), env=env(self.tmp), stdout=out, stderr=subprocess.STDOUT, cwd=self.tmp)
+            self.proc = subprocess.Popen(self.argv(), env={**env(self.tmp), **self.env_extra}, stdout=out, stderr=subprocess.STDOUT, cwd=self.tmp)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -26,6 +26,8 @@ from ._metrics import Metrics
 from ._models import (
     ErrorBody,
     GpuView,
+    JobId,
+    ProjectId,
     JobLogs,
     JobStateName,
     JobSubmit,
@@ -74,6 +76,7 @@ def _error(status: int, code: str, message: str, field: str | None = None, heade
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "missing or unknown token"},
     404: {"model": ErrorBody, "description": "no such job (or not one of your projects')"},
+    413: {"model": ErrorBody, "description": "request body over the server's limit"},
     422: {"model": ErrorBody, "description": "bad input (field named)"},
 }
 
@@ -236,8 +239,19 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # a body that is not JSON (or not UTF-8): bad input
+            return _error(422, "invalid", f"the request body cannot be parsed: {exc.detail}", "body")
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return _error(exc.status_code, code, str(exc.detail), None, getattr(exc, "headers", None))
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:  # every method of the path, not only the first route's
+            methods: set[str] = set()
+            for route in app.routes:
+                regex = getattr(route, "path_regex", None)
+                route_methods = getattr(route, "methods", None)
+                if regex is not None and regex.match(_request.url.path) and route_methods:
+                    methods |= set(route_methods)
+            headers["Allow"] = ", ".join(sorted(methods))
+        return _error(exc.status_code, code, str(exc.detail), None, headers)
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> JSONResponse:
@@ -305,7 +319,7 @@ def create_app(
         return {"scheduled_count": int(result["scheduled_count"]), "remaining_pending": int(result["remaining_pending"])}
 
     @app.get("/api/v1/queues", response_model=list[QueueStats], tags=["seed 004"])
-    async def queues(project_id: str | None = Query(None, max_length=128), ident: Identity = Depends(identity)) -> list[dict[str, Any]]:
+    async def queues(project_id: ProjectId | None = None, ident: Identity = Depends(identity)) -> list[dict[str, Any]]:
         if project_id is not None:
             check_project(ident, project_id)
         stats = scheduler.get_queue_stats()
@@ -336,23 +350,26 @@ def create_app(
         return quotas
 
     async def quota_view(project_id: str) -> dict[str, Any]:
-        info = await asyncio.to_thread(provider().get_quota, project_id)
+        from ..quotas import InvalidQuota
+
+        try:
+            info = await asyncio.to_thread(provider().get_quota, project_id)
+        except InvalidQuota as e:
+            raise ApiError(422, "invalid", str(e), "project_id") from None
         if info is None:
             raise ApiError(404, "not_found", f"no quota set for project {project_id!r}", "project_id")
         return dict(info.to_dict())
 
     @app.get("/api/v1/queues/quota/{project_id}", response_model=QuotaView, tags=["seed 004"])
-    async def get_quota(project_id: str, ident: Identity = Depends(identity)) -> dict[str, Any]:
+    async def get_quota(project_id: ProjectId, ident: Identity = Depends(identity)) -> dict[str, Any]:
         check_project(ident, project_id)
         return await quota_view(project_id)
 
     @app.patch("/api/v1/queues/quota/{project_id}", response_model=QuotaView, tags=["seed 004"], responses={403: {"model": ErrorBody}})
-    async def patch_quota(project_id: str, body: QuotaPatch, ident: Identity = Depends(admin)) -> dict[str, Any]:
+    async def patch_quota(project_id: ProjectId, body: QuotaPatch, ident: Identity = Depends(admin)) -> dict[str, Any]:
         from ..quotas import InvalidQuota
 
         fields = body.model_dump(exclude_unset=True)
-        if fields.get("enforce_quota", True) is None:
-            raise ApiError(422, "invalid", "enforce_quota must be true or false", "enforce_quota")
         try:
             info = await asyncio.to_thread(lambda: provider().set_quota(project_id, **fields))
         except (InvalidQuota, ValueError, TypeError) as e:
@@ -362,7 +379,7 @@ def create_app(
         return dict(info.to_dict())
 
     @app.post("/api/v1/queues/quota/{project_id}/sync", response_model=QuotaView, tags=["seed 004"])
-    async def sync_quota(project_id: str, ident: Identity = Depends(identity)) -> dict[str, Any]:
+    async def sync_quota(project_id: ProjectId, ident: Identity = Depends(identity)) -> dict[str, Any]:
         check_project(ident, project_id)
         return await quota_view(project_id)  # a fresh read from the provider's backend
 
@@ -409,7 +426,7 @@ def create_app(
     @app.get("/api/v1/jobs", response_model=list[JobView], tags=["jobs"])
     async def list_jobs(
         state: JobStateName | None = None,
-        project_id: str | None = Query(None, max_length=128),
+        project_id: ProjectId | None = None,
         user: str | None = Query(None, max_length=128),
         limit: int = Query(1000, ge=1, le=10000),
         ident: Identity = Depends(identity),
@@ -429,10 +446,10 @@ def create_app(
         return out[-limit:] if state != "QUEUED" else out[:limit]
 
     @app.get("/api/v1/jobs/{job_id}", response_model=JobView, tags=["jobs"])
-    async def get_job(job_id: int, ident: Identity = Depends(identity)) -> dict[str, Any]:
+    async def get_job(job_id: JobId, ident: Identity = Depends(identity)) -> dict[str, Any]:
         return Snapshot(view).job_view(visible(ident, job_id))
 
-    async def act(job_id: int, ident: Identity, action: Callable[[int], Any]) -> dict[str, Any]:
+    async def act(job_id: JobId, ident: Identity, action: Callable[[int], Any]) -> dict[str, Any]:
         visible(ident, job_id)
         try:
             action(job_id)
@@ -444,19 +461,19 @@ def create_app(
     conflict: dict[int | str, dict[str, Any]] = {409: {"model": ErrorBody, "description": "the job's state does not allow it"}}
 
     @app.post("/api/v1/jobs/{job_id}/cancel", response_model=JobView, tags=["jobs"], responses=conflict)
-    async def cancel(job_id: int, ident: Identity = Depends(identity)) -> dict[str, Any]:
+    async def cancel(job_id: JobId, ident: Identity = Depends(identity)) -> dict[str, Any]:
         return await act(job_id, ident, lambda j: scheduler.cancel_job(j, f"cancelled by {ident.user} (HTTP)"))
 
     @app.post("/api/v1/jobs/{job_id}/pause", response_model=JobView, tags=["jobs"], responses=conflict)
-    async def pause(job_id: int, ident: Identity = Depends(identity)) -> dict[str, Any]:
+    async def pause(job_id: JobId, ident: Identity = Depends(identity)) -> dict[str, Any]:
         return await act(job_id, ident, scheduler.pause_job)
 
     @app.post("/api/v1/jobs/{job_id}/resume", response_model=JobView, tags=["jobs"], responses=conflict)
-    async def resume(job_id: int, ident: Identity = Depends(identity)) -> dict[str, Any]:
+    async def resume(job_id: JobId, ident: Identity = Depends(identity)) -> dict[str, Any]:
         return await act(job_id, ident, scheduler.resume_job)
 
     @app.patch("/api/v1/jobs/{job_id}", response_model=JobView, tags=["jobs"], responses=conflict)
-    async def patch_job(job_id: int, body: PriorityPatch, ident: Identity = Depends(identity)) -> dict[str, Any]:
+    async def patch_job(job_id: JobId, body: PriorityPatch, ident: Identity = Depends(identity)) -> dict[str, Any]:
         def set_priority(j: int) -> None:
             try:
                 scheduler.set_priority(j, body.priority)
@@ -466,7 +483,7 @@ def create_app(
         return await act(job_id, ident, set_priority)
 
     @app.get("/api/v1/jobs/{job_id}/logs", response_model=JobLogs, tags=["jobs"])
-    async def job_logs(job_id: int, tail: int = Query(100, ge=1, le=100_000), ident: Identity = Depends(identity)) -> dict[str, Any]:
+    async def job_logs(job_id: JobId, tail: int = Query(100, ge=1, le=100_000), ident: Identity = Depends(identity)) -> dict[str, Any]:
         d = visible(ident, job_id)
         directory = None
         if d["kind"] == "command":
@@ -489,7 +506,7 @@ def create_app(
         return project_cache[job_id]
 
     @app.get("/api/v1/events", tags=["live"], responses={200: {"content": {"text/event-stream": {}}, "description": "server-sent events"}})
-    async def events(request: Request, job_id: int | None = None, ident: Identity = Depends(identity)) -> EventSourceResponse:
+    async def events(request: Request, job_id: JobId | None = None, ident: Identity = Depends(identity)) -> EventSourceResponse:
         if job_id is not None:
             visible(ident, job_id)
         sub = scheduler.events(job_id=job_id, maxsize=event_queue_size)

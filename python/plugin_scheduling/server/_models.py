@@ -16,11 +16,15 @@ ReasonCategory = Literal["quota", "resources", "queue_limit", "policy", "held"]
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 Name = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]*$")]
+#: A job id in a path or query (the journal's ids are unsigned 63-bit).
+#: A project id in a path or query: a name as in the tokens file (or a UUID).
+ProjectId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]*$")]
+JobId = Annotated[int, Field(ge=0, le=2**63 - 1)]
 Arg = Annotated[str, Field(max_length=32768)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # "5" is not a number, 0 not a boolean
 
 
 class ErrorDetail(BaseModel):

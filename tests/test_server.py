@@ -206,10 +206,20 @@ def test_bad_input_is_422_naming_the_field(clean: ServerProc) -> None:
         error(c.get("/api/v1/jobs/1/logs", params={"tail": 0}), 422, "invalid", "tail")
         error(c.patch("/api/v1/jobs/1", json={"priority": -1}), 422, "invalid", "priority")
         error(c.get("/api/v1/jobs/999999"), 404, "not_found", "job_id")
+        # found by the schemathesis run (each was a 500, a 400 or accepted)
+        error(c.get("/api/v1/jobs/-1"), 422, "invalid", "job_id")
+        error(c.post("/api/v1/jobs/-5/cancel"), 422, "invalid", "job_id")
+        error(c.post("/api/v1/jobs", content=b'{"command": ["\xff\xfe"]}', headers={"content-type": "application/json"}), 422, "invalid")
+        error(c.post("/api/v1/jobs", json={"command": ["true"], "priority": "50"}), 422, "invalid", "priority")
+        error(c.get("/api/v1/queues/quota/%C3%A5%C2%91"), 422, "invalid", "project_id")
+        r = c.options("/api/v1/jobs")
+        assert r.status_code == 405 and set(r.headers["allow"].split(", ")) == {"GET", "POST"}
         error(c.get("/api/v1/nothing-here"), 404, "not_found")
     with clean.client(ADMIN) as a:
         error(a.patch("/api/v1/queues/quota/vision", json={"gpu_quota": -1}), 422, "invalid", "gpu_quota")
         error(a.patch("/api/v1/queues/quota/vision", json={"cpus": 1}), 422, "invalid", "cpus")
+        error(a.patch("/api/v1/queues/quota/vision", json={"enforce_quota": 0}), 422, "invalid", "enforce_quota")
+        error(a.patch("/api/v1/queues/quota/vision", json={"enforce_quota": None}), 422, "invalid", "enforce_quota")
 
 
 def test_body_over_the_limit_is_413(srv: ServerProc) -> None:

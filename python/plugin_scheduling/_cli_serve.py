@@ -75,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"warning: binding {args.host}: reachable from other hosts (tokens travel in clear without TLS)", file=sys.stderr)
     except ValueError:
         pass
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, lifespan="on", access_log=False)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, lifespan="on", access_log=False,
+                            timeout_keep_alive=30)  # keep-alive longer than a client's pause between polls
     server_ = uvicorn.Server(config)
     server_.run()
     return 0

@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import _logcapture_paths
-from ..jobs import Command, InvalidTransition, ResourceRequirements, UnknownJob
+from ..jobs import Command, InvalidTransition, JournalError, ResourceRequirements, UnknownJob
 from ._auth import Identity, TokenStore, load_tokens
 from ._metrics import Metrics
 from ._models import (
@@ -129,6 +129,32 @@ class BodyLimit:
         await response(scope, receive, send)
 
 
+class _GroupCommit:
+    """Makes a request's journal writes durable before it is answered, one
+    commit for all the requests handled in the same loop turn (a commit
+    per request would serialize the loop on the disk)."""
+
+    def __init__(self, scheduler: Any) -> None:
+        self.scheduler = scheduler
+        self.pending: asyncio.Future[None] | None = None
+
+    async def wait(self) -> None:
+        if self.pending is None:
+            self.pending = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_soon(self._commit)
+        await asyncio.shield(self.pending)
+
+    def _commit(self) -> None:
+        future, self.pending = self.pending, None
+        assert future is not None
+        try:
+            self.scheduler.flush()
+        except Exception as e:  # JournalError: every waiter gets it
+            future.set_exception(e)
+        else:
+            future.set_result(None)
+
+
 def _field(loc: Any) -> str:
     parts = [str(p) for p in loc]
     if parts and parts[0] in ("body", "query", "path", "header", "cookie"):
@@ -179,6 +205,7 @@ def create_app(
     sse_drops = [0]
     metrics = Metrics(view, lambda: sse_drops[0])
     project_cache: dict[int, str | None] = {}
+    commit = _GroupCommit(scheduler)
 
     def on_event(event: Any) -> None:
         if event.type != "state":
@@ -252,6 +279,11 @@ def create_app(
                     methods |= set(route_methods)
             headers["Allow"] = ", ".join(sorted(methods))
         return _error(exc.status_code, code, str(exc.detail), None, headers)
+
+    @app.exception_handler(JournalError)
+    async def _journal(request: Request, exc: JournalError) -> JSONResponse:
+        logger.error("%s %s: the journal cannot be written: %s", request.method, request.url.path, exc)
+        return _error(503, "journal_unavailable", f"the job journal cannot be written now: {exc}")
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> JSONResponse:
@@ -420,8 +452,9 @@ def create_app(
         except (ValueError, TypeError) as e:
             raise ApiError(422, "invalid", str(e), _submit_field(str(e))) from None
         project_cache[job_id] = project
-        scheduler.flush()  # a 201 is a job in the journal, whatever the scheduler's batching
-        return Snapshot(view).job_view(view.raw(job_id))
+        view_ = Snapshot(view).job_view(view.raw(job_id))
+        await commit.wait()  # a 201 is a job in the journal, whatever the scheduler's batching
+        return view_
 
     @app.get("/api/v1/jobs", response_model=list[JobView], tags=["jobs"])
     async def list_jobs(
@@ -455,7 +488,7 @@ def create_app(
             action(job_id)
         except InvalidTransition as e:
             raise ApiError(409, "invalid_transition", str(e), "state") from None
-        scheduler.flush()
+        await commit.wait()
         return Snapshot(view).job_view(view.raw(job_id))
 
     conflict: dict[int | str, dict[str, Any]] = {409: {"model": ErrorBody, "description": "the job's state does not allow it"}}

@@ -51,6 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     _cli_quota.add_parser(commands)
     jobs = commands.add_parser("jobs", help="jobs in a JobScheduler journal (list, show ID, history)")
+    jobs.add_argument("--url", metavar="URL", help="a server's jobs instead (submit|list|show|cancel|pause|resume|logs): jobs --url URL --help")
     jobs.add_argument("--journal", metavar="PATH", help="journal file (default $XDG_STATE_HOME/plugin-scheduling/jobs.db)")
     jobs.add_argument("--json", action="store_true", help="print JSON")
     jobs.add_argument("view", nargs="?", choices=["list", "show", "history"], default="list")

@@ -6,7 +6,8 @@ service's command-line client, with ``squeue``/``scancel`` habits.
 ``list [--watch [SECONDS]] [--state S] [--user U]`` | ``show ID`` |
 ``cancel ID`` | ``pause ID`` | ``resume ID`` | ``logs ID [--tail N]``;
 ``--json`` everywhere. The token comes from ``--token-file`` (default
-``$XDG_CONFIG_HOME/plugin-scheduling/token``), else ``$PLUGIN_SCHEDULING_TOKEN``.
+``$XDG_CONFIG_HOME/plugin-scheduling/token``, else the one token of the
+``tokens.json`` that ``serve`` created there), else ``$PLUGIN_SCHEDULING_TOKEN``.
 Standard library only (``urllib``). Exit status: 0 done, 1 the server said
 no (its error printed), 2 bad usage, 3 the server cannot be reached.
 """
@@ -77,8 +78,11 @@ def _token(path: str | None) -> str:
     if path is None:
         base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
         default = Path(base) / "plugin-scheduling" / "token"
+        server_file = default.with_name("tokens.json")  # what 'serve' made, on the same host
         if default.exists():
             path = str(default)
+        elif server_file.exists():
+            path = str(server_file)
         elif os.environ.get("PLUGIN_SCHEDULING_TOKEN"):
             return os.environ["PLUGIN_SCHEDULING_TOKEN"].strip()
         else:

@@ -465,6 +465,8 @@ def create_app(
         ident: Identity = Depends(identity),
     ) -> list[dict[str, Any]]:
         snap = Snapshot(view)
+        if state in (None, "QUEUED"):
+            snap.starts()  # one plan for the whole list
         out = []
         for d in view.records(state):
             if not ident.may_see(d["project"]):

@@ -17,6 +17,8 @@ from typing import Any, Iterable, Mapping
 from .._logcapture_paths import split_wrapped
 
 _TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
+#: Jobs the start estimate walks at most: a job further back is "unknown".
+PLAN_LIMIT = 500
 
 
 def iso(unix: float | None) -> str | None:
@@ -66,12 +68,11 @@ def plan_starts(
     bring it earlier for the backfilled ones)."""
     held: list[tuple[float, int, float | None]] = list(running)  # (cpu, gpus, end or None)
     out: dict[int, float | None] = {}
-    t_prev: float | None = now
+    t_prev = now
     for job_id, cpu, gpus, est in pending:
-        if t_prev is None or cpu > cpu_total + 1e-9 or gpus > gpu_total:
+        if cpu > cpu_total + 1e-9 or gpus > gpu_total:
             out[job_id] = None
-            t_prev = None
-            continue
+            break  # unknown from here on (``pending`` may be lazy: nothing more is read)
         candidates = sorted({t_prev, *(end for _, _, end in held if end is not None and end > t_prev)})
         start: float | None = None
         for t in candidates:
@@ -81,10 +82,11 @@ def plan_starts(
                 start = t
                 break
         out[job_id] = start
+        if start is None:
+            break
         t_prev = start
-        if start is not None:
-            held.append((cpu, gpus, None if est is None else start + est))
-            held = [h for h in held if h[2] is None or h[2] > start]
+        held.append((cpu, gpus, None if est is None else start + est))
+        held = [h for h in held if h[2] is None or h[2] > start]
     return out
 
 
@@ -133,8 +135,11 @@ class Snapshot:
         self.position = {job_id: i + 1 for i, job_id in enumerate(self.pending)}
         self._starts: dict[int, float | None] | None = None
 
-    def starts(self) -> dict[int, float | None]:
-        if self._starts is None:
+    def starts(self, until: int | None = None) -> dict[int, float | None]:
+        """Estimated starts (Unix time) of the first ``until`` pending jobs
+        (all when None, at most ``PLAN_LIMIT``; later ones are unknown)."""
+        want = min(len(self.pending) if until is None else until, PLAN_LIMIT)
+        if self._starts is None or len(self._starts) < want:
             v = self.view
             now = v.now()
             cpu, gpus, _ = v.capacity()
@@ -147,15 +152,14 @@ class Snapshot:
                 else:
                     end = now + max(est - (now - d["started"]), 0.0)
                 running.append((float(r["cpu_cores"]), int(r["gpu_count"]), end))
-            by_id = {d["job_id"]: d for d in v.records("QUEUED")}
-            pending = []
-            for job_id in self.pending:
-                q = by_id.get(job_id)
-                if q is None:
-                    continue
-                r = q["requirements"]
-                pending.append((job_id, float(r["cpu_cores"]), int(r["gpu_count"]), q["estimated_duration"]))
+            if until is None:
+                by_id = {d["job_id"]: d for d in v.records("QUEUED")}
+                ahead: Iterable[Mapping[str, Any]] = (by_id[j] for j in self.pending[:want] if j in by_id)
+            else:
+                ahead = (v.raw(j) for j in self.pending[:want])
+            pending = ((q["job_id"], float(q["requirements"]["cpu_cores"]), int(q["requirements"]["gpu_count"]), q["estimated_duration"]) for q in ahead)
             plan = plan_starts(now, cpu, gpus, running, pending)
+            plan.update({j: None for j in self.pending[:want] if j not in plan})  # unknown: computed, not missing
             offset = time.time() - now
             self._starts = {k: (None if t is None else t + offset) for k, t in plan.items()}
         return self._starts
@@ -173,7 +177,7 @@ class Snapshot:
             if block is None and ahead == 0:
                 estimated = v.now_unix()
             else:
-                estimated = self.starts().get(job_id)
+                estimated = self.starts(position).get(job_id)
         command = None
         if d["kind"] == "command":
             try:

@@ -1,6 +1,6 @@
 """Runs a command with its stdout and stderr captured to bounded files.
 
-``python -I _logcapture.py --dir DIR --limit BYTES -- ARGV...``: the server's
+``python -IS _logcapture.py --dir DIR --limit BYTES -- ARGV...``: the server's
 submit path wraps a ``Command`` in this (argv, never a shell). The command
 runs as a child in the wrapper's process group, so the job scheduler's
 signals to the group (SIGSTOP/SIGCONT/SIGTERM/SIGKILL) reach both; the
@@ -13,7 +13,7 @@ The last 2000 bytes of each stream are also written to the wrapper's own
 stdout/stderr at exit (the scheduler's error message and OOM detection
 read them). The wrapper dies with the scheduler that started it and the child with the
 wrapper (``PR_SET_PDEATHSIG``, Linux), so a job never outlives its scheduler. Standard
-library only: it runs with ``-I`` and imports nothing from the package.
+library only: it runs with ``-IS`` (isolated, no site) and imports nothing from the package.
 """
 
 from __future__ import annotations

@@ -532,6 +532,14 @@ def create_app(
 
     # -------------------------------------------------------------- live
 
+    last_encoded: list[Any] = [None, ""]
+
+    def encoded(ev: Any) -> str:
+        """An event's JSON, made once for all the streams it goes to."""
+        if last_encoded[0] is not ev:
+            last_encoded[0], last_encoded[1] = ev, json.dumps(_event_json(ev, view))
+        return str(last_encoded[1])
+
     def project_of(job_id: int) -> str | None:
         if job_id not in project_cache:
             try:
@@ -557,7 +565,7 @@ def create_app(
                         yield {"data": json.dumps({"type": "dropped", "job_id": None, "count": reported})}
                     if not ident.may_see(project_of(ev.job_id)):
                         continue
-                    yield {"data": json.dumps(_event_json(ev, view))}
+                    yield {"data": encoded(ev)}
             finally:
                 sub.close()
 

@@ -33,7 +33,10 @@ def _prog() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from . import __version__
+    from . import __version__, _cli_client
+
+    if _cli_client.wants_client(sys.argv[1:] if argv is None else argv):
+        return _cli_client.main(list(sys.argv[2:] if argv is None else argv[1:]))
 
     parser = argparse.ArgumentParser(
         prog=_prog(), description="Resource-aware admission of plugins (GPU VRAM, RAM): a demo and this machine's stats."
@@ -48,6 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     _cli_quota.add_parser(commands)
     jobs = commands.add_parser("jobs", help="jobs in a JobScheduler journal (list, show ID, history)")
+    jobs.add_argument("--url", metavar="URL", help="a server's jobs instead (submit|list|show|cancel|pause|resume|logs): jobs --url URL --help")
     jobs.add_argument("--journal", metavar="PATH", help="journal file (default $XDG_STATE_HOME/plugin-scheduling/jobs.db)")
     jobs.add_argument("--json", action="store_true", help="print JSON")
     jobs.add_argument("view", nargs="?", choices=["list", "show", "history"], default="list")
@@ -58,7 +62,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from . import _cli_ledger
 
     _cli_ledger.add_parser(commands)
+    from . import _cli_serve
+
+    _cli_serve.add_parser(commands)
     args = parser.parse_args(argv)
+    if args.command == "serve":
+        return _cli_serve.run(args)
     if args.command == "ledger":
         return _cli_ledger.run(args)
     if args.command == "quota":

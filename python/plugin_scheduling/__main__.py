@@ -32,40 +32,107 @@ def _prog() -> str:
     return invoked
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from . import __version__
+DESCRIPTION = """\
+Decides whether, when and on which GPU a plugin or job may run.
+
+commands:
+  demo       plugins queueing for a simulated 24 GB GPU, on this machine's real RAM/CPU
+  stats      this machine's RAM, CPU and GPUs (nvidia-smi/gpustat-like; --json, --watch)
+  quota      per-project resource quotas: get, set, usage (SQLite, PostgreSQL or Slurm)
+  jobs       jobs in a JobScheduler journal: list, show ID, history
+  simulate   replay a workload trace on a simulated cluster under one or more policies
+  trace      workload traces: generate a synthetic one
+  ledger     grants and waiters of every process on a shared ledger
+
+Run '%(prog)s COMMAND --help' for a command's options and examples."""
+
+EPILOG = """\
+examples:
+  %(prog)s demo
+  %(prog)s stats --watch 1
+  %(prog)s trace generate --jobs 500 -o trace.csv
+  %(prog)s simulate trace.csv --gpus 16 --policy fifo,backfill
+  %(prog)s quota get my-project"""
+
+JOBS_EPILOG = """\
+actions:
+  list          every job of the journal: id, module, state, priority, queue, tries, error (default)
+  show ID       one job's record and its state history
+  history [ID]  the state changes of every job (or of job ID), oldest first
+
+examples:
+  %(prog)s
+  %(prog)s show 12 --json
+  %(prog)s --journal ./jobs.db history"""
+
+
+LEDGER_EPILOG = """\
+examples:
+  %(prog)s                 the ledger ReservationScheduler(shared=True) uses
+  %(prog)s my-team --json  the ledger of shared='my-team'"""
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    from . import __version__, _cli_ledger, _cli_quota, _cli_sim
+    from ._cli_util import HelpFormatter
 
     parser = argparse.ArgumentParser(
-        prog=_prog(), description="Resource-aware admission of plugins (GPU VRAM, RAM): a demo and this machine's stats."
+        prog=_prog(), description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("demo", help="plugins queueing for a GPU (simulated) on this machine's real RAM/CPU")
-    stats = commands.add_parser("stats", help="this machine's RAM, CPU and GPUs")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser(
+        "demo",
+        help="plugins queueing for a GPU (simulated) on this machine's real RAM/CPU",
+        description="Four plugins queue for a simulated 24 GB GPU and are admitted as memory frees up.",
+    )
+    stats = commands.add_parser(
+        "stats",
+        help="this machine's RAM, CPU and GPUs",
+        description="This machine's RAM, CPU and GPUs (per device: memory, load, temperature, processes).",
+        epilog="examples:\n  %(prog)s\n  %(prog)s --json\n  %(prog)s --watch 2",
+        formatter_class=HelpFormatter,
+    )
     stats.add_argument("--json", action="store_true", help="print the SystemStats dict as JSON")
-    stats.add_argument("--watch", type=_positive_seconds, metavar="SECONDS", help="refresh until Ctrl-C")
-    from . import _cli_quota
-
+    stats.add_argument("--watch", type=_positive_seconds, metavar="SECONDS", help="refresh every SECONDS until Ctrl-C")
     _cli_quota.add_parser(commands)
-    jobs = commands.add_parser("jobs", help="jobs in a JobScheduler journal (list, show ID, history)")
+    jobs = commands.add_parser(
+        "jobs",
+        help="jobs in a JobScheduler journal (list, show ID, history)",
+        description="Reads a JobScheduler journal (writes nothing: a scheduler may be running on it).",
+        epilog=JOBS_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     jobs.add_argument("--journal", metavar="PATH", help="journal file (default $XDG_STATE_HOME/plugin-scheduling/jobs.db)")
     jobs.add_argument("--json", action="store_true", help="print JSON")
-    jobs.add_argument("view", nargs="?", choices=["list", "show", "history"], default="list")
-    jobs.add_argument("job_id", nargs="?", type=int)
-    from . import _cli_sim
-
+    jobs.add_argument(
+        "view", nargs="?", choices=["list", "show", "history"], default="list", metavar="ACTION",
+        help="list (default), show or history; see actions below",
+    )
+    jobs.add_argument("job_id", nargs="?", type=int, metavar="ID", help="the job (show: required; history: optional)")
+    jobs.set_defaults(_parser=jobs)
     _cli_sim.add_parsers(commands)
-    from . import _cli_ledger
-
     _cli_ledger.add_parser(commands)
-    args = parser.parse_args(argv)
+    ledger = commands.choices["ledger"]
+    ledger.description = "The grants and waiters of every process on a shared ledger, as nvidia-smi lists GPU processes (reads only)."
+    ledger.epilog = LEDGER_EPILOG
+    ledger.formatter_class = argparse.RawDescriptionHelpFormatter
+    return parser
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    from . import _cli_ledger, _cli_quota, _cli_sim
+
+    args = _build_parser().parse_args(argv)
     if args.command == "ledger":
         return _cli_ledger.run(args)
     if args.command == "quota":
         return _cli_quota.run(args)
     if args.command == "jobs":
         if args.view == "show" and args.job_id is None:
-            parser.error("jobs show needs a job ID")
+            args._parser.error("jobs show needs a job ID, e.g. 'jobs show 12'")
+        if args.view == "list" and args.job_id is not None:
+            args._parser.error("jobs list takes no job ID (did you mean 'jobs show ID'?)")
         from . import _cli_jobs
 
         return _cli_jobs.run(args.journal, args.view, args.job_id, args.json)
@@ -82,6 +149,57 @@ def main(argv: Sequence[str] | None = None) -> int:
     from . import _cli_stats
 
     return _cli_stats.run(as_json=args.json, watch=args.watch)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs one command; every known mistake ends as one line on stderr and an
+    exit status (2: usage, 1: at run time, 130: Ctrl-C), never a traceback.
+    ``PLUGIN_SCHEDULING_TRACEBACK=1`` re-raises instead (for bug reports)."""
+    import sqlite3
+
+    from ._cli_util import EXIT_RUNTIME, EXIT_USAGE, CliError, os_message
+
+    try:
+        code = _run(argv)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler
+        return code
+    except BrokenPipeError:
+        _quiet_stdout()
+        return 0
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except Exception as error:
+        if os.environ.get("PLUGIN_SCHEDULING_TRACEBACK") == "1":
+            raise
+        if isinstance(error, CliError):
+            message, code = error.message, error.code
+        elif isinstance(error, OSError):
+            message, code = os_message(error), EXIT_RUNTIME
+        elif isinstance(error, sqlite3.Error):
+            message, code = f"database: {error}", EXIT_RUNTIME
+        elif isinstance(error, (ValueError, TypeError)):
+            message, code = str(error), EXIT_USAGE
+        else:
+            message = f"unexpected {type(error).__name__}: {error} (PLUGIN_SCHEDULING_TRACEBACK=1 shows where)"
+            code = EXIT_RUNTIME
+        first = message.strip().splitlines()[0] if message.strip() else type(error).__name__
+        try:
+            print(f"{_prog()}: error: {first}", file=sys.stderr)
+        except (OSError, ValueError):
+            pass
+        return code
+
+
+def _quiet_stdout() -> None:
+    """The reader of our stdout went away (``| head``): as the Python docs
+    advise, point stdout at /dev/null so the interpreter's final flush does
+    not print a second error, and exit quietly."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass  # not a real file (a test's capture): nothing will flush to a pipe
 
 
 def _exit_interrupted() -> None:

@@ -56,25 +56,61 @@ def _weights(text: str) -> List[tuple[str, float]]:
     return out
 
 
+SIMULATE_EPILOG = """\
+examples:
+  %(prog)s trace.csv --gpus 16 --policy fifo,backfill,las
+  %(prog)s trace.csv --nodes 4 --gpus-per-node 8 --policy fair_share --json
+  %(prog)s trace.csv --gpus 16 --plot out.png --jobs-csv jobs.csv
+
+Policies (case-insensitive): fifo, best_effort_fifo, priority, fair_share, deadline,
+sjf, round_robin, backfill, multifactor, las."""
+
+TRACE_EPILOG = """\
+examples:
+  %(prog)s generate --jobs 500 -o trace.csv
+  %(prog)s generate --jobs 2000 --seed 7 --jobs-per-hour 60 --users 20"""
+
+GENERATE_EPILOG = """\
+examples:
+  %(prog)s --jobs 500 -o trace.csv
+  %(prog)s --jobs 100 --gpus 1:0.5,4:0.5 --deadline-slack 3"""
+
+
 def add_parsers(commands: Any) -> None:
+    from ._cli_util import HelpFormatter
+
     sim = commands.add_parser(
-        "simulate", help="replay a trace on a simulated cluster under one or more policies"
+        "simulate",
+        help="replay a trace on a simulated cluster under one or more policies",
+        description="Replays a workload trace on a simulated cluster, once per policy, and compares the results.",
+        epilog=SIMULATE_EPILOG,
+        formatter_class=HelpFormatter,
     )
     sim.add_argument("trace", help="CSV (header required) or JSON-lines trace")
-    sim.add_argument("--gpus", type=_positive_int, help="one pool of N GPUs")
-    sim.add_argument("--nodes", type=_positive_int, help="K nodes (with --gpus-per-node)")
-    sim.add_argument("--gpus-per-node", type=_positive_int, metavar="G")
-    sim.add_argument(
-        "--policy", default="fifo", help="policies to compare, comma-separated (default: fifo)"
-    )
+    sim.add_argument("--gpus", type=_positive_int, metavar="N", help="one pool of N GPUs (or use --nodes/--gpus-per-node)")
+    sim.add_argument("--nodes", type=_positive_int, metavar="K", help="K nodes (with --gpus-per-node; not with --gpus)")
+    sim.add_argument("--gpus-per-node", type=_positive_int, metavar="G", help="GPUs on each node (with --nodes)")
+    sim.add_argument("--policy", default="fifo", help="policies to compare, comma-separated")
     sim.add_argument("--json", action="store_true", help='print {"results": [...]} only')
-    sim.add_argument("--jobs-csv", metavar="OUT", help="write the per-job table of every policy")
-    sim.add_argument("--plot", metavar="OUT.png", help="plot queue length and GPU utilization")
-    sim.add_argument("--columns", type=_mapping, help="FIELD=COLUMN,... for other column names")
-    sim.add_argument("--vram-per-gpu-mb", type=_number)
-    sim.add_argument("--ram-per-node-mb", type=_number)
-    sim.add_argument("--node-cost-per-hour", type=_numbers, metavar="C[,C...]")
-    sim.add_argument("--las-thresholds", type=_numbers, metavar="GPU_S[,GPU_S...]")
+    sim.add_argument("--jobs-csv", metavar="OUT.csv", help="write the per-job table of every policy to this file")
+    sim.add_argument(
+        "--plot", metavar="OUT.png",
+        help="plot queue length and GPU utilization (needs matplotlib; format from the suffix: png, svg, pdf, ...)",
+    )
+    sim.add_argument(
+        "--columns", type=_mapping, metavar="FIELD=COLUMN,...",
+        help="read a trace whose columns have other names, e.g. num_gpu=gpus,duration=runtime",
+    )
+    sim.add_argument("--vram-per-gpu-mb", type=_number, metavar="MB", help="VRAM of each GPU (jobs with vram_mb above it never fit)")
+    sim.add_argument("--ram-per-node-mb", type=_number, metavar="MB", help="RAM of each node (checked against the jobs' ram_mb)")
+    sim.add_argument(
+        "--node-cost-per-hour", type=_numbers, metavar="C[,C...]",
+        help="price of each node per hour (one value for all, or one per node) for the cost metric",
+    )
+    sim.add_argument(
+        "--las-thresholds", type=_numbers, metavar="GPU_S[,GPU_S...]",
+        help="las: attained GPU-seconds at which a job drops to the next queue",
+    )
     sim.add_argument(
         "--preempt", action=argparse.BooleanOptionalAction, default=None,
         help="follow the policy's preemption advice (default: only las)",
@@ -83,12 +119,20 @@ def add_parsers(commands: Any) -> None:
         "--no-oracle-estimates", action="store_true",
         help="jobs without estimated_duration get no estimate (default: their true duration)",
     )
-    trace = commands.add_parser("trace", help="workload traces")
-    sub = trace.add_subparsers(dest="trace_command", required=True)
-    gen = sub.add_parser("generate", help="a synthetic (Gavel-like) trace as CSV")
-    gen.add_argument("--jobs", type=_positive_int, required=True)
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--jobs-per-hour", type=_number, default=30.0, help="Poisson rate (default 30)")
+    trace = commands.add_parser(
+        "trace", help="workload traces (generate)", description="Workload traces for the simulator.",
+        epilog=TRACE_EPILOG, formatter_class=HelpFormatter,
+    )
+    sub = trace.add_subparsers(dest="trace_command", metavar="ACTION")
+    trace.set_defaults(_parser=trace)
+    gen = sub.add_parser(
+        "generate", help="a synthetic (Gavel-like) trace as CSV",
+        description="Writes a synthetic trace (Poisson arrivals, Gavel-like GPU counts and durations) as CSV.",
+        epilog=GENERATE_EPILOG, formatter_class=HelpFormatter,
+    )
+    gen.add_argument("--jobs", type=_positive_int, required=True, metavar="N", help="how many jobs")
+    gen.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same trace")
+    gen.add_argument("--jobs-per-hour", type=_number, default=30.0, metavar="RATE", help="Poisson arrival rate")
     gen.add_argument(
         "--gpus", type=_weights, default=None, metavar="N:W,...",
         help="GPU counts and weights (default 1:0.7,2:0.1,4:0.15,8:0.05)",
@@ -97,9 +141,9 @@ def add_parsers(commands: Any) -> None:
         "--durations", type=_weights, default=None, metavar="LO-HI:W,...",
         help="log10-minute ranges and weights (default 1.5-3:0.8,3-4:0.2)",
     )
-    gen.add_argument("--users", type=_positive_int, default=10)
-    gen.add_argument("--deadline-slack", type=_number, help="deadline = slack × duration")
-    gen.add_argument("--output", "-o", help="file to write (default: stdout)")
+    gen.add_argument("--users", type=_positive_int, default=10, metavar="N", help="how many users submit")
+    gen.add_argument("--deadline-slack", type=_number, metavar="X", help="give each job deadline = submit + X × duration")
+    gen.add_argument("--output", "-o", metavar="FILE", help="file to write (default: stdout)")
 
 
 def _fmt(value: Any) -> str:
@@ -159,8 +203,51 @@ def _plot(results: Sequence[Any], path: str, total_gpus: int) -> None:
     bottom.set_ylim(0, 1.05)
     top.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, format=_plot_format(path))
     plt.close(fig)
+
+
+def _check_cluster(args: argparse.Namespace) -> None:
+    from ._cli_util import EXIT_USAGE, CliError
+
+    if args.gpus is not None and (args.nodes is not None or args.gpus_per_node is not None):
+        raise CliError(
+            "give --gpus N (one pool) or --nodes K with --gpus-per-node G, not both "
+            f"(got --gpus {args.gpus} with --nodes {args.nodes} --gpus-per-node {args.gpus_per_node})",
+            EXIT_USAGE,
+        )
+    if args.gpus is None and (args.nodes is None or args.gpus_per_node is None):
+        raise CliError("give --gpus N, or --nodes K with --gpus-per-node G", EXIT_USAGE)
+
+
+def _check_plot(path: str) -> None:
+    """Refuses before the simulation what would fail after it: no
+    matplotlib, an unwritable path, a format matplotlib cannot write."""
+    from ._cli_util import EXIT_USAGE, CliError, output_path
+
+    try:
+        import matplotlib  # noqa: F401
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError:
+        raise CliError(
+            "--plot needs matplotlib, which is not installed: pip install 'plugin-scheduling[plot]'", EXIT_USAGE
+        ) from None
+    output_path("--plot", path)
+    suffix = _plot_format(path)
+    supported = FigureCanvasBase.get_supported_filetypes()
+    if suffix not in supported:
+        raise CliError(
+            f"--plot {path}: cannot write .{suffix} files; use one of {', '.join('.' + k for k in sorted(supported))}",
+            EXIT_USAGE,
+        )
+
+
+def _plot_format(path: str) -> str:
+    """The format of ``path`` by its suffix (``png`` without one: the file is
+    written at exactly ``path``, no suffix added)."""
+    import os
+
+    return os.path.splitext(path)[1].lstrip(".").lower() or "png"
 
 
 def run_simulate(args: argparse.Namespace, out: Optional[TextIO] = None, err: Optional[TextIO] = None) -> int:
@@ -168,22 +255,18 @@ def run_simulate(args: argparse.Namespace, out: Optional[TextIO] = None, err: Op
     err = err if err is not None else sys.stderr
     from .simulator import METRICS, load_trace, simulate
 
-    policies = [p.strip() for p in args.policy.split(",") if p.strip()]
-    if not policies:
-        err.write("error: --policy needs at least one policy name\n")
-        return 2
-    if args.gpus is None and (args.nodes is None or args.gpus_per_node is None):
-        err.write("error: give --gpus N, or --nodes K with --gpus-per-node G\n")
-        return 2
-    if args.plot:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            err.write(
-                "error: --plot needs matplotlib, which is not installed: "
-                "pip install 'plugin-scheduling[plot]'\n"
-            )
-            return 2
+    from ._cli_util import CliError, output_path, policy_names
+
+    try:
+        policies = policy_names("--policy", args.policy)
+        _check_cluster(args)
+        if args.jobs_csv:
+            output_path("--jobs-csv", args.jobs_csv)
+        if args.plot:
+            _check_plot(args.plot)
+    except CliError as e:
+        err.write(f"error: {e.message}\n")
+        return e.code
     try:
         trace = load_trace(args.trace, columns=args.columns)
     except (ValueError, TypeError, OSError) as e:
@@ -238,8 +321,17 @@ def run_simulate(args: argparse.Namespace, out: Optional[TextIO] = None, err: Op
 def run_trace(args: argparse.Namespace, out: Optional[TextIO] = None, err: Optional[TextIO] = None) -> int:
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
+    from ._cli_util import CliError, output_path
     from .simulator import generate_trace
 
+    if args.trace_command is None:
+        args._parser.error("choose an action: generate (e.g. 'trace generate --jobs 500 -o trace.csv')")
+    try:
+        if args.output:
+            output_path("--output", args.output)
+    except CliError as e:
+        err.write(f"error: {e.message}\n")
+        return e.code
     try:
         gpus = {int(g): w for g, w in args.gpus} if args.gpus else None
         durations = None

@@ -136,6 +136,14 @@ class CorePolicy:
     ``plugin_scheduling.policies`` classes call."""
 
     def __new__(cls, spec: Mapping[str, Any]) -> CorePolicy: ...
+    @staticmethod
+    def check(spec: Mapping[str, Any]) -> None:
+        """Checks ``spec``'s name and settings without building the policy
+        (``ValueError``/``TypeError`` naming the field)."""
+    @staticmethod
+    def canonical_name(name: str) -> str:
+        """The built-in policy ``name`` stands for, ignoring case; an unknown
+        name raises ``ValueError`` listing the names, with a suggestion."""
     @property
     def name(self) -> str: ...
     def select(self, jobs: Iterable[Any], now: float | None = None) -> int | None: ...

@@ -90,6 +90,11 @@ class SchedulingPolicy:
             raise NotImplementedError(f"{type(self).__name__} is not a built-in policy")
         return {"name": self.kind, **self._settings()}
 
+    def _check(self) -> None:
+        """Refuses a bad setting now (``ValueError`` naming it), not at first use;
+        the core checks, so the rules are the ones every other entry point uses."""
+        CorePolicy.check(self._spec())
+
     def _policy(self) -> CorePolicy:
         if self._core is None:
             self._core = CorePolicy(self._spec())
@@ -177,6 +182,7 @@ class PriorityPolicy(SchedulingPolicy):
     def __init__(self, aging_per_s: float = 1.0 / 60.0, name: str | None = None) -> None:
         super().__init__(name)
         self.aging_per_s = aging_per_s
+        self._check()
 
     def _settings(self) -> dict[str, Any]:
         return {"aging_per_s": self.aging_per_s}
@@ -210,6 +216,7 @@ class FairSharePolicy(_SharesMixin, SchedulingPolicy):
         self.half_life_s = half_life_s
         self.shares = dict(shares or {})
         self.usage_path = usage_path
+        self._check()
 
     def _settings(self) -> dict[str, Any]:
         return self._share_settings()
@@ -224,6 +231,7 @@ class DeadlinePolicy(SchedulingPolicy):
         super().__init__(name)
         self.window_s = window_s
         self.boost = boost
+        self._check()
 
     def _settings(self) -> dict[str, Any]:
         return {"window_s": self.window_s, "boost": self.boost}
@@ -243,6 +251,7 @@ class RoundRobinPolicy(SchedulingPolicy):
     def __init__(self, by: str = "user", name: str | None = None) -> None:
         super().__init__(name)
         self.by = by
+        self._check()
 
     def _settings(self) -> dict[str, Any]:
         return {"by": self.by}
@@ -274,6 +283,7 @@ class MultifactorPolicy(_SharesMixin, SchedulingPolicy):
         self.half_life_s = half_life_s
         self.shares = dict(shares or {})
         self.usage_path = usage_path
+        self._check()
 
     def _settings(self) -> dict[str, Any]:
         out = self._share_settings()
@@ -309,11 +319,10 @@ _BY_NAME: dict[str, type[SchedulingPolicy]] = {
 
 def policy_from_name(name: str, **settings: Any) -> SchedulingPolicy:
     """A built-in policy by its name (``"fifo"``, ``"priority"``, ...)."""
-    try:
-        cls = _BY_NAME[name]
-    except KeyError:
-        raise ValueError(f"policy must be one of {', '.join(POLICY_NAMES)}, got {name!r}") from None
-    return cls(**settings)
+    if not isinstance(name, str):
+        raise TypeError(f"policy name must be a str, got {type(name).__name__}")
+    # ignores case; an unknown name raises ValueError with a "did you mean"
+    return _BY_NAME[CorePolicy.canonical_name(name)](**settings)
 
 
 _CONTROL_PLANE_NAMES = frozenset(

@@ -1,4 +1,4 @@
-"""Seed 002's batch API: place a batch of pending requests on serving instances.
+"""The sageLLM control plane's batch API: place a batch of pending requests on serving instances.
 
 An LLM serving control plane hands its pending requests and its instances to a
 policy and gets placement decisions back::
@@ -11,18 +11,18 @@ policy and gets placement decisions back::
 Five strategies (the logic is in the Rust core, ``plugin_scheduling_core::control_plane``):
 ``FIFOPolicy`` and ``PriorityPolicy`` (the same classes as ``plugin_scheduling.policies``),
 ``SLOAwarePolicy``, ``CostOptimizedPolicy`` and ``AdaptivePolicy``. Every one follows
-the seed's interface rules: the inputs are only read; a request goes only to an
+sageLLM's interface rules: the inputs are only read; a request goes only to an
 instance that serves its ``model_name`` (a request with ``model_name=None`` to any),
 ``can_accept_request`` and has room under ``max_concurrency`` counting the decisions
 already made in the same call; a request with no such instance gets no decision
 (so nothing schedulable gives ``[]``); ``prioritize`` returns a new sorted list.
 
 A subclass of ``SchedulingPolicy`` that overrides ``schedule``/``prioritize`` (the
-seed's "Creating Custom Strategies") works wherever a built-in does; a subclass of
+sageLLM's "Creating Custom Strategies") works wherever a built-in does; a subclass of
 a built-in that overrides only ``prioritize`` is scheduled in its own order.
 
-Requests and instances may be these dataclasses or any objects with the seed's
-attributes (the seed's own types included); ``arrival_time`` is seconds since the
+Requests and instances may be these dataclasses or any objects with sageLLM's
+attributes (sageLLM's own types included); ``arrival_time`` is seconds since the
 epoch (``time.time()``, the default) or a ``datetime``. Bad values raise
 ``TypeError``/``ValueError`` naming the field and the value.
 """
@@ -84,7 +84,7 @@ class ParallelismType(Enum):
 
 @dataclass
 class RequestMetadata:
-    """A pending inference request (seed 002's fields)."""
+    """A pending inference request (sageLLM's fields)."""
 
     request_id: str
     prompt: str = ""
@@ -102,7 +102,7 @@ class RequestMetadata:
 
 @dataclass
 class ExecutionInstance:
-    """A serving instance (seed 002's fields); ``current_load`` counts running requests."""
+    """A serving instance (sageLLM's fields); ``current_load`` counts running requests."""
 
     instance_id: str
     host: str
@@ -274,7 +274,7 @@ def _prioritize(policy: SchedulingPolicy, requests: Sequence[Any]) -> list[Any]:
 
 
 class ControlPlaneManager:
-    """The smallest manager the seed's README lines need
+    """The smallest manager sageLLM's README lines need
     (``ControlPlaneManager(scheduling_policy=FIFOPolicy())``): it holds a policy,
     the pending requests and the instances, and ``schedule()`` places one batch,
     keeping the requests that got no decision pending."""

@@ -1,7 +1,7 @@
 """Scheduling policies: one policy model for every place that orders work.
 
 The same policy objects order the waiters of ``ReservationScheduler(policy=...)``,
-the jobs of ``JobScheduler``, seed 002's batch API (``schedule``/``prioritize``)
+the jobs of ``JobScheduler``, the sageLLM control plane's batch API (``schedule``/``prioritize``)
 and the simulator. Each built-in class is a thin description (a name and its
 settings); the rule itself runs in the Rust core.
 
@@ -67,8 +67,8 @@ POLICY_NAMES: tuple[str, ...] = get_args(PolicyName)
 
 
 class SchedulingPolicy:
-    """Base class of every policy: seed 004's ``select_next_job`` /
-    ``should_preempt`` and seed 002's ``schedule`` / ``prioritize``.
+    """Base class of every policy: the job-queue module's ``select_next_job`` /
+    ``should_preempt`` and the sageLLM control plane's ``schedule`` / ``prioritize``.
 
     ``kind`` names the core policy a built-in class stands for (``None`` for a
     policy written in Python).
@@ -100,7 +100,7 @@ class SchedulingPolicy:
             self._core = CorePolicy(self._spec())
         return self._core
 
-    # -- seed 004 -----------------------------------------------------------------
+    # -- job queue ----------------------------------------------------------------
     def select_next_job(self, queue: Any, pending_jobs: Sequence[Any]) -> Any | None:
         """The job of ``pending_jobs`` that goes next (``None`` if empty).
 
@@ -146,7 +146,7 @@ class SchedulingPolicy:
         """Tell a stateful policy (fair share, SJF) that ``job`` ran ``ran_s`` s."""
         self._policy().record_finish(job, ran_s)
 
-    # -- seed 002 -----------------------------------------------------------------
+    # -- sageLLM ------------------------------------------------------------------
     def schedule(self, requests: Sequence[Any], instances: Sequence[Any]) -> list[Any]:
         from .control_plane import _schedule
 
@@ -340,7 +340,7 @@ _CONTROL_PLANE_NAMES = frozenset(
 
 
 def __getattr__(name: str) -> Any:
-    # Seed 002's names are re-exported lazily: control_plane imports this
+    # The sageLLM control plane's names are re-exported lazily: control_plane imports this
     # module, so importing it here eagerly would be circular.
     if name in _CONTROL_PLANE_NAMES:
         from . import control_plane

@@ -238,11 +238,19 @@ mod tests {
     fn validate_refuses_what_build_refuses_without_building() {
         let mut s = PolicySpec::named("priority");
         s.aging_per_s = Some(-1.0);
-        let e = s.validate().err().map(|e| e.to_string()).unwrap_or_default();
+        let e = s
+            .validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(e.starts_with("aging_per_s:") && e.contains("-1"), "{e}");
         let mut s = PolicySpec::named("fair_share");
         s.by = Some("team".into());
-        let e = s.validate().err().map(|e| e.to_string()).unwrap_or_default();
+        let e = s
+            .validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(e.starts_with("by:") && e.contains("team"), "{e}");
         // validate opens nothing: a usage file in a missing directory is
         // only an error when the policy is built.
@@ -258,7 +266,10 @@ mod tests {
     fn names_ignore_case_and_unknown_ones_get_a_suggestion() {
         assert_eq!(canonical_name("FIFO").ok(), Some("fifo"));
         assert_eq!(canonical_name(" Fair_Share ").ok(), Some("fair_share"));
-        let e = canonical_name("fifoo").err().map(|e| e.to_string()).unwrap_or_default();
+        let e = canonical_name("fifoo")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(e.contains("did you mean \"fifo\"?"), "{e}");
         assert_eq!(suggest("fairshare"), Some("fair_share"));
         assert_eq!(suggest("best-effort-fifo"), Some("best_effort_fifo"));

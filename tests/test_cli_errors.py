@@ -234,3 +234,36 @@ def test_an_unexpected_error_is_one_line_and_a_variable_shows_the_traceback(
         cli.main([])
     monkeypatch.setattr(cli, "_run", lambda argv: (_ for _ in ()).throw(KeyboardInterrupt()))
     assert cli.main([]) == cli.EXIT_INTERRUPTED
+
+
+def test_the_table_fits_100_columns_in_human_units_and_wide_has_every_metric(tmp: Path) -> None:
+    policies = "fifo,best_effort_fifo,backfill,sjf,las"
+    compact = _cli(tmp, "simulate", "sample", "--gpus", "16", "--policy", policies)
+    assert compact.returncode == 0, compact.stderr
+    lines = compact.stdout.splitlines()
+    assert len(lines) == 6 and max(map(len, lines)) <= 100, lines
+    assert lines[0].split()[:4] == ["policy", "jobs", "avg", "JCT"]
+    assert " h " in lines[1] + " " and "%" in lines[1]  # hours, percentages: not 1,951,264.0
+    wide = _cli(tmp, "simulate", "sample", "--gpus", "16", "--policy", "fifo", "--wide")
+    assert wide.returncode == 0, wide.stderr
+    assert wide.stdout.split()[:3] == ["policy", "jobs", "avg_jct_s"] and "makespan_s" in wide.stdout
+
+
+def test_human_seconds() -> None:
+    from plugin_scheduling._cli_sim import human_seconds
+
+    assert [human_seconds(v) for v in (None, 42.04, 2850.0, 4.2 * 3600, 3.1 * 86400, float("inf"))] == [
+        "-", "42.0 s", "47.5 min", "4.2 h", "3.1 d", "-",
+    ]
+
+
+def test_json_says_how_the_run_was_made_and_the_plot_has_a_title(tmp: Path) -> None:
+    import hashlib
+    import json
+
+    result = _cli(tmp, "simulate", "trace.csv", "--nodes", "2", "--gpus-per-node", "2", "--policy", "FIFO,las", "--json")
+    assert result.returncode == 0, result.stderr
+    run = json.loads(result.stdout)["run"]
+    assert run["trace"]["sha256"] == hashlib.sha256(TRACE.encode()).hexdigest() and run["trace"]["jobs"] == 3
+    assert run["cluster"]["gpus"] == 4 and run["cluster"]["nodes"] == 2
+    assert run["policies"] == ["fifo", "las"] and run["version"] and run["wall_s"] >= 0

@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import hashlib
 import math
+import os
 import sys
+import time
 from typing import Any, Dict, List, Optional, Sequence, TextIO
 
 COMMANDS = ("simulate", "trace")
@@ -58,7 +61,8 @@ def _weights(text: str) -> List[tuple[str, float]]:
 
 SIMULATE_EPILOG = """\
 examples:
-  %(prog)s trace.csv --gpus 16 --policy fifo,backfill,las
+  %(prog)s sample --gpus 16 --policy fifo,backfill,las
+  %(prog)s trace.csv --gpus 16 --policy fifo,sjf --wide
   %(prog)s trace.csv --nodes 4 --gpus-per-node 8 --policy fair_share --json
   %(prog)s trace.csv --gpus 16 --plot out.png --jobs-csv jobs.csv
 
@@ -86,12 +90,18 @@ def add_parsers(commands: Any) -> None:
         epilog=SIMULATE_EPILOG,
         formatter_class=HelpFormatter,
     )
-    sim.add_argument("trace", help="CSV (header required) or JSON-lines trace")
+    sim.add_argument(
+        "trace", help="CSV (header required) or JSON-lines trace; 'sample' for the 200-job sample shipped with the package"
+    )
     sim.add_argument("--gpus", type=_positive_int, metavar="N", help="one pool of N GPUs (or use --nodes/--gpus-per-node)")
     sim.add_argument("--nodes", type=_positive_int, metavar="K", help="K nodes (with --gpus-per-node; not with --gpus)")
     sim.add_argument("--gpus-per-node", type=_positive_int, metavar="G", help="GPUs on each node (with --nodes)")
     sim.add_argument("--policy", default="fifo", help="policies to compare, comma-separated")
     sim.add_argument("--json", action="store_true", help='print {"results": [...]} only')
+    sim.add_argument(
+        "--wide", action="store_true",
+        help="every metric, in seconds (default: a compact table in hours/days that fits 100 columns)",
+    )
     sim.add_argument("--jobs-csv", metavar="OUT.csv", help="write the per-job table of every policy to this file")
     sim.add_argument(
         "--plot", metavar="OUT.png",
@@ -154,16 +164,57 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def render_table(results: Sequence[Dict[str, Any]]) -> str:
-    from .simulator import METRICS
+def human_seconds(value: Optional[float]) -> str:
+    """A duration people read at a glance: ``42.0 s``, ``47.5 min``, ``4.2 h``, ``3.1 d``."""
+    if value is None or not math.isfinite(value):
+        return "-"
+    if value < 120:
+        return f"{value:.1f} s"
+    if value < 2 * 3600:
+        return f"{value / 60:.1f} min"
+    if value < 48 * 3600:
+        return f"{value / 3600:.1f} h"
+    return f"{value / 86400:.1f} d"
 
-    names = ["policy", *[m for m in METRICS if any(r.get(m) is not None for r in results)]]
-    rows = [[_fmt(r.get(n)) for n in names] for r in results]
+
+def _percent(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value * 100:.1f}%"
+
+
+#: The compact table: (header, metric, format); fits 100 columns.
+COMPACT = (
+    ("jobs", "jobs", _fmt),
+    ("avg JCT", "avg_jct_s", human_seconds),
+    ("p95 JCT", "p95_jct_s", human_seconds),
+    ("avg wait", "avg_wait_s", human_seconds),
+    ("p95 wait", "p95_wait_s", human_seconds),
+    ("slowdown", "avg_slowdown", lambda v: "-" if v is None else f"{v:.2f}"),
+    ("util", "gpu_utilization", _percent),
+    ("SLO met", "slo_attainment", _percent),
+    ("preempt", "preemptions", _fmt),
+)
+
+
+def _columns(names: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(n), *(len(row[i]) for row in rows)) for i, n in enumerate(names)]
     lines = ["  ".join(n.rjust(w) if i else n.ljust(w) for i, (n, w) in enumerate(zip(names, widths)))]
     for row in rows:
         lines.append("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
     return "\n".join(lines)
+
+
+def render_table(results: Sequence[Dict[str, Any]], wide: bool = True) -> str:
+    """One row per policy: every metric in seconds (``wide``), or the compact
+    table in human units that fits 100 columns."""
+    from .simulator import METRICS
+
+    if not wide:
+        shown = [c for c in COMPACT if any(r.get(c[1]) is not None for r in results)]
+        names = ["policy", *(c[0] for c in shown)]
+        rows = [[str(r.get("policy")), *(fmt(r.get(metric)) for _, metric, fmt in shown)] for r in results]
+        return _columns(names, rows)
+    names = ["policy", *[m for m in METRICS if any(r.get(m) is not None for r in results)]]
+    return _columns(names, [[_fmt(r.get(n)) for n in names] for r in results])
 
 
 class _Progress:
@@ -185,23 +236,33 @@ class _Progress:
             self.err.flush()
 
 
-def _plot(results: Sequence[Any], path: str, total_gpus: int) -> None:
+def _plot(results: Sequence[Any], path: str, total_gpus: int, title: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(10, 6))
+    fig, (top, middle, bottom) = plt.subplots(3, 1, figsize=(10, 9))
     for r in results:
         tl = r.timeline_columns()
         hours = [t / 3600.0 for t in tl["time"]]
         top.step(hours, tl["queue_length"], where="post", label=r.policy)
-        bottom.step(hours, [b / total_gpus for b in tl["busy_gpus"]], where="post", label=r.policy)
+        middle.step(hours, [b / total_gpus for b in tl["busy_gpus"]], where="post", label=r.policy, linewidth=0.8)
+        jct = sorted(v / 3600.0 for v in r.job_columns()["jct_s"] if v is not None)
+        if jct:
+            bottom.step(jct, [(i + 1) / len(jct) for i in range(len(jct))], where="post", label=r.policy)
     top.set_ylabel("queue length (jobs)")
-    bottom.set_ylabel("GPU utilization")
-    bottom.set_xlabel("time (hours)")
-    bottom.set_ylim(0, 1.05)
+    middle.set_ylabel("GPU utilization")
+    middle.set_xlabel("time (hours)")
+    middle.set_ylim(0, 1.05)
+    middle.sharex(top)
+    bottom.set_xlabel("job completion time (hours)")
+    bottom.set_ylabel("share of jobs (CDF)")
+    bottom.set_xscale("log")
+    bottom.set_ylim(0, 1.02)
     top.legend()
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, format=_plot_format(path))
     plt.close(fig)
@@ -250,6 +311,45 @@ def _plot_format(path: str) -> str:
     return os.path.splitext(path)[1].lstrip(".").lower() or "png"
 
 
+def _cluster(args: argparse.Namespace) -> str:
+    if args.gpus is not None:
+        return f"{args.gpus} GPUs"
+    return f"{args.nodes} nodes × {args.gpus_per_node} GPUs"
+
+
+def _run_info(
+    args: argparse.Namespace, path: str, jobs: int, policies: Sequence[str], started: float
+) -> Dict[str, Any]:
+    """What a result needs to be reproduced: the trace (path, SHA-256), the
+    cluster, the policies and options, the package version, the wall time."""
+    from . import __version__
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return {
+        "trace": {"path": os.path.abspath(path), "sha256": digest.hexdigest(), "jobs": jobs, "columns": args.columns},
+        "cluster": {
+            "gpus": args.gpus if args.gpus is not None else args.nodes * args.gpus_per_node,
+            "nodes": args.nodes,
+            "gpus_per_node": args.gpus_per_node,
+            "vram_per_gpu_mb": args.vram_per_gpu_mb,
+            "ram_per_node_mb": args.ram_per_node_mb,
+            "node_cost_per_hour": args.node_cost_per_hour,
+        },
+        "policies": list(policies),
+        "options": {
+            "preempt": args.preempt,
+            "oracle_estimates": not args.no_oracle_estimates,
+            "las_thresholds": args.las_thresholds,
+        },
+        "version": __version__,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - (time.monotonic() - started))),
+        "wall_s": round(time.monotonic() - started, 3),
+    }
+
+
 def run_simulate(args: argparse.Namespace, out: Optional[TextIO] = None, err: Optional[TextIO] = None) -> int:
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
@@ -267,8 +367,14 @@ def run_simulate(args: argparse.Namespace, out: Optional[TextIO] = None, err: Op
     except CliError as e:
         err.write(f"error: {e.message}\n")
         return e.code
+    started = time.monotonic()
+    path = args.trace
+    if path == "sample" and not os.path.exists(path):
+        from .simulator import sample_trace_path
+
+        path = sample_trace_path()
     try:
-        trace = load_trace(args.trace, columns=args.columns)
+        trace = load_trace(path, columns=args.columns)
     except (ValueError, TypeError, OSError) as e:
         err.write(f"error: {e}\n")
         return 2
@@ -298,9 +404,9 @@ def run_simulate(args: argparse.Namespace, out: Optional[TextIO] = None, err: Op
             return 2
     rows = [{"policy": r.policy, **{m: r.metrics.get(m) for m in METRICS}} for r in results]
     if args.json:
-        out.write(json.dumps({"results": rows}) + "\n")
+        out.write(json.dumps({"results": rows, "run": _run_info(args, path, len(trace), policies, started)}) + "\n")
     else:
-        out.write(render_table(rows) + "\n")
+        out.write(render_table(rows, wide=args.wide) + "\n")
     if args.jobs_csv:
         with open(args.jobs_csv, "w", newline="") as f:
             writer: Optional[Any] = None
@@ -314,7 +420,7 @@ def run_simulate(args: argparse.Namespace, out: Optional[TextIO] = None, err: Op
                     writer.writerow([r.policy, *("" if v is None else v for v in values)])
     if args.plot:
         total = args.gpus if args.gpus is not None else args.nodes * args.gpus_per_node
-        _plot(results, args.plot, total)
+        _plot(results, args.plot, total, f"{os.path.basename(path)} ({len(trace):,} jobs) on {_cluster(args)}")
     return 0
 
 

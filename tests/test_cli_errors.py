@@ -267,3 +267,20 @@ def test_json_says_how_the_run_was_made_and_the_plot_has_a_title(tmp: Path) -> N
     assert run["trace"]["sha256"] == hashlib.sha256(TRACE.encode()).hexdigest() and run["trace"]["jobs"] == 3
     assert run["cluster"]["gpus"] == 4 and run["cluster"]["nodes"] == 2
     assert run["policies"] == ["fifo", "las"] and run["version"] and run["wall_s"] >= 0
+
+
+def test_by_user_breaks_each_policy_down_per_user(tmp: Path) -> None:
+    import json
+
+    (tmp / "work" / "users.csv").write_text(
+        "job_id,submit_time,duration,num_gpu,user\na,0,3600,2,ann\nb,0,60,1,bo\nc,10,60,1,bo\n"
+    )
+    result = _cli(tmp, "simulate", "users.csv", "--gpus", "2", "--by", "user", "--json")
+    assert result.returncode == 0, result.stderr
+    [fifo] = json.loads(result.stdout)["results"]
+    rows = {r["user"]: r for r in fifo["by_user"]}
+    assert [r["user"] for r in fifo["by_user"]] == ["ann", "bo"]  # heaviest first
+    assert rows["ann"]["gpu_hours"] == 2.0 and rows["bo"]["jobs"] == 2
+    assert rows["ann"]["avg_wait_s"] == 0 and rows["bo"]["avg_wait_s"] > 3000  # fifo: bo waits behind ann
+    text = _cli(tmp, "simulate", "users.csv", "--gpus", "2", "--by", "user")
+    assert "fifo, per user:" in text.stdout and "GPU-h" in text.stdout

@@ -63,6 +63,7 @@ SIMULATE_EPILOG = """\
 examples:
   %(prog)s sample --gpus 16 --policy fifo,backfill,las
   %(prog)s trace.csv --gpus 16 --policy fifo,sjf --wide
+  %(prog)s sample --gpus 16 --policy fifo,fair_share --by user
   %(prog)s trace.csv --nodes 4 --gpus-per-node 8 --policy fair_share --json
   %(prog)s trace.csv --gpus 16 --plot out.png --jobs-csv jobs.csv
 
@@ -98,6 +99,10 @@ def add_parsers(commands: Any) -> None:
     sim.add_argument("--gpus-per-node", type=_positive_int, metavar="G", help="GPUs on each node (with --nodes)")
     sim.add_argument("--policy", default="fifo", help="policies to compare, comma-separated")
     sim.add_argument("--json", action="store_true", help='print {"results": [...]} only')
+    sim.add_argument(
+        "--by", choices=("user",), metavar="user",
+        help="also break the results down per user (jobs, JCT, wait, GPU-hours)",
+    )
     sim.add_argument(
         "--wide", action="store_true",
         help="every metric, in seconds (default: a compact table in hours/days that fits 100 columns)",
@@ -311,6 +316,40 @@ def _plot_format(path: str) -> str:
     return os.path.splitext(path)[1].lstrip(".").lower() or "png"
 
 
+def by_user(result: Any) -> List[Dict[str, Any]]:
+    """Per user of one result: jobs, average and p95 (nearest rank) JCT,
+    average wait, GPU-hours; the heaviest users (by GPU-hours) first."""
+    cols = result.job_columns()
+    groups: Dict[str, List[int]] = {}
+    for i, user in enumerate(cols["user"]):
+        groups.setdefault("-" if user is None else str(user), []).append(i)
+    rows = []
+    for user, idx in groups.items():
+        jct = sorted(cols["jct_s"][i] for i in idx if cols["jct_s"][i] is not None)
+        wait = [cols["wait_s"][i] for i in idx if cols["wait_s"][i] is not None]
+        gpu_s = sum((cols["duration"][i] or 0.0) * (cols["num_gpu"][i] or 0) for i in idx)
+        rows.append({
+            "user": user,
+            "jobs": len(idx),
+            "avg_jct_s": sum(jct) / len(jct) if jct else None,
+            "p95_jct_s": jct[max(0, math.ceil(0.95 * len(jct)) - 1)] if jct else None,
+            "avg_wait_s": sum(wait) / len(wait) if wait else None,
+            "gpu_hours": gpu_s / 3600.0,
+        })
+    rows.sort(key=lambda r: (-r["gpu_hours"], r["user"]))
+    return rows
+
+
+def render_by_user(policy: str, rows: Sequence[Dict[str, Any]]) -> str:
+    names = ["user", "jobs", "avg JCT", "p95 JCT", "avg wait", "GPU-h"]
+    table = [
+        [r["user"], str(r["jobs"]), human_seconds(r["avg_jct_s"]), human_seconds(r["p95_jct_s"]),
+         human_seconds(r["avg_wait_s"]), f"{r['gpu_hours']:,.1f}"]
+        for r in rows
+    ]
+    return f"\n{policy}, per user:\n" + _columns(names, table)
+
+
 def _cluster(args: argparse.Namespace) -> str:
     if args.gpus is not None:
         return f"{args.gpus} GPUs"
@@ -403,10 +442,16 @@ def run_simulate(args: argparse.Namespace, out: Optional[TextIO] = None, err: Op
             err.write(f"error: policy {name}: {e}\n")
             return 2
     rows = [{"policy": r.policy, **{m: r.metrics.get(m) for m in METRICS}} for r in results]
+    if args.by == "user":
+        for row, r in zip(rows, results):
+            row["by_user"] = by_user(r)
     if args.json:
         out.write(json.dumps({"results": rows, "run": _run_info(args, path, len(trace), policies, started)}) + "\n")
     else:
-        out.write(render_table(rows, wide=args.wide) + "\n")
+        out.write(render_table([{k: v for k, v in row.items() if k != "by_user"} for row in rows], wide=args.wide) + "\n")
+        for row in rows:
+            if "by_user" in row:
+                out.write(render_by_user(row["policy"], row["by_user"]) + "\n")
     if args.jobs_csv:
         with open(args.jobs_csv, "w", newline="") as f:
             writer: Optional[Any] = None

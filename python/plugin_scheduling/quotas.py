@@ -160,6 +160,22 @@ class QuotaInfo:
 
     to_dict = _to_dict
 
+    def _repr_html_(self) -> str:
+        """Jupyter: one row per resource (used, quota, available, share in use)."""
+        from ._html import table
+
+        rows = [
+            ("cpu (cores)", self.used_cpu, self.cpu_quota, self.available_cpu, self.cpu_usage_percent),
+            ("memory (GiB)", self.used_memory, self.memory_quota, self.available_memory, self.memory_usage_percent),
+            ("gpu", self.used_gpu, self.gpu_quota, self.available_gpu, self.gpu_usage_percent),
+            ("vram (MB)", self.used_vram_mb, self.vram_quota_mb, self.available_vram_mb, self.vram_usage_percent),
+        ]
+        caption = (
+            f"QuotaInfo: project {self.project_id} ({self.provider}, {self.backend}; "
+            f"{'enforced' if self.enforce_quota else 'not enforced'}; synced {self.synced_at.isoformat()})"
+        )
+        return table(caption, ("resource", "used", "quota", "available", "% used"), rows)
+
 
 @dataclasses.dataclass(frozen=True)
 class QuotaUsage:

@@ -323,7 +323,7 @@ def by_user(result: Any) -> List[Dict[str, Any]]:
     groups: Dict[str, List[int]] = {}
     for i, user in enumerate(cols["user"]):
         groups.setdefault("-" if user is None else str(user), []).append(i)
-    rows = []
+    rows: List[Dict[str, Any]] = []
     for user, idx in groups.items():
         jct = sorted(cols["jct_s"][i] for i in idx if cols["jct_s"][i] is not None)
         wait = [cols["wait_s"][i] for i in idx if cols["wait_s"][i] is not None]
@@ -441,7 +441,7 @@ def run_simulate(args: argparse.Namespace, out: Optional[TextIO] = None, err: Op
         except (ValueError, TypeError, OSError, RuntimeError) as e:
             err.write(f"error: policy {name}: {e}\n")
             return 2
-    rows = [{"policy": r.policy, **{m: r.metrics.get(m) for m in METRICS}} for r in results]
+    rows: List[Dict[str, Any]] = [{"policy": r.policy, **{m: r.metrics.get(m) for m in METRICS}} for r in results]
     if args.by == "user":
         for row, r in zip(rows, results):
             row["by_user"] = by_user(r)

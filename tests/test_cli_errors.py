@@ -284,3 +284,18 @@ def test_by_user_breaks_each_policy_down_per_user(tmp: Path) -> None:
     assert rows["ann"]["avg_wait_s"] == 0 and rows["bo"]["avg_wait_s"] > 3000  # fifo: bo waits behind ann
     text = _cli(tmp, "simulate", "users.csv", "--gpus", "2", "--by", "user")
     assert "fifo, per user:" in text.stdout and "GPU-h" in text.stdout
+
+
+def test_the_progress_bar_says_how_long_is_left() -> None:
+    import io
+    import time
+
+    from plugin_scheduling._cli_sim import _Progress
+
+    err = io.StringIO()
+    bar = _Progress("fifo", err)
+    bar.started = time.monotonic() - 30.0  # 30 s for the first half: about 30 s more
+    bar(50, 100)
+    assert "50%  about 3" in err.getvalue() and err.getvalue().endswith(" s left")
+    bar(100, 100)
+    assert err.getvalue().endswith("100%\n")

@@ -223,19 +223,24 @@ def render_table(results: Sequence[Dict[str, Any]], wide: bool = True) -> str:
 
 
 class _Progress:
-    """A one-line progress bar on stderr."""
+    """A one-line progress bar on stderr, with the time left (from the pace so far)."""
 
     def __init__(self, label: str, err: TextIO) -> None:
         self.label = label
         self.err = err
         self.shown = -1
+        self.started = time.monotonic()
 
     def __call__(self, done: int, total: int) -> None:
         pct = 100 if total == 0 else done * 100 // total
         if pct != self.shown:
             self.shown = pct
             bar = "#" * (pct // 4)
-            self.err.write(f"\r{self.label:<16} [{bar:<25}] {pct:3d}%")
+            eta = ""
+            if 0 < pct < 100:
+                left = (time.monotonic() - self.started) * (100 - pct) / pct
+                eta = f"  about {human_seconds(left)} left"
+            self.err.write(f"\r\x1b[K{self.label:<16} [{bar:<25}] {pct:3d}%{eta}")
             if pct == 100:
                 self.err.write("\n")
             self.err.flush()
@@ -350,6 +355,13 @@ def render_by_user(policy: str, rows: Sequence[Dict[str, Any]]) -> str:
     return f"\n{policy}, per user:\n" + _columns(names, table)
 
 
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
 def _cluster(args: argparse.Namespace) -> str:
     if args.gpus is not None:
         return f"{args.gpus} GPUs"
@@ -412,11 +424,18 @@ def run_simulate(args: argparse.Namespace, out: Optional[TextIO] = None, err: Op
         from .simulator import sample_trace_path
 
         path = sample_trace_path()
+    loading = out.isatty() and err.isatty() and _size(path) >= 5_000_000
+    if loading:  # a large trace takes seconds to read: say so
+        err.write(f"loading {path} ({_size(path) / 1e6:,.0f} MB)...")
+        err.flush()
     try:
         trace = load_trace(path, columns=args.columns)
     except (ValueError, TypeError, OSError) as e:
         err.write(f"error: {e}\n")
         return 2
+    finally:
+        if loading:
+            err.write("\r\x1b[K")
     show_progress = out.isatty() and len(trace) >= 20_000
     results = []
     for name in policies:

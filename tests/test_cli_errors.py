@@ -105,6 +105,7 @@ CASES: List[Tuple[Sequence[str], int, Sequence[str]]] = [
     (["quota", "get", "p", "--provider", "slurm"], 3, ["Slurm", "PATH"]),
     (["quota", "get", "p", "--provider", "k8s"], 2, ["invalid choice"]),
     (["quota", "set", "p", "--db", "{t}/work/q.db", "--gpu", "many"], 2, ["--gpu", "invalid int"]),
+    (["quota", "set", "p", "--db", "{t}/work/trace.csv", "--gpu", "1"], 3, ["trace.csv", "not a database"]),
     (["quota", "set", "p", "--db", "{t}/work/adir/x/q.db", "--clear", "bogus"], 2, ["--clear", "bogus"]),
     (["quota", "set", "p", "--db", "{t}/work/q.db", "--enforce", "--no-enforce"], 2, ["not allowed"]),
 ]

@@ -33,16 +33,9 @@ def _prog() -> str:
 
 
 DESCRIPTION = """\
-Decides whether, when and on which GPU a plugin or job may run.
-
-commands:
-  demo       plugins queueing for a simulated 24 GB GPU, on this machine's real RAM/CPU
-  stats      this machine's RAM, CPU and GPUs (nvidia-smi/gpustat-like; --json, --watch)
-  quota      per-project resource quotas: get, set, usage (SQLite, PostgreSQL or Slurm)
-  jobs       jobs in a JobScheduler journal: list, show ID, history
-  simulate   replay a workload trace on a simulated cluster under one or more policies
-  trace      workload traces: generate a synthetic one
-  ledger     grants and waiters of every process on a shared ledger
+Decides whether, when and on which GPU a plugin, model or job may run: admission for
+plugins (demo), this machine's stats, per-project quotas, a job journal, a cluster
+simulator with its traces, and the shared ledger of every process on this host.
 
 Run '%(prog)s COMMAND --help' for a command's options and examples."""
 
@@ -80,11 +73,13 @@ def _build_parser() -> argparse.ArgumentParser:
         prog=_prog(), description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
     commands.add_parser(
         "demo",
         help="plugins queueing for a GPU (simulated) on this machine's real RAM/CPU",
         description="Four plugins queue for a simulated 24 GB GPU and are admitted as memory frees up.",
+        epilog="examples:\n  %(prog)s            (Ctrl-C stops it)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     stats = commands.add_parser(
         "stats",

@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
-from typing import Any, Callable, Literal, Sequence, cast
+from typing import Any, Callable, ClassVar, Literal, Sequence, cast
 
 from . import _core
 from ._core import SchedulingDecision
@@ -145,12 +145,12 @@ class SLOAwarePolicy(SchedulingPolicy):
     the others to the least loaded. ``clock()`` gives the current time in seconds
     since the epoch (``time.time`` by default)."""
 
-    kind = "slo_aware"
+    kind: ClassVar[str | None] = "slo_aware"
 
     def __init__(self, urgency_threshold: float = 0.7, *, clock: Clock | None = None) -> None:
         super().__init__("SLO-Aware")
-        self.urgency_threshold = _setting("SLOAwarePolicy", "urgency_threshold", urgency_threshold)
-        self.clock = _clock("SLOAwarePolicy", clock)
+        self.urgency_threshold: float = _setting("SLOAwarePolicy", "urgency_threshold", urgency_threshold)
+        self.clock: Clock = _clock("SLOAwarePolicy", clock)
 
 
 class CostOptimizedPolicy(SchedulingPolicy):
@@ -161,12 +161,12 @@ class CostOptimizedPolicy(SchedulingPolicy):
     (``max_tokens``, 100 when None) take at ``throughput_tokens_per_sec`` (one
     second when unknown). Order: priority, then smaller budget, then arrival."""
 
-    kind = "cost_optimized"
+    kind: ClassVar[str | None] = "cost_optimized"
 
     def __init__(self, price_per_gpu_hour: float = 2.5, *, clock: Clock | None = None) -> None:
         super().__init__("CostOptimized")
-        self.price_per_gpu_hour = _setting("CostOptimizedPolicy", "price_per_gpu_hour", price_per_gpu_hour)
-        self.clock = _clock("CostOptimizedPolicy", clock)
+        self.price_per_gpu_hour: float = _setting("CostOptimizedPolicy", "price_per_gpu_hour", price_per_gpu_hour)
+        self.clock: Clock = _clock("CostOptimizedPolicy", clock)
 
 
 class AdaptivePolicy(SchedulingPolicy):
@@ -178,7 +178,7 @@ class AdaptivePolicy(SchedulingPolicy):
     chosen and ``active_reason`` why; each decision's ``reason`` starts with
     ``Adaptive[<kind>] (<why>): ``. ``prioritize`` orders as Priority does."""
 
-    kind = "adaptive"
+    kind: ClassVar[str | None] = "adaptive"
 
     def __init__(
         self,
@@ -190,12 +190,12 @@ class AdaptivePolicy(SchedulingPolicy):
         clock: Clock | None = None,
     ) -> None:
         super().__init__("Adaptive")
-        self.high_load_threshold = _setting("AdaptivePolicy", "high_load_threshold", high_load_threshold)
-        self.low_load_threshold = _setting("AdaptivePolicy", "low_load_threshold", low_load_threshold)
-        self.clock = _clock("AdaptivePolicy", clock)
-        self.priority_policy = PriorityPolicy()
-        self.slo_policy = SLOAwarePolicy(urgency_threshold, clock=self.clock)
-        self.cost_policy = CostOptimizedPolicy(price_per_gpu_hour, clock=self.clock)
+        self.high_load_threshold: float = _setting("AdaptivePolicy", "high_load_threshold", high_load_threshold)
+        self.low_load_threshold: float = _setting("AdaptivePolicy", "low_load_threshold", low_load_threshold)
+        self.clock: Clock = _clock("AdaptivePolicy", clock)
+        self.priority_policy: PriorityPolicy = PriorityPolicy()
+        self.slo_policy: SLOAwarePolicy = SLOAwarePolicy(urgency_threshold, clock=self.clock)
+        self.cost_policy: CostOptimizedPolicy = CostOptimizedPolicy(price_per_gpu_hour, clock=self.clock)
         self.active_policy: SchedulingPolicy | None = None
         self.active_reason: str | None = None
 
@@ -280,7 +280,7 @@ class ControlPlaneManager:
     keeping the requests that got no decision pending."""
 
     def __init__(self, scheduling_policy: SchedulingPolicy | None = None) -> None:
-        self.scheduling_policy = scheduling_policy if scheduling_policy is not None else FIFOPolicy()
+        self.scheduling_policy: SchedulingPolicy = scheduling_policy if scheduling_policy is not None else FIFOPolicy()
         self.pending: list[Any] = []
         self.instances: list[Any] = []
 

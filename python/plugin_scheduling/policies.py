@@ -77,7 +77,7 @@ class SchedulingPolicy:
     kind: ClassVar[str | None] = None
 
     def __init__(self, name: str | None = None) -> None:
-        self.name = name if name is not None else (self.kind or type(self).__name__)
+        self.name: str = name if name is not None else (self.kind or type(self).__name__)
         self._core: CorePolicy | None = None
 
     # -- settings -----------------------------------------------------------------
@@ -165,23 +165,23 @@ class SchedulingPolicy:
 class FIFOPolicy(SchedulingPolicy):
     """First come, first served, strictly (the default)."""
 
-    kind = "fifo"
+    kind: ClassVar[str | None] = "fifo"
 
 
 class BestEffortFIFOPolicy(SchedulingPolicy):
     """Arrival order, but any waiter that fits now may go (Kueue's BestEffortFIFO)."""
 
-    kind = "best_effort_fifo"
+    kind: ClassVar[str | None] = "best_effort_fifo"
 
 
 class PriorityPolicy(SchedulingPolicy):
     """Higher priority first, with aging (``aging_per_s`` points per second waited)."""
 
-    kind = "priority"
+    kind: ClassVar[str | None] = "priority"
 
     def __init__(self, aging_per_s: float = 1.0 / 60.0, name: str | None = None) -> None:
         super().__init__(name)
-        self.aging_per_s = aging_per_s
+        self.aging_per_s: float = aging_per_s
         self._check()
 
     def _settings(self) -> dict[str, Any]:
@@ -201,7 +201,7 @@ class _SharesMixin:
 class FairSharePolicy(_SharesMixin, SchedulingPolicy):
     """Slurm's classic fair share: ``2^(-U/S)`` per user (or project)."""
 
-    kind = "fair_share"
+    kind: ClassVar[str | None] = "fair_share"
 
     def __init__(
         self,
@@ -212,10 +212,10 @@ class FairSharePolicy(_SharesMixin, SchedulingPolicy):
         name: str | None = None,
     ) -> None:
         super().__init__(name)
-        self.by = by
-        self.half_life_s = half_life_s
-        self.shares = dict(shares or {})
-        self.usage_path = usage_path
+        self.by: str = by
+        self.half_life_s: float = half_life_s
+        self.shares: dict[str, float] = dict(shares or {})
+        self.usage_path: Any = usage_path
         self._check()
 
     def _settings(self) -> dict[str, Any]:
@@ -225,12 +225,12 @@ class FairSharePolicy(_SharesMixin, SchedulingPolicy):
 class DeadlinePolicy(SchedulingPolicy):
     """Priority boosted by up to ``boost`` points over the last ``window_s`` s."""
 
-    kind = "deadline"
+    kind: ClassVar[str | None] = "deadline"
 
     def __init__(self, window_s: float = 300.0, boost: float = 50.0, name: str | None = None) -> None:
         super().__init__(name)
-        self.window_s = window_s
-        self.boost = boost
+        self.window_s: float = window_s
+        self.boost: float = boost
         self._check()
 
     def _settings(self) -> dict[str, Any]:
@@ -240,17 +240,17 @@ class DeadlinePolicy(SchedulingPolicy):
 class SJFPolicy(SchedulingPolicy):
     """Shortest estimated duration first (declared, else measured history)."""
 
-    kind = "sjf"
+    kind: ClassVar[str | None] = "sjf"
 
 
 class RoundRobinPolicy(SchedulingPolicy):
     """Users (or projects) in turn; within one, arrival order."""
 
-    kind = "round_robin"
+    kind: ClassVar[str | None] = "round_robin"
 
     def __init__(self, by: str = "user", name: str | None = None) -> None:
         super().__init__(name)
-        self.by = by
+        self.by: str = by
         self._check()
 
     def _settings(self) -> dict[str, Any]:
@@ -260,13 +260,13 @@ class RoundRobinPolicy(SchedulingPolicy):
 class BackfillPolicy(SchedulingPolicy):
     """EASY backfill over arrival order (needs estimated durations to backfill)."""
 
-    kind = "backfill"
+    kind: ClassVar[str | None] = "backfill"
 
 
 class MultifactorPolicy(_SharesMixin, SchedulingPolicy):
     """Slurm-style weighted sum of age, fair share, priority and size factors."""
 
-    kind = "multifactor"
+    kind: ClassVar[str | None] = "multifactor"
 
     def __init__(
         self,
@@ -278,11 +278,11 @@ class MultifactorPolicy(_SharesMixin, SchedulingPolicy):
         name: str | None = None,
     ) -> None:
         super().__init__(name)
-        self.weights = dict(weights or {})
-        self.by = by
-        self.half_life_s = half_life_s
-        self.shares = dict(shares or {})
-        self.usage_path = usage_path
+        self.weights: dict[str, float] = dict(weights or {})
+        self.by: str = by
+        self.half_life_s: float = half_life_s
+        self.shares: dict[str, float] = dict(shares or {})
+        self.usage_path: Any = usage_path
         self._check()
 
     def _settings(self) -> dict[str, Any]:
@@ -297,11 +297,11 @@ class LASPolicy(SchedulingPolicy):
     attained GPU-time; preemptive in the simulator (elsewhere: its order and
     preemption advice)."""
 
-    kind = "las"
+    kind: ClassVar[str | None] = "las"
 
 
 _BY_NAME: dict[str, type[SchedulingPolicy]] = {
-    cls.kind: cls
+    str(cls.kind): cls  # every built-in class has a kind
     for cls in (
         FIFOPolicy,
         BestEffortFIFOPolicy,

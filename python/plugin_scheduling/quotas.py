@@ -456,7 +456,7 @@ class SlurmQuotaProvider(_BuiltinProvider):
         if not isinstance(account_prefix, str):
             raise InvalidQuota(f"account_prefix must be a str, got {account_prefix!r}")
         self.account_prefix = account_prefix
-        self.user = getpass.getuser() if user is None else user
+        self.user: str = getpass.getuser() if user is None else user
         self._backend = _QuotaBackend.slurm(
             account_prefix,
             self.user,

@@ -170,6 +170,7 @@ def _journal(tmp: Path) -> Path:
         ["simulate", "trace.csv", "--gpus", "4", "--policy", "fifo,sjf"],
         ["trace", "generate", "--jobs", "20000"],
         ["stats", "--json"],
+        ["demo"],  # its plugin threads and its log handler print too
         ["quota", "--help"],
         ["--help"],
     ],

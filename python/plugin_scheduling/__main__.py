@@ -152,14 +152,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ``PLUGIN_SCHEDULING_TRACEBACK=1`` re-raises instead (for bug reports)."""
     import sqlite3
 
-    from ._cli_util import EXIT_RUNTIME, EXIT_USAGE, CliError, os_message
+    from ._cli_util import EXIT_RUNTIME, EXIT_USAGE, CliError, os_message, quiet_stdout
 
     try:
         code = _run(argv)
         sys.stdout.flush()  # a closed pipe shows here, inside the handler
         return code
     except BrokenPipeError:
-        _quiet_stdout()
+        quiet_stdout()
         return 0
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
@@ -183,18 +183,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (OSError, ValueError):
             pass
         return code
-
-
-def _quiet_stdout() -> None:
-    """The reader of our stdout went away (``| head``): as the Python docs
-    advise, point stdout at /dev/null so the interpreter's final flush does
-    not print a second error, and exit quietly."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError, AttributeError):
-        pass  # not a real file (a test's capture): nothing will flush to a pipe
 
 
 def _exit_interrupted() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import List
 
 #: Exit status of a usage mistake (as argparse uses).
@@ -67,3 +68,15 @@ def os_message(error: OSError) -> str:
     if error.filename is not None:
         return f"{error.filename}: {reason}"
     return reason
+
+
+def quiet_stdout() -> None:
+    """The reader of our stdout went away (``| head``): as the Python docs
+    advise, point stdout at /dev/null so that later writes and the
+    interpreter's final flush do not raise again, and let the caller end quietly."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass  # not a real file (a test's capture): nothing will flush to a pipe

@@ -14,6 +14,10 @@ echo "== mypy --strict (the Python package)"
 python -m mypy --strict python/plugin_scheduling
 echo "== stubtest (_core.pyi against the built extension)"
 python -m mypy.stubtest plugin_scheduling._core --allowlist tests/stubtest_allowlist.txt
+echo "== mkdocs build --strict (the docs site; tests/test_readme.py builds it too)"
+site_dir="$(mktemp -d)"
+NO_MKDOCS_2_WARNING=1 python -m mkdocs build --strict --site-dir "$site_dir" --quiet
+rm -rf "$site_dir"
 echo "== pytest"
 # pytest exits 5 when it collected no test: set -e makes that a failure.
 python -m pytest -p no:cacheprovider

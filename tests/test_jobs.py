@@ -696,11 +696,10 @@ def test_cli_lists_shows_and_prints_history(tmp_path: Path) -> None:
     assert nojournal.returncode == 1 and "no job journal" in nojournal.stderr
 
 
-def test_readme_jobs_example_runs_as_written() -> None:
+def test_the_jobs_guide_example_runs_as_written() -> None:
     import re
 
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    section = readme[readme.index("## Jobs: `plugin_scheduling.jobs") :]
+    section = (Path(__file__).parent.parent / "docs" / "guides" / "jobs.md").read_text()
     code = re.search(r"```python\n(.*?)```", section, re.S)
     assert code is not None
     out = subprocess.run([sys.executable, "-c", code.group(1)], capture_output=True, text=True, timeout=60)

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from plugin_scheduling import ManualClock, ReservationScheduler, ReservationTimeout
+from plugin_scheduling import ManualClock, ReservationScheduler, ReservationTimeout, policies
 from plugin_scheduling.policies import (
     POLICY_NAMES,
     BackfillPolicy,
@@ -517,3 +517,31 @@ def test_the_live_scheduler_and_the_simulator_start_jobs_in_the_same_order(polic
         clock.advance(dict((x[0], x[2]) for x in TRACE)[j])
     s._release_grant(current.id)
     assert started == sim_order, (policy, started, sim_order)
+
+
+# ---------------------------------------------- settings checked when made
+
+
+@pytest.mark.parametrize(
+    ("make", "field", "value"),
+    [
+        (lambda: PriorityPolicy(aging_per_s=-1), "aging_per_s", "-1"),
+        (lambda: PriorityPolicy(aging_per_s=float("nan")), "aging_per_s", "nan"),
+        (lambda: FairSharePolicy(by="team"), "by", "team"),
+        (lambda: FairSharePolicy(half_life_s=0), "half_life_s", "0"),
+        (lambda: FairSharePolicy(shares={"ann": -2}), "shares", "-2"),
+        (lambda: policies.RoundRobinPolicy(by="group"), "by", "group"),
+        (lambda: policies.DeadlinePolicy(boost=-5), "boost", "-5"),
+        (lambda: policies.MultifactorPolicy(weights={"age": -1}), "weights", "-1"),
+        (lambda: policies.policy_from_name("fifoo"), "policy", "did you mean"),
+    ],
+)
+def test_a_bad_setting_is_refused_when_the_policy_is_made(make, field, value):
+    with pytest.raises(ValueError) as info:
+        make()
+    assert field in str(info.value) and value in str(info.value), str(info.value)
+
+
+def test_policy_names_ignore_case():
+    assert isinstance(policies.policy_from_name("FIFO"), policies.FIFOPolicy)
+    assert isinstance(policies.policy_from_name("Fair_Share"), FairSharePolicy)

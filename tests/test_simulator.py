@@ -268,7 +268,7 @@ def test_every_policy_runs_the_sample_trace() -> None:
 
 
 def test_cli_table_json_csv_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str], three: Path) -> None:
-    assert main(["simulate", str(three), "--gpus", "4", "--policy", "fifo,backfill"]) == 0
+    assert main(["simulate", str(three), "--gpus", "4", "--policy", "fifo,backfill", "--wide"]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0].split()[:3] == ["policy", "jobs", "avg_jct_s"]
     assert [line.split()[0] for line in table[1:]] == ["fifo", "backfill"]
@@ -276,7 +276,7 @@ def test_cli_table_json_csv_and_plot(tmp_path: Path, capsys: pytest.CaptureFixtu
                  "--jobs-csv", str(tmp_path / "jobs.csv")]) == 0
     out = capsys.readouterr().out
     doc = json.loads(out)
-    assert list(doc) == ["results"]
+    assert list(doc) == ["results", "run"]
     assert [r["policy"] for r in doc["results"]] == ["fifo", "sjf"]
     assert set(doc["results"][0]) == {"policy", *simulator.METRICS}
     assert doc["results"][0]["avg_jct_s"] == pytest.approx(37 / 3)

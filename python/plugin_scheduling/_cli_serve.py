@@ -10,7 +10,16 @@ from typing import Any
 
 
 def add_parser(commands: Any) -> None:
-    serve = commands.add_parser("serve", help="the REST API, events and dashboard over a job scheduler (needs the [server] extra)")
+    serve = commands.add_parser(
+        "serve",
+        help="the REST API, events and dashboard over a job scheduler (needs the [server] extra)",
+        description="Serves a JobScheduler over HTTP: REST API, server-sent events, Prometheus metrics and a dashboard.",
+        epilog=(
+            "examples:\n  %(prog)s\n  %(prog)s --port 9000 --journal ./jobs.db --policy priority\n"
+            "  %(prog)s --tokens ./tokens.json --quotas sqlite:./quotas.db"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this host only)")
     serve.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
     serve.add_argument("--journal", metavar="PATH", help="job journal (default $XDG_STATE_HOME/plugin-scheduling/jobs.db)")
@@ -20,7 +29,8 @@ def add_parser(commands: Any) -> None:
     serve.add_argument("--public-metrics", action="store_true", help="serve /metrics and /openapi.json without a token")
     serve.add_argument("--cpu-cores", type=float, metavar="N", help="CPU cores the jobs may use (default: all)")
     serve.add_argument("--simulated-gpus", metavar="MB,MB", help="for demos and tests: simulated GPUs of these sizes instead of this machine's")
-    serve.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    serve.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
+                       help="server log level (default info)")
 
 
 def _quotas(spec: str | None) -> Any:

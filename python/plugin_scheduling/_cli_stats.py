@@ -62,9 +62,4 @@ def run(as_json: bool, watch: float | None, out: TextIO = sys.stdout) -> int:
             time.sleep(watch)
     except KeyboardInterrupt:
         return 0
-    except BrokenPipeError:  # e.g. piped into `head`: stop quietly, like other CLI tools
-        try:
-            out.close()
-        except BrokenPipeError:
-            pass
-        return 0
+    # A closed pipe (`| head`) goes up to __main__.main, which ends quietly.

@@ -109,7 +109,7 @@ class ManualClock:
 @final
 class PendingJob:
     """A waiter of ``ReservationScheduler`` as a Python policy's
-    ``select_next_job`` sees it (seed 004's job fields)."""
+    ``select_next_job`` sees it (the job-queue module's job fields)."""
 
     @property
     def id(self) -> int: ...
@@ -136,6 +136,14 @@ class CorePolicy:
     ``plugin_scheduling.policies`` classes call."""
 
     def __new__(cls, spec: Mapping[str, Any]) -> CorePolicy: ...
+    @staticmethod
+    def check(spec: Mapping[str, Any]) -> None:
+        """Checks ``spec``'s name and settings without building the policy
+        (``ValueError``/``TypeError`` naming the field)."""
+    @staticmethod
+    def canonical_name(name: str) -> str:
+        """The built-in policy ``name`` stands for, ignoring case; an unknown
+        name raises ``ValueError`` listing the names, with a suggestion."""
     @property
     def name(self) -> str: ...
     def select(self, jobs: Iterable[Any], now: float | None = None) -> int | None: ...
@@ -414,12 +422,12 @@ class QueueWaitState:
     def subscribe(self, wake: Any, event_loop: Any, future: Any) -> int | None: ...
     def unsubscribe(self, token: int | None) -> None: ...
 
-# --- Seed 002's batch API (plugin_scheduling.control_plane) ---------------
+# --- The sageLLM control plane's batch API (plugin_scheduling.control_plane) ---------------
 
 @final
 class SchedulingDecision:
-    """Where a request goes and why (seed 002's fields). Equality compares the
-    fields; unhashable, like the seed's dataclass; picklable."""
+    """Where a request goes and why (sageLLM's fields). Equality compares the
+    fields; unhashable, like sageLLM's dataclass; picklable."""
 
     __match_args__ = (
         "request_id",

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict
 
 from . import QueueScheduler, ReservationScheduler, SafetyScheduler, SimulatedSystem, SystemMonitor
+from ._cli_util import quiet_stdout
 from .types import SystemStats
 
 
@@ -139,13 +140,33 @@ def run(out: Any = print) -> None:
     say(f"all done in {time.monotonic() - start:.2f}s (polling alone would need a 5 s wait per queue turn)")
 
 
+class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Logs to stdout; a closed pipe (``demo | head``) silences it instead of
+    printing logging's error report."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if isinstance(sys.exc_info()[1], BrokenPipeError):
+            quiet_stdout()
+            return
+        super().handleError(record)
+
+
+def _print(text: str) -> None:
+    """``print`` that stops quietly when the reader of stdout went away (the
+    plugin threads print too, so this cannot wait for ``__main__``'s handler)."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        quiet_stdout()
+
+
 def main() -> None:
-    handler = logging.StreamHandler(sys.stdout)
+    handler = _Handler(sys.stdout)
     handler.setFormatter(logging.Formatter("        [%(name)s] %(message)s"))
     logger = logging.getLogger("plugin_scheduling")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
-        run()
+        run(_print)
     finally:
         logger.removeHandler(handler)

@@ -1,4 +1,4 @@
-"""Seed 002's batch API: place a batch of pending requests on serving instances.
+"""The sageLLM control plane's batch API: place a batch of pending requests on serving instances.
 
 An LLM serving control plane hands its pending requests and its instances to a
 policy and gets placement decisions back::
@@ -11,18 +11,18 @@ policy and gets placement decisions back::
 Five strategies (the logic is in the Rust core, ``plugin_scheduling_core::control_plane``):
 ``FIFOPolicy`` and ``PriorityPolicy`` (the same classes as ``plugin_scheduling.policies``),
 ``SLOAwarePolicy``, ``CostOptimizedPolicy`` and ``AdaptivePolicy``. Every one follows
-the seed's interface rules: the inputs are only read; a request goes only to an
+sageLLM's interface rules: the inputs are only read; a request goes only to an
 instance that serves its ``model_name`` (a request with ``model_name=None`` to any),
 ``can_accept_request`` and has room under ``max_concurrency`` counting the decisions
 already made in the same call; a request with no such instance gets no decision
 (so nothing schedulable gives ``[]``); ``prioritize`` returns a new sorted list.
 
 A subclass of ``SchedulingPolicy`` that overrides ``schedule``/``prioritize`` (the
-seed's "Creating Custom Strategies") works wherever a built-in does; a subclass of
+sageLLM's "Creating Custom Strategies") works wherever a built-in does; a subclass of
 a built-in that overrides only ``prioritize`` is scheduled in its own order.
 
-Requests and instances may be these dataclasses or any objects with the seed's
-attributes (the seed's own types included); ``arrival_time`` is seconds since the
+Requests and instances may be these dataclasses or any objects with sageLLM's
+attributes (sageLLM's own types included); ``arrival_time`` is seconds since the
 epoch (``time.time()``, the default) or a ``datetime``. Bad values raise
 ``TypeError``/``ValueError`` naming the field and the value.
 """
@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
-from typing import Any, Callable, Literal, Sequence, cast
+from typing import Any, Callable, ClassVar, Literal, Sequence, cast
 
 from . import _core
 from ._core import SchedulingDecision
@@ -84,7 +84,7 @@ class ParallelismType(Enum):
 
 @dataclass
 class RequestMetadata:
-    """A pending inference request (seed 002's fields)."""
+    """A pending inference request (sageLLM's fields)."""
 
     request_id: str
     prompt: str = ""
@@ -102,7 +102,7 @@ class RequestMetadata:
 
 @dataclass
 class ExecutionInstance:
-    """A serving instance (seed 002's fields); ``current_load`` counts running requests."""
+    """A serving instance (sageLLM's fields); ``current_load`` counts running requests."""
 
     instance_id: str
     host: str
@@ -145,12 +145,12 @@ class SLOAwarePolicy(SchedulingPolicy):
     the others to the least loaded. ``clock()`` gives the current time in seconds
     since the epoch (``time.time`` by default)."""
 
-    kind = "slo_aware"
+    kind: ClassVar[str | None] = "slo_aware"
 
     def __init__(self, urgency_threshold: float = 0.7, *, clock: Clock | None = None) -> None:
         super().__init__("SLO-Aware")
-        self.urgency_threshold = _setting("SLOAwarePolicy", "urgency_threshold", urgency_threshold)
-        self.clock = _clock("SLOAwarePolicy", clock)
+        self.urgency_threshold: float = _setting("SLOAwarePolicy", "urgency_threshold", urgency_threshold)
+        self.clock: Clock = _clock("SLOAwarePolicy", clock)
 
 
 class CostOptimizedPolicy(SchedulingPolicy):
@@ -161,12 +161,12 @@ class CostOptimizedPolicy(SchedulingPolicy):
     (``max_tokens``, 100 when None) take at ``throughput_tokens_per_sec`` (one
     second when unknown). Order: priority, then smaller budget, then arrival."""
 
-    kind = "cost_optimized"
+    kind: ClassVar[str | None] = "cost_optimized"
 
     def __init__(self, price_per_gpu_hour: float = 2.5, *, clock: Clock | None = None) -> None:
         super().__init__("CostOptimized")
-        self.price_per_gpu_hour = _setting("CostOptimizedPolicy", "price_per_gpu_hour", price_per_gpu_hour)
-        self.clock = _clock("CostOptimizedPolicy", clock)
+        self.price_per_gpu_hour: float = _setting("CostOptimizedPolicy", "price_per_gpu_hour", price_per_gpu_hour)
+        self.clock: Clock = _clock("CostOptimizedPolicy", clock)
 
 
 class AdaptivePolicy(SchedulingPolicy):
@@ -178,7 +178,7 @@ class AdaptivePolicy(SchedulingPolicy):
     chosen and ``active_reason`` why; each decision's ``reason`` starts with
     ``Adaptive[<kind>] (<why>): ``. ``prioritize`` orders as Priority does."""
 
-    kind = "adaptive"
+    kind: ClassVar[str | None] = "adaptive"
 
     def __init__(
         self,
@@ -190,12 +190,12 @@ class AdaptivePolicy(SchedulingPolicy):
         clock: Clock | None = None,
     ) -> None:
         super().__init__("Adaptive")
-        self.high_load_threshold = _setting("AdaptivePolicy", "high_load_threshold", high_load_threshold)
-        self.low_load_threshold = _setting("AdaptivePolicy", "low_load_threshold", low_load_threshold)
-        self.clock = _clock("AdaptivePolicy", clock)
-        self.priority_policy = PriorityPolicy()
-        self.slo_policy = SLOAwarePolicy(urgency_threshold, clock=self.clock)
-        self.cost_policy = CostOptimizedPolicy(price_per_gpu_hour, clock=self.clock)
+        self.high_load_threshold: float = _setting("AdaptivePolicy", "high_load_threshold", high_load_threshold)
+        self.low_load_threshold: float = _setting("AdaptivePolicy", "low_load_threshold", low_load_threshold)
+        self.clock: Clock = _clock("AdaptivePolicy", clock)
+        self.priority_policy: PriorityPolicy = PriorityPolicy()
+        self.slo_policy: SLOAwarePolicy = SLOAwarePolicy(urgency_threshold, clock=self.clock)
+        self.cost_policy: CostOptimizedPolicy = CostOptimizedPolicy(price_per_gpu_hour, clock=self.clock)
         self.active_policy: SchedulingPolicy | None = None
         self.active_reason: str | None = None
 
@@ -274,13 +274,13 @@ def _prioritize(policy: SchedulingPolicy, requests: Sequence[Any]) -> list[Any]:
 
 
 class ControlPlaneManager:
-    """The smallest manager the seed's README lines need
+    """The smallest manager sageLLM's README lines need
     (``ControlPlaneManager(scheduling_policy=FIFOPolicy())``): it holds a policy,
     the pending requests and the instances, and ``schedule()`` places one batch,
     keeping the requests that got no decision pending."""
 
     def __init__(self, scheduling_policy: SchedulingPolicy | None = None) -> None:
-        self.scheduling_policy = scheduling_policy if scheduling_policy is not None else FIFOPolicy()
+        self.scheduling_policy: SchedulingPolicy = scheduling_policy if scheduling_policy is not None else FIFOPolicy()
         self.pending: list[Any] = []
         self.instances: list[Any] = []
 

@@ -1,4 +1,4 @@
-"""Monitoring history (seed 003): ``MonitorHistory`` (a bounded ring buffer
+"""Monitoring history (GRANGER's Resource Optimization Scheduler): ``MonitorHistory`` (a bounded ring buffer
 of samples with disk and network I/O rates, ``history()``, ``trend()`` and a
 least-squares ``predict(metric, seconds_ahead)``) and an optional sampler.
 

@@ -1,7 +1,7 @@
 """Scheduling policies: one policy model for every place that orders work.
 
 The same policy objects order the waiters of ``ReservationScheduler(policy=...)``,
-the jobs of ``JobScheduler``, seed 002's batch API (``schedule``/``prioritize``)
+the jobs of ``JobScheduler``, the sageLLM control plane's batch API (``schedule``/``prioritize``)
 and the simulator. Each built-in class is a thin description (a name and its
 settings); the rule itself runs in the Rust core.
 
@@ -67,8 +67,8 @@ POLICY_NAMES: tuple[str, ...] = get_args(PolicyName)
 
 
 class SchedulingPolicy:
-    """Base class of every policy: seed 004's ``select_next_job`` /
-    ``should_preempt`` and seed 002's ``schedule`` / ``prioritize``.
+    """Base class of every policy: the job-queue module's ``select_next_job`` /
+    ``should_preempt`` and the sageLLM control plane's ``schedule`` / ``prioritize``.
 
     ``kind`` names the core policy a built-in class stands for (``None`` for a
     policy written in Python).
@@ -77,7 +77,7 @@ class SchedulingPolicy:
     kind: ClassVar[str | None] = None
 
     def __init__(self, name: str | None = None) -> None:
-        self.name = name if name is not None else (self.kind or type(self).__name__)
+        self.name: str = name if name is not None else (self.kind or type(self).__name__)
         self._core: CorePolicy | None = None
 
     # -- settings -----------------------------------------------------------------
@@ -90,12 +90,17 @@ class SchedulingPolicy:
             raise NotImplementedError(f"{type(self).__name__} is not a built-in policy")
         return {"name": self.kind, **self._settings()}
 
+    def _check(self) -> None:
+        """Refuses a bad setting now (``ValueError`` naming it), not at first use;
+        the core checks, so the rules are the ones every other entry point uses."""
+        CorePolicy.check(self._spec())
+
     def _policy(self) -> CorePolicy:
         if self._core is None:
             self._core = CorePolicy(self._spec())
         return self._core
 
-    # -- seed 004 -----------------------------------------------------------------
+    # -- job queue ----------------------------------------------------------------
     def select_next_job(self, queue: Any, pending_jobs: Sequence[Any]) -> Any | None:
         """The job of ``pending_jobs`` that goes next (``None`` if empty).
 
@@ -141,7 +146,7 @@ class SchedulingPolicy:
         """Tell a stateful policy (fair share, SJF) that ``job`` ran ``ran_s`` s."""
         self._policy().record_finish(job, ran_s)
 
-    # -- seed 002 -----------------------------------------------------------------
+    # -- sageLLM ------------------------------------------------------------------
     def schedule(self, requests: Sequence[Any], instances: Sequence[Any]) -> list[Any]:
         from .control_plane import _schedule
 
@@ -160,23 +165,24 @@ class SchedulingPolicy:
 class FIFOPolicy(SchedulingPolicy):
     """First come, first served, strictly (the default)."""
 
-    kind = "fifo"
+    kind: ClassVar[str | None] = "fifo"
 
 
 class BestEffortFIFOPolicy(SchedulingPolicy):
     """Arrival order, but any waiter that fits now may go (Kueue's BestEffortFIFO)."""
 
-    kind = "best_effort_fifo"
+    kind: ClassVar[str | None] = "best_effort_fifo"
 
 
 class PriorityPolicy(SchedulingPolicy):
     """Higher priority first, with aging (``aging_per_s`` points per second waited)."""
 
-    kind = "priority"
+    kind: ClassVar[str | None] = "priority"
 
     def __init__(self, aging_per_s: float = 1.0 / 60.0, name: str | None = None) -> None:
         super().__init__(name)
-        self.aging_per_s = aging_per_s
+        self.aging_per_s: float = aging_per_s
+        self._check()
 
     def _settings(self) -> dict[str, Any]:
         return {"aging_per_s": self.aging_per_s}
@@ -195,7 +201,7 @@ class _SharesMixin:
 class FairSharePolicy(_SharesMixin, SchedulingPolicy):
     """Slurm's classic fair share: ``2^(-U/S)`` per user (or project)."""
 
-    kind = "fair_share"
+    kind: ClassVar[str | None] = "fair_share"
 
     def __init__(
         self,
@@ -206,10 +212,11 @@ class FairSharePolicy(_SharesMixin, SchedulingPolicy):
         name: str | None = None,
     ) -> None:
         super().__init__(name)
-        self.by = by
-        self.half_life_s = half_life_s
-        self.shares = dict(shares or {})
-        self.usage_path = usage_path
+        self.by: str = by
+        self.half_life_s: float = half_life_s
+        self.shares: dict[str, float] = dict(shares or {})
+        self.usage_path: Any = usage_path
+        self._check()
 
     def _settings(self) -> dict[str, Any]:
         return self._share_settings()
@@ -218,12 +225,13 @@ class FairSharePolicy(_SharesMixin, SchedulingPolicy):
 class DeadlinePolicy(SchedulingPolicy):
     """Priority boosted by up to ``boost`` points over the last ``window_s`` s."""
 
-    kind = "deadline"
+    kind: ClassVar[str | None] = "deadline"
 
     def __init__(self, window_s: float = 300.0, boost: float = 50.0, name: str | None = None) -> None:
         super().__init__(name)
-        self.window_s = window_s
-        self.boost = boost
+        self.window_s: float = window_s
+        self.boost: float = boost
+        self._check()
 
     def _settings(self) -> dict[str, Any]:
         return {"window_s": self.window_s, "boost": self.boost}
@@ -232,17 +240,18 @@ class DeadlinePolicy(SchedulingPolicy):
 class SJFPolicy(SchedulingPolicy):
     """Shortest estimated duration first (declared, else measured history)."""
 
-    kind = "sjf"
+    kind: ClassVar[str | None] = "sjf"
 
 
 class RoundRobinPolicy(SchedulingPolicy):
     """Users (or projects) in turn; within one, arrival order."""
 
-    kind = "round_robin"
+    kind: ClassVar[str | None] = "round_robin"
 
     def __init__(self, by: str = "user", name: str | None = None) -> None:
         super().__init__(name)
-        self.by = by
+        self.by: str = by
+        self._check()
 
     def _settings(self) -> dict[str, Any]:
         return {"by": self.by}
@@ -251,13 +260,13 @@ class RoundRobinPolicy(SchedulingPolicy):
 class BackfillPolicy(SchedulingPolicy):
     """EASY backfill over arrival order (needs estimated durations to backfill)."""
 
-    kind = "backfill"
+    kind: ClassVar[str | None] = "backfill"
 
 
 class MultifactorPolicy(_SharesMixin, SchedulingPolicy):
     """Slurm-style weighted sum of age, fair share, priority and size factors."""
 
-    kind = "multifactor"
+    kind: ClassVar[str | None] = "multifactor"
 
     def __init__(
         self,
@@ -269,11 +278,12 @@ class MultifactorPolicy(_SharesMixin, SchedulingPolicy):
         name: str | None = None,
     ) -> None:
         super().__init__(name)
-        self.weights = dict(weights or {})
-        self.by = by
-        self.half_life_s = half_life_s
-        self.shares = dict(shares or {})
-        self.usage_path = usage_path
+        self.weights: dict[str, float] = dict(weights or {})
+        self.by: str = by
+        self.half_life_s: float = half_life_s
+        self.shares: dict[str, float] = dict(shares or {})
+        self.usage_path: Any = usage_path
+        self._check()
 
     def _settings(self) -> dict[str, Any]:
         out = self._share_settings()
@@ -287,11 +297,11 @@ class LASPolicy(SchedulingPolicy):
     attained GPU-time; preemptive in the simulator (elsewhere: its order and
     preemption advice)."""
 
-    kind = "las"
+    kind: ClassVar[str | None] = "las"
 
 
 _BY_NAME: dict[str, type[SchedulingPolicy]] = {
-    cls.kind: cls
+    str(cls.kind): cls  # every built-in class has a kind
     for cls in (
         FIFOPolicy,
         BestEffortFIFOPolicy,
@@ -309,11 +319,10 @@ _BY_NAME: dict[str, type[SchedulingPolicy]] = {
 
 def policy_from_name(name: str, **settings: Any) -> SchedulingPolicy:
     """A built-in policy by its name (``"fifo"``, ``"priority"``, ...)."""
-    try:
-        cls = _BY_NAME[name]
-    except KeyError:
-        raise ValueError(f"policy must be one of {', '.join(POLICY_NAMES)}, got {name!r}") from None
-    return cls(**settings)
+    if not isinstance(name, str):
+        raise TypeError(f"policy name must be a str, got {type(name).__name__}")
+    # ignores case; an unknown name raises ValueError with a "did you mean"
+    return _BY_NAME[CorePolicy.canonical_name(name)](**settings)
 
 
 _CONTROL_PLANE_NAMES = frozenset(
@@ -331,7 +340,7 @@ _CONTROL_PLANE_NAMES = frozenset(
 
 
 def __getattr__(name: str) -> Any:
-    # Seed 002's names are re-exported lazily: control_plane imports this
+    # The sageLLM control plane's names are re-exported lazily: control_plane imports this
     # module, so importing it here eagerly would be circular.
     if name in _CONTROL_PLANE_NAMES:
         from . import control_plane

@@ -1,4 +1,4 @@
-"""Per-project resource quotas: seed 004's ``QuotaProvider`` and its backends.
+"""Per-project resource quotas: the job-queue module's ``QuotaProvider`` and its backends.
 
 ``QuotaProvider`` is the interface (an ABC a Python class may implement);
 the built-in providers keep their state in a real system:
@@ -13,12 +13,12 @@ the built-in providers keep their state in a real system:
   running jobs of the account use plus what was allocated through the
   provider.
 
-Units: ``cpu`` in cores, ``memory`` in GiB (seed 004's ``500Gi``), ``gpu`` in
+Units: ``cpu`` in cores, ``memory`` in GiB (the job-queue module's ``500Gi``), ``gpu`` in
 whole GPUs, ``vram_mb`` in MB. A limit of ``None`` is unlimited. A project
 without any quota is unlimited (its usage is still recorded).
 
 ``quota_provider_from_env()`` picks the provider from ``QUOTA_PROVIDER``
-(``local``/``slurm``) as seed 004's configuration does; the job scheduler
+(``local``/``slurm``) as the job-queue module's configuration does; the job scheduler
 calls ``check_quota_detail``/``allocate_quota``/``release_quota`` and names
 the provider in ``get_scheduler_info()["quota_provider"]`` with
 ``provider.name``.
@@ -130,7 +130,7 @@ def _to_dict(self: Any) -> dict[str, Any]:
 
 @dataclasses.dataclass(frozen=True)
 class QuotaInfo:
-    """Seed 004's monitoring view (``GET /quota/{project_id}``). ``*_quota``
+    """The job-queue module's monitoring view (``GET /quota/{project_id}``). ``*_quota``
     and ``available_*``/``*_usage_percent`` are ``None`` for an unlimited
     resource; ``provider`` is the provider's name (``local``, ``slurm``),
     ``backend`` where it keeps its data (``sqlite``, ``postgresql``,
@@ -159,6 +159,22 @@ class QuotaInfo:
     synced_at: datetime.datetime
 
     to_dict = _to_dict
+
+    def _repr_html_(self) -> str:
+        """Jupyter: one row per resource (used, quota, available, share in use)."""
+        from ._html import table
+
+        rows = [
+            ("cpu (cores)", self.used_cpu, self.cpu_quota, self.available_cpu, self.cpu_usage_percent),
+            ("memory (GiB)", self.used_memory, self.memory_quota, self.available_memory, self.memory_usage_percent),
+            ("gpu", self.used_gpu, self.gpu_quota, self.available_gpu, self.gpu_usage_percent),
+            ("vram (MB)", self.used_vram_mb, self.vram_quota_mb, self.available_vram_mb, self.vram_usage_percent),
+        ]
+        caption = (
+            f"QuotaInfo: project {self.project_id} ({self.provider}, {self.backend}; "
+            f"{'enforced' if self.enforce_quota else 'not enforced'}; synced {self.synced_at.isoformat()})"
+        )
+        return table(caption, ("resource", "used", "quota", "available", "% used"), rows)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,7 +238,7 @@ def _resources(resources: object) -> Resources:
 
 
 class QuotaProvider(abc.ABC):
-    """Seed 004's interface. Subclass it to plug in another backend: the
+    """The job-queue module's interface. Subclass it to plug in another backend: the
     four abstract methods are the contract; ``set_quota``/``usage`` are
     optional (they raise ``NotImplementedError`` unless overridden), and
     ``check_quota_detail`` derives a reason from ``check_quota``."""
@@ -256,7 +272,7 @@ class QuotaProvider(abc.ABC):
         vram_quota_mb: float | None = _UNSET,
         enforce_quota: bool = _UNSET,
     ) -> QuotaInfo:
-        """Seed 004's ``PATCH /quota/{project_id}``: fields left out keep
+        """The job-queue module's ``PATCH /quota/{project_id}``: fields left out keep
         their value, ``None`` makes a resource unlimited. Validates the
         fields and hands those given to ``_apply_quota``."""
         given = {
@@ -463,7 +479,7 @@ class SlurmQuotaProvider(_BuiltinProvider):
         if not isinstance(account_prefix, str):
             raise InvalidQuota(f"account_prefix must be a str, got {account_prefix!r}")
         self.account_prefix = account_prefix
-        self.user = getpass.getuser() if user is None else user
+        self.user: str = getpass.getuser() if user is None else user
         self._backend = _QuotaBackend.slurm(
             account_prefix,
             self.user,
@@ -488,7 +504,7 @@ def as_quota_provider(provider: object) -> QuotaProvider:
 
 
 def quota_provider_from_env(environ: Mapping[str, str] | None = None) -> QuotaProvider:
-    """The provider seed 004's configuration names: ``QUOTA_PROVIDER`` is
+    """The provider the job-queue module's configuration names: ``QUOTA_PROVIDER`` is
     ``local`` (default; ``QUOTA_DATABASE_URL=postgresql://...`` selects
     PostgreSQL, ``QUOTA_DB_PATH`` the SQLite file) or ``slurm``
     (``SLURM_ACCOUNT_PREFIX``, default ``project-``). ``k8s`` is documented

@@ -118,6 +118,16 @@ class SimulationResult:
             f"avg_jct_s={m['avg_jct_s']:.1f}, gpu_utilization={m['gpu_utilization']:.3f})"
         )
 
+    def _repr_html_(self) -> str:
+        """Jupyter: the metrics as a table (durations also in hours)."""
+        from ._html import table
+
+        rows = []
+        for name, value in self.metrics.items():
+            hours = value / 3600.0 if name.endswith("_s") and isinstance(value, (int, float)) else None
+            rows.append((name, value, None if hours is None else f"{hours:,.2f} h"))
+        return table(f"SimulationResult: policy {self.policy}", ("metric", "value", ""), rows)
+
 
 def simulate(
     trace: TraceInput,

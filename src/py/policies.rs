@@ -138,6 +138,20 @@ impl CorePolicy {
         })
     }
 
+    /// Checks `spec`'s name and settings without building the policy
+    /// (`ValueError`/`TypeError` naming the field).
+    #[staticmethod]
+    fn check(spec: &Bound<'_, PyDict>) -> PyResult<()> {
+        core(spec_from(spec)?.validate())
+    }
+
+    /// The built-in policy `name` stands for, ignoring case; an unknown
+    /// name raises `ValueError` listing the names, with a suggestion.
+    #[staticmethod]
+    fn canonical_name(name: &str) -> PyResult<&'static str> {
+        core(policy::canonical_name(name))
+    }
+
     #[getter]
     fn name(&self) -> String {
         lock(&self.inner).name().to_owned()

@@ -25,7 +25,7 @@ pub use builtin::{
 };
 pub use fair_share::{FairShare, ShareKey, UsageBook};
 pub use las::Las;
-pub use spec::PolicySpec;
+pub use spec::{canonical_name, suggest, PolicySpec};
 
 /// A job as a policy sees it (a waiter of the reservation queue, a job of
 /// the job scheduler, a row of a simulated trace).

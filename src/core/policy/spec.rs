@@ -40,10 +40,7 @@ impl PolicySpec {
     }
 
     fn usage(&self, now: f64) -> Result<UsageBook> {
-        let half_life = match self.half_life_s {
-            Some(h) => finite_in("half_life_s", h, 1e-3, 1e12)?,
-            None => 7.0 * 86_400.0,
-        };
+        let half_life = self.half_life_s.unwrap_or(7.0 * 86_400.0);
         let book = match &self.usage_path {
             Some(path) => UsageBook::open(path, half_life, now)?,
             None => UsageBook::in_memory(half_life),
@@ -68,26 +65,71 @@ impl PolicySpec {
         }
     }
 
+    /// Checks the name and every setting, without building the policy (so
+    /// without opening `usage_path`): what a policy object checks when it is
+    /// made, so a bad setting fails there and not at first use.
+    pub fn validate(&self) -> Result<()> {
+        let name = canonical_name(&self.name)?;
+        let uses_key = matches!(name, "fair_share" | "round_robin" | "multifactor");
+        if let Some(a) = self.aging_per_s {
+            finite_in("aging_per_s", a, 0.0, 1e9)?;
+        }
+        if let Some(h) = self.half_life_s {
+            finite_in("half_life_s", h, 1e-3, 1e12)?;
+        }
+        if let Some(w) = self.window_s {
+            finite_in("window_s", w, 0.0, 1e12)?;
+        }
+        if let Some(b) = self.boost {
+            finite_in("boost", b, 0.0, 1e6)?;
+        }
+        for (account, shares) in &self.shares {
+            if !(shares.is_finite() && *shares >= 0.0) {
+                return Err(Error::value(
+                    format!("shares[{account:?}]"),
+                    format!("must be a finite number >= 0, got {shares}"),
+                ));
+            }
+        }
+        if uses_key || self.by.is_some() {
+            self.key()?;
+        }
+        if let Some(w) = self.weights {
+            for (field, v) in [
+                ("weights['age']", w.age),
+                ("weights['fair_share']", w.fair_share),
+                ("weights['priority']", w.priority),
+                ("weights['size']", w.size),
+                ("weights['max_age_s']", w.max_age_s),
+                ("weights['size_norm']", w.size_norm),
+            ] {
+                finite_in(field, v, 0.0, 1e12)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Builds the policy; `now` is the clock time (for loading usage).
     pub fn build(&self, now: f64) -> Result<Box<dyn Policy>> {
-        Ok(match self.name.as_str() {
+        self.validate()?;
+        Ok(match canonical_name(&self.name)? {
             "fifo" => Box::new(Fifo),
             "best_effort_fifo" => Box::new(BestEffortFifo),
             "backfill" => Box::new(Backfill),
             "priority" => {
                 let mut p = Priority::default();
                 if let Some(a) = self.aging_per_s {
-                    p.aging_per_s = finite_in("aging_per_s", a, 0.0, 1e9)?;
+                    p.aging_per_s = a;
                 }
                 Box::new(p)
             }
             "deadline" => {
                 let mut d = Deadline::default();
                 if let Some(w) = self.window_s {
-                    d.window_s = finite_in("window_s", w, 0.0, 1e12)?;
+                    d.window_s = w;
                 }
                 if let Some(b) = self.boost {
-                    d.boost = finite_in("boost", b, 0.0, 1e6)?;
+                    d.boost = b;
                 }
                 Box::new(d)
             }
@@ -95,28 +137,75 @@ impl PolicySpec {
             "las" => Box::new(super::Las::default()),
             "round_robin" => Box::new(RoundRobin::new(self.key()?)),
             "fair_share" => Box::new(FairShare::new(self.usage(now)?, self.key()?)),
-            "multifactor" => {
-                let w = self.weights.unwrap_or_default();
-                for (field, v) in [
-                    ("weights['age']", w.age),
-                    ("weights['fair_share']", w.fair_share),
-                    ("weights['priority']", w.priority),
-                    ("weights['size']", w.size),
-                    ("weights['max_age_s']", w.max_age_s),
-                    ("weights['size_norm']", w.size_norm),
-                ] {
-                    finite_in(field, v, 0.0, 1e12)?;
-                }
-                Box::new(Multifactor::new(self.usage(now)?, w).with_key(self.key()?))
-            }
-            other => {
-                return Err(Error::value(
-                    "policy",
-                    format!("must be one of {}, got {other:?}", NAMES.join(", ")),
-                ))
-            }
+            "multifactor" => Box::new(
+                Multifactor::new(self.usage(now)?, self.weights.unwrap_or_default())
+                    .with_key(self.key()?),
+            ),
+            other => return Err(unknown_name(other)),
         })
     }
+}
+
+/// The built-in policy `name` stands for, ignoring case (`"FIFO"` is
+/// `"fifo"`); an unknown name is an error that lists the names and
+/// suggests the closest one.
+pub fn canonical_name(name: &str) -> Result<&'static str> {
+    let wanted = name.trim().to_ascii_lowercase();
+    NAMES
+        .iter()
+        .copied()
+        .find(|n| *n == wanted)
+        .ok_or_else(|| unknown_name(name))
+}
+
+fn unknown_name(name: &str) -> Error {
+    let hint = suggest(name)
+        .map(|s| format!(" (did you mean {s:?}?)"))
+        .unwrap_or_default();
+    Error::value(
+        "policy",
+        format!("must be one of {}, got {name:?}{hint}", NAMES.join(", ")),
+    )
+}
+
+/// The built-in name closest to `name` (edit distance at most 2, or one
+/// containing the other), if any.
+pub fn suggest(name: &str) -> Option<&'static str> {
+    let wanted = name.trim().to_ascii_lowercase().replace('-', "_");
+    if wanted.is_empty() {
+        return None;
+    }
+    let best = NAMES
+        .iter()
+        .map(|n| (edit_distance(&wanted, n), *n))
+        .min_by_key(|(d, _)| *d)?;
+    if best.0 <= 2 {
+        return Some(best.1);
+    }
+    NAMES
+        .iter()
+        .copied()
+        .find(|n| wanted.len() >= 3 && (n.contains(wanted.as_str()) || wanted.contains(n)))
+}
+
+/// Levenshtein distance (names are short: O(|a|·|b|) is nothing).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = if ca == *cb {
+                prev
+            } else {
+                1 + prev.min(cur).min(row[j])
+            };
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 #[cfg(test)]
@@ -143,5 +232,49 @@ mod tests {
         s.by = Some("team".into());
         assert!(s.build(0.0).is_err());
         assert!(PolicySpec::named("lottery").build(0.0).is_err());
+    }
+
+    #[test]
+    fn validate_refuses_what_build_refuses_without_building() {
+        let mut s = PolicySpec::named("priority");
+        s.aging_per_s = Some(-1.0);
+        let e = s
+            .validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.starts_with("aging_per_s:") && e.contains("-1"), "{e}");
+        let mut s = PolicySpec::named("fair_share");
+        s.by = Some("team".into());
+        let e = s
+            .validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.starts_with("by:") && e.contains("team"), "{e}");
+        // validate opens nothing: a usage file in a missing directory is
+        // only an error when the policy is built.
+        let mut s = PolicySpec::named("fair_share");
+        s.usage_path = Some("/nonexistent-dir/usage.db".into());
+        assert!(s.validate().is_ok());
+        for name in NAMES {
+            assert!(PolicySpec::named(name).validate().is_ok(), "{name}");
+        }
+    }
+
+    #[test]
+    fn names_ignore_case_and_unknown_ones_get_a_suggestion() {
+        assert_eq!(canonical_name("FIFO").ok(), Some("fifo"));
+        assert_eq!(canonical_name(" Fair_Share ").ok(), Some("fair_share"));
+        let e = canonical_name("fifoo")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("did you mean \"fifo\"?"), "{e}");
+        assert_eq!(suggest("fairshare"), Some("fair_share"));
+        assert_eq!(suggest("best-effort-fifo"), Some("best_effort_fifo"));
+        assert_eq!(suggest("lottery"), None);
+        assert_eq!(suggest(""), None);
+        assert!(PolicySpec::named("PRIORITY").build(0.0).is_ok());
     }
 }

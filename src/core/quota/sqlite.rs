@@ -56,20 +56,29 @@ impl SqliteStore {
         }
         let conn = Connection::open(&path)
             .map_err(|e| storage(format!("cannot open {}: {e}", path.display())))?;
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(storage)?;
+        // Every failure from here on names the file (e.g. "file is not a
+        // database" for a file that is not SQLite).
+        let named = |e: rusqlite::Error| storage(format!("{}: {e}", path.display()));
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(named)?;
         // WAL + synchronous=NORMAL: a committed transaction survives the
         // process being killed; a transaction cut short is rolled back.
         conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(storage)?;
+            .map_err(named)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(storage)?;
+            .map_err(named)?;
         conn.pragma_update(None, "foreign_keys", "ON")
-            .map_err(storage)?;
+            .map_err(named)?;
         let store = Self {
             path,
             conn: Mutex::new(conn),
         };
-        store.migrate()?;
+        store.migrate().map_err(|e| match e {
+            QuotaError::Storage { backend, detail } => QuotaError::Storage {
+                backend,
+                detail: format!("{}: {detail}", store.path.display()),
+            },
+            other => other,
+        })?;
         Ok(store)
     }
 
@@ -297,6 +306,23 @@ mod tests {
                 },
             )
             .unwrap();
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_database_is_named() {
+        let dir = std::env::temp_dir().join(format!("ps-quota-notdb-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).ok();
+        let path = dir.join("notes.txt");
+        std::fs::write(&path, "root:x:0:0:root:/root:/bin/bash\n".repeat(200)).ok();
+        let e = SqliteStore::open(Some(&path))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains("notes.txt") && e.contains("not a database"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

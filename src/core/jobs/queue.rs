@@ -1441,10 +1441,10 @@ mod tests {
             take: F,
         }
 
-        impl<F: FnMut(&Job) -> Option<()>> Placement for NaivePlacement<'_, F> {
+        impl<'a, F: FnMut(&Job) -> Option<()>> Placement for NaivePlacement<'a, F> {
             type Job = u64;
             type Hold = ();
-            type Plan = NaivePlan;
+            type Plan = CapacityPlan<'a>;
             fn try_take(&mut self, id: &u64) -> Option<()> {
                 let job = self.jobs.get(id)?;
                 if job.resources.cpu_cores > self.free.cpu + 1e-9 {
@@ -1466,65 +1466,14 @@ mod tests {
                 ));
                 Some(())
             }
-            fn plan(&self) -> NaivePlan {
-                NaivePlan {
+            /// The plan reads needs from the table, as the fast pass's does
+            /// (the reference is about walking every job, not the plan).
+            fn plan(&self) -> CapacityPlan<'a> {
+                CapacityPlan {
                     free: self.free.clone(),
                     holds: self.running.clone(),
-                    needs: self
-                        .jobs
-                        .values()
-                        .filter(|j| j.state == JobState::Queued)
-                        .map(|j| {
-                            let r = &j.resources;
-                            (j.id(), (r.cpu_cores, f64::from(r.gpu_count), r.memory_mb))
-                        })
-                        .collect(),
+                    jobs: self.jobs,
                 }
-            }
-        }
-
-        #[derive(Clone)]
-        struct NaivePlan {
-            free: Free,
-            holds: Vec<Hold>,
-            needs: HashMap<u64, (f64, f64, f64)>,
-        }
-
-        impl Plan for NaivePlan {
-            type Job = u64;
-            fn fits(&self, id: &u64) -> bool {
-                self.needs.get(id).is_some_and(|&(c, g, m)| {
-                    c <= self.free.cpu + 1e-9
-                        && g <= self.free.gpus + 1e-9
-                        && m <= self.free.mem + 1e-9
-                })
-            }
-            fn hold(&mut self, id: &u64) {
-                if let Some(&(c, g, m)) = self.needs.get(id) {
-                    self.free.cpu -= c;
-                    self.free.gpus -= g;
-                    self.free.mem -= m;
-                    self.holds.push((c, g, m, f64::INFINITY));
-                }
-            }
-            fn next_end(&self) -> Option<f64> {
-                self.holds
-                    .iter()
-                    .map(|h| h.3)
-                    .filter(|t| t.is_finite())
-                    .min_by(f64::total_cmp)
-            }
-            fn release_until(&mut self, t: f64) {
-                let free = &mut self.free;
-                self.holds.retain(|&(c, g, m, end)| {
-                    let gone = end <= t;
-                    if gone {
-                        free.cpu += c;
-                        free.gpus += g;
-                        free.mem += m;
-                    }
-                    !gone
-                });
             }
         }
 

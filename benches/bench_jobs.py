@@ -1,7 +1,14 @@
 """Job scheduler speed and memory: submit rate (in memory, SQLite batched),
-RSS of 100,000 queued jobs, dispatch latency after a release.
+RSS of 100,000 queued jobs, dispatch rate with a long queue, dispatch
+latency after a release.
 
-    python benches/bench_jobs.py
+    python benches/bench_jobs.py            # everything
+    python benches/bench_jobs.py dispatch   # only the dispatch-rate table
+
+Dispatch rate (issue 24 #10): a table with N jobs queued (1 CPU core each) on
+a 1-core machine; each round is one admission pass (one job starts) and that
+job's completion, so every job started costs a whole pass with N waiting.
+Not a test: nothing here asserts on time.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import time
 import psutil
 
 from plugin_scheduling import SimulatedSystem
+from plugin_scheduling._core import JobTable
 from plugin_scheduling.jobs import JobScheduler, ResourceRequirements
 
 N = 100_000
@@ -63,14 +71,46 @@ async def dispatch_latency(samples: int = 200) -> tuple[float, float]:
     return statistics.median(gaps) * 1e3, sorted(gaps)[int(len(gaps) * 0.95)] * 1e3
 
 
+def dispatch_rate(policy: str, queued: int, rounds: int = 2000, budget_s: float = 2.0) -> float:
+    """Jobs started per second, one per pass, with ``queued`` jobs waiting
+    (``rounds`` passes, or fewer if they take longer than ``budget_s``)."""
+    t = JobTable(policy)
+    for i in range(queued + rounds):
+        t.submit("m", float(i % 100), None, 1.0, None, None, None, None, 1.0, 100.0, 0, 0.0, "simulated", "", 0)
+
+    def take(job_id: int, module: str, gpu_count: int, vram_mb: float, memory_mb: float) -> bool:
+        return True
+
+    t0 = time.perf_counter()
+    done = 0
+    while done < rounds and (done < 10 or time.perf_counter() - t0 < budget_s):
+        started, _blocked, _skipped, _head_start, error = t.dispatch(1.0, 0, 1e6, take)
+        assert error is None and len(started) == 1
+        t.transition(started[0][0], "COMPLETED", "finish")
+        done += 1
+    return done / (time.perf_counter() - t0)
+
+
+def dispatch_table() -> None:
+    sizes = (20_000, 50_000, 100_000, 200_000)
+    print("dispatch rate, jobs/s (one job per pass, 1-core machine, N queued):")
+    print(f"  {'policy':<18}" + "".join(f"{n:>12,}" for n in sizes))
+    for policy in ("fifo", "priority", "best_effort_fifo", "backfill"):
+        print(f"  {policy:<18}" + "".join(f"{dispatch_rate(policy, n):>12,.0f}" for n in sizes), flush=True)
+
+
 def main() -> None:
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
+    if sys.argv[1:] == ["dispatch"]:
+        dispatch_table()
+        return
     print(f"submit, journal in memory: {submit_rate(None):,.0f} jobs/s")
     with tempfile.TemporaryDirectory() as d:
         print(f"submit, SQLite journal (batched commits): {submit_rate(os.path.join(d, 'jobs.db')):,.0f} jobs/s")
     print(f"RSS of {N:,} queued jobs: {rss_of_queued():.1f} MB")
     p50, p95 = asyncio.run(dispatch_latency())
     print(f"dispatch after a release (10,000 waiting): median {p50:.3f} ms, p95 {p95:.3f} ms")
+    dispatch_table()
 
 
 if __name__ == "__main__":

@@ -98,6 +98,34 @@ def test_unknown_project_has_no_quota(provider: QuotaProvider) -> None:
     assert provider.get_quota(new_project()) is None
 
 
+def test_amounts_the_unit_cannot_count_are_refused(provider: QuotaProvider) -> None:
+    """Issue 24 #13: 10,000 grants of 0.0004 cores fit a 0.001-core quota
+    (each rounded to 0 millicores) and used_cpu stayed 0.0. Amounts are
+    counted exactly, so what is not a whole number of units is refused."""
+    project = new_project()
+    provider.set_quota(project, cpu_quota=1, gpu_quota=4)
+    for bad in (Resources(cpu=0.0004), Resources(cpu=0.5004, gpu=1), Resources(memory=1e-7), Resources(vram_mb=0.0001)):
+        field = next(f for f in ("cpu", "memory", "vram_mb") if getattr(bad, f))
+        for call in (provider.check_quota, provider.allocate_quota, provider.release_quota):
+            with pytest.raises(InvalidQuota, match=rf"^{field} must be a whole number of the quota's unit.*, got "):
+                call(project, bad, T)
+    with pytest.raises(InvalidQuota, match=r"unit of 0\.001 core .*got 0\.0004$"):
+        provider.allocate_quota(project, Resources(cpu=0.0004), T)
+    assert provider.allocate_quota(project, Resources(cpu=0.001), T)
+    info = provider.get_quota(project)
+    assert info is not None and (info.used_cpu, info.used_gpu) == (0.001, 0)
+    provider.release_quota(project, Resources(cpu=0.001), T)
+
+
+def test_huge_counts_name_the_field(provider: QuotaProvider) -> None:
+    """Issue 24 #15: Resources(gpu=2**63) raised an OverflowError without a field."""
+    for kwargs, field in (({"gpu": 2**63}, "gpu"), ({"cpu": 10**400}, "cpu"), ({"memory": 2**1100}, "memory")):
+        with pytest.raises(InvalidQuota, match=rf"^{field} must be"):
+            Resources(**kwargs)  # type: ignore[arg-type]
+    with pytest.raises(InvalidQuota, match="^gpu_quota must be"):
+        provider.set_quota(new_project(), gpu_quota=2**63)
+
+
 def test_set_then_get_reports_the_seed_fields(provider: QuotaProvider) -> None:
     project = new_project()
     before = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=1)
@@ -448,6 +476,55 @@ def test_postgres_has_the_sqlite_schema(postgres_dsn: str, tmp_path: Path) -> No
     ).stdout
     pg_cols = {tuple(line.split(".")) for line in out.split()}
     assert lite == pg_cols
+
+
+@pytest.mark.timeout(60)
+def test_postgres_row_lock_fails_within_lock_timeout(postgres_dsn: str) -> None:
+    """Issue 24 #8: a transaction elsewhere holding the project's row
+    blocked allocate_quota forever; now it waits lock_timeout, then fails
+    naming the project and that its row is locked."""
+    project = new_project()
+    LocalQuotaProvider(dsn=postgres_dsn).set_quota(project, gpu_quota=4)
+    holder = subprocess.Popen(
+        [f"{services.postgres_bin_dir()}/psql", postgres_dsn, "-At", "-v", "ON_ERROR_STOP=1"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdin is not None and holder.stdout is not None
+        holder.stdin.write(
+            f"BEGIN;\nSELECT 'held' FROM project_quotas WHERE project_id = '{project}' FOR UPDATE;\n"
+        )
+        holder.stdin.flush()
+        assert holder.stdout.readline().strip() == "BEGIN"
+        assert holder.stdout.readline().strip() == "held"
+        provider = LocalQuotaProvider(dsn=postgres_dsn, lock_timeout=0.5)
+        with pytest.raises(QuotaBackendError, match=rf"project '{project}'|project \"{project}\"") as e:
+            provider.allocate_quota(project, GPU, T)
+        message = str(e.value)
+        assert "row is locked by another transaction" in message and "0.5 s" in message, message
+        with pytest.raises(QuotaBackendError, match="locked"):
+            provider.release_quota(project, GPU, T)
+        # Reads do not take the row lock.
+        info = provider.get_quota(project)
+        assert info is not None and info.used_gpu == 0
+    finally:
+        if holder.stdin is not None:
+            holder.stdin.close()  # psql exits: its transaction rolls back
+        holder.wait(timeout=30)
+    # The same provider (same connection) works once the row is free.
+    assert provider.allocate_quota(project, GPU, T)
+    assert provider.get_quota(project).used_gpu == 1  # type: ignore[union-attr]
+
+
+def test_lock_timeout_is_checked() -> None:
+    for bad in (0, -1, 1e9, float("nan"), "5"):
+        with pytest.raises(InvalidQuota, match="lock_timeout"):
+            LocalQuotaProvider(dsn="postgresql://nobody@127.0.0.1:1/x", lock_timeout=bad)  # type: ignore[arg-type]
+    with pytest.raises(InvalidQuota, match="lock_timeout applies to PostgreSQL"):
+        LocalQuotaProvider(path="q.db", lock_timeout=5)
 
 
 # --------------------------------------------------------------------- Slurm

@@ -78,10 +78,17 @@ class JobTypeEnum(str, enum.Enum):
     INTERACTIVE = "interactive"
 
 
+# The largest amount the core accepts in any unit (its MAX_UNITS).
+_MAX_COUNT = 10**15
+
+
 def _number(field: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise InvalidQuota(f"{field} must be a number, got {value!r} ({type(value).__name__})")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        raise InvalidQuota(f"{field} must be a finite number >= 0 (and not absurdly large), got {value!r}"[:200]) from None
     if not math.isfinite(number) or number < 0:
         raise InvalidQuota(f"{field} must be a finite number >= 0, got {value!r}")
     return number
@@ -93,6 +100,8 @@ def _count(field: str, value: object) -> int:
     count = int(value)
     if count < 0:
         raise InvalidQuota(f"{field} must be >= 0, got {value!r}")
+    if count > _MAX_COUNT:
+        raise InvalidQuota(f"{field} must be at most {_MAX_COUNT:,}, got {value!r}"[:200])
     return count
 
 
@@ -433,17 +442,43 @@ class LocalQuotaProvider(_BuiltinProvider):
     is one transaction holding the project's lock (SQLite ``BEGIN
     IMMEDIATE``; PostgreSQL ``SELECT ... FOR UPDATE``), so concurrent
     allocations from any number of threads, processes or hosts never exceed
-    a quota."""
+    a quota.
+
+    No wait is unbounded: with PostgreSQL a write waits at most
+    ``lock_timeout`` seconds (default 10; the session's ``lock_timeout``,
+    with ``statement_timeout`` three times as long) for a project's row
+    that another transaction holds, then raises ``QuotaBackendError`` naming
+    the project and saying its row is locked; with SQLite a write waits up
+    to 30 s for another process's write lock.
+
+    Amounts are counted exactly, in millicores, KiB of memory and KiB of
+    VRAM: a value that is not a whole number of those units (``cpu=0.0004``,
+    ``cpu=1.0005``) is refused with ``InvalidQuota`` naming the field,
+    never rounded (rounded, 0.0004 cores would count as 0 and any number of
+    them would fit a 0.001-core quota)."""
 
     name: ClassVar[str] = "local"
 
-    def __init__(self, path: str | os.PathLike[str] | None = None, dsn: str | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        dsn: str | None = None,
+        *,
+        lock_timeout: float | None = None,
+    ) -> None:
         if path is not None and dsn is not None:
             raise InvalidQuota("give path (SQLite) or dsn (PostgreSQL), not both")
+        if lock_timeout is not None:
+            if dsn is None:
+                raise InvalidQuota("lock_timeout applies to PostgreSQL (dsn=...); SQLite waits up to 30 s")
+            seconds = _number("lock_timeout", lock_timeout)
+            if not 0.001 <= seconds <= 3600:
+                raise InvalidQuota(f"lock_timeout must be between 0.001 and 3600 seconds, got {lock_timeout!r}")
+            lock_timeout = seconds
         if dsn is not None:
             if not isinstance(dsn, str) or not dsn.startswith(("postgresql://", "postgres://")):
                 raise InvalidQuota(f"dsn must be a 'postgresql://...' URL, got {dsn!r}"[:200])
-            self._backend = _QuotaBackend.postgres(dsn)
+            self._backend = _QuotaBackend.postgres(dsn, lock_timeout)
         else:
             self._backend = _QuotaBackend.sqlite(None if path is None else Path(path))
 

@@ -217,9 +217,10 @@ pub fn core_error(error: plugin_scheduling_core::error::Error) -> PyErr {
                 E::InvalidInput { .. } | E::Unsupported { .. } | E::OverRelease { .. } => {
                     InvalidQuota::new_err(message)
                 }
-                E::SchemaVersion { .. } | E::Storage { .. } | E::Slurm { .. } => {
-                    QuotaBackendError::new_err(message)
-                }
+                E::SchemaVersion { .. }
+                | E::Locked { .. }
+                | E::Storage { .. }
+                | E::Slurm { .. } => QuotaBackendError::new_err(message),
             }
         }
     }

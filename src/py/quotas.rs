@@ -4,12 +4,13 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use super::errors::{describe, quota_error, InvalidQuota};
-use plugin_scheduling_core::quota::postgres::PostgresStore;
+use plugin_scheduling_core::quota::postgres::{PostgresStore, DEFAULT_LOCK_TIMEOUT};
 use plugin_scheduling_core::quota::slurm::SlurmStore;
 use plugin_scheduling_core::quota::sqlite::SqliteStore;
 use plugin_scheduling_core::quota::{
@@ -88,10 +89,21 @@ impl PyQuotaBackend {
         })
     }
 
+    /// `lock_timeout`: seconds a write waits for a project's row held by
+    /// another transaction (`None`: 10 s).
     #[staticmethod]
-    fn postgres(py: Python<'_>, dsn: String) -> PyResult<Self> {
+    #[pyo3(signature = (dsn, lock_timeout=None))]
+    fn postgres(py: Python<'_>, dsn: String, lock_timeout: Option<f64>) -> PyResult<Self> {
+        let timeout = match lock_timeout {
+            None => DEFAULT_LOCK_TIMEOUT,
+            Some(s) => Duration::try_from_secs_f64(s).map_err(|_| {
+                InvalidQuota::new_err(format!(
+                    "lock_timeout must be a number of seconds between 0.001 and 3600, got {s}"
+                ))
+            })?,
+        };
         let store = py
-            .detach(move || PostgresStore::connect(&dsn))
+            .detach(move || PostgresStore::connect_with(&dsn, timeout))
             .map_err(quota_error)?;
         Ok(Self {
             inner: Arc::new(store),

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use super::journal::{unix_now, HistoryRow, Journal, Row};
 use super::{allowed, rerunnable, Job, JobError, JobSpec, JobState, Resources};
-use crate::policy::admit::{admit, Placement, Plan};
+use crate::policy::admit::{admit_each, Placement, Plan};
 use crate::policy::{Ctx, JobInfo, Policy, RunningJob};
 
 /// The default queue's name.
@@ -129,6 +129,10 @@ pub struct JobQueue {
     jobs: HashMap<u64, Job>,
     keys: HashMap<u64, Key>,
     pending: BTreeSet<Key>,
+    /// CPU cores asked for by pending jobs (bits of the non-negative
+    /// figure, which order as the numbers do) → how many: a pass stops
+    /// once the free cores are fewer than the smallest need.
+    pending_cpu: BTreeMap<u64, u32>,
     keyed_epoch: u64,
     queues: BTreeMap<Arc<str>, QueueStats>,
     names: HashSet<Arc<str>>,
@@ -181,6 +185,7 @@ impl JobQueue {
             jobs: HashMap::new(),
             keys: HashMap::new(),
             pending: BTreeSet::new(),
+            pending_cpu: BTreeMap::new(),
             keyed_epoch,
             queues,
             names: HashSet::new(),
@@ -270,16 +275,24 @@ impl JobQueue {
     }
 
     fn rekey_all(&mut self, now: f64) {
-        let ids: Vec<u64> = self.keys.keys().copied().collect();
-        self.pending.clear();
-        for id in ids {
-            if let Some(job) = self.jobs.get(&id) {
-                let k = self.key_of(job, now);
-                self.keys.insert(id, k);
-                self.pending.insert(k);
+        let mut all: Vec<Key> = Vec::with_capacity(self.keys.len());
+        for id in self.keys.keys() {
+            if let Some(job) = self.jobs.get(id) {
+                all.push(self.key_of(job, now));
             }
         }
+        for k in &all {
+            self.keys.insert(k.id, *k);
+        }
+        // Sorted, then built in one go (cheaper than n inserts).
+        all.sort_unstable();
+        self.pending = all.into_iter().collect();
         self.keyed_epoch = self.policy.epoch();
+    }
+
+    /// `cpu_cores` as a key of `pending_cpu` (−0 counted as 0).
+    fn cpu_bits(cpu_cores: f64) -> u64 {
+        (cpu_cores + 0.0).max(0.0).to_bits()
     }
 
     fn enqueue(&mut self, id: u64, now: f64) {
@@ -288,6 +301,10 @@ impl JobQueue {
             if let Some(q) = self.queues.get_mut(&job.queue) {
                 q.pending_jobs += 1;
             }
+            *self
+                .pending_cpu
+                .entry(Self::cpu_bits(job.resources.cpu_cores))
+                .or_insert(0) += 1;
             self.keys.insert(id, k);
             self.pending.insert(k);
         }
@@ -296,14 +313,27 @@ impl JobQueue {
     fn dequeue(&mut self, id: u64) {
         if let Some(k) = self.keys.remove(&id) {
             self.pending.remove(&k);
-            if let Some(q) = self
-                .jobs
-                .get(&id)
-                .and_then(|j| self.queues.get_mut(&j.queue))
-            {
-                q.pending_jobs = q.pending_jobs.saturating_sub(1);
+            if let Some(job) = self.jobs.get(&id) {
+                let bits = Self::cpu_bits(job.resources.cpu_cores);
+                if let Some(n) = self.pending_cpu.get_mut(&bits) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.pending_cpu.remove(&bits);
+                    }
+                }
+                if let Some(q) = self.queues.get_mut(&job.queue) {
+                    q.pending_jobs = q.pending_jobs.saturating_sub(1);
+                }
             }
         }
+    }
+
+    /// The fewest CPU cores a pending job asks for (∞ with none pending).
+    fn min_pending_cpu(&self) -> f64 {
+        self.pending_cpu
+            .keys()
+            .next()
+            .map_or(f64::INFINITY, |&b| f64::from_bits(b))
     }
 
     fn journal_job(&mut self, id: u64) -> Result<(), JobError> {
@@ -672,9 +702,19 @@ impl JobQueue {
 
     /// One admission pass at `now`: pending jobs in order, each offered to
     /// `take` (the front end's reservation: `Some(hold)` when it fits) through
-    /// [`admit`] under the policy's admission mode. A queue at its
+    /// [`admit_each`] under the policy's admission mode. A queue at its
     /// `max_concurrent_jobs` and a job `eligible` refuses (a reason) are
     /// passed over, not waited for. Started jobs are RUNNING on return.
+    ///
+    /// The pass walks the pending set (kept in order) only as far as it
+    /// must: a strict policy stops at the first job that does not fit;
+    /// best effort and backfill go on past it only while the free CPU
+    /// cores cover the smallest pending job's need. Within a pass, what
+    /// `eligible` or `take` refused for one job is taken as refused for a
+    /// later job asking the same (same module, project and needs) without
+    /// asking again: nothing is released during a pass. `skipped` lists the
+    /// jobs passed over among those the pass looked at. An error from a
+    /// callback ends the pass there (jobs taken before it are started).
     pub fn dispatch<H, E>(
         &mut self,
         now: f64,
@@ -696,86 +736,84 @@ impl JobQueue {
                 room.insert(q.name.as_ref(), max.saturating_sub(q.running_jobs));
             }
         }
-        let mut candidates: Vec<u64> = Vec::new();
-        for k in &self.pending {
-            let Some(job) = self.jobs.get(&k.id) else {
-                continue;
-            };
-            if let Some(left) = room.get_mut(job.queue.as_ref()) {
-                if *left == 0 {
-                    if outcome.skipped.len() < 100 {
-                        let max = self
-                            .queues
-                            .get(&job.queue)
-                            .and_then(|q| q.max_concurrent_jobs)
-                            .unwrap_or(0);
-                        outcome.skipped.push((
-                            k.id,
-                            format!("queue {:?} is at max_concurrent_jobs={max}", job.queue),
-                        ));
+        let min_cpu = self.min_pending_cpu();
+        let mode = self.policy.admission();
+        let jobs = &self.jobs;
+        let queues = &self.queues;
+        let skipped = &mut outcome.skipped;
+        let mut eligible_error: Option<E> = None;
+        let mut refused: HashMap<Need, String> = HashMap::new();
+        let mut walk = self.pending.iter();
+        // Pending jobs in order, less those passed over (listed in `skipped`).
+        let candidates = std::iter::from_fn(|| {
+            if eligible_error.is_some() {
+                return None;
+            }
+            for k in walk.by_ref() {
+                let Some(job) = jobs.get(&k.id) else {
+                    continue;
+                };
+                if let Some(left) = room.get_mut(job.queue.as_ref()) {
+                    if *left == 0 {
+                        if skipped.len() < 100 {
+                            let max = queues
+                                .get(&job.queue)
+                                .and_then(|q| q.max_concurrent_jobs)
+                                .unwrap_or(0);
+                            skipped.push((
+                                k.id,
+                                format!("queue {:?} is at max_concurrent_jobs={max}", job.queue),
+                            ));
+                        }
+                        continue;
                     }
+                    *left -= 1;
+                }
+                let need = Need::of(job);
+                if let Some(why) = refused.get(&need) {
+                    skipped.push((k.id, why.clone()));
                     continue;
                 }
-                *left -= 1;
-            }
-            match eligible(job) {
-                Ok(None) => candidates.push(k.id),
-                Ok(Some(why)) => outcome.skipped.push((k.id, why)),
-                Err(e) => {
-                    outcome.error = Some(e);
-                    break;
+                match eligible(job) {
+                    Ok(None) => return Some((k.id, &k.id)),
+                    Ok(Some(why)) => {
+                        skipped.push((k.id, why.clone()));
+                        refused.insert(need, why);
+                    }
+                    Err(e) => {
+                        eligible_error = Some(e);
+                        return None;
+                    }
                 }
             }
-        }
-        let running: Vec<(f64, u32, f64, f64)> = self
-            .active_ids
-            .iter()
-            .filter_map(|id| self.jobs.get(id))
-            .map(|j| {
-                let end = match (j.started, j.info.estimated_duration) {
-                    (Some(s), Some(d)) => s + d,
-                    _ => f64::INFINITY,
-                };
-                (
-                    j.resources.cpu_cores,
-                    j.resources.gpu_count,
-                    j.resources.memory_mb,
-                    end,
-                )
-            })
-            .collect();
-        if outcome.error.is_none() && !candidates.is_empty() {
-            let mut placement = JobPlacement {
-                jobs: &self.jobs,
-                free: Free {
-                    cpu: capacity.cpu_cores - self.active_cpu,
-                    gpus: f64::from(capacity.gpus) - f64::from(self.active_gpus),
-                    mem: capacity.memory_mb - self.active_mem,
-                },
-                running,
-                now,
-                take,
-                error: None,
-            };
-            let order: Vec<usize> = (0..candidates.len()).collect();
-            let jobs = &self.jobs;
-            let pass = admit(
-                self.policy.admission(),
-                &order,
-                &candidates,
-                &mut placement,
-                |id| jobs.get(id).and_then(|j| j.info.estimated_duration),
-                now,
-            );
-            outcome.error = placement.error.take();
-            outcome.blocked = pass.blocked_head.map(|i| candidates[i]);
-            outcome.head_start = pass.head_start;
-            outcome.started = pass
-                .started
-                .into_iter()
-                .map(|(i, h)| (candidates[i], h))
-                .collect();
-        }
+            None
+        });
+        let mut placement = JobPlacement {
+            jobs,
+            active: &self.active_ids,
+            free: Free {
+                cpu: capacity.cpu_cores - self.active_cpu,
+                gpus: f64::from(capacity.gpus) - f64::from(self.active_gpus),
+                mem: capacity.memory_mb - self.active_mem,
+            },
+            min_cpu,
+            running: Vec::new(),
+            refused: HashSet::new(),
+            now,
+            take,
+            error: None,
+        };
+        let pass = admit_each(
+            mode,
+            candidates,
+            &mut placement,
+            |id| jobs.get(id).and_then(|j| j.info.estimated_duration),
+            now,
+        );
+        outcome.error = placement.error.take().or(eligible_error);
+        outcome.blocked = pass.blocked_head;
+        outcome.head_start = pass.head_start;
+        outcome.started = pass.started;
         for (id, _) in &outcome.started {
             // Checked: every candidate is QUEUED, and QUEUED → RUNNING is allowed.
             if self
@@ -986,21 +1024,57 @@ struct Free {
     mem: f64,
 }
 
+/// What a job asks of `eligible` and `take`: two jobs with the same need
+/// get the same answer within a pass.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Need {
+    name: Arc<str>,
+    project: Option<Arc<str>>,
+    cpu: u64,
+    gpus: u32,
+    vram: u64,
+    mem: u64,
+}
+
+impl Need {
+    fn of(job: &Job) -> Self {
+        let r = &job.resources;
+        Self {
+            name: job.info.name.clone(),
+            project: job.info.project.clone(),
+            cpu: r.cpu_cores.to_bits(),
+            gpus: r.gpu_count,
+            vram: r.vram_mb.to_bits(),
+            mem: r.memory_mb.to_bits(),
+        }
+    }
+}
+
+/// (CPU cores, GPUs, memory MB, expected end) of a hold.
+type Hold = (f64, f64, f64, f64);
+
 /// The table's view of the machine during a pass: CPU cores are checked
 /// here; the rest is the front end's `take` (its reservation).
 struct JobPlacement<'a, F, E> {
     jobs: &'a HashMap<u64, Job>,
+    /// Running and paused jobs before the pass.
+    active: &'a BTreeSet<u64>,
     free: Free,
-    running: Vec<(f64, u32, f64, f64)>,
+    /// The fewest cores a pending job asks for.
+    min_cpu: f64,
+    /// Started in this pass.
+    running: Vec<Hold>,
+    /// Needs `take` refused in this pass.
+    refused: HashSet<Need>,
     now: f64,
     take: F,
     error: Option<E>,
 }
 
-impl<H, E, F: FnMut(&Job) -> Result<Option<H>, E>> Placement for JobPlacement<'_, F, E> {
+impl<'a, H, E, F: FnMut(&Job) -> Result<Option<H>, E>> Placement for JobPlacement<'a, F, E> {
     type Job = u64;
     type Hold = H;
-    type Plan = CapacityPlan;
+    type Plan = CapacityPlan<'a>;
 
     fn try_take(&mut self, id: &u64) -> Option<H> {
         if self.error.is_some() {
@@ -1010,6 +1084,10 @@ impl<H, E, F: FnMut(&Job) -> Result<Option<H>, E>> Placement for JobPlacement<'_
         if job.resources.cpu_cores > self.free.cpu + 1e-9 {
             return None;
         }
+        let need = Need::of(job);
+        if self.refused.contains(&need) {
+            return None;
+        }
         match (self.take)(job) {
             Ok(Some(hold)) => {
                 self.free.cpu -= job.resources.cpu_cores;
@@ -1017,7 +1095,7 @@ impl<H, E, F: FnMut(&Job) -> Result<Option<H>, E>> Placement for JobPlacement<'_
                 self.free.mem -= job.resources.memory_mb;
                 self.running.push((
                     job.resources.cpu_cores,
-                    job.resources.gpu_count,
+                    f64::from(job.resources.gpu_count),
                     job.resources.memory_mb,
                     job.info
                         .estimated_duration
@@ -1025,7 +1103,10 @@ impl<H, E, F: FnMut(&Job) -> Result<Option<H>, E>> Placement for JobPlacement<'_
                 ));
                 Some(hold)
             }
-            Ok(None) => None,
+            Ok(None) => {
+                self.refused.insert(need);
+                None
+            }
             Err(e) => {
                 self.error = Some(e);
                 None
@@ -1033,53 +1114,69 @@ impl<H, E, F: FnMut(&Job) -> Result<Option<H>, E>> Placement for JobPlacement<'_
         }
     }
 
-    fn plan(&self) -> CapacityPlan {
+    fn plan(&self) -> CapacityPlan<'a> {
+        let jobs = self.jobs;
+        let mut holds: Vec<Hold> = self
+            .active
+            .iter()
+            .filter_map(|id| jobs.get(id))
+            .map(|j| {
+                let end = match (j.started, j.info.estimated_duration) {
+                    (Some(s), Some(d)) => s + d,
+                    _ => f64::INFINITY,
+                };
+                (
+                    j.resources.cpu_cores,
+                    f64::from(j.resources.gpu_count),
+                    j.resources.memory_mb,
+                    end,
+                )
+            })
+            .collect();
+        holds.extend_from_slice(&self.running);
         CapacityPlan {
             free: self.free.clone(),
-            holds: self
-                .running
-                .iter()
-                .map(|&(c, g, m, end)| (c, f64::from(g), m, end))
-                .collect(),
-            needs: Arc::new(
-                self.jobs
-                    .values()
-                    .filter(|j| j.state == JobState::Queued)
-                    .map(|j| {
-                        (
-                            j.id(),
-                            (
-                                j.resources.cpu_cores,
-                                f64::from(j.resources.gpu_count),
-                                j.resources.memory_mb,
-                            ),
-                        )
-                    })
-                    .collect(),
-            ),
+            holds,
+            jobs,
         }
+    }
+
+    fn exhausted(&self) -> bool {
+        self.error.is_some() || self.free.cpu + 1e-9 < self.min_cpu
     }
 }
 
 /// Backfill's plan: free CPU cores, GPUs and memory, and the holds of the
-/// running jobs with their expected ends.
+/// running jobs with their expected ends (a pending job's needs are read
+/// from the table).
 #[derive(Debug, Clone)]
-pub struct CapacityPlan {
+pub struct CapacityPlan<'a> {
     free: Free,
-    holds: Vec<(f64, f64, f64, f64)>,
-    needs: Arc<HashMap<u64, (f64, f64, f64)>>,
+    holds: Vec<Hold>,
+    jobs: &'a HashMap<u64, Job>,
 }
 
-impl Plan for CapacityPlan {
+impl CapacityPlan<'_> {
+    fn need(&self, id: u64) -> Option<(f64, f64, f64)> {
+        let j = self.jobs.get(&id).filter(|j| j.state == JobState::Queued)?;
+        Some((
+            j.resources.cpu_cores,
+            f64::from(j.resources.gpu_count),
+            j.resources.memory_mb,
+        ))
+    }
+}
+
+impl Plan for CapacityPlan<'_> {
     type Job = u64;
     fn fits(&self, id: &u64) -> bool {
-        let Some(&(c, g, m)) = self.needs.get(id) else {
+        let Some((c, g, m)) = self.need(*id) else {
             return false;
         };
         c <= self.free.cpu + 1e-9 && g <= self.free.gpus + 1e-9 && m <= self.free.mem + 1e-9
     }
     fn hold(&mut self, id: &u64) {
-        if let Some(&(c, g, m)) = self.needs.get(id) {
+        if let Some((c, g, m)) = self.need(*id) {
             self.free.cpu -= c;
             self.free.gpus -= g;
             self.free.mem -= m;
@@ -1427,5 +1524,233 @@ mod tests {
             .expect("ends as usual");
         assert_eq!(t.active().0, 2.0);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The pass as it was before it walked the queue lazily: every pending
+    /// job checked, the candidates collected, then [`admit`] over them all
+    /// (the reference the fast pass must agree with).
+    mod naive {
+        use super::*;
+        use crate::policy::admit::admit;
+
+        struct NaivePlacement<'a, F> {
+            jobs: &'a HashMap<u64, Job>,
+            free: Free,
+            running: Vec<Hold>,
+            now: f64,
+            take: F,
+        }
+
+        impl<'a, F: FnMut(&Job) -> Option<()>> Placement for NaivePlacement<'a, F> {
+            type Job = u64;
+            type Hold = ();
+            type Plan = CapacityPlan<'a>;
+            fn try_take(&mut self, id: &u64) -> Option<()> {
+                let job = self.jobs.get(id)?;
+                if job.resources.cpu_cores > self.free.cpu + 1e-9 {
+                    return None;
+                }
+                (self.take)(job)?;
+                self.free.cpu -= job.resources.cpu_cores;
+                self.free.gpus -= f64::from(job.resources.gpu_count);
+                self.free.mem -= job.resources.memory_mb;
+                let end = job
+                    .info
+                    .estimated_duration
+                    .map_or(f64::INFINITY, |d| self.now + d);
+                self.running.push((
+                    job.resources.cpu_cores,
+                    f64::from(job.resources.gpu_count),
+                    job.resources.memory_mb,
+                    end,
+                ));
+                Some(())
+            }
+            /// The plan reads needs from the table, as the fast pass's does
+            /// (the reference is about walking every job, not the plan).
+            fn plan(&self) -> CapacityPlan<'a> {
+                CapacityPlan {
+                    free: self.free.clone(),
+                    holds: self.running.clone(),
+                    jobs: self.jobs,
+                }
+            }
+        }
+
+        /// (started, blocked, head start, skipped).
+        pub(super) type Outcome = (Vec<u64>, Option<u64>, Option<f64>, Vec<(u64, String)>);
+
+        pub(super) fn dispatch(
+            t: &mut JobQueue,
+            now: f64,
+            capacity: Capacity,
+            eligible: impl Fn(&Job) -> Option<String>,
+            take: impl FnMut(&Job) -> Option<()>,
+        ) -> Outcome {
+            t.refresh_keys(now);
+            let mut skipped = Vec::new();
+            let mut room: HashMap<Arc<str>, u32> = HashMap::new();
+            for q in t.queues.values() {
+                if let Some(max) = q.max_concurrent_jobs {
+                    room.insert(q.name.clone(), max.saturating_sub(q.running_jobs));
+                }
+            }
+            let mut candidates = Vec::new();
+            for id in t.pending_order(now, usize::MAX) {
+                let job = &t.jobs[&id];
+                if let Some(left) = room.get_mut(&job.queue) {
+                    if *left == 0 {
+                        if skipped.len() < 100 {
+                            let max = t.queues[&job.queue].max_concurrent_jobs.unwrap_or(0);
+                            skipped.push((
+                                id,
+                                format!("queue {:?} is at max_concurrent_jobs={max}", job.queue),
+                            ));
+                        }
+                        continue;
+                    }
+                    *left -= 1;
+                }
+                match eligible(job) {
+                    None => candidates.push(id),
+                    Some(why) => skipped.push((id, why)),
+                }
+            }
+            let mut running: Vec<Hold> = Vec::new();
+            for id in &t.active_ids {
+                let j = &t.jobs[id];
+                let end = match (j.started, j.info.estimated_duration) {
+                    (Some(s), Some(d)) => s + d,
+                    _ => f64::INFINITY,
+                };
+                let r = &j.resources;
+                running.push((r.cpu_cores, f64::from(r.gpu_count), r.memory_mb, end));
+            }
+            let mut placement = NaivePlacement {
+                jobs: &t.jobs,
+                free: Free {
+                    cpu: capacity.cpu_cores - t.active_cpu,
+                    gpus: f64::from(capacity.gpus) - f64::from(t.active_gpus),
+                    mem: capacity.memory_mb - t.active_mem,
+                },
+                running,
+                now,
+                take,
+            };
+            let order: Vec<usize> = (0..candidates.len()).collect();
+            let jobs = &t.jobs;
+            let pass = admit(
+                t.policy.admission(),
+                &order,
+                &candidates,
+                &mut placement,
+                |id| jobs.get(id).and_then(|j| j.info.estimated_duration),
+                now,
+            );
+            let started: Vec<u64> = pass.started.iter().map(|s| candidates[s.0]).collect();
+            for id in &started {
+                t.transition(*id, JobState::Running, "start", None, now)
+                    .expect("start");
+                let info = t.jobs[id].info.clone();
+                t.policy.on_start(&info, now);
+            }
+            (
+                started,
+                pass.blocked_head.map(|i| candidates[i]),
+                pass.head_start,
+                skipped,
+            )
+        }
+    }
+
+    mod fast_pass_agrees {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// (priority, cpu index, gpus, estimate, project, queue, module)
+        type Spec = (u8, usize, u32, Option<u8>, usize, usize, usize);
+
+        fn table(policy: &str, specs: &[Spec]) -> JobQueue {
+            let mut t = q(policy);
+            t.add_queue("limited", 0, Some(2)).expect("queue");
+            t.add_queue("urgent", 5, None).expect("queue");
+            for (i, &(prio, cpu, gpus, est, project, queue, module)) in specs.iter().enumerate() {
+                let mut s = spec(&format!("m{module}"), f64::from(prio % 101));
+                s.resources.cpu_cores = [0.0, 0.5, 1.0, 2.0, 4.0][cpu];
+                s.resources.gpu_count = gpus;
+                s.estimated_duration = est.map(f64::from);
+                s.project = [None, Some("a"), Some("b"), Some("c")][project].map(str::to_owned);
+                s.user = s.project.clone();
+                s.queue = [None, Some("limited"), Some("urgent")][queue].map(str::to_owned);
+                s.deadline_in = est.map(|e| f64::from(e) * 3.0);
+                t.submit(s, i as f64 * 0.5).expect("submit");
+            }
+            t
+        }
+
+        /// A GPU pool (what the front end's reservation would say): a job
+        /// fits if its GPUs are free; project "c" is over its quota.
+        fn run_pass(t: &mut JobQueue, fast: bool, now: f64, cap: Capacity) -> naive::Outcome {
+            let mut free_gpus = cap.gpus.saturating_sub(t.active().1);
+            let take = |j: &Job| {
+                (j.resources.gpu_count <= free_gpus).then(|| free_gpus -= j.resources.gpu_count)
+            };
+            let eligible = |j: &Job| {
+                (j.info.project.as_deref() == Some("c"))
+                    .then(|| "project c: quota exceeded".to_owned())
+            };
+            if !fast {
+                return naive::dispatch(t, now, cap, eligible, take);
+            }
+            let mut take = take;
+            let out = t.dispatch::<(), ()>(now, cap, |j| Ok(eligible(j)), |j| Ok(take(j)));
+            assert!(out.error.is_none());
+            (
+                out.started.into_iter().map(|s| s.0).collect(),
+                out.blocked,
+                out.head_start,
+                out.skipped,
+            )
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(200))]
+            /// On random queues, every policy, several passes with jobs
+            /// ending in between: the fast pass starts the same jobs in the
+            /// same order, blocks the same head, plans the same start, and
+            /// lists a prefix of what the full rescan passes over.
+            #[test]
+            fn fast_pass_equals_full_rescan(
+                policy in 0usize..crate::policy::NAMES.len(),
+                specs in proptest::collection::vec(
+                    (0u8..101, 0usize..5, 0u32..3, proptest::option::of(1u8..40), 0usize..4, 0usize..3, 0usize..3),
+                    0..60,
+                ),
+                cpu in 0u32..9,
+                gpus in 0u32..5,
+                ends in proptest::collection::vec(proptest::collection::vec(any::<bool>(), 8), 6),
+            ) {
+                let name = crate::policy::NAMES[policy];
+                let cap = Capacity { cpu_cores: f64::from(cpu), gpus, memory_mb: 1e6 };
+                let mut fast = table(name, &specs);
+                let mut naive = table(name, &specs);
+                for (round, finish) in ends.iter().enumerate() {
+                    let now = 40.0 + round as f64 * 7.0;
+                    let a = run_pass(&mut fast, true, now, cap);
+                    let b = run_pass(&mut naive, false, now, cap);
+                    prop_assert_eq!(&a.0, &b.0, "{} round {}: started", name, round);
+                    prop_assert_eq!(a.1, b.1, "{} round {}: blocked", name, round);
+                    prop_assert_eq!(a.2, b.2, "{} round {}: head start", name, round);
+                    prop_assert!(b.3.starts_with(&a.3), "{} round {}: skipped {:?} vs {:?}", name, round, a.3, b.3);
+                    let running: Vec<u64> = fast.active_ids.iter().copied().collect();
+                    for (id, end) in running.iter().zip(finish.iter().cycle()) {
+                        if *end {
+                            fast.transition(*id, JobState::Completed, "finish", None, now + 1.0).expect("end");
+                            naive.transition(*id, JobState::Completed, "finish", None, now + 1.0).expect("end");
+                        }
+                    }
+                }
+            }
+        }
     }
 }

@@ -15,6 +15,12 @@ pub trait Placement {
     /// A capacity view of what is held now and when each hold is expected
     /// to end, for planning the head's start (backfill).
     fn plan(&self) -> Self::Plan;
+    /// Whether no job not yet offered could fit now, however it is drawn
+    /// (lets a pass stop early; what was refused stays refused until
+    /// something is released). The default never says so.
+    fn exhausted(&self) -> bool {
+        false
+    }
 }
 
 /// A capacity plan: what is held, and until when (expected).
@@ -46,11 +52,12 @@ pub fn shadow<P: Plan>(mut plan: P, head: &P::Job, now: f64) -> Option<(f64, P)>
 
 /// What one pass did.
 #[derive(Debug)]
-pub struct Pass<H> {
-    /// `(index into jobs, hold)` in the order they were started.
-    pub started: Vec<(usize, H)>,
+pub struct Pass<H, T = usize> {
+    /// `(job, hold)` in the order they were started (an index into the
+    /// jobs for [`admit`]).
+    pub started: Vec<(T, H)>,
     /// The first job in order that could not start (the head now).
-    pub blocked_head: Option<usize>,
+    pub blocked_head: Option<T>,
     /// Backfill: the head's planned start (None: unknown, nothing backfilled).
     pub head_start: Option<f64>,
 }
@@ -66,55 +73,80 @@ pub fn admit<P: Placement>(
     estimate: impl Fn(&P::Job) -> Option<f64>,
     now: f64,
 ) -> Pass<P::Hold> {
+    admit_each(
+        mode,
+        order.iter().map(|&i| (i, &jobs[i])),
+        placement,
+        estimate,
+        now,
+    )
+}
+
+/// [`admit`] over jobs drawn one at a time from `order` (`(item, job)`:
+/// the item is what [`Pass`] reports), so that a pass over a long queue looks only at what it
+/// needs: under [`Admission::Strict`] it stops at the head, and once the
+/// head is blocked it stops as soon as [`Placement::exhausted`] says no job
+/// left can fit (the next item is not drawn).
+pub fn admit_each<'j, P: Placement<Job: 'j>, T: Copy>(
+    mode: Admission,
+    order: impl Iterator<Item = (T, &'j P::Job)>,
+    placement: &mut P,
+    estimate: impl Fn(&P::Job) -> Option<f64>,
+    now: f64,
+) -> Pass<P::Hold, T> {
     let mut pass = Pass {
         started: Vec::new(),
         blocked_head: None,
         head_start: None,
     };
-    let mut rest = order.iter().copied();
+    let mut rest = order;
     // Everyone in order until the first that does not fit.
-    for i in rest.by_ref() {
-        match placement.try_take(&jobs[i]) {
+    let mut head = None;
+    for (i, j) in rest.by_ref() {
+        match placement.try_take(j) {
             Some(hold) => pass.started.push((i, hold)),
             None => {
+                head = Some(j);
                 pass.blocked_head = Some(i);
                 break;
             }
         }
     }
-    let Some(head) = pass.blocked_head else {
+    let Some(head) = head else {
         return pass;
     };
+    // Later jobs, while any may still fit (checked before each is drawn).
     match mode {
         Admission::Strict => {}
         Admission::BestEffort => {
-            for i in rest {
-                if let Some(hold) = placement.try_take(&jobs[i]) {
+            while !placement.exhausted() {
+                let Some((i, j)) = rest.next() else { break };
+                if let Some(hold) = placement.try_take(j) {
                     pass.started.push((i, hold));
                 }
             }
         }
         Admission::Backfill => {
-            let Some((start, mut at_start)) = shadow(placement.plan(), &jobs[head], now) else {
+            let Some((start, mut at_start)) = shadow(placement.plan(), head, now) else {
                 return pass;
             };
             pass.head_start = Some(start);
-            for i in rest {
-                let job = &jobs[i];
-                let ends_in_time = estimate(job).is_some_and(|d| now + d <= start);
+            while !placement.exhausted() {
+                let Some((i, j)) = rest.next() else { break };
+                let ends_in_time = estimate(j).is_some_and(|d| now + d <= start);
                 let leaves_room = || {
                     let mut p = at_start.clone();
-                    p.fits(job) && {
-                        p.hold(job);
-                        p.fits(&jobs[head])
+                    p.fits(j) && {
+                        p.hold(j);
+                        p.fits(head)
                     }
                 };
                 if !(ends_in_time || leaves_room()) {
                     continue;
                 }
-                if let Some(hold) = placement.try_take(job) {
+                if let Some(hold) = placement.try_take(j) {
                     if !ends_in_time {
-                        at_start.hold(job);
+                        at_start.hold(j);
                     }
                     pass.started.push((i, hold));
                 }

@@ -161,6 +161,13 @@ pub enum QuotaError {
     },
     /// The database was written by a newer (or unknown) schema.
     SchemaVersion { found: i64, supported: i64 },
+    /// Another transaction held the project's row longer than the lock
+    /// timeout (PostgreSQL `lock_timeout`): the call gave up.
+    Locked {
+        backend: &'static str,
+        project: String,
+        timeout_s: f64,
+    },
     /// The database could not be opened, read or written.
     Storage {
         backend: &'static str,
@@ -197,6 +204,14 @@ impl fmt::Display for QuotaError {
             Self::SchemaVersion { found, supported } => write!(
                 f,
                 "quota database has schema version {found}; this build supports version {supported}"
+            ),
+            Self::Locked {
+                backend,
+                project,
+                timeout_s,
+            } => write!(
+                f,
+                "{backend} quota store: project {project:?}'s quota row is locked by another transaction; gave up after {timeout_s} s (lock_timeout; LocalQuotaProvider(lock_timeout=...) sets it)"
             ),
             Self::Storage { backend, detail } => write!(f, "{backend} quota store: {detail}"),
             Self::Slurm { command, detail } => write!(f, "slurm: `{command}`: {detail}"),
@@ -279,6 +294,22 @@ pub struct Resources {
     pub vram_mb: f64,
 }
 
+/// The unit a scale counts in, for messages.
+fn unit_name(scale: f64) -> &'static str {
+    if scale == 1000.0 {
+        "0.001 core"
+    } else if scale == KIB_PER_GIB {
+        "1 KiB (1/1048576 GiB)"
+    } else {
+        "1 KiB (1/1024 MB)"
+    }
+}
+
+/// `value` in whole units of `1/scale`. What the unit cannot count is
+/// refused rather than rounded (rounded, 0.0004 cores under a 0.001-core
+/// quota would count as 0, and any number of them would fit): a value must
+/// be a whole number of units, up to float noise (a relative 1e-9, so that
+/// `0.1` core is 100 millicores).
 fn units(field: &'static str, value: f64, scale: f64) -> Result<i64> {
     let scaled = value * scale;
     if !value.is_finite() || value < 0.0 || scaled > MAX_UNITS {
@@ -288,8 +319,20 @@ fn units(field: &'static str, value: f64, scale: f64) -> Result<i64> {
             reason: "must be a finite number >= 0 (and not absurdly large)".to_owned(),
         });
     }
-    // In range by the check above; `as` on a finite f64 in i64 range is exact rounding.
-    Ok(scaled.round() as i64)
+    let whole = scaled.round();
+    if (scaled - whole).abs() > 1e-9 * scaled.max(1.0) {
+        let (down, up) = (scaled.floor() / scale, scaled.ceil() / scale);
+        return Err(QuotaError::InvalidInput {
+            field,
+            value: format!("{value}"),
+            reason: format!(
+                "must be a whole number of the quota's unit of {} (it counts exactly and does not round; e.g. {down} or {up})",
+                unit_name(scale)
+            ),
+        });
+    }
+    // In range by the check above; `as` on a finite f64 in i64 range is exact.
+    Ok(whole as i64)
 }
 
 fn count(field: &'static str, value: i64) -> Result<i64> {
@@ -1032,6 +1075,78 @@ mod tests {
         }
         .amounts()
         .is_err());
+    }
+
+    #[test]
+    fn what_the_unit_cannot_count_is_refused_not_rounded() {
+        // Issue 24 #13: 0.0004 cores rounded to 0 millicores, so 10,000 of
+        // them fit a 0.001-core quota and used_cpu stayed 0.
+        for (r, field) in [
+            (
+                Resources {
+                    cpu: 0.0004,
+                    ..Resources::default()
+                },
+                "cpu",
+            ),
+            (
+                Resources {
+                    cpu: 1.0015,
+                    ..Resources::default()
+                },
+                "cpu",
+            ),
+            (
+                Resources {
+                    memory: 1e-7,
+                    ..Resources::default()
+                },
+                "memory",
+            ),
+            (
+                Resources {
+                    vram_mb: 0.0001,
+                    ..Resources::default()
+                },
+                "vram_mb",
+            ),
+        ] {
+            let err = r.amounts().unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("{field} must be a whole number")),
+                "{err}"
+            );
+        }
+        let err = Resources {
+            cpu: 0.0004,
+            ..Resources::default()
+        }
+        .amounts()
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("0.001 core") && err.contains("got 0.0004"),
+            "{err}"
+        );
+        // Float noise is not a fraction of a unit.
+        for cpu in [0.1, 0.7, 1.1, 2.3, 0.001, 123.456] {
+            let a = Resources {
+                cpu,
+                ..Resources::default()
+            }
+            .amounts()
+            .unwrap();
+            assert_eq!(a.cpu_milli, (cpu * 1000.0).round() as i64, "{cpu}");
+        }
+        let limit = QuotaPatch {
+            cpu_quota: Patch::Set(0.0005),
+            ..QuotaPatch::default()
+        };
+        assert!(limit
+            .apply(Limits::default())
+            .unwrap_err()
+            .to_string()
+            .starts_with("cpu_quota must be a whole number"));
     }
 
     #[test]

@@ -5,6 +5,12 @@
 //! update of an allocation see no concurrent writer of that project;
 //! a serialization failure or deadlock (SQLSTATE 40001 / 40P01) reruns the
 //! whole transaction.
+//!
+//! No wait is unbounded: every session sets `lock_timeout` (default
+//! [`DEFAULT_LOCK_TIMEOUT`], 10 s; [`PostgresStore::connect_with`] sets it),
+//! so a transaction elsewhere holding a project's row makes a write fail
+//! with [`QuotaError::Locked`] naming the project, and `statement_timeout`
+//! (three times as long) bounds any other statement.
 
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
@@ -18,6 +24,8 @@ use super::{
 };
 
 const RETRIES: usize = 20;
+/// How long a write waits for a project's row held by another transaction.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
 /// `pg_advisory_xact_lock` key serializing schema creation across hosts.
 const MIGRATION_LOCK: i64 = 0x5053_5155_4f54; // "PSQUOT"
 
@@ -35,6 +43,18 @@ fn pg(e: postgres::Error) -> QuotaError {
     }
 }
 
+/// `lock_timeout` ran out (SQLSTATE 55P03) on `project`'s row.
+fn locked(e: postgres::Error, project: &str, timeout: Duration) -> QuotaError {
+    if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) {
+        return QuotaError::Locked {
+            backend: "postgresql",
+            project: project.to_owned(),
+            timeout_s: timeout.as_secs_f64(),
+        };
+    }
+    pg(e)
+}
+
 fn retryable(e: &QuotaError) -> bool {
     let QuotaError::Storage { detail, .. } = e else {
         return false;
@@ -50,6 +70,7 @@ fn retryable(e: &QuotaError) -> bool {
 pub struct PostgresStore {
     config: Config,
     description: String,
+    lock_timeout: Duration,
     client: Mutex<Option<Client>>,
 }
 
@@ -57,6 +78,19 @@ impl PostgresStore {
     /// Connects to `dsn` (`postgresql://user@host:port/db` or key=value)
     /// and creates the tables when missing.
     pub fn connect(dsn: &str) -> Result<Self> {
+        Self::connect_with(dsn, DEFAULT_LOCK_TIMEOUT)
+    }
+
+    /// [`PostgresStore::connect`], waiting at most `lock_timeout` for a
+    /// project's row (from 1 ms to 1 hour).
+    pub fn connect_with(dsn: &str, lock_timeout: Duration) -> Result<Self> {
+        if !(Duration::from_millis(1)..=Duration::from_secs(3600)).contains(&lock_timeout) {
+            return Err(QuotaError::InvalidInput {
+                field: "lock_timeout",
+                value: format!("{}", lock_timeout.as_secs_f64()),
+                reason: "must be between 0.001 and 3600 seconds".to_owned(),
+            });
+        }
         let mut config: Config = dsn.parse().map_err(|e| QuotaError::InvalidInput {
             field: "dsn",
             value: "(not shown: may hold a password)".to_owned(),
@@ -84,6 +118,7 @@ impl PostgresStore {
         let store = Self {
             config,
             description,
+            lock_timeout,
             client: Mutex::new(None),
         };
         store.migrate()?;
@@ -93,10 +128,17 @@ impl PostgresStore {
     fn with_client<T>(&self, f: impl FnOnce(&mut Client) -> Result<T>) -> Result<T> {
         let mut slot = self.client.lock().unwrap_or_else(PoisonError::into_inner);
         if slot.as_ref().is_none_or(Client::is_closed) {
-            let client = self
+            let mut client = self
                 .config
                 .connect(NoTls)
                 .map_err(|e| storage(format!("cannot connect to {}: {e}", self.description)))?;
+            let ms = self.lock_timeout.as_millis();
+            client
+                .batch_execute(&format!(
+                    "SET lock_timeout = {ms}; SET statement_timeout = {}",
+                    ms.saturating_mul(3)
+                ))
+                .map_err(pg)?;
             *slot = Some(client);
         }
         match slot.as_mut() {
@@ -129,18 +171,22 @@ struct PgTxn<'a, 'b> {
     tx: &'a mut postgres::Transaction<'b>,
     write: bool,
     locked: bool,
+    lock_timeout: Duration,
 }
 
 impl PgTxn<'_, '_> {
     fn lock_row(&mut self, project: &str) -> Result<()> {
         if self.write && !self.locked {
-            self.tx.execute(sql::ENSURE_ROW, &[&project]).map_err(pg)?;
+            let timeout = self.lock_timeout;
+            self.tx
+                .execute(sql::ENSURE_ROW, &[&project])
+                .map_err(|e| locked(e, project, timeout))?;
             self.tx
                 .execute(
                     "SELECT 1 FROM project_quotas WHERE project_id = $1 FOR UPDATE",
                     &[&project],
                 )
-                .map_err(pg)?;
+                .map_err(|e| locked(e, project, timeout))?;
             self.locked = true;
         }
         Ok(())
@@ -241,6 +287,7 @@ impl SqlStore for PostgresStore {
                     tx: &mut tx,
                     write,
                     locked: false,
+                    lock_timeout: self.lock_timeout,
                 })?;
                 tx.commit().map_err(pg)?;
                 Ok(out)

@@ -439,7 +439,8 @@ fn a_queue_that_runs_past_the_clock_limit_is_refused_naming_the_job() {
     // Ends at 1e12, 2e12, 3e12, 4e12, then 5e12 > 2^42.
     let e = try_sim(&t, 1, "fifo").expect_err("past the clock");
     assert!(
-        e.to_string().starts_with("trace row j4, job \"j4\": would end at 5000000000000 s"),
+        e.to_string()
+            .starts_with("trace row j4, job \"j4\": would end at 5000000000000 s"),
         "{e}"
     );
     assert!(try_sim(&t[..4], 1, "fifo").is_ok());
@@ -455,7 +456,9 @@ fn traces_built_in_code_are_checked_like_parsed_ones() {
     ] {
         let e = try_sim(&[bad], 1, "fifo").expect_err(field);
         assert!(
-            e.to_string().starts_with(&format!("trace row x, job \"x\", {field}: must be a finite number of seconds")),
+            e.to_string().starts_with(&format!(
+                "trace row x, job \"x\", {field}: must be a finite number of seconds"
+            )),
             "{e}"
         );
     }
@@ -481,7 +484,11 @@ fn synthetic_sizes_are_bounded_before_anything_is_allocated() {
     }
     .generate()
     .expect_err("arrivals beyond the limit");
-    assert!(e.to_string().starts_with("jobs_per_hour: 3 jobs at 2.2250738585072014e-308 per hour"), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("jobs_per_hour: 3 jobs at 2.2250738585072014e-308 per hour"),
+        "{e}"
+    );
     assert!(WorkloadSpec {
         durations: vec![(11.0, 12.0, 1.0)],
         ..WorkloadSpec::default()

@@ -739,10 +739,8 @@ mod tests {
                 format!("trace line 2, column \"duration\": must be a finite number, got {text:?}")
             );
         }
-        let e = csv(&format!(
-            "job_id,submit_time,duration,num_gpu,deadline\na,0,1,1,1e13\n"
-        ))
-        .expect_err("deadline");
+        let e = csv("job_id,submit_time,duration,num_gpu,deadline\na,0,1,1,1e13\n")
+            .expect_err("deadline");
         assert!(e.to_string().contains("column \"deadline\""), "{e}");
         // JSON: an out-of-range number names the line and the column.
         let e = parse_jsonl(
@@ -813,7 +811,10 @@ mod tests {
             .expect("fills");
         long.extend_from_slice(b",0,1,1\n");
         let e = read_all(&long).expect_err("long line");
-        assert!(e.to_string().starts_with("trace line 2: is longer than"), "{e}");
+        assert!(
+            e.to_string().starts_with("trace line 2: is longer than"),
+            "{e}"
+        );
         // Exactly the limit (CR not counted) is fine.
         let mut fits = HEAD.as_bytes().to_vec();
         let cell = MAX_LINE_BYTES - ",0,1,1".len();

@@ -157,7 +157,7 @@ impl WorkloadSpec {
             }
             // Whole milliseconds, so a written trace reads back exactly.
             let submit = (t * 1000.0).round() / 1000.0;
-            if !(submit <= MAX_SECONDS) {
+            if !(0.0..=MAX_SECONDS).contains(&submit) {
                 return Err(Error::value(
                     "jobs_per_hour",
                     format!(
@@ -173,7 +173,7 @@ impl WorkloadSpec {
             let duration = (minutes * 60.0).round().max(1.0);
             let user = users[(rng.next_u64() % u64::from(self.users)) as usize].clone();
             let deadline = self.deadline_slack.map(|s| (s * duration).round());
-            if deadline.is_some_and(|d| !(d <= MAX_SECONDS)) {
+            if deadline.is_some_and(|d| !(0.0..=MAX_SECONDS).contains(&d)) {
                 return Err(Error::value(
                     "deadline_slack",
                     format!(

@@ -435,3 +435,21 @@ def test_control_plane_manager_refuses_bad_values_and_policies() -> None:
     with pytest.raises(TypeError, match="scheduling_policy must be a SchedulingPolicy"):
         ControlPlaneManager(scheduling_policy=object())  # type: ignore[arg-type]
     assert m.instances == []
+
+
+def test_model_names_with_lone_surrogates_match_as_python_compares_them() -> None:
+    # They raised UnicodeEncodeError; the seed compares names with ==.
+    name = "llama-\udc80"
+    instances = [
+        ExecutionInstance(instance_id="i", host="h", port=1, model_name="plain"),
+        ExecutionInstance(instance_id="s", host="h", port=1, model_name="".join(["llama-", "\udc80"])),
+        ExecutionInstance(instance_id="t", host="h", port=1, model_name="llama-\udc81"),
+    ]
+    requests = [
+        RequestMetadata(request_id="a", model_name=name),
+        RequestMetadata(request_id="b", model_name="llama-\udc81"),
+        RequestMetadata(request_id="c", model_name="llama-\udc82"),
+        RequestMetadata(request_id="d", model_name="plain"),
+    ]
+    placed = {d.request_id: d.target_instance_id for d in FIFOPolicy().schedule(requests, instances)}
+    assert placed == {"a": "s", "b": "t", "d": "i"}

@@ -806,14 +806,16 @@ def _load_trace(trace: str | os.PathLike[str] | Any, columns: Mapping[str, str] 
 def _generate_trace(
     jobs: int,
     *,
-    seed: int = 0,
-    jobs_per_hour: float = 30.0,
-    gpus: list[tuple[int, float]] | None = None,
-    durations: list[tuple[float, float, float]] | None = None,
-    users: int = 10,
+    seed: int | None = None,
+    jobs_per_hour: float | None = None,
+    gpus: Iterable[tuple[int, float]] | None = None,
+    durations: Iterable[tuple[float, float, float]] | None = None,
+    users: int | None = None,
     deadline_slack: float | None = None,
 ) -> SimTrace:
-    """A synthetic (Gavel-like) trace."""
+    """A synthetic (Gavel-like) trace; ``None`` keeps a default (seed 0, 30
+    jobs/hour, Gavel's GPU and duration mixes, 10 users). Every number is
+    checked (``ValueError``/``TypeError`` naming it)."""
 
 def _simulate(
     trace: SimTrace,
@@ -824,10 +826,10 @@ def _simulate(
     gpus_per_node: int | None = None,
     vram_per_gpu_mb: float | None = None,
     ram_per_node_mb: float | None = None,
-    node_cost_per_hour: list[float] | None = None,
+    node_cost_per_hour: Iterable[float] | None = None,
     preempt: bool | None = None,
     oracle_estimates: bool = True,
-    las_thresholds: list[float] | None = None,
+    las_thresholds: Iterable[float] | None = None,
     timeline: bool = True,
     reference: bool = False,
     progress: Callable[[int, int], Any] | None = None,

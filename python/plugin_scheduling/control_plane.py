@@ -273,22 +273,48 @@ def _prioritize(policy: SchedulingPolicy, requests: Sequence[Any]) -> list[Any]:
     return _core._prioritize_batch(kind, requests, now, getattr(policy, "urgency_threshold", 0.7))
 
 
+def _admitted(value: Any, kind: Literal["request", "instance"], call: str) -> Any:
+    """``value`` checked as ``schedule`` will read it, so a bad one is refused
+    where it is handed over (naming the argument) rather than failing every
+    later ``schedule()``."""
+    expected = "a RequestMetadata" if kind == "request" else "an ExecutionInstance"
+    try:
+        _core._check_item(value, kind)
+    except AttributeError as e:
+        raise TypeError(
+            f"ControlPlaneManager.{call}: {kind} must be {expected} (or an object with its "
+            f"attributes), got {value!r} ({type(value).__name__}): {e}"
+        ) from None
+    return value
+
+
 class ControlPlaneManager:
     """The smallest manager sageLLM's README lines need
     (``ControlPlaneManager(scheduling_policy=FIFOPolicy())``): it holds a policy,
     the pending requests and the instances, and ``schedule()`` places one batch,
-    keeping the requests that got no decision pending."""
+    keeping the requests that got no decision pending.
+
+    ``register_instance`` and ``submit_request`` check what they are given as
+    ``schedule`` reads it: something that is not an instance / a request (``None``,
+    an object lacking the request's or instance's attributes) raises ``TypeError`` naming the
+    argument, a bad value ``TypeError``/``ValueError`` naming the field, and
+    nothing is added."""
 
     def __init__(self, scheduling_policy: SchedulingPolicy | None = None) -> None:
+        if scheduling_policy is not None and not callable(getattr(scheduling_policy, "schedule", None)):
+            raise TypeError(
+                "ControlPlaneManager: scheduling_policy must be a SchedulingPolicy (an object with "
+                f"schedule(requests, instances)), got {scheduling_policy!r} ({type(scheduling_policy).__name__})"
+            )
         self.scheduling_policy: SchedulingPolicy = scheduling_policy if scheduling_policy is not None else FIFOPolicy()
         self.pending: list[Any] = []
         self.instances: list[Any] = []
 
     def register_instance(self, instance: Any) -> None:
-        self.instances.append(instance)
+        self.instances.append(_admitted(instance, "instance", "register_instance"))
 
     def submit_request(self, request: Any) -> None:
-        self.pending.append(request)
+        self.pending.append(_admitted(request, "request", "submit_request"))
 
     def schedule(self) -> list[SchedulingDecision]:
         decisions = self.scheduling_policy.schedule(list(self.pending), list(self.instances))

@@ -50,6 +50,13 @@ def load_trace(trace: TraceInput, *, columns: Optional[Mapping[str, str]] = None
     pandas DataFrame. ``columns`` maps trace fields to the columns that hold
     them, e.g. ``{"num_gpu": "gpus", "submit_time": "arrival"}``. A bad row
     raises ``ValueError`` naming its line (or row) and column.
+
+    Limits (so every run is exact and no file can exhaust memory): times
+    (``submit_time``, ``duration``, ``deadline``, ``estimated_duration``)
+    are finite seconds from 0 to 1e12 (about 31,700 years); a line (or a
+    text cell) holds at most 1 MiB; files are UTF-8 (a byte-order mark is
+    fine) and are read line by line. A run whose jobs would end past 2^42 s
+    of simulated time (the queue, not the trace) is refused too.
     """
     if isinstance(trace, _core.SimTrace):
         return trace
@@ -158,14 +165,17 @@ def simulate(
     it has none, and backfill cannot plan around it). ``las_thresholds``:
     LAS queue limits in GPU-seconds (default one, at 3600).
     ``progress(done, total)`` is called now and then. Ctrl-C stops a run.
+    ``gpus`` and ``gpus_per_node`` are integers from 1 to 2**32 - 1 (their
+    product too), ``nodes`` from 1 to 1,048,576; anything else raises
+    ``ValueError`` naming the argument. Every metric is a finite number
+    (or ``None`` where it does not apply), so ``json.dumps`` with
+    ``allow_nan=False`` accepts them.
     """
     loaded = load_trace(trace, columns=columns)
+    # Numbers are checked by the core, which names the argument.
+    costs: Any = node_cost_per_hour
     if isinstance(node_cost_per_hour, (int, float)):
-        costs: Optional[List[float]] = [float(node_cost_per_hour)]
-    elif node_cost_per_hour is not None:
-        costs = [float(c) for c in node_cost_per_hour]
-    else:
-        costs = None
+        costs = [node_cost_per_hour]
     run = _core._simulate(
         loaded,
         policy=policy,
@@ -177,7 +187,7 @@ def simulate(
         node_cost_per_hour=costs,
         preempt=preempt,
         oracle_estimates=oracle_estimates,
-        las_thresholds=list(las_thresholds) if las_thresholds is not None else None,
+        las_thresholds=las_thresholds,
         timeline=timeline,
         progress=progress,
     )
@@ -198,13 +208,21 @@ def generate_trace(
     ``jobs_per_hour``; GPU counts ``{gpus: weight}`` (default 1/2/4/8 at
     70/10/15/5 %); durations ``10**U(low, high)`` minutes for
     ``(low, high, weight)`` ranges (default (1.5, 3, 0.8), (3, 4, 0.2));
-    ``users`` users at random; deadlines at ``deadline_slack`` × duration."""
+    ``users`` users at random; deadlines at ``deadline_slack`` × duration.
+
+    Limits: ``jobs`` 0 to 10,000,000; ``users`` 1 to 1,000,000; ``seed`` 0
+    to 2**64 - 1; duration ranges up to 10 (log10 minutes); the arrivals and
+    deadlines within 1e12 s. A value outside them raises ``ValueError``
+    naming it (a non-number ``TypeError``)."""
+    items = getattr(gpus, "items", None)
+    pairs: Any = list(items()) if callable(items) else gpus
     return _core._generate_trace(
         jobs,
         seed=seed,
         jobs_per_hour=jobs_per_hour,
-        gpus=list(gpus.items()) if gpus is not None else None,
-        durations=[(float(lo), float(hi), float(w)) for lo, hi, w in durations] if durations is not None else None,
+        # Numbers (and their ranges) are checked by the core, naming them.
+        gpus=pairs,
+        durations=durations,
         users=users,
         deadline_slack=deadline_slack,
     )

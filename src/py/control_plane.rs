@@ -231,8 +231,10 @@ fn timestamp(value: &Bound<'_, PyAny>, label: Label<'_>) -> PyResult<f64> {
 
 /// The distinct model names of the instances; a request's model becomes an id.
 struct Models<'py> {
-    /// Each distinct name: the first object seen (for an identity hit) and its text.
-    names: Vec<(Bound<'py, PyString>, String)>,
+    /// Each distinct name: the first object seen (for an identity hit) and
+    /// its text (`None` for a name that is not valid Unicode, e.g. holding a
+    /// lone surrogate: compared by Python's `==`, as the seed compares).
+    names: Vec<(Bound<'py, PyString>, Option<String>)>,
 }
 
 impl<'py> Models<'py> {
@@ -240,12 +242,28 @@ impl<'py> Models<'py> {
         if let Some(i) = self.names.iter().position(|(known, _)| known.is(name)) {
             return Ok(Some(i as u32));
         }
-        let text = name.to_cow()?;
-        if let Some(i) = self.names.iter().position(|(_, known)| *known == *text) {
+        let text = name.to_str().ok();
+        let found = match text {
+            Some(text) => self
+                .names
+                .iter()
+                .position(|(_, known)| known.as_deref() == Some(text)),
+            None => {
+                let mut found = None;
+                for (i, (known, utf8)) in self.names.iter().enumerate() {
+                    if utf8.is_none() && known.as_any().eq(name)? {
+                        found = Some(i);
+                        break;
+                    }
+                }
+                found
+            }
+        };
+        if let Some(i) = found {
             return Ok(Some(i as u32));
         }
         if add {
-            self.names.push((name.clone(), text.into_owned()));
+            self.names.push((name.clone(), text.map(str::to_owned)));
             return Ok(Some((self.names.len() - 1) as u32));
         }
         Ok(None)

@@ -262,18 +262,85 @@ pub fn decide<'py>(
     })
 }
 
-/// Python's `format(value)`, which is what the reference's f-strings show.
-pub fn format_value(value: &Bound<'_, PyAny>) -> PyResult<String> {
-    let py = value.py();
-    let builtins = py.import(intern!(py, "builtins"))?;
-    builtins
-        .getattr(intern!(py, "format"))?
-        .call1((value,))?
-        .extract::<String>()
+/// A core message with Python values in it, formatted as the reference's
+/// f-strings format them: `template` is the core's line built with `{0}`,
+/// `{1}`, … in place of the values (the core's lines have no braces of
+/// their own), and Python's `str.format` fills them in (`format(value)`
+/// each, like an f-string). The values never become Rust text, so a name
+/// holding a lone surrogate gets into the line just as it does in the
+/// reference's, instead of raising `UnicodeEncodeError`.
+pub fn py_line<'py, A>(py: Python<'py>, template: &str, values: A) -> PyResult<Bound<'py, PyAny>>
+where
+    A: pyo3::call::PyCallArgs<'py>,
+{
+    PyString::new(py, template).call_method1(intern!(py, "format"), values)
+}
+
+/// A plugin name that the core keeps as text (reservations, ledgers,
+/// peaks): a `str` of valid Unicode. A `str` holding a lone surrogate
+/// (e.g. from `os.fsdecode` of a non-UTF-8 file name) cannot be stored or
+/// shared as UTF-8, so it is refused with a `ValueError` naming `field`,
+/// the name and the surrogate's position, never an unexplained
+/// `UnicodeEncodeError`; anything but a `str` is a `TypeError`.
+pub fn plugin_name(field: &str, value: &Bound<'_, PyAny>) -> PyResult<String> {
+    let Ok(text) = value.cast::<PyString>() else {
+        return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+            "{field} must be a str, got {}",
+            describe(value)
+        )));
+    };
+    if let Ok(s) = text.to_str() {
+        return Ok(s.to_owned());
+    }
+    let (index, unit) = lone_surrogate(text).unwrap_or((0, 0));
+    Err(pyo3::exceptions::PyValueError::new_err(format!(
+        "{field} must be valid Unicode text, got {} (a lone surrogate U+{unit:04X} at index {index}, \
+         as os.fsdecode makes of a file name that is not UTF-8); name the plugin with text only",
+        describe(value)
+    )))
+}
+
+/// A `plugin_name` argument, read by [`plugin_name`] (a lone surrogate
+/// is a `ValueError` naming the argument, not a `UnicodeEncodeError`).
+pub struct PluginName(String);
+
+impl std::ops::Deref for PluginName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for PluginName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<'a, 'py> FromPyObject<'a, 'py> for PluginName {
+    type Error = PyErr;
+
+    fn extract(obj: pyo3::Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        plugin_name("plugin_name", &obj).map(Self)
+    }
+}
+
+/// The index and code of the first lone surrogate in `text`, if any.
+fn lone_surrogate(text: &Bound<'_, PyString>) -> Option<(usize, u32)> {
+    let py = text.py();
+    let raw = text
+        .call_method1(intern!(py, "encode"), ("utf-32-le", "surrogatepass"))
+        .ok()?;
+    let bytes = raw.cast::<pyo3::types::PyBytes>().ok()?.as_bytes();
+    bytes
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .enumerate()
+        .find(|(_, u)| (0xD800..=0xDFFF).contains(u))
 }
 
 /// `print(line)` through Python, so `sys.stdout` redirection captures it.
-fn print(py: Python<'_>, line: &str) -> PyResult<()> {
+fn print<'py>(py: Python<'py>, line: impl IntoPyObject<'py>) -> PyResult<()> {
     py.import(intern!(py, "builtins"))?
         .getattr(intern!(py, "print"))?
         .call1((line,))?;
@@ -294,14 +361,16 @@ pub fn safety_check(plugin_meta: &Bound<'_, PyAny>, stats: &Bound<'_, PyAny>) ->
             needed,
             available,
         } => {
-            let name = format_value(&plugin_meta.getattr(intern!(py, "name"))?)?;
-            let line = messages::blocked(
-                &name,
-                resource,
-                &format_value(&needed.into_value(py))?,
-                &format_value(&available.into_value(py))?,
-            );
-            print(py, &line)?;
+            let line = py_line(
+                py,
+                &messages::blocked("{0}", resource, "{1}", "{2}"),
+                (
+                    plugin_meta.getattr(intern!(py, "name"))?,
+                    needed.into_value(py),
+                    available.into_value(py),
+                ),
+            )?;
+            print(py, line)?;
             Ok(false)
         }
     }

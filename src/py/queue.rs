@@ -11,7 +11,7 @@ use pyo3::types::{PyDict, PySet, PyTuple};
 use pyo3::PyTraverseError;
 
 use super::errors::seconds;
-use super::inputs::{format_value, queue_check};
+use super::inputs::{py_line, queue_check};
 use super::loop_guard::warn_if_blocking_a_loop;
 use super::schedulers::{is_pristine, patchable, reduce, require_callable};
 use super::waiting::{async_step, sleep_or_wake, AsyncWaker, Constructed, LoggerCell, WakeSlot};
@@ -108,13 +108,17 @@ impl QueueScheduler {
         match wait.step(false, timeout, Instant::now()) {
             Step::Admit => Ok(Some(0.0)),
             Step::GiveUp => {
-                let name = format_value(&plugin_meta.getattr(intern!(py, "name"))?)?;
-                Self::logger(slf)?
-                    .call_method1(intern!(py, "error"), (messages::timed_out(&name),))?;
+                // Formatted by Python, so any name logs as the reference's does.
+                let line = py_line(
+                    py,
+                    &messages::timed_out("{0}"),
+                    (plugin_meta.getattr(intern!(py, "name"))?,),
+                )?;
+                Self::logger(slf)?.call_method1(intern!(py, "error"), (line,))?;
                 Ok(None)
             }
             Step::Sleep => {
-                let line = messages::busy(kind, &format_value(poll_value.bind(py))?);
+                let line = py_line(py, &messages::busy(kind, "{0}"), (poll_value.bind(py),))?;
                 Self::logger(slf)?.call_method1(intern!(py, "info"), (line,))?;
                 Ok(Some(poll_seconds))
             }

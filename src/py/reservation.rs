@@ -23,6 +23,7 @@ use pyo3::types::{PyDict, PyList, PySet, PyTuple};
 use pyo3::PyTraverseError;
 
 use super::errors::{core, describe, int_in, seconds, ReservationTimeout};
+use super::inputs::PluginName;
 use super::loop_guard::warn_if_blocking_a_loop;
 use super::reservation_backend::{
     listen, lock, next_token_id, Backend, Queue, Reclaims, Registry, Signal,
@@ -1368,12 +1369,12 @@ impl ReservationScheduler {
     }
 
     /// Marks the oldest unstarted reservation of `plugin_name` started.
-    fn on_execution_start(slf: &Bound<'_, Self>, plugin_name: &str) -> PyResult<()> {
+    fn on_execution_start(slf: &Bound<'_, Self>, plugin_name: PluginName) -> PyResult<()> {
         let backend = slf.get().backend();
         let me = backend.me();
         let started = Self::op(slf, |q, owners| match &*backend {
-            Backend::Local(_) => q.start(plugin_name),
-            Backend::Shared(_) => start_owned(q, owners, me, plugin_name),
+            Backend::Local(_) => q.start(&plugin_name),
+            Backend::Shared(_) => start_owned(q, owners, me, &plugin_name),
         })?;
         if started.is_none() {
             Self::log(
@@ -1389,14 +1390,14 @@ impl ReservationScheduler {
 
     /// Releases the oldest started reservation of `plugin_name` and wakes
     /// the waiter whose turn it is.
-    fn on_execution_finish(slf: &Bound<'_, Self>, plugin_name: &str) -> PyResult<()> {
+    fn on_execution_finish(slf: &Bound<'_, Self>, plugin_name: PluginName) -> PyResult<()> {
         let this = slf.get();
         let now = this.now();
         let backend = this.backend();
         let me = backend.me();
         let (released, wake) = Self::op(slf, |q, owners| match &*backend {
-            Backend::Local(_) => q.finish(plugin_name, now),
-            Backend::Shared(_) => finish_owned(q, owners, me, plugin_name, now),
+            Backend::Local(_) => q.finish(&plugin_name, now),
+            Backend::Shared(_) => finish_owned(q, owners, me, &plugin_name, now),
         })?;
         this.wake(wake);
         Self::log_release(slf, released.as_ref())
@@ -1464,7 +1465,7 @@ impl ReservationScheduler {
     #[pyo3(signature = (plugin_name, vram_mb = None, ram_mb = None))]
     fn record_peak<'py>(
         slf: &Bound<'py, Self>,
-        plugin_name: &str,
+        plugin_name: PluginName,
         vram_mb: Option<&Bound<'py, PyAny>>,
         ram_mb: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyDict>> {
@@ -1474,7 +1475,7 @@ impl ReservationScheduler {
         let peak = slf
             .get()
             .backend()
-            .peaks(py, |p| p.record(plugin_name, vram_mb, ram_mb))?
+            .peaks(py, |p| p.record(&plugin_name, vram_mb, ram_mb))?
             .map_err(PyValueError::new_err)?;
         Self::flush_peaks(slf, true)?;
         let out = PyDict::new(py);

@@ -65,12 +65,7 @@ fn is_mapping(v: &Bound<'_, PyAny>) -> PyResult<bool> {
 pub fn declared_need(plugin_meta: &Bound<'_, PyAny>) -> PyResult<(String, Need)> {
     let py = plugin_meta.py();
     let name_obj = plugin_meta.getattr(intern!(py, "name"))?;
-    let name: String = name_obj.extract().map_err(|_| {
-        PyTypeError::new_err(format!(
-            "plugin_meta.name must be a str, got {}",
-            describe(&name_obj)
-        ))
-    })?;
+    let name = super::inputs::plugin_name("plugin_meta.name", &name_obj)?;
     let mut need = Need::default();
     let Some(resources) = manifest_section(plugin_meta, "resources")? else {
         return Ok((name, need));

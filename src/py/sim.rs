@@ -10,10 +10,11 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyMapping, PyString};
 
-use super::errors::{core_error, describe};
+use super::errors::{core_error, describe, int_in, number};
 use plugin_scheduling_core::policy::{by_name, Admission, Ctx, JobInfo, Las, Policy};
-use plugin_scheduling_core::sim::trace::{self, Cell, TraceBuilder};
-use plugin_scheduling_core::sim::workload::{self, WorkloadSpec};
+use plugin_scheduling_core::sim::cluster::MAX_NODES;
+use plugin_scheduling_core::sim::trace::{self, Cell, TraceBuilder, MAX_LINE_BYTES};
+use plugin_scheduling_core::sim::workload::{self, WorkloadSpec, MAX_JOBS, MAX_USERS};
 use plugin_scheduling_core::sim::{
     self as core_sim, ClusterSpec, Columns, SimOptions, TraceJob, METRIC_NAMES,
 };
@@ -44,20 +45,37 @@ fn columns(mapping: Option<HashMap<String, String>>) -> PyResult<Columns> {
     Columns::new(&mapping.unwrap_or_default()).map_err(core_error)
 }
 
-fn cell(value: Option<Bound<'_, PyAny>>) -> PyResult<Cell> {
+/// A row's value as a cell; text longer than [`MAX_LINE_BYTES`] or not
+/// valid Unicode (a lone surrogate) is refused naming the row and column.
+fn cell(value: Option<Bound<'_, PyAny>>, origin: &str, column: &str) -> PyResult<Cell> {
     let Some(v) = value else {
         return Ok(Cell::Missing);
     };
     if v.is_none() {
         return Ok(Cell::Missing);
     }
-    if let Ok(s) = v.cast::<PyString>() {
-        return Ok(Cell::Text(s.to_str()?.to_owned()));
-    }
-    if let Ok(x) = v.extract::<f64>() {
+    let text = if let Ok(s) = v.cast::<PyString>() {
+        s.clone()
+    } else if let Ok(x) = v.extract::<f64>() {
         return Ok(Cell::Num(x));
+    } else {
+        v.str()?
+    };
+    let bad =
+        |why: String| PyValueError::new_err(format!("trace {origin}, column {column:?}: {why}"));
+    let s = text.to_str().map_err(|_| {
+        bad(format!(
+            "is not valid Unicode text (a lone surrogate), got {}",
+            describe(&text)
+        ))
+    })?;
+    if s.len() > MAX_LINE_BYTES {
+        return Err(bad(format!(
+            "is longer than {MAX_LINE_BYTES} bytes (the most a trace cell may hold), got {} bytes",
+            s.len()
+        )));
     }
-    Ok(Cell::Text(v.str()?.to_str()?.to_owned()))
+    Ok(Cell::Text(s.to_owned()))
 }
 
 /// The metrics' names, in report order (the keys of `SimRun.metrics()`).
@@ -109,7 +127,7 @@ pub fn _load_trace(
             } else {
                 None
             };
-            *c = cell(value)?;
+            *c = cell(value, &origin, &name)?;
         }
         b.push(&origin, &cells).map_err(core_error)?;
     }
@@ -118,32 +136,98 @@ pub fn _load_trace(
     })
 }
 
-/// A synthetic (Gavel-like) trace.
+/// A synthetic (Gavel-like) trace. Every number is checked here, so a bad
+/// one is a `ValueError`/`TypeError` naming it (never an `OverflowError`).
 #[pyfunction]
-#[pyo3(signature = (jobs, *, seed=0, jobs_per_hour=30.0, gpus=None, durations=None, users=10, deadline_slack=None))]
+#[pyo3(signature = (jobs, *, seed=None, jobs_per_hour=None, gpus=None, durations=None, users=None, deadline_slack=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn _generate_trace(
-    jobs: usize,
-    seed: u64,
-    jobs_per_hour: f64,
-    gpus: Option<Vec<(u32, f64)>>,
-    durations: Option<Vec<(f64, f64, f64)>>,
-    users: u32,
-    deadline_slack: Option<f64>,
+    jobs: &Bound<'_, PyAny>,
+    seed: Option<&Bound<'_, PyAny>>,
+    jobs_per_hour: Option<&Bound<'_, PyAny>>,
+    gpus: Option<&Bound<'_, PyAny>>,
+    durations: Option<&Bound<'_, PyAny>>,
+    users: Option<&Bound<'_, PyAny>>,
+    deadline_slack: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<SimTrace> {
     let d = WorkloadSpec::default();
     let spec = WorkloadSpec {
-        jobs,
-        seed,
-        jobs_per_hour,
-        gpus: gpus.unwrap_or(d.gpus),
-        durations: durations.unwrap_or(d.durations),
-        users,
-        deadline_slack,
+        jobs: int_in("jobs", jobs, 0, MAX_JOBS)?,
+        seed: seed.map_or(Ok(d.seed), |s| int_in("seed", s, 0, u64::MAX))?,
+        jobs_per_hour: jobs_per_hour.map_or(Ok(d.jobs_per_hour), |v| number("jobs_per_hour", v))?,
+        gpus: match gpus {
+            None => d.gpus,
+            Some(g) => weighted_gpus(g)?,
+        },
+        durations: match durations {
+            None => d.durations,
+            Some(v) => duration_ranges(v)?,
+        },
+        users: users.map_or(Ok(d.users), |u| int_in("users", u, 1, MAX_USERS))?,
+        deadline_slack: deadline_slack
+            .filter(|v| !v.is_none())
+            .map(|v| number("deadline_slack", v))
+            .transpose()?,
     };
     Ok(SimTrace {
         jobs: Arc::new(spec.generate().map_err(core_error)?),
     })
+}
+
+/// The items of a list (or any iterable but a string) argument.
+fn listed<'py>(field: &str, value: &Bound<'py, PyAny>) -> PyResult<Vec<Bound<'py, PyAny>>> {
+    let not_a_list =
+        || PyTypeError::new_err(format!("{field} must be a list, got {}", describe(value)));
+    if value.is_instance_of::<PyString>() {
+        return Err(not_a_list());
+    }
+    value.try_iter().map_err(|_| not_a_list())?.collect()
+}
+
+/// A list of `N`-tuples (`what` names one), each with its field (`gpus[3]`).
+fn tuples<'py, const N: usize>(
+    field: &str,
+    value: &Bound<'py, PyAny>,
+    what: &str,
+) -> PyResult<Vec<(String, [Bound<'py, PyAny>; N])>> {
+    listed(field, value)?
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let field = format!("{field}[{i}]");
+            let items: [Bound<'py, PyAny>; N] = listed(&field, item)?.try_into().map_err(|_| {
+                PyTypeError::new_err(format!("{field} must be {what}, got {}", describe(item)))
+            })?;
+            Ok((field, items))
+        })
+        .collect()
+}
+
+/// `[(gpus, weight), ...]`.
+fn weighted_gpus(value: &Bound<'_, PyAny>) -> PyResult<Vec<(u32, f64)>> {
+    tuples::<2>("gpus", value, "a (gpus, weight) pair")?
+        .into_iter()
+        .map(|(field, [count, weight])| {
+            Ok((
+                int_in(&format!("{field} GPU count"), &count, 1, u32::MAX)?,
+                number(&format!("{field} weight"), &weight)?,
+            ))
+        })
+        .collect()
+}
+
+/// `[(low, high, weight), ...]` (log10 minutes).
+fn duration_ranges(value: &Bound<'_, PyAny>) -> PyResult<Vec<(f64, f64, f64)>> {
+    tuples::<3>("durations", value, "a (low, high, weight) triple")?
+        .into_iter()
+        .map(|(field, [lo, hi, w])| {
+            Ok((
+                number(&format!("{field} low"), &lo)?,
+                number(&format!("{field} high"), &hi)?,
+                number(&format!("{field} weight"), &w)?,
+            ))
+        })
+        .collect()
 }
 
 /// A policy written in Python: `key(job, now) -> float` (lower first),
@@ -306,6 +390,13 @@ fn opt(v: f64) -> Option<f64> {
     (!v.is_nan()).then_some(v)
 }
 
+/// A metric as Python sees it: finite, or `None` (the core's limits keep
+/// every metric finite; this keeps `json.dumps(..., allow_nan=False)` safe
+/// even if one were not).
+fn finite(v: f64) -> Option<f64> {
+    v.is_finite().then_some(v)
+}
+
 #[pymethods]
 impl SimRun {
     #[getter]
@@ -319,18 +410,21 @@ impl SimRun {
         let m = &self.result.metrics;
         let values: [Bound<'py, PyAny>; 13] = [
             m.jobs.into_pyobject(py)?.into_any(),
-            m.avg_jct_s.into_pyobject(py)?.into_any(),
-            m.p50_jct_s.into_pyobject(py)?.into_any(),
-            m.p95_jct_s.into_pyobject(py)?.into_any(),
-            m.avg_wait_s.into_pyobject(py)?.into_any(),
-            m.p95_wait_s.into_pyobject(py)?.into_any(),
-            m.avg_slowdown.into_pyobject(py)?.into_any(),
-            m.makespan_s.into_pyobject(py)?.into_any(),
-            m.gpu_utilization.into_pyobject(py)?.into_any(),
-            m.jain_fairness.into_pyobject(py)?.into_any(),
-            m.slo_attainment.into_pyobject(py)?.into_any(),
+            finite(m.avg_jct_s).into_pyobject(py)?.into_any(),
+            finite(m.p50_jct_s).into_pyobject(py)?.into_any(),
+            finite(m.p95_jct_s).into_pyobject(py)?.into_any(),
+            finite(m.avg_wait_s).into_pyobject(py)?.into_any(),
+            finite(m.p95_wait_s).into_pyobject(py)?.into_any(),
+            finite(m.avg_slowdown).into_pyobject(py)?.into_any(),
+            finite(m.makespan_s).into_pyobject(py)?.into_any(),
+            finite(m.gpu_utilization).into_pyobject(py)?.into_any(),
+            finite(m.jain_fairness).into_pyobject(py)?.into_any(),
+            m.slo_attainment
+                .and_then(finite)
+                .into_pyobject(py)?
+                .into_any(),
             m.preemptions.into_pyobject(py)?.into_any(),
-            m.cost.into_pyobject(py)?.into_any(),
+            m.cost.and_then(finite).into_pyobject(py)?.into_any(),
         ];
         let d = PyDict::new(py);
         for (name, value) in METRIC_NAMES.iter().zip(values) {
@@ -412,10 +506,18 @@ impl SimRun {
 }
 
 fn cluster(
-    gpus: Option<u32>,
-    nodes: Option<u32>,
-    gpus_per_node: Option<u32>,
+    gpus: Option<&Bound<'_, PyAny>>,
+    nodes: Option<&Bound<'_, PyAny>>,
+    gpus_per_node: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<ClusterSpec> {
+    let count = |field: &str, v: Option<&Bound<'_, PyAny>>, max: u32| {
+        v.filter(|v| !v.is_none())
+            .map(|v| int_in(field, v, 1, max))
+            .transpose()
+    };
+    let gpus = count("gpus", gpus, u32::MAX)?;
+    let nodes = count("nodes", nodes, MAX_NODES)?;
+    let gpus_per_node = count("gpus_per_node", gpus_per_node, u32::MAX)?;
     match (gpus, nodes, gpus_per_node) {
         (Some(g), None, None) => ClusterSpec::pool(g).map_err(core_error),
         (None, Some(n), Some(g)) => ClusterSpec::nodes(n, g).map_err(core_error),
@@ -436,23 +538,41 @@ pub fn _simulate(
     py: Python<'_>,
     trace: &SimTrace,
     policy: &Bound<'_, PyAny>,
-    gpus: Option<u32>,
-    nodes: Option<u32>,
-    gpus_per_node: Option<u32>,
-    vram_per_gpu_mb: Option<f64>,
-    ram_per_node_mb: Option<f64>,
-    node_cost_per_hour: Option<Vec<f64>>,
+    gpus: Option<&Bound<'_, PyAny>>,
+    nodes: Option<&Bound<'_, PyAny>>,
+    gpus_per_node: Option<&Bound<'_, PyAny>>,
+    vram_per_gpu_mb: Option<&Bound<'_, PyAny>>,
+    ram_per_node_mb: Option<&Bound<'_, PyAny>>,
+    node_cost_per_hour: Option<&Bound<'_, PyAny>>,
     preempt: Option<bool>,
     oracle_estimates: bool,
-    las_thresholds: Option<Vec<f64>>,
+    las_thresholds: Option<&Bound<'_, PyAny>>,
     timeline: bool,
     reference: bool,
     progress: Option<Py<PyAny>>,
 ) -> PyResult<SimRun> {
     let mut spec = cluster(gpus, nodes, gpus_per_node)?;
-    spec.vram_per_gpu_mb = vram_per_gpu_mb;
-    spec.ram_per_node_mb = ram_per_node_mb;
-    spec.node_cost_per_hour = node_cost_per_hour.unwrap_or_default();
+    let optional = |field: &str, v: Option<&Bound<'_, PyAny>>| {
+        v.filter(|v| !v.is_none())
+            .map(|v| number(field, v))
+            .transpose()
+    };
+    let numbers = |field: &str, v: Option<&Bound<'_, PyAny>>| -> PyResult<Option<Vec<f64>>> {
+        v.filter(|v| !v.is_none())
+            .map(|v| {
+                listed(field, v)?
+                    .iter()
+                    .enumerate()
+                    .map(|(i, x)| number(&format!("{field}[{i}]"), x))
+                    .collect()
+            })
+            .transpose()
+    };
+    spec.vram_per_gpu_mb = optional("vram_per_gpu_mb", vram_per_gpu_mb)?;
+    spec.ram_per_node_mb = optional("ram_per_node_mb", ram_per_node_mb)?;
+    spec.node_cost_per_hour =
+        numbers("node_cost_per_hour", node_cost_per_hour)?.unwrap_or_default();
+    let las_thresholds = numbers("las_thresholds", las_thresholds)?;
     spec.validate().map_err(core_error)?;
     let jobs = trace.jobs.clone();
     let mut py_error: Option<Arc<Mutex<Option<PyErr>>>> = None;

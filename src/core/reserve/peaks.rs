@@ -3,6 +3,12 @@
 //! file written atomically (temporary file + rename) and merged under a file
 //! lock (max per plugin), so concurrent processes never read a torn file nor
 //! lose each other's peaks. Saves are batched (at most one per second).
+//!
+//! The temporary file has one name, `<path>.tmp` (0600, created afresh, so
+//! no link there is followed), used only under the lock: a process killed
+//! between write and rename leaves it for the next save to replace, and
+//! the per-process `<stem>.tmp.<pid>` files older versions left behind are
+//! removed by the next save (under the lock no one is writing them).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -182,8 +188,9 @@ impl Peaks {
             merge_into(&mut self.by_plugin, &theirs);
         }
         let text = serde_json::to_string_pretty(&self.by_plugin).map_err(|e| e.to_string())?;
-        let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-        let written = std::fs::write(&tmp, text)
+        sweep_stale_temporaries(&path);
+        let tmp = temporary(&path);
+        let written = write_new(&tmp, text.as_bytes())
             .map_err(|e| format!("cannot write {}: {e}", tmp.display()))
             .and_then(|()| {
                 std::fs::rename(&tmp, &path)
@@ -195,6 +202,61 @@ impl Peaks {
         // The lock is released when `lock` is dropped.
         drop(lock);
         written
+    }
+}
+
+/// The one temporary file of `path` (`peaks.json` → `peaks.json.tmp`).
+fn temporary(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".tmp");
+    PathBuf::from(name)
+}
+
+/// Writes `bytes` to a new 0600 file at `path`, replacing whatever is
+/// there (a file or a link, which is removed, never followed).
+fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+/// Removes `<stem>.tmp.<pid>` files next to `path`: what older versions
+/// wrote before renaming, left behind when killed in between. Called under
+/// the lock, when no writer is between its write and its rename.
+fn sweep_stale_temporaries(path: &Path) {
+    let (Some(stem), Some(dir)) = (path.file_stem(), path.parent()) else {
+        return;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let mut prefix = stem.to_owned();
+    prefix.push(".tmp.");
+    let prefix = prefix.as_encoded_bytes().to_vec();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let bytes = name.as_encoded_bytes();
+        let stale = bytes
+            .strip_prefix(prefix.as_slice())
+            .is_some_and(|pid| !pid.is_empty() && pid.iter().all(u8::is_ascii_digit));
+        if stale {
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
 }
 
@@ -253,6 +315,50 @@ mod tests {
             .unwrap_or(0);
         assert_eq!(leftovers, 0);
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_killed_writer_leaves_nothing_behind_and_no_link_is_followed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("ps-peaks-stale-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(std::fs::create_dir_all(&dir).is_ok());
+        let path = dir.join("peaks.json");
+        // What a writer killed between write and rename left: an old-style
+        // per-pid file and the one temporary, here a link to a victim.
+        let victim = dir.join("victim");
+        assert!(std::fs::write(&victim, "keep").is_ok());
+        assert!(std::fs::write(dir.join("peaks.tmp.4194999"), "{").is_ok());
+        assert!(std::os::unix::fs::symlink(&victim, dir.join("peaks.json.tmp")).is_ok());
+        // Not ours: kept.
+        assert!(std::fs::write(dir.join("peaks.tmp.notapid"), "x").is_ok());
+        assert!(std::fs::write(dir.join("other.tmp.12"), "x").is_ok());
+        let (mut p, _) = Peaks::at(path.clone());
+        assert!(p.record("a", Some(1.0), None).is_ok());
+        assert_eq!(p.flush(0.0, true), None);
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        let mode = std::fs::metadata(&path).map(|m| m.permissions().mode() & 0o777);
+        let kept = std::fs::read_to_string(&victim).unwrap_or_default();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(
+            names,
+            [
+                "other.tmp.12",
+                "peaks.json",
+                "peaks.json.lock",
+                "peaks.tmp.notapid",
+                "victim"
+            ]
+        );
+        assert_eq!(mode.ok(), Some(0o600));
+        assert_eq!(kept, "keep");
     }
 
     #[test]

@@ -29,6 +29,10 @@ impl Ord for Ord64 {
     }
 }
 
+/// The most nodes a simulated cluster may have (its per-node state is
+/// allocated up front).
+pub const MAX_NODES: u32 = 1 << 20;
+
 /// The cluster's shape.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClusterSpec {
@@ -60,8 +64,11 @@ impl ClusterSpec {
 
     /// `nodes=K, gpus_per_node=G`.
     pub fn nodes(nodes: u32, gpus_per_node: u32) -> Result<Self> {
-        if nodes == 0 {
-            return Err(Error::value("nodes", "must be at least 1, got 0"));
+        if !(1..=MAX_NODES).contains(&nodes) {
+            return Err(Error::value(
+                "nodes",
+                format!("must be 1 to {MAX_NODES}, got {nodes}"),
+            ));
         }
         if gpus_per_node == 0 {
             return Err(Error::value("gpus_per_node", "must be at least 1, got 0"));

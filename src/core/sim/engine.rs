@@ -61,6 +61,13 @@ pub struct SimResult {
     pub timeline: Vec<TimelinePoint>,
 }
 
+/// The simulated clock's limit, 2^42 s (about 139,000 years): below it a
+/// double counts time in steps under a millisecond, so no duration is lost
+/// to rounding. A run whose jobs would end later is refused (a trace's own
+/// times are at most [`super::trace::MAX_SECONDS`]; only a long queue gets
+/// here).
+pub const MAX_CLOCK_S: f64 = 4_398_046_511_104.0;
+
 /// How many jobs one call of [`admit`] sees at most.
 const CHUNK: usize = 64;
 /// Instants between progress reports.
@@ -148,6 +155,8 @@ struct Engine<'p> {
     reference: bool,
     /// Backfill: (head, planned start) of every pass, when recorded.
     heads: Option<Vec<(u32, f64)>>,
+    /// The first job started that would end past [`MAX_CLOCK_S`], and when.
+    past_clock: Option<(u32, f64)>,
 }
 
 /// Runs `trace` (in submission order, as [`super::trace`] returns it) on a
@@ -188,6 +197,7 @@ pub(crate) fn run(
     let name: std::sync::Arc<str> = std::sync::Arc::from("job");
     let mut jobs = Vec::with_capacity(trace.len());
     for (i, t) in trace.iter().enumerate() {
+        check_times(t)?;
         if let Some(why) = spec.never_fits(t.num_gpu, t.vram_mb, t.ram_mb) {
             return Err(Error::value(
                 format!("trace {}, job {:?}", t.origin, &*t.job_id),
@@ -255,6 +265,7 @@ pub(crate) fn run(
         buf: Vec::with_capacity(CHUNK),
         reference: options.reference,
         heads: record_heads.then(Vec::new),
+        past_clock: None,
     };
     let mut timeline: Vec<TimelinePoint> = Vec::new();
     let mut next = 0usize;
@@ -292,6 +303,15 @@ pub(crate) fn run(
             next += 1;
         }
         e.pass(now);
+        if let Some((job, end)) = e.past_clock {
+            let t = &trace[job as usize];
+            return Err(Error::value(
+                format!("trace {}, job {:?}", t.origin, &*t.job_id),
+                format!(
+                    "would end at {end} s of simulated time, past the simulator's limit of 2^42 s (about 139,000 years; beyond it a double cannot count milliseconds): the trace queues too long for this cluster"
+                ),
+            ));
+        }
         if options.timeline {
             let point = TimelinePoint {
                 time: now,
@@ -345,6 +365,31 @@ pub(crate) fn run(
         },
         heads,
     ))
+}
+
+/// A job's times checked as the trace readers check them (for traces built
+/// in code).
+fn check_times(t: &TraceJob) -> Result<()> {
+    let max = super::trace::MAX_SECONDS;
+    for (name, v) in [
+        ("submit_time", Some(t.submit_time)),
+        ("duration", Some(t.duration)),
+        ("deadline", t.deadline),
+        ("estimated_duration", t.estimated_duration),
+    ] {
+        if let Some(v) = v {
+            if !(v.is_finite() && (0.0..=max).contains(&v)) {
+                return Err(Error::value(
+                    format!("trace {}, job {:?}, {name}", t.origin, &*t.job_id),
+                    format!(
+                        "must be a finite number of seconds from 0 to {max:e}, got {}",
+                        super::trace::show(v)
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn stopped(policy: &str) -> Error {
@@ -507,6 +552,9 @@ impl Engine<'_> {
         }
         j.gen = j.gen.wrapping_add(1);
         let remaining = (j.duration - j.ran).max(0.0);
+        if now + remaining > MAX_CLOCK_S && self.past_clock.is_none() {
+            self.past_clock = Some((job, now + remaining));
+        }
         self.events
             .push(Reverse((Ord64(now + remaining), COMPLETION, job, j.gen)));
         j.expected_end = j.estimate.map_or(f64::INFINITY, |d| now + d);

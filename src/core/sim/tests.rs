@@ -388,3 +388,119 @@ proptest! {
         prop_assert!(r.metrics.gpu_utilization <= 1.0 + 1e-9);
     }
 }
+
+fn try_sim(trace: &[TraceJob], gpus: u32, policy: &str) -> crate::error::Result<SimResult> {
+    let mut p = by_name(policy, None).expect("policy");
+    simulate(
+        trace,
+        &ClusterSpec::pool(gpus).expect("pool"),
+        p.as_mut(),
+        &SimOptions::default(),
+        &mut |_, _| true,
+    )
+}
+
+#[test]
+fn times_at_the_limit_give_exact_finite_metrics() {
+    let max = trace::MAX_SECONDS;
+    let t = vec![
+        job("a", max, max, 1, "u1"),
+        job("b", max, 1.0, 1, "u2"),
+        job("c", max, 0.001, 1, "u2"),
+    ];
+    let r = sim(&t, 3, "fifo");
+    // Nothing is lost to rounding: whole seconds exactly, a millisecond
+    // within a double's step there (2^-13 s).
+    assert_eq!(r.jobs[0].end, 2e12);
+    assert_eq!(r.jobs[1].end - max, 1.0);
+    assert!((r.jobs[2].end - max - 0.001).abs() <= 2f64.powi(-13));
+    let m = &r.metrics;
+    for v in [
+        m.avg_jct_s,
+        m.p50_jct_s,
+        m.p95_jct_s,
+        m.avg_wait_s,
+        m.p95_wait_s,
+        m.avg_slowdown,
+        m.makespan_s,
+        m.gpu_utilization,
+        m.jain_fairness,
+    ] {
+        assert!(v.is_finite(), "{m:?}");
+    }
+}
+
+#[test]
+fn a_queue_that_runs_past_the_clock_limit_is_refused_naming_the_job() {
+    let max = trace::MAX_SECONDS;
+    let t: Vec<TraceJob> = (0..6)
+        .map(|i| job(&format!("j{i}"), 0.0, max, 1, "u"))
+        .collect();
+    // Ends at 1e12, 2e12, 3e12, 4e12, then 5e12 > 2^42.
+    let e = try_sim(&t, 1, "fifo").expect_err("past the clock");
+    assert!(
+        e.to_string()
+            .starts_with("trace row j4, job \"j4\": would end at 5000000000000 s"),
+        "{e}"
+    );
+    assert!(try_sim(&t[..4], 1, "fifo").is_ok());
+}
+
+#[test]
+fn traces_built_in_code_are_checked_like_parsed_ones() {
+    for (field, bad) in [
+        ("submit_time", job("x", f64::NAN, 1.0, 1, "u")),
+        ("duration", job("x", 0.0, 1e308, 1, "u")),
+        ("duration", job("x", 0.0, f64::INFINITY, 1, "u")),
+        ("submit_time", job("x", -1.0, 1.0, 1, "u")),
+    ] {
+        let e = try_sim(&[bad], 1, "fifo").expect_err(field);
+        assert!(
+            e.to_string().starts_with(&format!(
+                "trace row x, job \"x\", {field}: must be a finite number of seconds"
+            )),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn synthetic_sizes_are_bounded_before_anything_is_allocated() {
+    use super::workload::{WorkloadSpec, MAX_JOBS};
+    let e = WorkloadSpec {
+        jobs: usize::MAX,
+        ..WorkloadSpec::default()
+    }
+    .generate()
+    .expect_err("too many");
+    assert_eq!(
+        e.to_string(),
+        format!("jobs: must be at most {MAX_JOBS}, got {}", usize::MAX)
+    );
+    let e = WorkloadSpec {
+        jobs: 3,
+        jobs_per_hour: f64::MIN_POSITIVE,
+        ..WorkloadSpec::default()
+    }
+    .generate()
+    .expect_err("arrivals beyond the limit");
+    assert!(
+        e.to_string()
+            .starts_with("jobs_per_hour: 3 jobs at 2.2250738585072014e-308 per hour"),
+        "{e}"
+    );
+    assert!(WorkloadSpec {
+        durations: vec![(11.0, 12.0, 1.0)],
+        ..WorkloadSpec::default()
+    }
+    .generate()
+    .is_err());
+    assert!(WorkloadSpec {
+        users: 0,
+        ..WorkloadSpec::default()
+    }
+    .generate()
+    .is_err());
+    assert!(ClusterSpec::nodes(u32::MAX, 1).is_err());
+    assert!(ClusterSpec::nodes(cluster::MAX_NODES, 1).is_ok());
+}

@@ -1,6 +1,15 @@
 //! Workload traces: CSV (header required) or JSON lines, or rows handed
 //! over by a front end, with an optional column mapping. Every bad value is
 //! reported with its line (or row) and column.
+//!
+//! Limits, so that every value is simulated exactly and no input can
+//! exhaust memory: times (`submit_time`, `duration`, `deadline`,
+//! `estimated_duration`) are finite seconds in `0..=`[`MAX_SECONDS`]
+//! (1e12 s, about 31,700 years; up to there a double's step is 2^-13 s, and
+//! under a millisecond up to the engine's clock limit, so no duration is
+//! lost to rounding); a line of a trace
+//! file (and a text cell of a row) holds at most [`MAX_LINE_BYTES`]; files
+//! are read line by line (UTF-8, an optional byte-order mark), never whole.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -23,6 +32,14 @@ pub const FIELDS: [&str; 11] = [
 ];
 /// The fields every row must have.
 pub const REQUIRED: [&str; 4] = ["job_id", "submit_time", "duration", "num_gpu"];
+
+/// The largest time value (seconds) a trace may hold: 1e12 s, about
+/// 31,700 years. Below it a double's step is at most 2^-13 s, so a
+/// duration added to a time is never lost to rounding.
+pub const MAX_SECONDS: f64 = 1e12;
+/// The longest line of a trace file, and the longest text cell of a row
+/// (1 MiB); a longer one is refused naming its line.
+pub const MAX_LINE_BYTES: usize = 1 << 20;
 
 const JOB_ID: usize = 0;
 const SUBMIT: usize = 1;
@@ -155,9 +172,15 @@ impl TraceBuilder {
                 if t.is_empty() {
                     return Ok(None);
                 }
-                t.parse::<f64>()
-                    .map(Some)
-                    .map_err(|_| err(origin, col, format!("must be a number, got {t:?}")))
+                match t.parse::<f64>() {
+                    Ok(v) if v.is_finite() => Ok(Some(v)),
+                    Ok(_) => Err(err(
+                        origin,
+                        col,
+                        format!("must be a finite number, got {t:?}"),
+                    )),
+                    Err(_) => Err(err(origin, col, format!("must be a number, got {t:?}"))),
+                }
             }
         }
     }
@@ -165,11 +188,14 @@ impl TraceBuilder {
     fn seconds(&self, origin: &str, i: usize, cell: &Cell) -> Result<Option<f64>> {
         let v = self.number(origin, i, cell)?;
         if let Some(v) = v {
-            if !(v.is_finite() && v >= 0.0) {
+            if !(v.is_finite() && (0.0..=MAX_SECONDS).contains(&v)) {
                 return Err(err(
                     origin,
                     self.columns.name(i),
-                    format!("must be a finite number of seconds >= 0, got {v}"),
+                    format!(
+                        "must be a finite number of seconds from 0 to {MAX_SECONDS:e} (about 31,700 years), got {}",
+                        show(v)
+                    ),
                 ));
             }
         }
@@ -222,7 +248,7 @@ impl TraceBuilder {
             return Err(err(
                 origin,
                 self.columns.name(NUM_GPU),
-                format!("must be a whole number of GPUs >= 1, got {gpus}"),
+                format!("must be a whole number of GPUs >= 1, got {}", show(gpus)),
             ));
         }
         let priority = match self.number(origin, PRIORITY, &cells[PRIORITY]) {
@@ -240,7 +266,10 @@ impl TraceBuilder {
                 return Err(err(
                     origin,
                     self.columns.name(PRIORITY),
-                    format!("must be 0-100 or CRITICAL/HIGH/NORMAL/LOW/BACKGROUND, got {p}"),
+                    format!(
+                        "must be 0-100 or CRITICAL/HIGH/NORMAL/LOW/BACKGROUND, got {}",
+                        show(p)
+                    ),
                 ))
             }
         };
@@ -250,7 +279,7 @@ impl TraceBuilder {
                 Some(v) if !(v.is_finite() && v >= 0.0) => Err(err(
                     origin,
                     this.columns.name(i),
-                    format!("must be a finite number of MB >= 0, got {v}"),
+                    format!("must be a finite number of MB >= 0, got {}", show(v)),
                 )),
                 _ => Ok(v),
             }
@@ -284,6 +313,16 @@ impl TraceBuilder {
         self.jobs
             .sort_by(|a, b| a.submit_time.total_cmp(&b.submit_time));
         self.jobs
+    }
+}
+
+/// A number for a message: plain when of ordinary size, else in
+/// scientific notation (`1e308`, not 309 digits).
+pub fn show(v: f64) -> String {
+    if v == 0.0 || !v.is_finite() || (1e-4..1e16).contains(&v.abs()) {
+        format!("{v}")
+    } else {
+        format!("{v:e}")
     }
 }
 
@@ -332,11 +371,117 @@ fn split_csv(line: &str) -> std::result::Result<Vec<String>, &'static str> {
     Ok(out)
 }
 
+/// One line of a trace: its number (from 1) and its text.
+type Line = Result<(usize, String)>;
+
+/// The lines of an in-memory trace (a leading byte-order mark dropped).
+fn text_lines(text: &str) -> impl Iterator<Item = Line> + '_ {
+    text.trim_start_matches('\u{feff}')
+        .lines()
+        .enumerate()
+        .map(|(n, l)| {
+            if l.len() > MAX_LINE_BYTES {
+                Err(too_long(n + 1))
+            } else {
+                Ok((n + 1, l.to_owned()))
+            }
+        })
+}
+
+fn too_long(line: usize) -> Error {
+    Error::value(
+        format!("trace line {line}"),
+        format!("is longer than {MAX_LINE_BYTES} bytes (the most a trace line may hold)"),
+    )
+}
+
+/// The lines of a trace file, read as they are needed: each at most
+/// [`MAX_LINE_BYTES`], UTF-8 (an error names the line and column of the
+/// first bad byte), `\n` or `\r\n` ended, a byte-order mark dropped.
+struct FileLines<R> {
+    reader: R,
+    path: std::path::PathBuf,
+    line: usize,
+    done: bool,
+}
+
+impl<R: std::io::BufRead> FileLines<R> {
+    fn read_line(&mut self) -> Result<Option<(usize, String)>> {
+        if self.done {
+            return Ok(None);
+        }
+        let mut bytes = Vec::new();
+        loop {
+            let chunk = match self.reader.fill_buf() {
+                Ok(c) => c,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::io(self.path.clone(), "read trace", e)),
+            };
+            if chunk.is_empty() {
+                self.done = true;
+                if bytes.is_empty() {
+                    return Ok(None);
+                }
+                break;
+            }
+            let (take, end) = match chunk.iter().position(|&b| b == b'\n') {
+                Some(i) => (i, true),
+                None => (chunk.len(), false),
+            };
+            if bytes.len() + take > MAX_LINE_BYTES + 1 {
+                return Err(too_long(self.line + 1));
+            }
+            bytes.extend_from_slice(&chunk[..take]);
+            self.reader.consume(take + usize::from(end));
+            if end {
+                break;
+            }
+        }
+        self.line += 1;
+        if bytes.last() == Some(&b'\r') {
+            bytes.pop();
+        }
+        if bytes.len() > MAX_LINE_BYTES {
+            return Err(too_long(self.line));
+        }
+        if self.line == 1 && bytes.starts_with(b"\xef\xbb\xbf") {
+            bytes.drain(..3);
+        }
+        match String::from_utf8(bytes) {
+            Ok(s) => Ok(Some((self.line, s))),
+            Err(e) => {
+                let bad = e.utf8_error().valid_up_to();
+                let bytes = e.as_bytes();
+                let column = String::from_utf8_lossy(&bytes[..bad]).chars().count() + 1;
+                Err(Error::value(
+                    format!("trace line {}, column {column}", self.line),
+                    format!(
+                        "is not valid UTF-8 (byte 0x{:02x}); save the trace as UTF-8",
+                        bytes.get(bad).copied().unwrap_or(0)
+                    ),
+                ))
+            }
+        }
+    }
+}
+
+impl<R: std::io::BufRead> Iterator for FileLines<R> {
+    type Item = Line;
+
+    fn next(&mut self) -> Option<Line> {
+        self.read_line().transpose()
+    }
+}
+
 /// Parses a CSV trace (first line: the header).
 pub fn parse_csv(text: &str, columns: Columns) -> Result<Vec<TraceJob>> {
-    let mut lines = text.lines().enumerate();
+    csv_lines(text_lines(text), columns)
+}
+
+fn csv_lines(lines: impl Iterator<Item = Line>, columns: Columns) -> Result<Vec<TraceJob>> {
+    let mut lines = lines;
     let header = loop {
-        match lines.next() {
+        match lines.next().transpose()? {
             None => {
                 return Err(Error::value(
                     "trace",
@@ -346,7 +491,7 @@ pub fn parse_csv(text: &str, columns: Columns) -> Result<Vec<TraceJob>> {
             Some((_, l)) if l.trim().is_empty() => continue,
             Some((n, l)) => {
                 break split_csv(l.trim_start_matches('\u{feff}'))
-                    .map_err(|m| Error::value(format!("trace line {}", n + 1), m))?
+                    .map_err(|m| Error::value(format!("trace line {n}"), m))?
             }
         }
     };
@@ -367,12 +512,14 @@ pub fn parse_csv(text: &str, columns: Columns) -> Result<Vec<TraceJob>> {
         }
     }
     let mut b = TraceBuilder::new(columns);
-    for (n, line) in lines {
+    for line in lines {
+        let (n, line) = line?;
         if line.trim().is_empty() {
             continue;
         }
-        let origin = format!("line {}", n + 1);
-        let fields = split_csv(line).map_err(|m| Error::value(format!("trace {origin}"), m))?;
+        let origin = format!("line {n}");
+        let mut fields =
+            split_csv(&line).map_err(|m| Error::value(format!("trace {origin}"), m))?;
         if fields.len() != header.len() {
             return Err(Error::value(
                 format!("trace {origin}"),
@@ -385,7 +532,7 @@ pub fn parse_csv(text: &str, columns: Columns) -> Result<Vec<TraceJob>> {
         }
         let cells: [Cell; 11] = std::array::from_fn(|i| match index[i] {
             usize::MAX => Cell::Missing,
-            p => Cell::Text(fields[p].clone()),
+            p => Cell::Text(std::mem::take(&mut fields[p])),
         });
         b.push(&origin, &cells)?;
     }
@@ -394,14 +541,32 @@ pub fn parse_csv(text: &str, columns: Columns) -> Result<Vec<TraceJob>> {
 
 /// Parses a JSON-lines trace (one object per line).
 pub fn parse_jsonl(text: &str, columns: Columns) -> Result<Vec<TraceJob>> {
+    jsonl_lines(text_lines(text), columns)
+}
+
+fn jsonl_lines(lines: impl Iterator<Item = Line>, columns: Columns) -> Result<Vec<TraceJob>> {
     let mut b = TraceBuilder::new(columns);
-    for (n, line) in text.lines().enumerate() {
+    for line in lines {
+        let (n, line) = line?;
+        let line = if n == 1 {
+            line.trim_start_matches('\u{feff}')
+        } else {
+            &line
+        };
         if line.trim().is_empty() {
             continue;
         }
-        let origin = format!("line {}", n + 1);
-        let value: serde_json::Value = serde_json::from_str(line)
-            .map_err(|e| Error::value(format!("trace {origin}"), format!("is not JSON: {e}")))?;
+        let origin = format!("line {n}");
+        let value: serde_json::Value = serde_json::from_str(line).map_err(|e| {
+            // serde's position is within this line: say only the column.
+            let text = e.to_string();
+            let at = format!(" at line {} column {}", e.line(), e.column());
+            let why = text.strip_suffix(&at).unwrap_or(&text);
+            Error::value(
+                format!("trace {origin}, column {}", e.column()),
+                format!("is not JSON: {why}"),
+            )
+        })?;
         let serde_json::Value::Object(map) = value else {
             return Err(Error::value(
                 format!("trace {origin}"),
@@ -419,19 +584,38 @@ pub fn parse_jsonl(text: &str, columns: Columns) -> Result<Vec<TraceJob>> {
     Ok(b.finish())
 }
 
-/// Reads a trace file: JSON lines if the name ends in `.jsonl`/`.ndjson`
-/// or the first non-blank character is `{`, else CSV.
+/// Reads a trace file, line by line: JSON lines if the name ends in
+/// `.jsonl`/`.ndjson` or the first non-blank character is `{`, else CSV.
 pub fn read_path(path: &std::path::Path, columns: Columns) -> Result<Vec<TraceJob>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "read trace", e))?;
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, "read trace", e))?;
+    let mut lines = FileLines {
+        reader: std::io::BufReader::with_capacity(1 << 16, file),
+        path: path.to_owned(),
+        line: 0,
+        done: false,
+    };
+    // The blank lines before the first that is not, then that one.
+    let mut head = Vec::new();
+    let first = loop {
+        match lines.read_line()? {
+            None => break None,
+            Some((n, l)) if l.trim().is_empty() => head.push(Ok((n, l))),
+            Some(line) => break Some(line),
+        }
+    };
+    let json = first
+        .as_ref()
+        .is_some_and(|(_, l)| l.trim_start().starts_with('{'));
     let ext = path
         .extension()
         .and_then(|e| e.to_str())
         .unwrap_or("")
         .to_ascii_lowercase();
-    if ext == "jsonl" || ext == "ndjson" || text.trim_start().starts_with('{') {
-        parse_jsonl(&text, columns)
+    let all = head.into_iter().chain(first.map(Ok)).chain(lines);
+    if ext == "jsonl" || ext == "ndjson" || json {
+        jsonl_lines(all, columns)
     } else {
-        parse_csv(&text, columns)
+        csv_lines(all, columns)
     }
 }
 
@@ -518,5 +702,124 @@ mod tests {
             .expect_err("not json")
             .to_string()
             .contains("line 1"));
+    }
+
+    const HEAD: &str = "job_id,submit_time,duration,num_gpu\n";
+
+    fn lines_of(bytes: &[u8]) -> FileLines<std::io::BufReader<&[u8]>> {
+        FileLines {
+            reader: std::io::BufReader::with_capacity(16, bytes),
+            path: "t.csv".into(),
+            line: 0,
+            done: false,
+        }
+    }
+
+    fn read_all(bytes: &[u8]) -> Result<Vec<TraceJob>> {
+        csv_lines(lines_of(bytes), Columns::default())
+    }
+
+    #[test]
+    fn times_beyond_the_limit_or_not_finite_are_refused_naming_line_and_column() {
+        // 2^52 s: beyond MAX_SECONDS, where a duration could be lost.
+        let e = csv(&format!("{HEAD}a,0,1,1\nb,4503599627370496,1,1\n")).expect_err("2^52");
+        assert!(
+            e.to_string()
+                .starts_with("trace line 3, column \"submit_time\": must be a finite number of seconds from 0 to 1e12"),
+            "{e}"
+        );
+        assert!(e.to_string().ends_with("got 4503599627370496"), "{e}");
+        let e = csv(&format!("{HEAD}a,0,1e308,1\n")).expect_err("1e308");
+        assert!(e.to_string().contains("column \"duration\""), "{e}");
+        assert!(e.to_string().ends_with("got 1e308"), "{e}");
+        for text in ["1e400", "inf", "-inf", "NaN"] {
+            let e = csv(&format!("{HEAD}a,0,{text},1\n")).expect_err(text);
+            assert_eq!(
+                e.to_string(),
+                format!("trace line 2, column \"duration\": must be a finite number, got {text:?}")
+            );
+        }
+        let e = csv("job_id,submit_time,duration,num_gpu,deadline\na,0,1,1,1e13\n")
+            .expect_err("deadline");
+        assert!(e.to_string().contains("column \"deadline\""), "{e}");
+        // JSON: an out-of-range number names the line and the column.
+        let e = parse_jsonl(
+            "{\"job_id\": \"a\", \"submit_time\": 0, \"duration\": 1, \"num_gpu\": 1}\n\
+             {\"job_id\": \"b\", \"submit_time\": 0, \"duration\": 1e400, \"num_gpu\": 1}\n",
+            Columns::default(),
+        )
+        .expect_err("1e400");
+        assert_eq!(
+            e.to_string(),
+            "trace line 2, column 51: is not JSON: number out of range"
+        );
+        // The limit itself is fine, and exact.
+        let jobs = csv(&format!("{HEAD}a,1e12,1e12,1\n")).expect("at the limit");
+        assert_eq!(jobs[0].submit_time + jobs[0].duration, 2e12);
+    }
+
+    #[test]
+    fn files_are_utf8_read_by_line_with_the_bad_byte_located() {
+        let e = read_all(b"job_id,submit_time,duration,num_gpu\na,0,1,1\nb\xc3\xa9\xff,0,1,1\n")
+            .expect_err("not UTF-8");
+        assert_eq!(
+            e.to_string(),
+            "trace line 3, column 3: is not valid UTF-8 (byte 0xff); save the trace as UTF-8"
+        );
+        // CRLF, a BOM and a last line without a newline read as in memory.
+        let text = "\u{feff}job_id,submit_time,duration,num_gpu\r\na,0,1,1\r\n\r\nb,2,3,2";
+        let from_file = read_all(text.as_bytes()).expect("reads");
+        assert_eq!(from_file, csv(text).expect("parses"));
+        assert_eq!(from_file.len(), 2);
+        assert_eq!(&*from_file[1].origin, "line 4");
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_accepted_in_json_lines_too() {
+        let row = "{\"job_id\": \"a\", \"submit_time\": 0, \"duration\": 1, \"num_gpu\": 1}\n";
+        let jobs = parse_jsonl(&format!("\u{feff}{row}"), Columns::default()).expect("BOM");
+        assert_eq!(jobs.len(), 1);
+        let dir = std::env::temp_dir().join(format!("ps-trace-bom-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        // Detected as JSON lines by its first character, after the BOM.
+        let path = dir.join("trace.txt");
+        assert!(std::fs::write(&path, format!("\u{feff}\n{row}")).is_ok());
+        let e = read_path(&path, Columns::default());
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(e.expect("reads").len(), 1);
+    }
+
+    #[test]
+    fn an_endless_or_huge_line_is_refused_without_reading_it_all() {
+        use std::io::Read;
+        // An endless line (like /dev/zero) stops at the limit.
+        let mut endless = FileLines {
+            reader: std::io::BufReader::new(std::io::repeat(b'x')),
+            path: "/dev/zero".into(),
+            line: 0,
+            done: false,
+        };
+        let e = endless.read_line().expect_err("too long");
+        assert_eq!(
+            e.to_string(),
+            format!("trace line 1: is longer than {MAX_LINE_BYTES} bytes (the most a trace line may hold)")
+        );
+        let mut long = HEAD.as_bytes().to_vec();
+        std::io::repeat(b'a')
+            .take(MAX_LINE_BYTES as u64 + 1)
+            .read_to_end(&mut long)
+            .expect("fills");
+        long.extend_from_slice(b",0,1,1\n");
+        let e = read_all(&long).expect_err("long line");
+        assert!(
+            e.to_string().starts_with("trace line 2: is longer than"),
+            "{e}"
+        );
+        // Exactly the limit (CR not counted) is fine.
+        let mut fits = HEAD.as_bytes().to_vec();
+        let cell = MAX_LINE_BYTES - ",0,1,1".len();
+        fits.extend(std::iter::repeat_n(b'a', cell));
+        fits.extend_from_slice(b",0,1,1\r\n");
+        assert_eq!(read_all(&fits).expect("fits")[0].job_id.len(), cell);
     }
 }

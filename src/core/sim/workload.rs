@@ -5,8 +5,17 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use super::trace::TraceJob;
+use super::trace::{show, TraceJob, MAX_SECONDS};
 use crate::error::{Error, Result};
+
+/// The most jobs one synthetic trace may have (10 million, about 2 GB in
+/// memory); more is refused rather than exhausting memory.
+pub const MAX_JOBS: usize = 10_000_000;
+/// The most users a synthetic trace may draw from.
+pub const MAX_USERS: u32 = 1_000_000;
+/// The longest duration range, in log10 minutes (10^10 minutes, about
+/// 19,000 years, within the trace limit [`MAX_SECONDS`]).
+pub const MAX_LOG10_MINUTES: f64 = 10.0;
 
 /// A workload's distributions.
 #[derive(Debug, Clone, PartialEq)]
@@ -77,6 +86,12 @@ impl Rng {
 
 impl WorkloadSpec {
     pub fn validate(&self) -> Result<()> {
+        if self.jobs > MAX_JOBS {
+            return Err(Error::value(
+                "jobs",
+                format!("must be at most {MAX_JOBS}, got {}", self.jobs),
+            ));
+        }
         crate::error::finite_in("jobs_per_hour", self.jobs_per_hour, f64::MIN_POSITIVE, 1e12)?;
         if self.gpus.is_empty()
             || self
@@ -100,7 +115,7 @@ impl WorkloadSpec {
                 !(lo.is_finite()
                     && hi.is_finite()
                     && lo <= hi
-                    && hi <= 12.0
+                    && hi <= MAX_LOG10_MINUTES
                     && w >= 0.0
                     && w.is_finite())
             })
@@ -109,13 +124,16 @@ impl WorkloadSpec {
             return Err(Error::value(
                 "durations",
                 format!(
-                    "needs ranges low <= high (log10 minutes, at most 12) with weights >= 0 summing above 0, got {:?}",
+                    "needs ranges low <= high (log10 minutes, at most {MAX_LOG10_MINUTES}) with weights >= 0 summing above 0, got {:?}",
                     self.durations
                 ),
             ));
         }
-        if self.users == 0 {
-            return Err(Error::value("users", "must be at least 1, got 0"));
+        if !(1..=MAX_USERS).contains(&self.users) {
+            return Err(Error::value(
+                "users",
+                format!("must be 1 to {MAX_USERS}, got {}", self.users),
+            ));
         }
         if let Some(s) = self.deadline_slack {
             crate::error::finite_in("deadline_slack", s, 0.0, 1e9)?;
@@ -139,11 +157,31 @@ impl WorkloadSpec {
             }
             // Whole milliseconds, so a written trace reads back exactly.
             let submit = (t * 1000.0).round() / 1000.0;
+            if !(0.0..=MAX_SECONDS).contains(&submit) {
+                return Err(Error::value(
+                    "jobs_per_hour",
+                    format!(
+                        "{} jobs at {} per hour arrive over more than {MAX_SECONDS:e} s (the most a trace may span); give more jobs per hour or fewer jobs",
+                        self.jobs,
+                        show(self.jobs_per_hour)
+                    ),
+                ));
+            }
             let g = self.gpus[rng.pick(&self.gpus, |g| g.1)].0;
             let (lo, hi, _) = self.durations[rng.pick(&self.durations, |d| d.2)];
             let minutes = 10f64.powf(lo + (hi - lo) * rng.uniform());
             let duration = (minutes * 60.0).round().max(1.0);
             let user = users[(rng.next_u64() % u64::from(self.users)) as usize].clone();
+            let deadline = self.deadline_slack.map(|s| (s * duration).round());
+            if deadline.is_some_and(|d| !(0.0..=MAX_SECONDS).contains(&d)) {
+                return Err(Error::value(
+                    "deadline_slack",
+                    format!(
+                        "{} × a duration of {duration} s is beyond {MAX_SECONDS:e} s (the longest deadline a trace may hold)",
+                        show(self.deadline_slack.unwrap_or_default())
+                    ),
+                ));
+            }
             jobs.push(TraceJob {
                 job_id: format!("job{i}").into(),
                 submit_time: submit,
@@ -154,7 +192,7 @@ impl WorkloadSpec {
                 priority: crate::policy::DEFAULT_PRIORITY,
                 vram_mb: None,
                 ram_mb: None,
-                deadline: self.deadline_slack.map(|s| (s * duration).round()),
+                deadline,
                 estimated_duration: None,
                 origin: format!("row {i}").into(),
             });

@@ -133,6 +133,7 @@ def simulate(
     preempt: Optional[bool] = None,
     oracle_estimates: bool = True,
     las_thresholds: Optional[Sequence[float]] = None,
+    las_promote_knob: Optional[float] = None,
     timeline: bool = True,
     progress: Optional[Callable[[int, int], Any]] = None,
 ) -> SimulationResult:
@@ -146,7 +147,11 @@ def simulate(
     preemption advice (default: only ``las``). ``oracle_estimates``: a job
     without ``estimated_duration`` is estimated at its true duration (else
     it has none, and backfill cannot plan around it). ``las_thresholds``:
-    LAS queue limits in GPU-seconds (default one, at 3600).
+    LAS queue limits in GPU-seconds (default ``[3250, 7200]``, the Tiresias
+    simulator's). ``las`` re-packs every queue in order at every event, as
+    Tiresias' ``dlas-gpu`` does; ``las_promote_knob`` is its starvation guard
+    (PROMOTEKNOB: a job outside queue 0 that has waited knob × the seconds it
+    ran since its last promotion returns to queue 0; default 0 = off).
     ``progress(done, total)`` is called now and then. Ctrl-C stops a run.
     """
     loaded = load_trace(trace, columns=columns)
@@ -168,6 +173,7 @@ def simulate(
         preempt=preempt,
         oracle_estimates=oracle_estimates,
         las_thresholds=list(las_thresholds) if las_thresholds is not None else None,
+        las_promote_knob=las_promote_knob,
         timeline=timeline,
         progress=progress,
     )

@@ -110,6 +110,26 @@ def test_las_preempts_and_resumes() -> None:
         simulate(rows, gpus=1, policy="las", las_thresholds=[10, 5])
 
 
+def test_las_starvation_guard_knob() -> None:
+    # 1 GPU, queues at 10 GPU-s. a (30 s) runs 0-10 and is demoted; short
+    # jobs (8 s) arrive every 8 s from t10 and keep queue 0 busy. Without
+    # the guard a waits in queue 1 until they are all done (50). With knob
+    # 1, a, having waited 10 s = 1 x its 10 s run, is promoted at 20 to the
+    # end of queue 0, behind the running s1; it runs 26-36 (s2, arriving
+    # at 26, enters behind it), is demoted again at 36 and the rest follow.
+    rows = [{"job_id": "a", "submit_time": 0, "duration": 30, "num_gpu": 1}] + [
+        {"job_id": f"s{k}", "submit_time": 10 + 8 * k, "duration": 8, "num_gpu": 1}
+        for k in range(5)
+    ]
+    for knob, starts in ((None, [0, 10, 18, 26, 34, 42]), (1.0, [0, 10, 18, 36, 44, 52])):
+        r = simulate(rows, gpus=1, policy="las", las_thresholds=[10], las_promote_knob=knob)
+        assert [j["start_time"] for j in r.jobs] == starts, knob
+        assert r.jobs[0]["preemptions"] == (2 if knob else 1)
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="las_promote_knob"):
+            simulate(rows, gpus=1, policy="las", las_promote_knob=bad)
+
+
 def test_nodes_ram_and_cost() -> None:
     rows = [
         {"job_id": "a", "submit_time": 0, "duration": 3600, "num_gpu": 3},

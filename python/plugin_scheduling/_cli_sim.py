@@ -127,6 +127,10 @@ def add_parsers(commands: Any) -> None:
         help="las: attained GPU-seconds at which a job drops to the next queue",
     )
     sim.add_argument(
+        "--las-promote-knob", type=_number, metavar="K",
+        help="las starvation guard (Tiresias' PROMOTEKNOB; default 0 = off)",
+    )
+    sim.add_argument(
         "--preempt", action=argparse.BooleanOptionalAction, default=None,
         help="follow the policy's preemption advice (default: only las)",
     )
@@ -453,6 +457,7 @@ def run_simulate(args: argparse.Namespace, out: Optional[TextIO] = None, err: Op
                     preempt=args.preempt,
                     oracle_estimates=not args.no_oracle_estimates,
                     las_thresholds=args.las_thresholds,
+                    las_promote_knob=args.las_promote_knob,
                     timeline=bool(args.plot),
                     progress=_Progress(name, err) if show_progress else None,
                 )

@@ -830,11 +830,23 @@ def _simulate(
     preempt: bool | None = None,
     oracle_estimates: bool = True,
     las_thresholds: Iterable[float] | None = None,
+    las_promote_knob: float | None = None,
     timeline: bool = True,
     reference: bool = False,
     progress: Callable[[int, int], Any] | None = None,
 ) -> SimRun:
-    """Runs a trace under a policy (see ``plugin_scheduling.simulate``)."""
+    """Runs a trace under a policy (see ``plugin_scheduling.simulate``).
+
+    ``policy="las"`` is Tiresias' discretized 2D-LAS as its simulator's
+    ``dlas-gpu`` runs it: queues of attained GPU-seconds cut at
+    ``las_thresholds`` (default ``[3250, 7200]``, the Tiresias simulator's);
+    at every event every active job is re-packed queue by queue, each queue
+    in order of entry (arrival in queue 0, demotion or promotion to the
+    end), fit-first; waiting jobs then move behind the running ones of their
+    queue. ``las_promote_knob`` (Tiresias' PROMOTEKNOB, default 0 = off, as
+    ``dlas-gpu``) is the starvation guard: a job outside queue 0 that has
+    waited ``knob`` × the seconds it ran since its last promotion goes back
+    to queue 0. ``preempt=False`` turns the re-packing off (no preemption)."""
 
 # ----------------------------------------------------------------- shared ledger
 

@@ -294,8 +294,15 @@ class MultifactorPolicy(_SharesMixin, SchedulingPolicy):
 
 class LASPolicy(SchedulingPolicy):
     """Tiresias' discretized two-dimensional least-attained-service: queues by
-    attained GPU-time; preemptive in the simulator (elsewhere: its order and
-    preemption advice)."""
+    attained GPU-time (cut at 3,250 and 7,200 GPU-s by default, the Tiresias
+    simulator's). In the simulator it runs as Tiresias' ``dlas-gpu``: at every
+    event every queue is re-packed in order of entry (arrival, demotion or
+    promotion to its end), fit-first, preempting running jobs that no longer
+    fit; ``simulate(..., las_thresholds=[...], las_promote_knob=K)`` sets the
+    queues and the starvation guard (PROMOTEKNOB: a job outside queue 0 that
+    has waited K × the seconds it ran since its last promotion returns to
+    queue 0; default 0 = off). Elsewhere: its order and preemption advice
+    (a waiting job may stop jobs of a strictly lower-priority queue)."""
 
     kind: ClassVar[str | None] = "las"
 

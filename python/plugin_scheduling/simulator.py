@@ -150,6 +150,7 @@ def simulate(
     preempt: Optional[bool] = None,
     oracle_estimates: bool = True,
     las_thresholds: Optional[Sequence[float]] = None,
+    las_promote_knob: Optional[float] = None,
     timeline: bool = True,
     progress: Optional[Callable[[int, int], Any]] = None,
 ) -> SimulationResult:
@@ -163,7 +164,11 @@ def simulate(
     preemption advice (default: only ``las``). ``oracle_estimates``: a job
     without ``estimated_duration`` is estimated at its true duration (else
     it has none, and backfill cannot plan around it). ``las_thresholds``:
-    LAS queue limits in GPU-seconds (default one, at 3600).
+    LAS queue limits in GPU-seconds (default ``[3250, 7200]``, the Tiresias
+    simulator's). ``las`` re-packs every queue in order at every event, as
+    Tiresias' ``dlas-gpu`` does; ``las_promote_knob`` is its starvation guard
+    (PROMOTEKNOB: a job outside queue 0 that has waited knob × the seconds it
+    ran since its last promotion returns to queue 0; default 0 = off).
     ``progress(done, total)`` is called now and then. Ctrl-C stops a run.
     ``gpus`` and ``gpus_per_node`` are integers from 1 to 2**32 - 1 (their
     product too), ``nodes`` from 1 to 1,048,576; anything else raises
@@ -188,6 +193,7 @@ def simulate(
         preempt=preempt,
         oracle_estimates=oracle_estimates,
         las_thresholds=las_thresholds,
+        las_promote_knob=las_promote_knob,
         timeline=timeline,
         progress=progress,
     )

@@ -532,7 +532,7 @@ fn cluster(
 
 /// Runs `trace` under `policy`; see `plugin_scheduling.simulate`.
 #[pyfunction]
-#[pyo3(signature = (trace, *, policy, gpus=None, nodes=None, gpus_per_node=None, vram_per_gpu_mb=None, ram_per_node_mb=None, node_cost_per_hour=None, preempt=None, oracle_estimates=true, las_thresholds=None, timeline=true, reference=false, progress=None))]
+#[pyo3(signature = (trace, *, policy, gpus=None, nodes=None, gpus_per_node=None, vram_per_gpu_mb=None, ram_per_node_mb=None, node_cost_per_hour=None, preempt=None, oracle_estimates=true, las_thresholds=None, las_promote_knob=None, timeline=true, reference=false, progress=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn _simulate(
     py: Python<'_>,
@@ -547,6 +547,7 @@ pub fn _simulate(
     preempt: Option<bool>,
     oracle_estimates: bool,
     las_thresholds: Option<&Bound<'_, PyAny>>,
+    las_promote_knob: Option<&Bound<'_, PyAny>>,
     timeline: bool,
     reference: bool,
     progress: Option<Py<PyAny>>,
@@ -573,12 +574,20 @@ pub fn _simulate(
     spec.node_cost_per_hour =
         numbers("node_cost_per_hour", node_cost_per_hour)?.unwrap_or_default();
     let las_thresholds = numbers("las_thresholds", las_thresholds)?;
+    let las_promote_knob = optional("las_promote_knob", las_promote_knob)?;
     spec.validate().map_err(core_error)?;
     let jobs = trace.jobs.clone();
     let mut py_error: Option<Arc<Mutex<Option<PyErr>>>> = None;
     let mut p: Box<dyn Policy> = if let Ok(name) = policy.extract::<String>() {
-        if name == "las" && las_thresholds.is_some() {
-            Box::new(Las::new(las_thresholds.unwrap_or_default()).map_err(core_error)?)
+        if name == "las" && (las_thresholds.is_some() || las_promote_knob.is_some()) {
+            let las = match las_thresholds {
+                Some(t) => Las::new(t),
+                None => Ok(Las::default()),
+            };
+            Box::new(
+                las.and_then(|l| l.with_promote_knob(las_promote_knob.unwrap_or(0.0)))
+                    .map_err(core_error)?,
+            )
         } else {
             by_name(&name, None).ok_or_else(|| {
                 PyValueError::new_err(format!(

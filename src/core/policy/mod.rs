@@ -174,6 +174,37 @@ pub trait Policy: Send + Sync + fmt::Debug {
     /// For a policy decided outside the core ([`External`]): the job the
     /// outside chose to go next. Other policies ignore it.
     fn set_head(&mut self, _id: Option<u64>) {}
+
+    /// A policy that re-packs the whole cluster at every event (Tiresias'
+    /// LAS) gives the simulator its [`Repack`] side; `None` (the default):
+    /// the simulator runs admission passes over the pending order.
+    fn as_repack(&mut self) -> Option<&mut dyn Repack> {
+        None
+    }
+}
+
+/// What a re-pack decided: jobs to stop, jobs to start (in packing order)
+/// and when the policy next changes its mind on its own (a demotion or a
+/// promotion), if ever.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RepackPlan {
+    pub stop: Vec<u64>,
+    pub start: Vec<u64>,
+    pub next: Option<f64>,
+}
+
+/// A policy that decides, at every event, which of all active jobs (running
+/// or waiting) hold the GPUs. The executor reports arrivals and ends
+/// ([`Policy::on_finish`]), calls [`Repack::repack`] once per event after
+/// them, carries the plan out, and calls it again at `next`.
+pub trait Repack {
+    /// Job `id` asking for `gpus` GPUs arrived at `now`.
+    fn arrive(&mut self, id: u64, gpus: u32, now: f64);
+    /// Re-packs at `now` on `capacity` GPUs (the cluster's total).
+    fn repack(&mut self, now: f64, capacity: u32) -> RepackPlan;
+    /// A job the plan started could not be placed (fragmented nodes): it
+    /// waits instead.
+    fn unplaced(&mut self, id: u64);
 }
 
 /// A policy whose choice is made outside the core (a Python object's

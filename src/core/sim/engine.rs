@@ -76,6 +76,9 @@ const PROGRESS_EVERY: u64 = 4096;
 const COMPLETION: u8 = 0;
 const THRESHOLD: u8 = 1;
 const DEADLINE: u8 = 2;
+/// A re-packing policy's own next change (job field: `u32::MAX`, gen: the
+/// wake number; only the latest counts).
+const WAKE: u8 = 3;
 
 #[derive(Debug)]
 struct JobState {
@@ -140,6 +143,9 @@ struct Engine<'p> {
     running_info: Vec<RunningJob>,
     events: BinaryHeap<Reverse<(Ord64, u8, u32, u32)>>,
     preempt: bool,
+    /// The policy re-packs at every event ([`Policy::as_repack`]).
+    repack: bool,
+    wake: u32,
     thresholds: Vec<f64>,
     epoch: u64,
     /// When the pending keys were computed: a policy whose keys do not vary
@@ -245,7 +251,11 @@ pub(crate) fn run(
         });
     }
     let thresholds = policy.service_thresholds().to_vec();
-    let preempt = options.preempt.unwrap_or(!thresholds.is_empty()) && !options.reference;
+    // A re-packing policy (las) preempts by re-packing, unless told not to.
+    let repack =
+        policy.as_repack().is_some() && options.preempt.unwrap_or(true) && !options.reference;
+    let preempt =
+        options.preempt.unwrap_or(!thresholds.is_empty()) && !options.reference && !repack;
     let mut e = Engine {
         epoch: policy.epoch(),
         key_now: trace.first().map_or(0.0, |t| t.submit_time),
@@ -257,6 +267,8 @@ pub(crate) fn run(
         running_info: Vec::new(),
         events: BinaryHeap::new(),
         preempt,
+        repack,
+        wake: 0,
         thresholds,
         busy_area: 0.0,
         last_t: trace.first().map_or(0.0, |t| t.submit_time),
@@ -275,6 +287,13 @@ pub(crate) fn run(
         return Err(stopped(e.policy.name()));
     }
     loop {
+        // Superseded wakes are dropped first, so they add no instants.
+        while let Some(&Reverse((_, WAKE, _, gen))) = e.events.peek() {
+            if gen == e.wake {
+                break;
+            }
+            e.events.pop();
+        }
         let t_event = e.events.peek().map(|r| r.0 .0 .0);
         let t_arrival = trace.get(next).map(|t| t.submit_time);
         let now = match (t_event, t_arrival) {
@@ -289,7 +308,7 @@ pub(crate) fn run(
                 break;
             }
             e.events.pop();
-            if e.jobs.0[job as usize].gen != gen {
+            if kind == WAKE || e.jobs.0.get(job as usize).is_none_or(|j| j.gen != gen) {
                 continue;
             }
             match kind {
@@ -302,7 +321,11 @@ pub(crate) fn run(
             e.arrive(next as u32, now);
             next += 1;
         }
-        e.pass(now);
+        if e.repack {
+            e.repack(now);
+        } else {
+            e.pass(now);
+        }
         if let Some((job, end)) = e.past_clock {
             let t = &trace[job as usize];
             return Err(Error::value(
@@ -435,6 +458,12 @@ impl Engine<'_> {
 
     fn arrive(&mut self, job: u32, now: f64) {
         self.enqueue(job, now);
+        if self.repack {
+            let gpus = self.jobs.0[job as usize].gpus;
+            if let Some(r) = self.policy.as_repack() {
+                r.arrive(u64::from(job), gpus, now);
+            }
+        }
         let j = &self.jobs.0[job as usize];
         if self.policy.time_varying() {
             if let Some(d) = j.info.deadline.filter(|d| *d > now) {
@@ -732,6 +761,55 @@ impl Engine<'_> {
         let needs = buf.iter().map(|e| self.need(e.job)).collect();
         self.buf = buf;
         needs
+    }
+
+    /// A re-packing policy's step at `now`: stops and starts what its plan
+    /// says (a job it starts that cannot be placed on the nodes waits) and
+    /// wakes up for its next change.
+    fn repack(&mut self, now: f64) {
+        let capacity = self.cluster.spec.total_gpus();
+        let Some(plan) = self.policy.as_repack().map(|r| r.repack(now, capacity)) else {
+            return;
+        };
+        for id in plan.stop {
+            let running = u32::try_from(id).ok().filter(|&j| {
+                self.jobs
+                    .0
+                    .get(j as usize)
+                    .is_some_and(|s| s.alloc.is_some())
+            });
+            if let Some(j) = running {
+                self.preempt_job(j, now);
+            }
+        }
+        for id in plan.start {
+            let waiting = u32::try_from(id).ok().filter(|&j| {
+                self.jobs
+                    .0
+                    .get(j as usize)
+                    .is_some_and(|s| s.alloc.is_none() && s.end.is_nan())
+            });
+            let Some(j) = waiting else { continue };
+            let need = self.need(j);
+            let spec = &self.cluster.spec;
+            match self.cluster.free.choose(spec, &need) {
+                Some(alloc) => {
+                    let ram = self.jobs.0[j as usize].ram_mb;
+                    self.cluster.free.apply(spec, &alloc, ram, true);
+                    self.start(j, alloc, now);
+                }
+                None => {
+                    if let Some(r) = self.policy.as_repack() {
+                        r.unplaced(id);
+                    }
+                }
+            }
+        }
+        self.wake = self.wake.wrapping_add(1);
+        if let Some(at) = plan.next.filter(|t| t.is_finite() && *t > now) {
+            self.events
+                .push(Reverse((Ord64(at), WAKE, u32::MAX, self.wake)));
+        }
     }
 
     /// The admission pass at `now`.

@@ -504,3 +504,40 @@ fn synthetic_sizes_are_bounded_before_anything_is_allocated() {
     assert!(ClusterSpec::nodes(u32::MAX, 1).is_err());
     assert!(ClusterSpec::nodes(cluster::MAX_NODES, 1).is_ok());
 }
+
+/// `testdata/las_tiresias_200.csv`: 200 jobs of ours (`plugin_scheduling
+/// trace generate --jobs 200 --seed 7 --jobs-per-hour 20 --durations
+/// 0.5-2:0.8,2-3:0.2`, times rounded to whole seconds). The expected
+/// average JCTs were recorded by running the Tiresias simulator
+/// (`SymbioticLab/Tiresias`, `simulator/run_sim.py`, Python 2.7, `--scheme
+/// count`, `jobs.py` defaults: 3 queues at 3,250 / 7,200 GPU-s) on the same
+/// jobs and a cluster of that many GPUs (nodes of 4): `--schedule dlas-gpu`
+/// (no starvation guard) and `dlas-gpu-1` (PROMOTEKNOB 1). Ours must be
+/// within 2 % (measured: 0.00 %, 0.01 %, 0.16 %). The rest of the gap is
+/// Tiresias' own wake-up time for a demotion, computed from seconds rather
+/// than GPU-seconds (`(limit - executed_time) / num_gpu`), so it demotes
+/// late; with that one line corrected it gives 9,847.01 on 32 GPUs (ours
+/// 9,846.97).
+#[test]
+fn las_matches_the_tiresias_simulator_on_a_recorded_trace() {
+    let t = parse_csv(
+        include_str!("testdata/las_tiresias_200.csv"),
+        Columns::default(),
+    )
+    .expect("parses");
+    assert_eq!(t.len(), 200);
+    for (gpus, knob, tiresias) in [
+        (64, 0.0, 6554.395),
+        (32, 0.0, 9845.515),
+        (32, 1.0, 11362.42),
+    ] {
+        let mut las = Las::default().with_promote_knob(knob).expect("knob");
+        let r = sim_with(&t, &ClusterSpec::pool(gpus).expect("pool"), &mut las);
+        let ours = r.metrics.avg_jct_s;
+        assert!(
+            (ours - tiresias).abs() <= 0.02 * tiresias,
+            "{gpus} GPUs, knob {knob}: ours {ours}, Tiresias {tiresias}"
+        );
+        assert!(r.metrics.preemptions > 0, "{gpus} GPUs: contended");
+    }
+}

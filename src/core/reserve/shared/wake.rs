@@ -12,7 +12,7 @@ use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::shared::{Owner, Token};
+use super::{Owner, Token};
 
 /// The prefix of every wake socket of the ledger at `ledger`.
 fn prefix(ledger: &Path) -> String {

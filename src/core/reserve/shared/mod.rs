@@ -1,0 +1,503 @@
+//! One ledger and one line of waiters for every process of a user on a
+//! host, with no daemon: the state of a [`ReservationQueue`] kept in a file
+//! and every operation done under an exclusive lock of that file.
+//!
+//! There is still one implementation of the decisions. Each operation
+//! ([`SharedQueue::with`]) takes `flock(LOCK_EX)` on the file, reads the
+//! state, drops what dead processes held, rebuilds the queue with
+//! [`ReservationQueue::restore`], runs the caller's operation on it
+//! (`join`, `offer`, `claim`, `leave`, `release`, ...), writes the state
+//! back and unlocks. The lock belongs to the open file description, so it
+//! is released by the kernel when a holder dies, SIGKILL included.
+//!
+//! Holders and waiters are identified by [`Owner`]: pid and the process's
+//! start time (`/proc/<pid>/stat` field 22), so a reused pid cannot keep a
+//! dead process's grant alive. Everything of an owner that is gone is
+//! reclaimed at the start of the next operation of any process.
+//!
+//! File layout (version 1): one header line `PSLEDGER <version> <length>\n`
+//! then `<length>` bytes of JSON ([`State`]). Bytes after them are ignored,
+//! so a write that is cut short after the header still parses or is
+//! reported corrupt, never half-read. A file of a newer version, with a bad
+//! header or JSON, or owned by another user (unless opened with a group
+//! mode) is an error naming the path; nothing is shared silently.
+//!
+//! Policies: the queue is rebuilt per operation, so only policies whose
+//! order depends on the waiters alone are offered ([`SHARED_POLICIES`]);
+//! fair share, multifactor, round robin and SJF keep history in a process.
+
+//!
+//! Files: `owner` (who a process is, alive or gone), `error`, `file`
+//! (paths, opening, ownership, the lock), `format` (the layout), `wake`
+//! (wake-ups across processes).
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use serde::{Deserialize, Serialize};
+
+use super::ledger::{Grant, GrantId, Ledger};
+use super::peaks::Peaks;
+use super::queue::{ReservationQueue, Settings, WaiterState};
+use crate::policy::PolicySpec;
+
+mod error;
+mod file;
+mod format;
+mod owner;
+pub mod wake;
+
+use error::io;
+pub use error::SharedError;
+pub use file::ledger_path;
+use file::{open_file, Locked};
+pub use format::view_file;
+use format::{read_state_sized, read_view, TRUNCATE_SLACK};
+use owner::{pid_namespace, Alive};
+pub use owner::{Owner, ALIVE_FOR};
+
+/// The layout version this build writes and reads.
+pub const VERSION: u32 = 1;
+pub(super) const MAGIC: &str = "PSLEDGER";
+
+/// Policies a shared line can use: their order depends on the waiters only.
+pub const SHARED_POLICIES: [&str; 5] = [
+    "fifo",
+    "best_effort_fifo",
+    "priority",
+    "deadline",
+    "backfill",
+];
+
+/// How a waiter in some process is reached: its owner and a number unique
+/// in that process (the binding's wake channel).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Token {
+    pub owner: Owner,
+    pub id: u64,
+}
+
+/// A grant and the process that holds it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Held {
+    pub owner: Owner,
+    pub grant: Grant,
+}
+
+/// What the file holds.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct State {
+    pub grants: Vec<Held>,
+    pub next_grant: u64,
+    pub waiters: Vec<WaiterState<Token>>,
+    pub next_waiter: u64,
+    /// The pid namespace whose pids the file names (`/proc/self/ns/pid`):
+    /// a process of another namespace would take live owners for dead.
+    #[serde(default)]
+    pub pid_ns: Option<u64>,
+    /// The policy ordering the line (name and settings): processes with
+    /// another one are refused while the ledger is in use.
+    #[serde(default)]
+    pub policy: Option<String>,
+}
+
+/// A released grant (if any) and the waiters to wake.
+pub type Released = (Option<Grant>, Vec<Token>);
+
+/// The process holding each grant.
+pub type Owners = std::collections::HashMap<GrantId, Owner>;
+
+/// What an operation found besides its own result.
+#[derive(Debug)]
+pub struct Done<R> {
+    pub value: R,
+    /// Grants of processes that are gone, released by this operation.
+    pub reclaimed: Vec<Held>,
+    /// Waiters of processes that are gone, dropped from the line.
+    pub dropped: Vec<WaiterState<Token>>,
+}
+
+/// A handle on a shared ledger file (one per scheduler in a process; its
+/// threads share it: an in-process mutex orders them, the file lock orders
+/// processes).
+#[derive(Debug)]
+pub struct SharedQueue {
+    path: PathBuf,
+    mode: u32,
+    spec: PolicySpec,
+    /// How the policy is told apart in the file (name and settings).
+    policy: String,
+    settings: Settings,
+    handle: Mutex<Handle>,
+    /// This process (a lock of its own: asked for inside operations too).
+    me: Mutex<Owner>,
+}
+
+/// What belongs to one process: the open file (its own open file
+/// description, so `flock` excludes other processes, and after `fork()` the
+/// child's own), who this process is, and its peaks.
+#[derive(Debug)]
+struct Handle {
+    pid: u32,
+    file: File,
+    me: Owner,
+    peaks: Peaks,
+    /// Owners seen alive, and when (a dead owner is found within
+    /// [`ALIVE_FOR`] of its death; one that is gone stays gone).
+    alive: std::collections::HashMap<Owner, std::time::Instant>,
+    /// The file's length as last read or written (to read it in one call).
+    length: usize,
+}
+
+/// The policy as the file records it: its name and the settings it reads.
+fn policy_text(spec: &PolicySpec) -> String {
+    let mut out = spec.name.clone();
+    for (k, v) in [
+        ("aging_per_s", spec.aging_per_s),
+        ("window_s", spec.window_s),
+        ("boost", spec.boost),
+    ] {
+        if let Some(v) = v {
+            out.push_str(&format!(" {k}={v}"));
+        }
+    }
+    out
+}
+
+impl SharedQueue {
+    /// Opens (creating with `mode`, e.g. `0o600`) the ledger at `path`,
+    /// ordering its line by `policy` (one of [`SHARED_POLICIES`]; every
+    /// process on the ledger must use the same one while it is in use).
+    pub fn open(
+        path: &Path,
+        mode: u32,
+        policy: &PolicySpec,
+        settings: Settings,
+    ) -> Result<Self, SharedError> {
+        Self::open_or(path, mode, policy, settings, &mut || false)
+    }
+
+    /// As [`SharedQueue::open`]; a signal while waiting for the lock asks
+    /// `interrupted` whether to give up (see [`SharedQueue::with_owned_or`]).
+    pub fn open_or(
+        path: &Path,
+        mode: u32,
+        policy: &PolicySpec,
+        settings: Settings,
+        interrupted: &mut dyn FnMut() -> bool,
+    ) -> Result<Self, SharedError> {
+        if !SHARED_POLICIES.contains(&policy.name.as_str()) {
+            return Err(SharedError::Policy {
+                name: policy.name.clone(),
+            });
+        }
+        // Settings are checked once here, not at every operation.
+        policy.build(0.0).map_err(|_| SharedError::Policy {
+            name: policy.name.clone(),
+        })?;
+        let me = Owner::current().ok_or(SharedError::NoProc)?;
+        let file = open_file(path, mode)?;
+        let q = Self {
+            path: path.to_owned(),
+            mode,
+            spec: policy.clone(),
+            policy: policy_text(policy),
+            settings,
+            handle: Mutex::new(Handle {
+                pid: me.pid,
+                file,
+                me,
+                peaks: Peaks::in_memory(),
+                alive: std::collections::HashMap::new(),
+                length: 0,
+            }),
+            me: Mutex::new(me),
+        };
+        // Check the layout now, so a bad file is reported at construction.
+        q.with_owned_or(|_, _| (), interrupted)?;
+        Ok(q)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// This process (after `fork()`, the child).
+    pub fn me(&self) -> Owner {
+        let mut me = self.me.lock().unwrap_or_else(PoisonError::into_inner);
+        let pid = std::process::id();
+        if me.pid != pid {
+            *me = Owner::current().unwrap_or(Owner { pid, start: 0 });
+        }
+        *me
+    }
+
+    /// Runs `f` on the peaks this process uses for effective needs (moved
+    /// into every operation's queue and back): no operation on the file.
+    pub fn with_peaks<R>(&self, f: impl FnOnce(&mut Peaks) -> R) -> Result<R, SharedError> {
+        let mut h = self.handle()?;
+        Ok(f(&mut h.peaks))
+    }
+
+    /// The handle of this process: after `fork()` the child opens the file
+    /// again (a lock on the inherited open file description would be the
+    /// parent's lock, excluding nobody).
+    fn handle(&self) -> Result<MutexGuard<'_, Handle>, SharedError> {
+        // Every field is replaced whole; a panic in an operation leaves the
+        // handle usable (the file lock goes with the guard below).
+        let mut h = self.handle.lock().unwrap_or_else(PoisonError::into_inner);
+        let pid = std::process::id();
+        if h.pid != pid {
+            h.file = open_file(&self.path, self.mode)?;
+            h.me = self.me();
+            h.pid = pid;
+        }
+        Ok(h)
+    }
+
+    /// The state as it is now, with dead processes' entries left out
+    /// (not written: a view).
+    pub fn view(&self) -> Result<State, SharedError> {
+        let h = self.handle()?;
+        read_view(&self.path, &h.file)
+    }
+
+    /// Runs `op` on the queue as every process sees it, atomically: under
+    /// the file's exclusive lock, after dropping what dead processes held.
+    /// Grants `op` makes belong to the waiter they were made for (its
+    /// process), else to this process.
+    pub fn with<R>(
+        &self,
+        op: impl FnOnce(&mut ReservationQueue<Token>) -> R,
+    ) -> Result<Done<R>, SharedError> {
+        self.with_owned(|q, _| op(q))
+    }
+
+    /// As [`SharedQueue::with`], with the owner of each grant at hand.
+    pub fn with_owned<R>(
+        &self,
+        op: impl FnOnce(&mut ReservationQueue<Token>, &Owners) -> R,
+    ) -> Result<Done<R>, SharedError> {
+        self.with_owned_or(op, &mut || false)
+    }
+
+    /// As [`SharedQueue::with_owned`]; while waiting for the lock, a signal
+    /// (`EINTR`) asks `interrupted` whether to give up
+    /// ([`SharedError::Interrupted`], `op` not run) or wait on.
+    pub fn with_owned_or<R>(
+        &self,
+        op: impl FnOnce(&mut ReservationQueue<Token>, &Owners) -> R,
+        interrupted: &mut dyn FnMut() -> bool,
+    ) -> Result<Done<R>, SharedError> {
+        let mut h = self.handle()?;
+        let Handle {
+            file,
+            peaks,
+            me,
+            alive,
+            length,
+            ..
+        } = &mut *h;
+        loop {
+            match file.lock() {
+                Ok(()) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                    if interrupted() {
+                        return Err(SharedError::Interrupted {
+                            path: self.path.clone(),
+                        });
+                    }
+                }
+                Err(e) => return Err(io(&self.path, "lock it")(e)),
+            }
+        }
+        let locked = Locked(file);
+        self.locked(&locked, peaks, *me, alive, length, op)
+    }
+
+    fn locked<R>(
+        &self,
+        file: &Locked<'_>,
+        peaks: &mut Peaks,
+        me: Owner,
+        seen_alive: &mut std::collections::HashMap<Owner, std::time::Instant>,
+        length: &mut usize,
+        op: impl FnOnce(&mut ReservationQueue<Token>, &Owners) -> R,
+    ) -> Result<Done<R>, SharedError> {
+        let corrupt = |why: String| SharedError::Corrupt {
+            path: self.path.clone(),
+            why,
+        };
+        let (state, body, file_len) = read_state_sized(&self.path, file.0, *length)?;
+        let ns = pid_namespace();
+        if let (Some(theirs), Some(mine)) = (state.pid_ns, ns) {
+            if theirs != mine {
+                return Err(SharedError::Namespace {
+                    path: self.path.clone(),
+                    theirs,
+                    mine,
+                });
+            }
+        }
+        let pid_ns = state.pid_ns.or(ns);
+        let mut alive = Alive::cached(me, seen_alive);
+        let (kept, reclaimed): (Vec<Held>, Vec<Held>) =
+            state.grants.into_iter().partition(|h| alive.check(h.owner));
+        let (mut waiters, dropped): (Vec<_>, Vec<_>) = state
+            .waiters
+            .into_iter()
+            .partition(|w: &WaiterState<Token>| alive.check(w.waker.owner));
+        if let Some(theirs) = state.policy.filter(|p| *p != self.policy) {
+            if !kept.is_empty() || !waiters.is_empty() {
+                return Err(SharedError::PolicyMismatch {
+                    path: self.path.clone(),
+                    theirs,
+                    mine: self.policy.clone(),
+                });
+            }
+        }
+        // Wake sockets of processes that are gone.
+        for owner in alive.dead() {
+            let _ = std::fs::remove_file(super::shared_wake::wake_path(&self.path, &owner));
+        }
+        alive.remember(seen_alive);
+        let mut owners: Owners = kept.iter().map(|h| (h.grant.id, h.owner)).collect();
+        // A live waiter's uncollected grant that was reclaimed with a dead
+        // holder's (a file edited by hand): the waiter just waits again.
+        for w in &mut waiters {
+            if w.granted.is_some_and(|(g, _)| !owners.contains_key(&g)) {
+                w.granted = None;
+                w.woken_at = None;
+            }
+        }
+        let ledger = Ledger::restore(kept.into_iter().map(|h| h.grant), state.next_grant)
+            .map_err(corrupt)?;
+        let policy = self.spec.build(0.0).map_err(|_| SharedError::Policy {
+            name: self.spec.name.clone(),
+        })?;
+        let mut queue = ReservationQueue::restore(
+            policy,
+            self.settings,
+            std::mem::replace(peaks, Peaks::in_memory()),
+            ledger,
+            waiters,
+            state.next_waiter,
+        )
+        .map_err(corrupt)?;
+        let value = op(&mut queue, &owners);
+        *peaks = std::mem::replace(queue.peaks_mut(), Peaks::in_memory());
+        let (waiters, next_waiter) = queue.export();
+        for w in &waiters {
+            if let Some((g, _)) = w.granted {
+                owners.entry(g).or_insert(w.waker.owner);
+            }
+        }
+        let grants = queue
+            .ledger()
+            .grants()
+            .map(|g| Held {
+                owner: owners.get(&g.id).copied().unwrap_or(me),
+                grant: g.clone(),
+            })
+            .collect();
+        let next = State {
+            grants,
+            next_grant: queue.ledger().next_id(),
+            waiters,
+            next_waiter,
+            pid_ns,
+            policy: Some(self.policy.clone()),
+        };
+        *length = self
+            .write(file.0, &next, &body, file_len)?
+            .unwrap_or(file_len);
+        Ok(Done {
+            value,
+            reclaimed,
+            dropped,
+        })
+    }
+
+    /// Writes `state` unless its encoding is `old` (an operation that
+    /// changed nothing writes nothing); the file's new length, if written.
+    /// Bytes past the announced length are ignored by readers, so the file
+    /// is truncated only when much longer than its state.
+    fn write(
+        &self,
+        file: &File,
+        state: &State,
+        old: &[u8],
+        file_len: usize,
+    ) -> Result<Option<usize>, SharedError> {
+        let body = serde_json::to_vec(state).map_err(|e| SharedError::Corrupt {
+            path: self.path.clone(),
+            why: format!("cannot encode the state: {e}"),
+        })?;
+        if body == old {
+            return Ok(None);
+        }
+        let mut out = format!("{MAGIC} {VERSION} {}\n", body.len()).into_bytes();
+        out.extend_from_slice(&body);
+        file.write_all_at(&out, 0)
+            .map_err(io(&self.path, "write it"))?;
+        if file_len > out.len() + TRUNCATE_SLACK {
+            file.set_len(out.len() as u64)
+                .map_err(io(&self.path, "truncate it"))?;
+            return Ok(Some(out.len()));
+        }
+        Ok(Some(file_len.max(out.len())))
+    }
+
+    /// Releases the oldest started (else unstarted) grant of `plugin` held
+    /// by this process, as `on_execution_finish` does in one process; with
+    /// the wakers of whoever's turn it is now.
+    pub fn finish_own(&self, plugin: &str, now: f64) -> Result<Done<Released>, SharedError> {
+        let me = self.me();
+        self.with_owned(move |q, owners| finish_owned(q, owners, me, plugin, now))
+    }
+}
+
+/// The oldest started (else unstarted) grant of `plugin` that `me` holds,
+/// released; with the wakers of whoever's turn it is now.
+pub fn finish_owned(
+    q: &mut ReservationQueue<Token>,
+    owners: &Owners,
+    me: Owner,
+    plugin: &str,
+    now: f64,
+) -> Released {
+    let own = |g: &&Grant| g.plugin == plugin && !g.leased && owners.get(&g.id) == Some(&me);
+    let id = q
+        .ledger()
+        .grants()
+        .filter(own)
+        .find(|g| g.started)
+        .or_else(|| q.ledger().grants().find(own))
+        .map(|g| g.id);
+    match id {
+        Some(id) => q.release(id, now),
+        None => (None, Vec::new()),
+    }
+}
+
+/// Marks the oldest unstarted grant of `plugin` that `me` holds started.
+pub fn start_owned(
+    q: &mut ReservationQueue<Token>,
+    owners: &Owners,
+    me: Owner,
+    plugin: &str,
+) -> Option<GrantId> {
+    let id = q
+        .ledger()
+        .grants()
+        .find(|g| g.plugin == plugin && !g.started && !g.leased && owners.get(&g.id) == Some(&me))
+        .map(|g| g.id)?;
+    q.start_id(id).then_some(id)
+}
+
+#[cfg(test)]
+mod processes;
+#[cfg(test)]
+mod tests;

@@ -32,9 +32,10 @@
 //! (wake-ups across processes).
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -49,18 +50,16 @@ mod format;
 mod owner;
 pub mod wake;
 
-use error::io;
-pub use error::SharedError;
-pub use file::ledger_path;
+pub use error::{Holder, SharedError};
+pub use file::{check_mode, ledger_path};
 use file::{open_file, Locked};
-pub use format::view_file;
-use format::{read_state_sized, read_view, TRUNCATE_SLACK};
+pub use format::{view_file, MAX_BODY, MAX_FILE, MAX_MB};
 use owner::{pid_namespace, Alive};
 pub use owner::{Owner, ALIVE_FOR};
 
-/// The layout version this build writes and reads.
-pub const VERSION: u32 = 1;
-pub(super) const MAGIC: &str = "PSLEDGER";
+/// The layout version this build writes (it reads version 1 too, and
+/// rewrites it).
+pub const VERSION: u32 = 2;
 
 /// Policies a shared line can use: their order depends on the waiters only.
 pub const SHARED_POLICIES: [&str; 5] = [
@@ -131,25 +130,31 @@ pub struct SharedQueue {
     policy: String,
     settings: Settings,
     handle: Mutex<Handle>,
+    /// This process's peaks (moved into every operation's queue and back;
+    /// a lock of its own, taken after the file's: never held while waiting).
+    peaks: Mutex<Peaks>,
     /// This process (a lock of its own: asked for inside operations too).
     me: Mutex<Owner>,
+    /// How long an operation waits for the file's lock, in nanoseconds.
+    lock_wait_ns: AtomicU64,
 }
 
 /// What belongs to one process: the open file (its own open file
 /// description, so `flock` excludes other processes, and after `fork()` the
-/// child's own), who this process is, and its peaks.
+/// child's own) and who this process is.
 #[derive(Debug)]
 struct Handle {
     pid: u32,
     file: File,
     me: Owner,
-    peaks: Peaks,
     /// Owners seen alive, and when (a dead owner is found within
     /// [`ALIVE_FOR`] of its death; one that is gone stays gone).
     alive: std::collections::HashMap<Owner, std::time::Instant>,
-    /// The file's length as last read or written (to read it in one call).
-    length: usize,
 }
+
+/// How long an operation waits for the lock unless told otherwise
+/// ([`SharedQueue::set_lock_wait`]).
+pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(30);
 
 /// The policy as the file records it: its name and the settings it reads.
 fn policy_text(spec: &PolicySpec) -> String {
@@ -166,6 +171,15 @@ fn policy_text(spec: &PolicySpec) -> String {
     out
 }
 
+/// The queue rebuilt from a state, and what was found on the way.
+struct Restored {
+    queue: ReservationQueue<Token>,
+    owners: Owners,
+    reclaimed: Vec<Held>,
+    dropped: Vec<WaiterState<Token>>,
+    pid_ns: Option<u64>,
+}
+
 impl SharedQueue {
     /// Opens (creating with `mode`, e.g. `0o600`) the ledger at `path`,
     /// ordering its line by `policy` (one of [`SHARED_POLICIES`]; every
@@ -179,15 +193,17 @@ impl SharedQueue {
         Self::open_or(path, mode, policy, settings, &mut || false)
     }
 
-    /// As [`SharedQueue::open`]; a signal while waiting for the lock asks
-    /// `interrupted` whether to give up (see [`SharedQueue::with_owned_or`]).
+    /// As [`SharedQueue::open`]. Opening takes no lock (the file is read
+    /// and checked without it), so a stopped process holding the lock does
+    /// not stop it; `interrupted` is kept for callers of lock waits.
     pub fn open_or(
         path: &Path,
         mode: u32,
         policy: &PolicySpec,
         settings: Settings,
-        interrupted: &mut dyn FnMut() -> bool,
+        _interrupted: &mut dyn FnMut() -> bool,
     ) -> Result<Self, SharedError> {
+        file::check_mode(mode)?;
         if !SHARED_POLICIES.contains(&policy.name.as_str()) {
             return Err(SharedError::Policy {
                 name: policy.name.clone(),
@@ -199,6 +215,8 @@ impl SharedQueue {
         })?;
         let me = Owner::current().ok_or(SharedError::NoProc)?;
         let file = open_file(path, mode)?;
+        // Wake sockets of processes that are gone.
+        wake::remove_stale(path);
         let q = Self {
             path: path.to_owned(),
             mode,
@@ -209,19 +227,32 @@ impl SharedQueue {
                 pid: me.pid,
                 file,
                 me,
-                peaks: Peaks::in_memory(),
                 alive: std::collections::HashMap::new(),
-                length: 0,
             }),
+            peaks: Mutex::new(Peaks::in_memory()),
             me: Mutex::new(me),
+            lock_wait_ns: AtomicU64::new(DEFAULT_LOCK_WAIT.as_nanos() as u64),
         };
-        // Check the layout now, so a bad file is reported at construction.
-        q.with_owned_or(|_, _| (), interrupted)?;
+        // Check the layout and state now (without the lock), so a bad file
+        // is reported at construction.
+        q.read(|_, _| ())?;
         Ok(q)
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// How long each operation waits for the file's lock before it fails
+    /// with [`SharedError::Busy`] naming the holder (e.g. the scheduler's
+    /// `timeout`).
+    pub fn set_lock_wait(&self, wait: Duration) {
+        let ns = u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX);
+        self.lock_wait_ns.store(ns, Ordering::Relaxed);
+    }
+
+    pub fn lock_wait(&self) -> Duration {
+        Duration::from_nanos(self.lock_wait_ns.load(Ordering::Relaxed))
     }
 
     /// This process (after `fork()`, the child).
@@ -237,8 +268,10 @@ impl SharedQueue {
     /// Runs `f` on the peaks this process uses for effective needs (moved
     /// into every operation's queue and back): no operation on the file.
     pub fn with_peaks<R>(&self, f: impl FnOnce(&mut Peaks) -> R) -> Result<R, SharedError> {
-        let mut h = self.handle()?;
-        Ok(f(&mut h.peaks))
+        Ok(f(&mut self
+            .peaks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)))
     }
 
     /// The handle of this process: after `fork()` the child opens the file
@@ -258,10 +291,41 @@ impl SharedQueue {
     }
 
     /// The state as it is now, with dead processes' entries left out
-    /// (not written: a view).
+    /// (not written: a view; read without the lock).
     pub fn view(&self) -> Result<State, SharedError> {
-        let h = self.handle()?;
-        read_view(&self.path, &h.file)
+        Ok(view_file(&self.path)?.unwrap_or_default())
+    }
+
+    /// Runs `op` on the queue as it is now, read without the lock (a
+    /// consistent state, checked by its checksum), dead processes' entries
+    /// left out; nothing is written.
+    pub fn read<R>(
+        &self,
+        op: impl FnOnce(&mut ReservationQueue<Token>, &Owners) -> R,
+    ) -> Result<R, SharedError> {
+        let Some(file) = file::open_existing(&self.path)? else {
+            return Ok(op(&mut self.empty_queue()?, &Owners::new()));
+        };
+        let read = format::read(&self.path, &file, false)?;
+        let me = self.me();
+        let mut seen = std::collections::HashMap::new();
+        let mut r = self.restore(read.state, me, &mut seen, Peaks::in_memory())?;
+        let mut peaks = self.peaks.lock().unwrap_or_else(PoisonError::into_inner);
+        std::mem::swap(&mut *peaks, r.queue.peaks_mut());
+        let value = op(&mut r.queue, &r.owners);
+        std::mem::swap(&mut *peaks, r.queue.peaks_mut());
+        Ok(value)
+    }
+
+    fn empty_queue(&self) -> Result<ReservationQueue<Token>, SharedError> {
+        let policy = self.spec.build(0.0).map_err(|_| SharedError::Policy {
+            name: self.spec.name.clone(),
+        })?;
+        Ok(ReservationQueue::new(
+            policy,
+            self.settings,
+            Peaks::in_memory(),
+        ))
     }
 
     /// Runs `op` on the queue as every process sees it, atomically: under
@@ -283,9 +347,10 @@ impl SharedQueue {
         self.with_owned_or(op, &mut || false)
     }
 
-    /// As [`SharedQueue::with_owned`]; while waiting for the lock, a signal
-    /// (`EINTR`) asks `interrupted` whether to give up
-    /// ([`SharedError::Interrupted`], `op` not run) or wait on.
+    /// As [`SharedQueue::with_owned`]; the lock is waited for at most
+    /// [`SharedQueue::lock_wait`] ([`SharedError::Busy`] naming the holder),
+    /// and every 20 ms of waiting asks `interrupted` whether to give up
+    /// ([`SharedError::Interrupted`], `op` not run).
     pub fn with_owned_or<R>(
         &self,
         op: impl FnOnce(&mut ReservationQueue<Token>, &Owners) -> R,
@@ -293,44 +358,26 @@ impl SharedQueue {
     ) -> Result<Done<R>, SharedError> {
         let mut h = self.handle()?;
         let Handle {
-            file,
-            peaks,
-            me,
-            alive,
-            length,
-            ..
+            file, me, alive, ..
         } = &mut *h;
-        loop {
-            match file.lock() {
-                Ok(()) => break,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
-                    if interrupted() {
-                        return Err(SharedError::Interrupted {
-                            path: self.path.clone(),
-                        });
-                    }
-                }
-                Err(e) => return Err(io(&self.path, "lock it")(e)),
-            }
-        }
-        let locked = Locked(file);
-        self.locked(&locked, peaks, *me, alive, length, op)
+        let locked = file::lock(&self.path, file, self.lock_wait(), interrupted)?;
+        self.locked(&locked, *me, alive, op)
     }
 
-    fn locked<R>(
+    /// The queue rebuilt from `state`: dead owners' entries dropped (their
+    /// wake sockets removed), the namespace and policy checked.
+    fn restore(
         &self,
-        file: &Locked<'_>,
-        peaks: &mut Peaks,
+        state: State,
         me: Owner,
         seen_alive: &mut std::collections::HashMap<Owner, std::time::Instant>,
-        length: &mut usize,
-        op: impl FnOnce(&mut ReservationQueue<Token>, &Owners) -> R,
-    ) -> Result<Done<R>, SharedError> {
-        let corrupt = |why: String| SharedError::Corrupt {
+        peaks: Peaks,
+    ) -> Result<Restored, SharedError> {
+        let corrupt = |why: String| SharedError::Invalid {
             path: self.path.clone(),
+            entry: "the line".into(),
             why,
         };
-        let (state, body, file_len) = read_state_sized(&self.path, file.0, *length)?;
         let ns = pid_namespace();
         if let (Some(theirs), Some(mine)) = (state.pid_ns, ns) {
             if theirs != mine {
@@ -360,10 +407,10 @@ impl SharedQueue {
         }
         // Wake sockets of processes that are gone.
         for owner in alive.dead() {
-            let _ = std::fs::remove_file(super::shared_wake::wake_path(&self.path, &owner));
+            let _ = std::fs::remove_file(wake::wake_path(&self.path, &owner));
         }
         alive.remember(seen_alive);
-        let mut owners: Owners = kept.iter().map(|h| (h.grant.id, h.owner)).collect();
+        let owners: Owners = kept.iter().map(|h| (h.grant.id, h.owner)).collect();
         // A live waiter's uncollected grant that was reclaimed with a dead
         // holder's (a file edited by hand): the waiter just waits again.
         for w in &mut waiters {
@@ -377,17 +424,48 @@ impl SharedQueue {
         let policy = self.spec.build(0.0).map_err(|_| SharedError::Policy {
             name: self.spec.name.clone(),
         })?;
-        let mut queue = ReservationQueue::restore(
+        let queue = ReservationQueue::restore(
             policy,
             self.settings,
-            std::mem::replace(peaks, Peaks::in_memory()),
+            peaks,
             ledger,
             waiters,
             state.next_waiter,
         )
         .map_err(corrupt)?;
+        Ok(Restored {
+            queue,
+            owners,
+            reclaimed,
+            dropped,
+            pid_ns,
+        })
+    }
+
+    fn locked<R>(
+        &self,
+        file: &Locked<'_>,
+        me: Owner,
+        seen_alive: &mut std::collections::HashMap<Owner, std::time::Instant>,
+        op: impl FnOnce(&mut ReservationQueue<Token>, &Owners) -> R,
+    ) -> Result<Done<R>, SharedError> {
+        let read = format::read(&self.path, file.0, true)?;
+        let mut peaks = self.peaks.lock().unwrap_or_else(PoisonError::into_inner);
+        let Restored {
+            mut queue,
+            mut owners,
+            reclaimed,
+            dropped,
+            pid_ns,
+        } = self.restore(
+            read.state.clone(),
+            me,
+            seen_alive,
+            std::mem::replace(&mut *peaks, Peaks::in_memory()),
+        )?;
         let value = op(&mut queue, &owners);
         *peaks = std::mem::replace(queue.peaks_mut(), Peaks::in_memory());
+        drop(peaks);
         let (waiters, next_waiter) = queue.export();
         for w in &waiters {
             if let Some((g, _)) = w.granted {
@@ -410,44 +488,19 @@ impl SharedQueue {
             pid_ns,
             policy: Some(self.policy.clone()),
         };
-        *length = self
-            .write(file.0, &next, &body, file_len)?
-            .unwrap_or(file_len);
+        let body = serde_json::to_vec(&next).map_err(|e| SharedError::Corrupt {
+            path: self.path.clone(),
+            why: format!("cannot encode the state: {e}"),
+        })?;
+        // An operation that changed nothing writes nothing.
+        if body != read.body {
+            format::write(&self.path, file.0, &read, &body)?;
+        }
         Ok(Done {
             value,
             reclaimed,
             dropped,
         })
-    }
-
-    /// Writes `state` unless its encoding is `old` (an operation that
-    /// changed nothing writes nothing); the file's new length, if written.
-    /// Bytes past the announced length are ignored by readers, so the file
-    /// is truncated only when much longer than its state.
-    fn write(
-        &self,
-        file: &File,
-        state: &State,
-        old: &[u8],
-        file_len: usize,
-    ) -> Result<Option<usize>, SharedError> {
-        let body = serde_json::to_vec(state).map_err(|e| SharedError::Corrupt {
-            path: self.path.clone(),
-            why: format!("cannot encode the state: {e}"),
-        })?;
-        if body == old {
-            return Ok(None);
-        }
-        let mut out = format!("{MAGIC} {VERSION} {}\n", body.len()).into_bytes();
-        out.extend_from_slice(&body);
-        file.write_all_at(&out, 0)
-            .map_err(io(&self.path, "write it"))?;
-        if file_len > out.len() + TRUNCATE_SLACK {
-            file.set_len(out.len() as u64)
-                .map_err(io(&self.path, "truncate it"))?;
-            return Ok(Some(out.len()));
-        }
-        Ok(Some(file_len.max(out.len())))
     }
 
     /// Releases the oldest started (else unstarted) grant of `plugin` held

@@ -81,6 +81,26 @@ pub(super) fn pid_namespace() -> Option<u64> {
     ns
 }
 
+/// The effective gid and the supplementary groups of this process.
+pub(super) fn my_groups() -> Vec<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let mut out: Vec<u32> = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Gid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .into_iter()
+        .collect();
+    if let Some(groups) = status.lines().find_map(|l| l.strip_prefix("Groups:")) {
+        out.extend(
+            groups
+                .split_whitespace()
+                .filter_map(|g| g.parse::<u32>().ok()),
+        );
+    }
+    out
+}
+
 /// The effective uid of this process (`/proc/self/status`).
 pub(super) fn my_uid() -> Result<u32, SharedError> {
     let status = std::fs::read_to_string("/proc/self/status").map_err(|_| SharedError::NoProc)?;

@@ -87,6 +87,12 @@ impl Drop for WakeChannel {
     }
 }
 
+/// Removes the socket of `owner` for the ledger at `ledger` (a process
+/// leaving: its listening thread never drops its channel).
+pub fn remove_own(ledger: &Path, owner: &Owner) {
+    let _ = std::fs::remove_file(wake_path(ledger, owner));
+}
+
 /// Removes the wake sockets of processes that are gone (best effort).
 pub fn remove_stale(ledger: &Path) {
     let Some(dir) = ledger.parent() else { return };

@@ -225,10 +225,25 @@ fn read_exact_at(file: &File, len: usize, at: u64) -> std::io::Result<Vec<u8>> {
 
 /// One read of the file; `locked`: no writer can race it, so a record
 /// whose body does not check is passed over for the older one.
-fn read_once(path: &Path, file: &File, locked: bool) -> Result<Read, Attempt> {
+/// `hint`: the file's length as last seen (0: unknown), to read page 0 and
+/// the body in one call when they fit in it.
+fn read_once(path: &Path, file: &File, locked: bool, hint: u64) -> Result<Read, Attempt> {
     let fatal = Attempt::Fatal;
-    let file_len = check_kind(path, file).map_err(fatal)?;
-    let head = read_exact_at(file, 192, 0).map_err(|e| fatal(io(path, "read it")(e)))?;
+    let (head, file_len) = if hint > 0 {
+        let want = hint.clamp(PAGE, 4 << 20) as usize;
+        let buf = read_exact_at(file, want, 0).map_err(|e| fatal(io(path, "read it")(e)))?;
+        // A short read ends at the end of the file: no need to ask its size.
+        let len = if buf.len() < want {
+            buf.len() as u64
+        } else {
+            check_kind(path, file).map_err(fatal)?
+        };
+        (buf, len)
+    } else {
+        let len = check_kind(path, file).map_err(fatal)?;
+        let head = read_exact_at(file, 192, 0).map_err(|e| fatal(io(path, "read it")(e)))?;
+        (head, len)
+    };
     let fresh = |file_len| Read {
         state: State::default(),
         body: Vec::new(),
@@ -282,8 +297,12 @@ fn read_once(path: &Path, file: &File, locked: bool) -> Result<Read, Attempt> {
     order.sort_by_key(|(_, r)| std::cmp::Reverse(r.generation));
     let mut why = String::new();
     for (slot, r) in order {
-        let body = read_exact_at(file, r.length as usize, r.offset)
-            .map_err(|e| fatal(io(path, "read it")(e)))?;
+        let end = r.offset.saturating_add(r.length);
+        let body = match head.get(r.offset as usize..end.min(usize::MAX as u64) as usize) {
+            Some(b) if end <= head.len() as u64 => b.to_vec(),
+            _ => read_exact_at(file, r.length as usize, r.offset)
+                .map_err(|e| fatal(io(path, "read it")(e)))?,
+        };
         if body.len() as u64 != r.length || hash(&body) != r.body_hash {
             why = format!(
                 "the state of generation {} ({} bytes at {}) does not match its checksum",
@@ -311,10 +330,21 @@ const READ_RETRY_FOR: Duration = Duration::from_secs(2);
 /// Reads the state. `locked`: the caller holds the exclusive lock (one
 /// pass); else reads race writers and are retried until one checks.
 pub(super) fn read(path: &Path, file: &File, locked: bool) -> Result<Read, SharedError> {
+    read_hinted(path, file, locked, 0)
+}
+
+/// As [`read`], reading the whole file in one call when it is about
+/// `hint` bytes long.
+pub(super) fn read_hinted(
+    path: &Path,
+    file: &File,
+    locked: bool,
+    hint: u64,
+) -> Result<Read, SharedError> {
     let start = Instant::now();
     let mut pause = Duration::from_micros(10);
     loop {
-        match read_once(path, file, locked) {
+        match read_once(path, file, locked, hint) {
             Ok(r) => return Ok(r),
             Err(Attempt::Fatal(e)) => return Err(e),
             Err(Attempt::Torn(why)) => {

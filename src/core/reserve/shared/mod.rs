@@ -150,6 +150,8 @@ struct Handle {
     /// Owners seen alive, and when (a dead owner is found within
     /// [`ALIVE_FOR`] of its death; one that is gone stays gone).
     alive: std::collections::HashMap<Owner, std::time::Instant>,
+    /// The file's length as last read or written (to read it in one call).
+    length: u64,
 }
 
 /// How long an operation waits for the lock unless told otherwise
@@ -228,6 +230,7 @@ impl SharedQueue {
                 file,
                 me,
                 alive: std::collections::HashMap::new(),
+                length: 0,
             }),
             peaks: Mutex::new(Peaks::in_memory()),
             me: Mutex::new(me),
@@ -284,6 +287,7 @@ impl SharedQueue {
         let pid = std::process::id();
         if h.pid != pid {
             h.file = open_file(&self.path, self.mode)?;
+            h.length = 0;
             h.me = self.me();
             h.pid = pid;
         }
@@ -358,10 +362,14 @@ impl SharedQueue {
     ) -> Result<Done<R>, SharedError> {
         let mut h = self.handle()?;
         let Handle {
-            file, me, alive, ..
+            file,
+            me,
+            alive,
+            length,
+            ..
         } = &mut *h;
         let locked = file::lock(&self.path, file, self.lock_wait(), interrupted)?;
-        self.locked(&locked, *me, alive, op)
+        self.locked(&locked, *me, alive, length, op)
     }
 
     /// The queue rebuilt from `state`: dead owners' entries dropped (their
@@ -447,9 +455,12 @@ impl SharedQueue {
         file: &Locked<'_>,
         me: Owner,
         seen_alive: &mut std::collections::HashMap<Owner, std::time::Instant>,
+        length: &mut u64,
         op: impl FnOnce(&mut ReservationQueue<Token>, &Owners) -> R,
     ) -> Result<Done<R>, SharedError> {
-        let read = format::read(&self.path, file.0, true)?;
+        let mut read = format::read_hinted(&self.path, file.0, true, *length)?;
+        *length = read.file_len;
+        let state = std::mem::take(&mut read.state);
         let mut peaks = self.peaks.lock().unwrap_or_else(PoisonError::into_inner);
         let Restored {
             mut queue,
@@ -458,7 +469,7 @@ impl SharedQueue {
             dropped,
             pid_ns,
         } = self.restore(
-            read.state.clone(),
+            state,
             me,
             seen_alive,
             std::mem::replace(&mut *peaks, Peaks::in_memory()),
@@ -494,7 +505,7 @@ impl SharedQueue {
         })?;
         // An operation that changed nothing writes nothing.
         if body != read.body {
-            format::write(&self.path, file.0, &read, &body)?;
+            *length = format::write(&self.path, file.0, &read, &body)?;
         }
         Ok(Done {
             value,

@@ -3,7 +3,8 @@
 //! and every operation done under an exclusive lock of that file.
 //!
 //! There is still one implementation of the decisions. Each operation
-//! ([`SharedQueue::with`]) takes `flock(LOCK_EX)` on the file, reads the
+//! ([`SharedQueue::with`]) takes `flock(LOCK_EX)` on the file (polled, for
+//! at most the caller's wait), reads the
 //! state, drops what dead processes held, rebuilds the queue with
 //! [`ReservationQueue::restore`], runs the caller's operation on it
 //! (`join`, `offer`, `claim`, `leave`, `release`, ...), writes the state
@@ -15,12 +16,13 @@
 //! dead process's grant alive. Everything of an owner that is gone is
 //! reclaimed at the start of the next operation of any process.
 //!
-//! File layout (version 1): one header line `PSLEDGER <version> <length>\n`
-//! then `<length>` bytes of JSON ([`State`]). Bytes after them are ignored,
-//! so a write that is cut short after the header still parses or is
-//! reported corrupt, never half-read. A file of a newer version, with a bad
-//! header or JSON, or owned by another user (unless opened with a group
-//! mode) is an error naming the path; nothing is shared silently.
+//! File layout (version 2): see [`format`]: two checksummed records in
+//! page 0 naming JSON bodies ([`State`]) written beside each other, so a
+//! write killed at any byte leaves the previous state intact and a read
+//! needs no lock. Lock waits are bounded ([`SharedQueue::set_lock_wait`])
+//! and name the holder. A file of a newer version, not a ledger, invalid,
+//! of another user (unless a group ledger of one of our groups) or open to
+//! other users is an error naming the path; nothing is shared silently.
 //!
 //! Policies: the queue is rebuilt per operation, so only policies whose
 //! order depends on the waiters alone are offered ([`SHARED_POLICIES`]);

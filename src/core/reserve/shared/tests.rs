@@ -355,14 +355,22 @@ fn bad_files_are_refused_naming_the_path() {
     assert!(matches!(err, Some(SharedError::Policy { .. })));
 }
 
+/// uid 1000, in groups 1000 and 50.
+fn user_1000() -> Me {
+    Me {
+        uid: 1000,
+        groups: vec![1000, 50],
+    }
+}
+
+fn perm(uid: u32, gid: u32, mode: u32) -> Perm {
+    Perm { uid, gid, mode }
+}
+
 #[test]
 fn the_owner_rule() {
     let p = Path::new("/x/gpu");
-    let me = Me {
-        uid: 1000,
-        groups: vec![1000, 50],
-    };
-    let perm = |uid, gid, mode| Perm { uid, gid, mode };
+    let me = user_1000();
     assert!(check_owner(p, perm(1000, 1000, 0o600), &me, 0o600).is_ok());
     let err = check_owner(p, perm(65534, 1000, 0o600), &me, 0o600).err();
     assert!(matches!(
@@ -388,11 +396,7 @@ fn the_owner_rule() {
 #[test]
 fn the_directory_rule() {
     let p = Path::new("/x");
-    let me = Me {
-        uid: 1000,
-        groups: vec![1000, 50],
-    };
-    let perm = |uid, gid, mode| Perm { uid, gid, mode };
+    let me = user_1000();
     assert!(check_dir(p, perm(1000, 1000, 0o40700), &me, 0o600).is_ok());
     // /tmp: sticky and root's.
     assert!(check_dir(p, perm(0, 0, 0o41777), &me, 0o600).is_ok());

@@ -395,7 +395,10 @@ fn kill_loop(kills: u32, held: u64) -> (u32, u32) {
                 JobInfo::new(0, "held", now()),
                 Token { owner: me, id: i },
             );
-            let _ = s.offer(Some(id), &big, now());
+            // Started: an unstarted grant would expire after start_timeout.
+            if let Some(g) = s.offer(Some(id), &big, now()).mine {
+                s.start_id(g.id);
+            }
         }
     })
     .unwrap_or_else(|e| panic!("{e}"));

@@ -1,6 +1,7 @@
 """The shared ledger's view (issue 13): ``python -m plugin_scheduling ledger``
-and ``_shared_ledger_view`` read a ledger file written in the documented
-layout (header ``PSLEDGER <version> <length>``, then JSON), show the
+and ``_shared_ledger_view`` read a ledger file (here written in layout 1,
+``PSLEDGER 1 <length>`` then JSON, which the package still reads; it writes
+layout 2, crash-atomic, see ``src/core/reserve/shared/format.rs``), show the
 grants and waiters of live processes with pid and process name, leave dead
 processes out, and refuse corrupt, newer and foreign files naming the path.
 (The cross-process allocation tests of the ledger itself are Rust tests:
@@ -31,7 +32,7 @@ def _me() -> dict[str, int]:
     return {"pid": os.getpid(), "start": _start_time(os.getpid())}
 
 
-def _grant(gid: int, plugin: str, vram: float) -> dict[str, Any]:
+def _grant(gid: int, plugin: str, vram: float | None) -> dict[str, Any]:
     return {
         "id": gid, "plugin": plugin, "devices": [0], "vram_mb": vram,
         "pools": [["ram_mb", 1000.0]], "granted_at": 1.0, "started": True,
@@ -108,8 +109,8 @@ def test_a_missing_ledger_is_reported_not_created(tmp_path: Path, capsys: pytest
 @pytest.mark.parametrize(
     ("content", "words"),
     [
-        (b"hello\n", "corrupt"),
-        (b"PSLEDGER 1 5\n{oops", "corrupt"),
+        (b"hello\n", "is not a plugin-scheduling ledger"),
+        (b"PSLEDGER 1 5\n{oops", "invalid entry"),
         (b"PSLEDGER 1 999\n{}", "corrupt"),
         (b"PSLEDGER 7 2\n{}", "newer than this package"),
     ],
@@ -140,3 +141,47 @@ def test_bad_names_are_refused() -> None:
         _shared_ledger_view("")
     with pytest.raises(TypeError):
         _shared_ledger_view(3)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("target", ["/dev/zero", "/etc/passwd", "fifo", "huge"])
+def test_what_is_not_a_ledger_is_refused_at_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], target: str
+) -> None:
+    """Issue 24 #7: a device, a FIFO (never blocks), a file of something
+    else or a huge one: refused before its body is read, naming the path,
+    and never with the advice to remove it."""
+    if target == "fifo":
+        path = tmp_path / "fifo"
+        os.mkfifo(path)
+    elif target == "huge":
+        path = tmp_path / "huge"
+        path.write_bytes(b"PSLEDGER 2\n")
+        os.truncate(path, 3 << 30)  # sparse
+    else:
+        path = Path(target)
+    with pytest.raises(SharedLedgerError) as info:
+        _shared_ledger_view(str(path))
+    message = str(info.value)
+    assert str(path) in message and "remove" not in message
+    assert ("larger than any" if target == "huge" else "is not a plugin-scheduling ledger") in message
+    assert main(["ledger", str(path)]) == 1
+    assert "remove" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("vram", [2_147_483_648.0, 1.8e19, -1.0, None])
+def test_absurd_grants_in_a_file_are_refused(tmp_path: Path, vram: float | None) -> None:
+    """Issue 24 #12: what is read is validated like what is passed in: a
+    hand-edited absurd, negative or missing (NaN) amount refuses the file,
+    naming the path and the entry, instead of blocking every process."""
+    path = tmp_path / "edited"
+    _write(path, {"grants": [{"owner": _me(), "grant": _grant(0, "llm", vram)}], "next_grant": 1,
+                  "waiters": [], "next_waiter": 0})
+    with pytest.raises(SharedLedgerError, match="invalid entry") as info:
+        _shared_ledger_view(str(path))
+    assert str(path) in str(info.value)
+    if vram is not None:
+        assert 'grant 0 of "llm"' in str(info.value)
+    from plugin_scheduling import ReservationScheduler
+
+    with pytest.raises(SharedLedgerError, match="invalid entry"):
+        ReservationScheduler(shared=str(path))

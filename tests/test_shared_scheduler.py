@@ -115,7 +115,7 @@ def test_a_process_finishes_only_its_own_grants(ledger: Path, caplog: pytest.Log
         "s.on_execution_start('llm')\n"
         "print('ok')\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(HERE)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
     holder = subprocess.Popen([sys.executable, "-c", code + "import time; time.sleep(600)", str(ledger)],
                               env=env, stdout=subprocess.PIPE, text=True)
     try:
@@ -244,37 +244,152 @@ except KeyboardInterrupt:
 """
 
 
+LOCKER = (
+    "import fcntl, os, signal, sys; f = open(sys.argv[1], 'rb'); fcntl.flock(f, fcntl.LOCK_EX); "
+    "print('locked', flush=True); os.kill(os.getpid(), signal.SIGSTOP) if sys.argv[2] == 'stop' else None; "
+    "import time; time.sleep(600)"
+)
+
+
+def _locker(ledger: Path, how: str) -> subprocess.Popen[str]:
+    locker = subprocess.Popen([sys.executable, "-c", LOCKER, str(ledger), how], stdout=subprocess.PIPE, text=True)
+    assert locker.stdout is not None
+    assert locker.stdout.readline().strip() == "locked"
+    if how == "stop":
+        eventually(lambda: Path(f"/proc/{locker.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T")
+    return locker
+
+
+def _end(*procs: subprocess.Popen[str]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGCONT)
+            p.kill()
+            p.wait()
+
+
 @pytest.mark.parametrize("stage", ["open", "op"])
 def test_ctrl_c_while_another_process_holds_the_lock(ledger: Path, stage: str) -> None:
-    """A process stopped while holding the file's lock (a debugger, SIGSTOP)
-    blocks the others; they wait with the GIL released and Ctrl-C still works."""
+    """A process stopped while holding the file's lock (a debugger, SIGSTOP):
+    opening needs no lock; an operation waits for it with the GIL released
+    and Ctrl-C still works."""
     shared(ledger)
-    env = {**os.environ, "PYTHONPATH": str(HERE)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
     victim = subprocess.Popen([sys.executable, "-c", LOCKED_OUT, str(ledger), stage], env=env, text=True,
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     assert victim.stdout is not None and victim.stdin is not None
     assert victim.stdout.readline().strip() == "ready"
-    locker = subprocess.Popen(
-        [sys.executable, "-c",
-         "import fcntl, sys, time; f = open(sys.argv[1], 'rb'); fcntl.flock(f, fcntl.LOCK_EX); "
-         "print('locked', flush=True); time.sleep(600)", str(ledger)],
-        stdout=subprocess.PIPE, text=True,
-    )
+    locker = _locker(ledger, "stop")
     try:
-        assert locker.stdout is not None
-        assert locker.stdout.readline().strip() == "locked"
         victim.stdin.write("go\n")
         victim.stdin.flush()
-        # Blocked in flock (state S, in the kernel's lock wait) before Ctrl-C.
-        eventually(lambda: "lock" in Path(f"/proc/{victim.pid}/wchan").read_text(), timeout=30)
+        if stage == "open":
+            out, _ = victim.communicate(timeout=30)
+            assert out.strip() == "not blocked"
+            return
+        time.sleep(0.3)  # waiting for the lock (its default timeout is 300 s)
+        assert victim.poll() is None
         victim.send_signal(signal.SIGINT)
         out, _ = victim.communicate(timeout=30)
         assert out.strip() == "interrupted"
     finally:
-        for p in (victim, locker):
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        _end(victim, locker)
+
+
+def test_a_stopped_lock_holder_fails_others_within_their_timeout(ledger: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 24 #2: SIGSTOP of the lock's holder freezes nobody: an
+    operation fails within about its scheduler's timeout naming the holder
+    (pid, name, stopped); views, the CLI and a new scheduler need no lock."""
+    from plugin_scheduling.__main__ import main
+
+    s = shared(ledger, timeout=1)
+    assert s.allocate(meta("held", 1000), SimulatedSystem(gpus=[CARD]))
+    locker = _locker(ledger, "stop")
+    try:
+        start = time.monotonic()
+        with pytest.raises(SharedLedgerError, match=f"held by pid {locker.pid} \\(python[0-9.]*, stopped") as info:
+            s.allocate(meta("x", 1000), SimulatedSystem(gpus=[CARD]))
+        assert time.monotonic() - start < 10
+        assert str(ledger) in str(info.value)
+        start = time.monotonic()
+        assert [g["plugin"] for g in s.snapshot()["grants"]] == ["held"]
+        assert [g["plugin"] for g in view(ledger)["grants"]] == ["held"]
+        again = shared(ledger, timeout=0.5)
+        assert again.shared == ledger
+        assert main(["ledger", str(ledger)]) == 0
+        assert "held" in capsys.readouterr().out
+        assert time.monotonic() - start < 10
+    finally:
+        _end(locker)
+    s.on_execution_finish("held")
+    assert view(ledger)["grants"] == []
+
+
+KILL_LOOP = """
+import sys
+from types import SimpleNamespace
+from plugin_scheduling import ReservationScheduler, SimulatedSystem
+s = ReservationScheduler(shared=sys.argv[1], settle_s=0, headroom=1.0, timeout=60, poll_interval=60)
+m = SimpleNamespace(name="k", manifest={"resources": {"requires_gpu": True, "min_gpu_vram_mb": 1.0}})
+stats = SimulatedSystem(gpus=[1e9]).snapshot()
+s._release_grant(s._reserve(m, lambda: stats).id)
+print("ready", flush=True)
+while True:
+    s._release_grant(s._reserve(m, lambda: stats).id)
+"""
+
+
+def test_sigkills_mid_write_never_corrupt_the_ledger(ledger: Path) -> None:
+    """Issue 24 #1 (the 5,000-kill run is the core's ignored
+    `sigkill_5000_with_1000_held`): a process SIGKILLed while it writes a
+    many-page ledger leaves it whole: readable with and without the lock,
+    the held grants all there."""
+    held = 150
+    s = shared(ledger)
+    big = SimulatedSystem(gpus=[1e9])
+    for i in range(held):
+        assert s.allocate(meta(f"held{i}", 1.0), big)
+    assert ledger.stat().st_size > 3 * 4096
+    for k in range(12):
+        child = subprocess.Popen([sys.executable, "-c", KILL_LOOP, str(ledger)], stdout=subprocess.PIPE, text=True)
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "ready"
+        time.sleep(0.001 * (k * 7 % 13))
+        child.kill()
+        child.wait()
+        assert len(view(ledger)["grants"]) == held, k
+        assert len(s.snapshot()["grants"]) == held, k
+        assert s.allocate(meta("probe", 1.0), big) and s.on_execution_finish("probe") is None
+
+
+def test_wake_sockets_of_exited_processes_are_removed(ledger: Path) -> None:
+    """Issue 24 #16: a process removes its wake socket at exit; one that was
+    SIGKILLed has its socket swept by the next process to open the ledger."""
+    shared(ledger)
+    script = (
+        "import sys, threading\n"
+        "from types import SimpleNamespace\n"
+        "from plugin_scheduling import ReservationScheduler, SimulatedSystem\n"
+        "s = ReservationScheduler(shared=sys.argv[1], settle_s=0, headroom=1.0, timeout=0.2, poll_interval=0.05)\n"
+        "m = SimpleNamespace(name='w', manifest={'resources': {'requires_gpu': True, 'min_gpu_vram_mb': 30000}})\n"
+        "s.allocate(m, SimulatedSystem(gpus=[24000]))\n"
+        "print('waited', flush=True)\n"
+        "sys.stdin.readline() if sys.argv[2] == 'hang' else None\n"
+    )
+    sockets = lambda: sorted(p.name for p in ledger.parent.iterdir() if ".wake-" in p.name)  # noqa: E731
+    before = sockets()
+    clean = subprocess.run([sys.executable, "-c", script, str(ledger), "exit"], capture_output=True, text=True, timeout=60)
+    assert clean.stdout.strip() == "waited", clean.stderr
+    assert sockets() == before
+    hung = subprocess.Popen([sys.executable, "-c", script, str(ledger), "hang"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    assert hung.stdout is not None
+    assert hung.stdout.readline().strip() == "waited"
+    assert len(sockets()) == len(before) + 1
+    hung.kill()
+    hung.wait()
+    shared(ledger)
+    assert sockets() == before
 
 
 def test_a_cancelled_async_wait_leaves_the_shared_line(ledger: Path) -> None:
@@ -431,6 +546,109 @@ def test_another_users_file_is_refused(tmp_path: Path) -> None:
     path.chmod(0o600)
     with pytest.raises(SharedLedgerError, match="owned by uid 65534"):
         shared(path)
+
+
+@pytest.mark.parametrize("mode", [0o666, 0o777, 0o606, 0o604, 0o644])
+def test_modes_open_to_other_users_are_refused(tmp_path: Path, mode: int) -> None:
+    """Issue 24 #6: other users may not read (lock) nor write a ledger."""
+    with pytest.raises(ValueError, match=f"mode.*{oct(mode)}"):
+        shared(tmp_path / "x" / "gpu", mode=mode)
+    assert not (tmp_path / "x" / "gpu").exists()
+
+
+def test_symlinks_are_never_followed(tmp_path: Path) -> None:
+    """Issue 24 #6: a symlink at the ledger's path (to a file of ours) or as
+    its directory is refused; nothing is written through it."""
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"")
+    (tmp_path / "gpu").symlink_to(victim)
+    with pytest.raises(SharedLedgerError, match="symbolic link"):
+        shared(tmp_path / "gpu")
+    with pytest.raises(SharedLedgerError, match="symbolic link"):
+        view(tmp_path / "gpu")
+    assert victim.read_bytes() == b""
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "linked").symlink_to(real)
+    with pytest.raises(SharedLedgerError, match="symbolic link"):
+        shared(tmp_path / "linked" / "gpu")
+    assert list(real.iterdir()) == []
+
+
+def test_a_directory_open_to_others_is_refused(tmp_path: Path) -> None:
+    open_dir = tmp_path / "open"
+    open_dir.mkdir()
+    open_dir.chmod(0o777)
+    with pytest.raises(SharedLedgerError, match="writable by every user"):
+        shared(open_dir / "gpu")
+    group_dir = tmp_path / "group"
+    group_dir.mkdir()
+    group_dir.chmod(0o770)
+    with pytest.raises(SharedLedgerError, match="writable by its group"):
+        shared(group_dir / "gpu")  # a private ledger in a group-writable directory
+    shared(group_dir / "gpu", mode=0o660)  # a group ledger of our own group: fine
+
+
+PRECREATED = """
+import os, sys
+from plugin_scheduling import ReservationScheduler, SharedLedgerError
+try:
+    ReservationScheduler(shared=True)
+    print("accepted")
+except SharedLedgerError as e:
+    print("refused:", e)
+"""
+
+
+@pytest.mark.parametrize("kind", ["symlink", "foreign"])
+def test_a_precreated_default_directory_is_refused(tmp_path: Path, kind: str) -> None:
+    """Issue 24 #6: with XDG_RUNTIME_DIR unset, another user's pre-created
+    <tmp>/plugin-scheduling-<uid> (a symlink, or a directory of theirs) is
+    never used."""
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    default = tmp_path / f"plugin-scheduling-{os.geteuid()}"
+    if kind == "symlink":
+        default.symlink_to(target)
+    else:
+        if os.geteuid() != 0:
+            pytest.skip("needs root to make a directory of another user")
+        default.mkdir(mode=0o700)
+        os.chown(default, 65534, 65534)
+    env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
+    env["TMPDIR"] = str(tmp_path)
+    run = subprocess.run([sys.executable, "-c", PRECREATED], env=env, capture_output=True, text=True, timeout=60)
+    assert run.stdout.startswith("refused:"), (run.stdout, run.stderr)
+    assert ("symbolic link" if kind == "symlink" else "owned by uid 65534") in run.stdout
+    assert list(target.iterdir()) == []
+
+
+def test_another_user_cannot_read_lock_or_use_a_ledger(ledger: Path) -> None:
+    """Issue 24 #6 with a real other user (root only): uid 65534 can neither
+    open our ledger (to read or lock it) nor view it."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to become another user")
+    s = shared(ledger)
+    assert s.allocate(meta("mine", 1000), SimulatedSystem(gpus=[CARD]))
+    script = (
+        "import fcntl, os, sys\n"
+        "from plugin_scheduling import ReservationScheduler, SharedLedgerError\n"
+        "from plugin_scheduling._core import _shared_ledger_view\n"
+        "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
+        "try:\n"
+        "    fcntl.flock(open(sys.argv[1], 'rb'), fcntl.LOCK_EX | fcntl.LOCK_NB); print('locked')\n"
+        "except OSError as e:\n"
+        "    print('open refused', e.errno)\n"
+        "for f in (lambda: ReservationScheduler(shared=sys.argv[1]), lambda: _shared_ledger_view(sys.argv[1])):\n"
+        "    try:\n"
+        "        f(); print('used')\n"
+        "    except (SharedLedgerError, OSError) as e:\n"
+        "        print('refused')\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script, str(ledger)], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    assert run.stdout.split("\n")[:3] == ["open refused 13", "refused", "refused"], (run.stdout, run.stderr)
+    assert [g["plugin"] for g in view(ledger)["grants"]] == ["mine"]
 
 
 def test_modes(tmp_path: Path) -> None:

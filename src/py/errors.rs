@@ -201,6 +201,9 @@ pub fn core_error(error: plugin_scheduling_core::error::Error) -> PyErr {
         Error::Database { .. } => pyo3::exceptions::PyOSError::new_err(message),
         Error::NeverFits { .. } => ReservationTimeout::new_err(message),
         Error::Policy { .. } => pyo3::exceptions::PyRuntimeError::new_err(message),
+        Error::Shared(plugin_scheduling_core::reserve::shared::SharedError::Mode { .. }) => {
+            PyValueError::new_err(message)
+        }
         Error::Shared(_) => SharedLedgerError::new_err(message),
         Error::Job(j) => {
             use plugin_scheduling_core::jobs::JobError as J;

@@ -1162,6 +1162,12 @@ impl ReservationScheduler {
         let backend = match (shared, spec) {
             (Some(path), Some(spec)) => {
                 let q = py_shared_open(slf.py(), &path, mode, &spec, settings)?;
+                // A lock held past `timeout` (a stopped holder) fails the
+                // operation naming the holder.
+                q.set_lock_wait(
+                    std::time::Duration::try_from_secs_f64(timeout)
+                        .unwrap_or(std::time::Duration::MAX),
+                );
                 core(q.with_peaks(|p| *p = peaks).map_err(Into::into))?;
                 Backend::Shared(q)
             }
@@ -1691,8 +1697,9 @@ impl ReservationScheduler {
             Vec<(String, f64)>,
             String,
         );
+        // A view: on a shared ledger read without its lock.
         let (grants_now, places, by_device, ram, by_pool, policy): Seen =
-            Self::op(slf, |q, owners| {
+            backend.read(py, |q, owners| {
                 let tokens: std::collections::HashMap<WaiterId, u32> = q
                     .export()
                     .0

@@ -24,7 +24,7 @@ use plugin_scheduling_core::reserve::queue::ReservationQueue;
 use plugin_scheduling_core::reserve::shared::{
     Done, Owner, Owners, SharedError, SharedQueue, Token,
 };
-use plugin_scheduling_core::reserve::shared_wake::{wake, WakeChannel};
+use plugin_scheduling_core::reserve::shared_wake::{remove_own, remove_stale, wake, WakeChannel};
 use plugin_scheduling_core::wake::WakeSignal;
 
 use pyo3::prelude::*;
@@ -157,6 +157,22 @@ impl Backend {
         }
     }
 
+    /// Runs `op` on the queue as it is now, changing nothing: on a shared
+    /// ledger, a consistent state read without the file's lock (a stopped
+    /// process holding it does not stop a view).
+    pub fn read<R: Send>(
+        &self,
+        py: Python<'_>,
+        op: impl FnOnce(&mut Queue, &Owners) -> R + Send,
+    ) -> PyResult<R> {
+        match self {
+            Backend::Local(q) => Ok(op(&mut lock(q), &Owners::new())),
+            Backend::Shared(s) => py
+                .detach(|| s.read(op))
+                .map_err(|e| core_error(Error::Shared(e))),
+        }
+    }
+
     /// Runs `f` on this process's peaks: the queue's in one process; on a
     /// shared ledger they are the process's own, so the file is not touched
     /// (the GIL is released while another thread's operation holds them).
@@ -245,6 +261,15 @@ pub fn listen(path: &Path, me: Owner, registry: &Arc<Registry>) -> std::io::Resu
         return Ok(());
     }
     let channel = WakeChannel::bind(path, &me)?;
+    if all.is_empty() {
+        // This process's sockets go at exit (sockets of processes that
+        // ended without it are swept by the next process binding one).
+        let _ = Python::attach(|py| -> PyResult<()> {
+            let f = pyo3::wrap_pyfunction!(remove_wake_sockets, py)?;
+            py.import("atexit")?.call_method1("register", (f,))?;
+            Ok(())
+        });
+    }
     let registries = Arc::new(Mutex::new(vec![Arc::downgrade(registry)]));
     let served = Arc::clone(&registries);
     std::thread::Builder::new()
@@ -256,6 +281,18 @@ pub fn listen(path: &Path, me: Owner, registry: &Arc<Registry>) -> std::io::Resu
         registries,
     });
     Ok(())
+}
+
+/// Removes this process's wake sockets (at interpreter exit) and those of
+/// processes that are gone.
+#[pyfunction]
+fn remove_wake_sockets() {
+    let pid = std::process::id();
+    let Some(me) = Owner::current() else { return };
+    for l in lock(listeners()).iter().filter(|l| l.pid == pid) {
+        remove_own(&l.path, &me);
+        remove_stale(&l.path);
+    }
 }
 
 /// Notifies waiter `id` of whichever scheduler of this process on the

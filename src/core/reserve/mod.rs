@@ -5,4 +5,4 @@ pub mod ledger;
 pub mod peaks;
 pub mod queue;
 pub mod shared;
-pub mod shared_wake;
+pub use shared::wake as shared_wake;

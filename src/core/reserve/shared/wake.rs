@@ -12,7 +12,7 @@ use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::shared::{Owner, Token};
+use super::{Owner, Token};
 
 /// The prefix of every wake socket of the ledger at `ledger`.
 fn prefix(ledger: &Path) -> String {
@@ -85,6 +85,12 @@ impl Drop for WakeChannel {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+/// Removes the socket of `owner` for the ledger at `ledger` (a process
+/// leaving: its listening thread never drops its channel).
+pub fn remove_own(ledger: &Path, owner: &Owner) {
+    let _ = std::fs::remove_file(wake_path(ledger, owner));
 }
 
 /// Removes the wake sockets of processes that are gone (best effort).

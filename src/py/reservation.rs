@@ -36,9 +36,9 @@ use plugin_scheduling_core::clock::{Clock, ManualClock, SystemClock, WallClock};
 use plugin_scheduling_core::error::finite_in;
 use plugin_scheduling_core::policy::{External, JobInfo, MultifactorWeights, PolicySpec};
 use plugin_scheduling_core::queue_wait::{QueueWait, Step};
+use plugin_scheduling_core::reserve::ledger::{Caller, Finished, Others};
 use plugin_scheduling_core::reserve::ledger::{Grant, GrantId, Limits, Need, RAM_MB};
 use plugin_scheduling_core::reserve::peaks::Peaks;
-use plugin_scheduling_core::reserve::ledger::{Caller, Finished, Others};
 use plugin_scheduling_core::reserve::per_process::PerProcess;
 use plugin_scheduling_core::reserve::queue::{
     refusal_text, Collect, Event, MissingStats, Offer, ReservationQueue, Settings, WaiterId,
@@ -728,13 +728,14 @@ impl ReservationWait {
         let now = s.now();
         let poll = lock(&s.waits).poll_interval;
         let (id, collect) = (self.id, self.collect);
-        let (grant, turn, change) = ReservationScheduler::op(slf, |q, _| match q.claim_as(id, now, collect) {
-            Some(g) => (Some(g), false, None),
-            None => {
-                let patience = poll + q.settings.claim_s;
-                (None, q.may_offer(id, now, patience), q.next_change(now))
-            }
-        })?;
+        let (grant, turn, change) =
+            ReservationScheduler::op(slf, |q, _| match q.claim_as(id, now, collect) {
+                Some(g) => (Some(g), false, None),
+                None => {
+                    let patience = poll + q.settings.claim_s;
+                    (None, q.may_offer(id, now, patience), q.next_change(now))
+                }
+            })?;
         if let Some(g) = grant {
             self.done();
             return Ok(Some(PyGrant::from(&g)));
@@ -1566,7 +1567,7 @@ impl ReservationScheduler {
         let finish = |q: &mut Queue, owners: &Owners, others: &Others<'_>| match &*backend {
             Backend::Local { .. } => q.finish_by(plugin_name, by, others, &|_| true, now),
             Backend::Shared { .. } => match finish_owned(q, owners, me, plugin_name, now) {
-                (Some(g), wake) => (Finished::Released(g), wake),
+                (Some(g), wake) => (Finished::Released(Box::new(g)), wake),
                 (None, wake) => (Finished::NoneHeld, wake),
             },
         };

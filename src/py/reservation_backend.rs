@@ -45,7 +45,10 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The signals of a scheduler's waiters in this process, by token id, and
 /// the event loop of each async waiter (to tell when one is gone).
 #[derive(Default)]
-pub struct Registry(Mutex<HashMap<u64, Signal>>, Mutex<HashMap<WaiterId, Py<PyAny>>>);
+pub struct Registry(
+    Mutex<HashMap<u64, Signal>>,
+    Mutex<HashMap<WaiterId, Py<PyAny>>>,
+);
 
 impl Registry {
     /// Remembers the event loop an async waiter runs on.
@@ -173,7 +176,9 @@ impl Backend {
         let fresh = |parent: &Mutex<Queue>| {
             let mut q = match parent.try_lock() {
                 Ok(mut q) => std::mem::replace(&mut *q, rebuild()),
-                Err(TryLockError::Poisoned(p)) => std::mem::replace(&mut *p.into_inner(), rebuild()),
+                Err(TryLockError::Poisoned(p)) => {
+                    std::mem::replace(&mut *p.into_inner(), rebuild())
+                }
                 Err(TryLockError::WouldBlock) => rebuild(),
             };
             q.check_fork();
@@ -187,7 +192,10 @@ impl Backend {
 
     /// This process's handle on the shared ledger (a forked child opens
     /// its own).
-    fn shared_queue<'a>(queue: &'a PerProcess<SharedQueue>, reopen: &Reopen) -> PyResult<&'a SharedQueue> {
+    fn shared_queue<'a>(
+        queue: &'a PerProcess<SharedQueue>,
+        reopen: &Reopen,
+    ) -> PyResult<&'a SharedQueue> {
         queue
             .get(|_| reopen())
             .map_err(|e| core_error(Error::Shared(e)))

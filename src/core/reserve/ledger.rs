@@ -226,7 +226,7 @@ pub enum Others<'a> {
 /// What a name-based finish released, or why nothing.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Finished {
-    Released(Grant),
+    Released(Box<Grant>),
     /// Executions of the plugin exist but belong to other callers that are
     /// still running (or to waiters that have not collected them).
     NotYours,
@@ -640,7 +640,13 @@ impl Ledger {
         may: &dyn Fn(&Grant) -> bool,
     ) -> Option<GrantId> {
         let id = self
-            .pick(plugin, caller, others, may, &[(true, false), (false, false)])
+            .pick(
+                plugin,
+                caller,
+                others,
+                may,
+                &[(true, false), (false, false)],
+            )
             .ok()?;
         self.mark_started(id, false);
         if let Some(c) = caller {
@@ -687,7 +693,9 @@ impl Ledger {
             if !own && !orphan {
                 continue;
             }
-            let rank = order.iter().position(|&(o, st)| o == own && st == g.started);
+            let rank = order
+                .iter()
+                .position(|&(o, st)| o == own && st == g.started);
             if let Some(rank) = rank {
                 if best.is_none_or(|(r, _)| rank < r) {
                     best = Some((rank, *id));
@@ -751,7 +759,7 @@ impl Ledger {
     /// has to collect.
     pub fn finish(&mut self, plugin: &str) -> Option<Grant> {
         match self.finish_by(plugin, None, &Others::Unknown, &|_| true) {
-            Finished::Released(g) => Some(g),
+            Finished::Released(g) => Some(*g),
             _ => None,
         }
     }
@@ -769,9 +777,12 @@ impl Ledger {
         others: &Others<'_>,
         may: &dyn Fn(&Grant) -> bool,
     ) -> Finished {
-        const ORDER: [(bool, bool); 4] = [(true, true), (true, false), (false, true), (false, false)];
+        const ORDER: [(bool, bool); 4] =
+            [(true, true), (true, false), (false, true), (false, false)];
         match self.pick(plugin, caller, others, may, &ORDER) {
-            Ok(id) => self.release(id).map_or(Finished::NoneHeld, Finished::Released),
+            Ok(id) => self
+                .release(id)
+                .map_or(Finished::NoneHeld, |g| Finished::Released(Box::new(g))),
             Err(true) => Finished::NotYours,
             Err(false) => match self.by_plugin.contains_key(plugin) {
                 true => Finished::NotYours,

@@ -108,7 +108,10 @@ mod tests {
     fn the_value_is_this_processs_own() {
         let p = PerProcess::new(Mutex::new(1));
         let v = p.get(|_| Err::<Mutex<i32>, ()>(()));
-        assert_eq!(v.map(|m| *m.lock().unwrap_or_else(|e| e.into_inner())), Ok(1));
+        assert_eq!(
+            v.map(|m| *m.lock().unwrap_or_else(|e| e.into_inner())),
+            Ok(1)
+        );
         assert!(p.here().is_some());
     }
 
@@ -124,7 +127,10 @@ mod tests {
             assert!(parent.try_lock().is_err());
             Ok::<_, ()>(Mutex::new(2))
         });
-        assert_eq!(fresh.map(|m| *m.lock().unwrap_or_else(|e| e.into_inner())), Ok(2));
+        assert_eq!(
+            fresh.map(|m| *m.lock().unwrap_or_else(|e| e.into_inner())),
+            Ok(2)
+        );
         drop(held);
     }
 }

@@ -17,7 +17,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound::{Excluded, Unbounded};
 use std::sync::Arc;
 
-use super::ledger::{Caller, Finished, Grant, GrantId, Ledger, Limits, Need, Others, Reading, Refusal};
+use super::ledger::{
+    Caller, Finished, Grant, GrantId, Ledger, Limits, Need, Others, Reading, Refusal,
+};
 use super::peaks::{effective, Peaks};
 use crate::policy::admit::{admit, Placement, Plan};
 use crate::policy::{Admission, Ctx, JobInfo, Policy, RunningJob};
@@ -102,8 +104,12 @@ struct Waiter<W> {
 /// Events the caller logs (after unlocking).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    Granted { grant: Grant },
-    Expired { grant: Grant },
+    Granted {
+        grant: Grant,
+    },
+    Expired {
+        grant: Grant,
+    },
     /// A waiter did not collect its grant (or take its turn) in time: it is
     /// passed over; the caller may check whether it is gone (see
     /// [`ReservationQueue::gone`]).
@@ -112,7 +118,9 @@ pub enum Event {
         plugin: String,
         waited_s: f64,
     },
-    AdmittedWithoutGpuFigures { plugin: String },
+    AdmittedWithoutGpuFigures {
+        plugin: String,
+    },
 }
 
 /// Whose execution a collected grant becomes: the calling thread's (so
@@ -1476,7 +1484,10 @@ mod tests {
         let mine = offer.mine.unwrap_or_else(|| panic!("granted"));
         assert_eq!(offer.wake, vec![1]);
         // b's start and finish pair with b's grant, never with a's.
-        assert_eq!(q.start_by("p", Some(1), &Others::Unknown, &|_| true), Some(mine.id));
+        assert_eq!(
+            q.start_by("p", Some(1), &Others::Unknown, &|_| true),
+            Some(mine.id)
+        );
         let (done, _) = q.finish_by("p", Some(1), &Others::Unknown, &|_| true, 3.0);
         assert!(matches!(done, Finished::Released(ref g) if g.id == mine.id));
         // A duplicate finish finds only a's uncollected grant: not released.
@@ -1512,19 +1523,34 @@ mod tests {
             lease: false,
         };
         let a = q.join("p", gpu(1_000.0), job(0.0, 50.0), 1);
-        let ga = q.offer_as(Some(a), &r, 0.0, by(1)).mine.unwrap_or_else(|| panic!("a"));
+        let ga = q
+            .offer_as(Some(a), &r, 0.0, by(1))
+            .mine
+            .unwrap_or_else(|| panic!("a"));
         let b = q.join("p", gpu(1_000.0), job(0.0, 50.0), 2);
-        let gb = q.offer_as(Some(b), &r, 0.0, by(2)).mine.unwrap_or_else(|| panic!("b"));
+        let gb = q
+            .offer_as(Some(b), &r, 0.0, by(2))
+            .mine
+            .unwrap_or_else(|| panic!("b"));
         // b starts first: its own grant, not the older one of a.
-        assert_eq!(q.start_by("p", Some(2), &Others::Unknown, &|_| true), Some(gb.id));
+        assert_eq!(
+            q.start_by("p", Some(2), &Others::Unknown, &|_| true),
+            Some(gb.id)
+        );
         // a fails before starting: finishing releases its own unstarted grant.
         let (fa, _) = q.finish_by("p", Some(1), &Others::Unknown, &|_| true, 1.0);
         assert!(matches!(fa, Finished::Released(ref g) if g.id == ga.id));
         assert!(q.ledger().get(gb.id).is_some_and(|g| g.started));
         // A hand-off: a thread that allocated nothing starts an orphan.
         let c = q.join("p", gpu(1_000.0), job(0.0, 50.0), 3);
-        let gc = q.offer_as(Some(c), &r, 0.0, by(3)).mine.unwrap_or_else(|| panic!("c"));
-        assert_eq!(q.start_by("p", Some(4), &Others::Ended(&|c| c != 3), &|_| true), Some(gc.id));
+        let gc = q
+            .offer_as(Some(c), &r, 0.0, by(3))
+            .mine
+            .unwrap_or_else(|| panic!("c"));
+        assert_eq!(
+            q.start_by("p", Some(4), &Others::Ended(&|c| c != 3), &|_| true),
+            Some(gc.id)
+        );
         let (f4, _) = q.finish_by("p", Some(4), &Others::Unknown, &|_| true, 2.0);
         assert!(matches!(f4, Finished::Released(ref g) if g.id == gc.id));
         let (nothing, _) = q.finish_by("x", Some(4), &Others::Unknown, &|_| true, 2.0);
@@ -1540,7 +1566,10 @@ mod tests {
             lease: true,
         };
         let a = q.join("p", gpu(1_000.0), job(0.0, 50.0), 1);
-        let g = q.offer_as(Some(a), &r, 0.0, lease).mine.unwrap_or_else(|| panic!("a"));
+        let g = q
+            .offer_as(Some(a), &r, 0.0, lease)
+            .mine
+            .unwrap_or_else(|| panic!("a"));
         assert!(g.leased);
         assert!(q.start("p").is_none());
         assert!(q.finish("p", 1.0).0.is_none());

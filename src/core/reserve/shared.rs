@@ -676,7 +676,7 @@ pub fn finish_owned(
 ) -> Released {
     let mine = |g: &Grant| owners.get(&g.id) == Some(&me);
     match q.finish_by(plugin, None, &Others::Unknown, &mine, now) {
-        (Finished::Released(g), wake) => (Some(g), wake),
+        (Finished::Released(g), wake) => (Some(*g), wake),
         (_, wake) => (None, wake),
     }
 }

@@ -1529,11 +1529,12 @@ impl ReservationScheduler {
     /// `Ledger::start_by`).
     fn on_execution_start(slf: &Bound<'_, Self>, plugin_name: &str) -> PyResult<()> {
         let backend = slf.get().backend();
-        let me = backend.me();
+        // Who this process is matters on a shared ledger only.
+        let me = backend.shared().map(|_| backend.me());
         let by = Some(caller(slf.py())?);
-        let start = |q: &mut Queue, owners: &Owners, others: &Others<'_>| match &*backend {
-            Backend::Local { .. } => q.start_by(plugin_name, by, others, &|_| true),
-            Backend::Shared { .. } => start_owned(q, owners, me, plugin_name),
+        let start = |q: &mut Queue, owners: &Owners, others: &Others<'_>| match me {
+            None => q.start_by(plugin_name, by, others, &|_| true),
+            Some(me) => start_owned(q, owners, me, plugin_name),
         };
         let mut started = Self::op(slf, |q, owners| start(q, owners, &Others::Unknown))?;
         if started.is_none() && backend.shared().is_none() {
@@ -1562,11 +1563,11 @@ impl ReservationScheduler {
         let this = slf.get();
         let now = this.now();
         let backend = this.backend();
-        let me = backend.me();
+        let me = backend.shared().map(|_| backend.me());
         let by = Some(caller(slf.py())?);
-        let finish = |q: &mut Queue, owners: &Owners, others: &Others<'_>| match &*backend {
-            Backend::Local { .. } => q.finish_by(plugin_name, by, others, &|_| true, now),
-            Backend::Shared { .. } => match finish_owned(q, owners, me, plugin_name, now) {
+        let finish = |q: &mut Queue, owners: &Owners, others: &Others<'_>| match me {
+            None => q.finish_by(plugin_name, by, others, &|_| true, now),
+            Some(me) => match finish_owned(q, owners, me, plugin_name, now) {
                 (Some(g), wake) => (Finished::Released(Box::new(g)), wake),
                 (None, wake) => (Finished::NoneHeld, wake),
             },

@@ -4,10 +4,62 @@
 //! that thread does not exist in the child, so such a lock would never be
 //! released. (The same rule as the stats monitor's state.)
 
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use std::sync::Once;
+
+/// Forks since this process lineage installed the hook (bumped in every
+/// child by the `pthread_atfork` child handler).
+static FORKS: AtomicU64 = AtomicU64::new(0);
+/// Whether the hook is installed: then [`process_generation`] is an atomic
+/// load; else it falls back to the pid (a system call).
+static HOOKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static INSTALL: Once = Once::new();
+
+#[cfg(unix)]
+extern "C" fn forked_child() {
+    // Only a lock-free atomic add: allowed in a child of a threaded
+    // process (async-signal-safe).
+    FORKS.fetch_add(1, Ordering::AcqRel);
+}
+
+#[cfg(unix)]
+extern "C" {
+    fn pthread_atfork(
+        prepare: Option<extern "C" fn()>,
+        parent: Option<extern "C" fn()>,
+        child: Option<extern "C" fn()>,
+    ) -> std::ffi::c_int;
+}
+
+fn install() {
+    INSTALL.call_once(|| {
+        #[cfg(unix)]
+        {
+            // SAFETY: `pthread_atfork` only records the handler, a plain
+            // `extern "C" fn()` that lives for the program and does nothing
+            // but an atomic add. A child inherits the registration.
+            let rc = unsafe { pthread_atfork(None, None, Some(forked_child)) };
+            HOOKED.store(rc == 0, Ordering::Release);
+        }
+    });
+}
+
+/// Which process this is, cheaply: the same value in one process, another
+/// one in each forked child. (Installed once, by the first
+/// [`PerProcess::new`]; its `Once` cannot be caught half-way by a fork as
+/// long as it completes before other threads fork, e.g. under Python's GIL.)
+pub fn process_generation() -> u64 {
+    install();
+    if HOOKED.load(Ordering::Acquire) {
+        FORKS.load(Ordering::Acquire)
+    } else {
+        u64::from(std::process::id()) | 1 << 40
+    }
+}
 
 struct Slot<T> {
-    pid: u32,
+    /// [`process_generation`] where the value was built.
+    pid: u64,
     value: T,
 }
 
@@ -35,7 +87,7 @@ unsafe impl<T: Send + Sync> Sync for PerProcess<T> {}
 impl<T> PerProcess<T> {
     pub fn new(value: T) -> Self {
         let slot = Box::new(Slot {
-            pid: std::process::id(),
+            pid: process_generation(),
             value,
         });
         Self {
@@ -49,7 +101,7 @@ impl<T> PerProcess<T> {
     /// value is leaked on purpose (once per fork): it may be locked or
     /// inconsistent, and other threads of the child may still borrow it.
     pub fn get<E>(&self, fresh: impl FnOnce(&T) -> Result<T, E>) -> Result<&T, E> {
-        let pid = std::process::id();
+        let pid = process_generation();
         let seen = self.current.load(Ordering::Acquire);
         // SAFETY: `current` only ever holds pointers from `Box::into_raw`
         // (in `new` and below). A slot is freed only in `drop`, which has
@@ -86,7 +138,7 @@ impl<T> PerProcess<T> {
     pub fn here(&self) -> Option<&T> {
         // SAFETY: as in `get`.
         let slot = unsafe { &*self.current.load(Ordering::Acquire) };
-        (slot.pid == std::process::id()).then_some(&slot.value)
+        (slot.pid == process_generation()).then_some(&slot.value)
     }
 }
 
@@ -103,6 +155,13 @@ impl<T> Drop for PerProcess<T> {
 mod tests {
     use super::*;
     use std::sync::Mutex;
+
+    #[test]
+    fn the_generation_is_stable_in_one_process() {
+        let g = process_generation();
+        assert_eq!(g, process_generation());
+        assert!(HOOKED.load(Ordering::Acquire));
+    }
 
     #[test]
     fn the_value_is_this_processs_own() {

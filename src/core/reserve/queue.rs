@@ -486,7 +486,9 @@ impl<W: Clone> ReservationQueue<W> {
 
     /// After `fork()` the child has a copy of the parent's waiters, none of
     /// which is waiting in the child: they are dropped. (Grants stay: the
-    /// memory they stand for is real.)
+    /// memory they stand for is real.) The owner of a queue calls this when
+    /// it hands a parent's queue to a forked child (the binding keeps each
+    /// process's queue apart: `per_process`).
     pub fn check_fork(&mut self) -> bool {
         let pid = std::process::id();
         if pid == self.owner_pid {
@@ -545,7 +547,6 @@ impl<W: Clone> ReservationQueue<W> {
 
     /// Adds a waiter submitted at `job.submitted` (its id is set here).
     pub fn join(&mut self, plugin: &str, need: Need, mut job: JobInfo, waker: W) -> WaiterId {
-        self.check_fork();
         let id = WaiterId(self.next_waiter);
         self.next_waiter += 1;
         job.id = id.0;
@@ -747,7 +748,6 @@ impl<W: Clone> ReservationQueue<W> {
     /// Housekeeping before a decision: unstarted grants expire, uncollected
     /// grants are taken back.
     fn tidy(&mut self, now: f64, events: &mut Vec<Event>) {
-        self.check_fork();
         let s = self.settings;
         for grant in self.ledger.expire(now, s.start_timeout_s) {
             events.push(Event::Expired { grant });

@@ -318,7 +318,7 @@ def _dead_async_waiters(s: ReservationScheduler, n: int, provider, subscribed: b
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("dead", [5, 20])
+@pytest.mark.parametrize("dead", [5, 20, 1200])  # 1200: walked in a loop, not by recursion
 def test_waiters_whose_loop_closed_leave_the_line_and_delay_nobody(dead: int, caplog: pytest.LogCaptureFixture) -> None:
     # Before: each dead waiter was passed over after claim_timeout but kept its
     # place: 5 dead waiters cost a fitting allocate 3 s, 20 cost 10 s. Here the

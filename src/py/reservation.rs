@@ -174,7 +174,11 @@ impl PyGrant {
     }
 }
 
+/// Wakes queued by wakes in progress on this thread (see `wake`).
+type QueuedWake = (Arc<Backend>, Arc<Registry>, Vec<Token>);
+
 thread_local! {
+    static WAKES: RefCell<Option<Vec<QueuedWake>>> = const { RefCell::new(None) };
     /// Schedulers whose stats provider this thread is running (re-entrancy).
     static IN_PROVIDER: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
 }
@@ -254,10 +258,50 @@ impl ReservationScheduler {
         Ok(value)
     }
 
-    /// Wakes the waiters of `tokens` (after unlocking).
+    /// Wakes the waiters of `tokens` (after unlocking). A wake that finds
+    /// a waiter dead makes it leave, which wakes the next one: such wakes
+    /// are queued and run by the outermost call, so a line of dead waiters
+    /// is walked in a loop, not by recursion.
     fn wake(&self, tokens: Vec<Token>) {
-        if !tokens.is_empty() {
-            self.backend().wake(&self.registry(), tokens);
+        if tokens.is_empty() {
+            return;
+        }
+        let work = (self.backend(), self.registry(), tokens);
+        let queued = WAKES.with(|w| match &mut *w.borrow_mut() {
+            Some(pending) => {
+                pending.push(work);
+                None
+            }
+            slot @ None => {
+                *slot = Some(Vec::new());
+                Some(work)
+            }
+        });
+        let Some(mut next) = queued else {
+            return;
+        };
+        // Whatever happens (a panic too), this thread's queue is closed after.
+        struct Drained;
+        impl Drop for Drained {
+            fn drop(&mut self) {
+                WAKES.with(|w| *w.borrow_mut() = None);
+            }
+        }
+        let _drained = Drained;
+        loop {
+            let (backend, registry, tokens) = next;
+            backend.wake(&registry, tokens);
+            match WAKES.with(|w| {
+                let mut w = w.borrow_mut();
+                let more = w.as_mut().and_then(Vec::pop);
+                if more.is_none() {
+                    *w = None;
+                }
+                more
+            }) {
+                Some(more) => next = more,
+                None => return,
+            }
         }
     }
 

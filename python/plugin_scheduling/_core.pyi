@@ -245,12 +245,14 @@ class ReservationScheduler(ResourceScheduler):
     def _begin_wait(
         self,
         plugin_meta: Any,
+        event_loop: Any = None,
         *,
         priority: float | str | None = None,
         user: str | None = None,
         project: str | None = None,
         deadline_s: float | None = None,
         estimated_duration_s: float | None = None,
+        lease: bool = False,
     ) -> ReservationWait: ...
     def _reserve(
         self,
@@ -262,9 +264,18 @@ class ReservationScheduler(ResourceScheduler):
         project: str | None = None,
         deadline_s: float | None = None,
         estimated_duration_s: float | None = None,
+        lease: bool = False,
     ) -> Grant: ...
-    def on_execution_start(self, plugin_name: str) -> None: ...
-    def on_execution_finish(self, plugin_name: str) -> None: ...
+    def on_execution_start(self, plugin_name: str) -> None:
+        """Marks started the oldest unstarted reservation of ``plugin_name``
+        that this thread allocated, else one whose thread has ended (a hand-off);
+        never a lease's, nor one a waiter has yet to collect."""
+    def on_execution_finish(self, plugin_name: str) -> None:
+        """Releases this thread's oldest started execution of ``plugin_name``,
+        else its unstarted one (allocated, never started), else one whose thread
+        has ended; an execution another running thread owns is never released
+        (a warning names the plugin; use ``lease()`` to hand one over).
+        Wakes the waiter whose turn it is."""
     def _start_grant(self, grant_id: int) -> bool: ...
     def _release_grant(self, grant_id: int) -> bool: ...
     def get_active_plugins(self) -> set[str]: ...

@@ -62,8 +62,9 @@ async def reserve_async(self: Any, plugin_meta: Any, stats_provider: StatsProvid
     """``ReservationScheduler``: wait for a reservation without blocking the loop;
     the ``Grant``, or ``ReservationTimeout`` after ``timeout`` (or at once when it
     can never fit). Only the waiter whose turn it is reads stats (or any waiter
-    when that one has gone silent); a cancelled waiter leaves the line at once."""
-    wait = self._begin_wait(plugin_meta, **job)
+    when that one has gone silent); a cancelled waiter leaves the line at once,
+    and so does one whose event loop is found closed."""
+    wait = self._begin_wait(plugin_meta, asyncio.get_running_loop(), **job)
     try:
         while True:
             grant = wait.claim()  # granted by someone else's reading
@@ -140,12 +141,14 @@ def _resolve(future: "asyncio.Future[None]") -> None:
         future.set_result(None)
 
 
-def wake(loop: asyncio.AbstractEventLoop, future: "asyncio.Future[None]") -> None:
-    """Called by the scheduler on a release, from whatever thread released."""
+def wake(loop: asyncio.AbstractEventLoop, future: "asyncio.Future[None]") -> bool:
+    """Called by the scheduler on a release, from whatever thread released;
+    ``False`` when the loop is closed (its waiter can never run again)."""
     if asyncio._get_running_loop() is loop:
         _resolve(future)
-        return
+        return True
     try:
         loop.call_soon_threadsafe(_resolve, future)
     except RuntimeError:  # the loop is closed: its waiter is gone
-        pass
+        return False
+    return True

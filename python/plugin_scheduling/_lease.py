@@ -17,7 +17,7 @@ def lease(self: Any, plugin_meta: Any, stats_provider: Any, **job: Any) -> Itera
     ``ReservationTimeout`` after ``timeout`` or when the need can never fit.
     Keywords (priority, user, project, deadline_s, estimated_duration_s)
     override ``manifest["scheduling"]``."""
-    grant = self._reserve(plugin_meta, stats_provider, **job)
+    grant = self._reserve(plugin_meta, stats_provider, lease=True, **job)
     self._start_grant(grant.id)
     try:
         yield grant
@@ -28,7 +28,7 @@ def lease(self: Any, plugin_meta: Any, stats_provider: Any, **job: Any) -> Itera
 @asynccontextmanager
 async def lease_async(self: Any, plugin_meta: Any, stats_provider: Any, **job: Any) -> AsyncIterator[Any]:
     """Reserve (awaiting), yield the ``Grant``, release on exit or cancellation."""
-    grant = await self._reserve_async(plugin_meta, stats_provider, **job)
+    grant = await self._reserve_async(plugin_meta, stats_provider, lease=True, **job)
     self._start_grant(grant.id)
     try:
         yield grant

@@ -430,7 +430,7 @@ impl QueueWaitState {
     /// caller must not sleep.
     fn subscribe(&self, wake: Py<PyAny>, event_loop: Py<PyAny>, future: Py<PyAny>) -> Option<u64> {
         self.slot
-            .subscribe(&self.scheduler.get().wake, wake, event_loop, future)
+            .subscribe(&self.scheduler.get().wake, wake, event_loop, future, None)
     }
 
     /// Removes the waker (after a wake, a timer or a cancellation) and reads

@@ -10,7 +10,7 @@
 //! the holder.
 
 use std::cell::RefCell;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -37,10 +37,12 @@ use plugin_scheduling_core::clock::{Clock, ManualClock, SystemClock, WallClock};
 use plugin_scheduling_core::error::finite_in;
 use plugin_scheduling_core::policy::{External, JobInfo, MultifactorWeights, PolicySpec};
 use plugin_scheduling_core::queue_wait::{QueueWait, Step};
+use plugin_scheduling_core::reserve::ledger::{Caller, Finished, Others};
 use plugin_scheduling_core::reserve::ledger::{Grant, GrantId, Limits, Need, RAM_MB};
 use plugin_scheduling_core::reserve::peaks::Peaks;
+use plugin_scheduling_core::reserve::per_process::PerProcess;
 use plugin_scheduling_core::reserve::queue::{
-    refusal_text, Event, MissingStats, Offer, ReservationQueue, Settings, WaiterId,
+    refusal_text, Collect, Event, MissingStats, Offer, ReservationQueue, Settings, WaiterId,
 };
 use plugin_scheduling_core::reserve::shared::{
     finish_owned, ledger_path, start_owned, Owners, SharedQueue, Token,
@@ -103,8 +105,9 @@ pub struct ReservationScheduler {
     /// The queue: in this process, or a shared ledger's (replaced whole by
     /// `__init__`).
     backend: Mutex<Arc<Backend>>,
-    /// This scheduler's waiters in this process, by token id.
-    registry: Arc<Registry>,
+    /// This scheduler's waiters in this process, by token id (a forked
+    /// child starts with none).
+    registry: PerProcess<Arc<Registry>>,
     /// Whether some grant had a pid attached at the last look (peaks are
     /// read from stats only then).
     has_pids: AtomicBool,
@@ -172,7 +175,11 @@ impl PyGrant {
     }
 }
 
+/// Wakes queued by wakes in progress on this thread (see `wake`).
+type QueuedWake = (Arc<Backend>, Arc<Registry>, Vec<Token>);
+
 thread_local! {
+    static WAKES: RefCell<Option<Vec<QueuedWake>>> = const { RefCell::new(None) };
     /// Schedulers whose stats provider this thread is running (re-entrancy).
     static IN_PROVIDER: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
 }
@@ -194,9 +201,46 @@ fn reentrant(owner: usize) -> bool {
     IN_PROVIDER.with(|s| s.borrow().contains(&owner))
 }
 
+/// The calling thread, as name-based start/finish pair executions with
+/// their grants (Python's thread ident: `threading.get_ident()`).
+fn caller(py: Python<'_>) -> PyResult<Caller> {
+    static GET_IDENT: pyo3::sync::PyOnceLock<Py<PyAny>> = pyo3::sync::PyOnceLock::new();
+    let f = GET_IDENT.get_or_try_init(py, || {
+        py.import(intern!(py, "_thread"))?
+            .getattr(intern!(py, "get_ident"))
+            .map(Bound::unbind)
+    })?;
+    f.bind(py).call0()?.extract()
+}
+
+/// The idents of this process's running Python threads (what
+/// `threading.enumerate()` lists): a caller not among them has ended.
+fn live_callers(py: Python<'_>) -> PyResult<std::collections::HashSet<Caller>> {
+    let threads = py
+        .import(intern!(py, "threading"))?
+        .getattr(intern!(py, "enumerate"))?
+        .call0()?;
+    let mut out = std::collections::HashSet::new();
+    for t in threads.try_iter()? {
+        if let Ok(ident) = t?.getattr(intern!(py, "ident"))?.extract::<Caller>() {
+            out.insert(ident);
+        }
+    }
+    Ok(out)
+}
+
 impl ReservationScheduler {
     fn backend(&self) -> Arc<Backend> {
         Arc::clone(&lock(&self.backend))
+    }
+
+    /// This process's registry (a forked child's own, empty at first).
+    fn registry(&self) -> Arc<Registry> {
+        let fresh = |_: &Arc<Registry>| Ok::<_, std::convert::Infallible>(Arc::default());
+        match self.registry.get(fresh) {
+            Ok(r) => Arc::clone(r),
+            Err(never) => match never {},
+        }
     }
 
     /// Runs `op` on the queue, atomically (on a shared ledger, as every
@@ -215,10 +259,50 @@ impl ReservationScheduler {
         Ok(value)
     }
 
-    /// Wakes the waiters of `tokens` (after unlocking).
+    /// Wakes the waiters of `tokens` (after unlocking). A wake that finds
+    /// a waiter dead makes it leave, which wakes the next one: such wakes
+    /// are queued and run by the outermost call, so a line of dead waiters
+    /// is walked in a loop, not by recursion.
     fn wake(&self, tokens: Vec<Token>) {
-        if !tokens.is_empty() {
-            self.backend().wake(&self.registry, tokens);
+        if tokens.is_empty() {
+            return;
+        }
+        let work = (self.backend(), self.registry(), tokens);
+        let queued = WAKES.with(|w| match &mut *w.borrow_mut() {
+            Some(pending) => {
+                pending.push(work);
+                None
+            }
+            slot @ None => {
+                *slot = Some(Vec::new());
+                Some(work)
+            }
+        });
+        let Some(mut next) = queued else {
+            return;
+        };
+        // Whatever happens (a panic too), this thread's queue is closed after.
+        struct Drained;
+        impl Drop for Drained {
+            fn drop(&mut self) {
+                WAKES.with(|w| *w.borrow_mut() = None);
+            }
+        }
+        let _drained = Drained;
+        loop {
+            let (backend, registry, tokens) = next;
+            backend.wake(&registry, tokens);
+            match WAKES.with(|w| {
+                let mut w = w.borrow_mut();
+                let more = w.as_mut().and_then(Vec::pop);
+                if more.is_none() {
+                    *w = None;
+                }
+                more
+            }) {
+                Some(more) => next = more,
+                None => return,
+            }
         }
     }
 
@@ -228,7 +312,7 @@ impl ReservationScheduler {
         let this = slf.get();
         let path = backend
             .shared()
-            .map(|s| s.path().display().to_string())
+            .map(|s| s.display().to_string())
             .unwrap_or_default();
         for (plugin, pid) in &r.grants {
             Self::log(
@@ -304,13 +388,29 @@ impl ReservationScheduler {
                         grant.plugin, grant.id.0
                     ),
                 )?,
-                Event::Reclaimed { plugin, waited_s } => Self::log(
-                    slf,
-                    "warning",
-                    format!(
-                        "{plugin} did not collect its reservation within {waited_s:.1} s (its event loop closed or not running?): passed over, it keeps its place"
-                    ),
-                )?,
+                Event::Reclaimed {
+                    waiter,
+                    plugin,
+                    waited_s,
+                } => {
+                    if Self::left_if_gone(slf, *waiter)? {
+                        Self::log(
+                            slf,
+                            "warning",
+                            format!(
+                                "{plugin} left the line: it did not collect its reservation within {waited_s:.1} s and its event loop is closed"
+                            ),
+                        )?;
+                    } else {
+                        Self::log(
+                            slf,
+                            "warning",
+                            format!(
+                                "{plugin} did not collect its reservation within {waited_s:.1} s (its event loop not running?): passed over, it keeps its place"
+                            ),
+                        )?;
+                    }
+                }
                 Event::AdmittedWithoutGpuFigures { plugin } => Self::log(
                     slf,
                     "warning",
@@ -321,6 +421,37 @@ impl ReservationScheduler {
             }
         }
         Self::flush_peaks(slf, false)
+    }
+
+    /// Whether waiter `id` (passed over) is an async waiter of this process
+    /// whose event loop is closed: then it can never run again and leaves
+    /// the line now (the core's `gone`), and whoever is next is woken.
+    fn left_if_gone(slf: &Bound<'_, Self>, id: WaiterId) -> PyResult<bool> {
+        let py = slf.py();
+        let this = slf.get();
+        let registry = this.registry();
+        let Some(event_loop) = registry.loop_of(py, id) else {
+            return Ok(false);
+        };
+        if !event_loop
+            .bind(py)
+            .call_method0(intern!(py, "is_closed"))?
+            .is_truthy()?
+        {
+            return Ok(false);
+        }
+        registry.forget_loop(id);
+        Self::gone(slf, id)?;
+        Ok(true)
+    }
+
+    /// Waiter `id` is gone: it leaves the line, the next one is woken.
+    fn gone(slf: &Bound<'_, Self>, id: WaiterId) -> PyResult<()> {
+        let this = slf.get();
+        let now = this.now();
+        let wake = Self::op(slf, |q, _| q.gone(id, now))?;
+        this.wake(wake);
+        Ok(())
     }
 
     fn log_release(slf: &Bound<'_, Self>, released: Option<&Grant>) -> PyResult<()> {
@@ -489,12 +620,13 @@ fn offer_in(
     reading: &plugin_scheduling_core::reserve::ledger::Reading,
     processes: &[(u32, f64)],
     now: f64,
+    collect: Collect,
 ) -> Offered {
     if !processes.is_empty() {
         q.observe(processes);
     }
     let never = q.never_fits(need, reading);
-    let offer: Offer<Token> = q.offer(Some(id), reading, now);
+    let offer: Offer<Token> = q.offer_as(Some(id), reading, now, collect);
     let why = offer.mine.is_none().then(|| q.why(id, now));
     Offered {
         offer,
@@ -537,26 +669,28 @@ pub struct ReservationWait {
     turn: Mutex<Option<(bool, u64)>>,
     /// When the ledger changes by itself next, as last seen.
     next_change: Mutex<Option<f64>>,
+    /// Whose execution the grant becomes (this thread's, or a lease's).
+    collect: Collect,
 }
 
 impl ReservationWait {
-    fn begin(
-        slf: &Bound<'_, ReservationScheduler>,
-        plugin_meta: &Bound<'_, PyAny>,
-        overrides: &JobOverrides<'_>,
-    ) -> PyResult<Self> {
-        Self::begin_with(slf, plugin_meta, overrides, None).map(|(w, _)| w)
-    }
-
     /// Joins the line; with `first`, offers it at once when it is this
-    /// waiter's turn (in the same operation).
+    /// waiter's turn (in the same operation). An async waiter names its
+    /// event loop (`event_loop`): found closed, the waiter leaves the line.
     fn begin_with(
         slf: &Bound<'_, ReservationScheduler>,
         plugin_meta: &Bound<'_, PyAny>,
         overrides: &JobOverrides<'_>,
         first: Option<FirstLook>,
+        lease: bool,
+        event_loop: Option<Py<PyAny>>,
     ) -> PyResult<(Self, Option<Offered>)> {
         let this = slf.get();
+        let collect = Collect {
+            caller: Some(caller(slf.py())?),
+            lease,
+        };
+        let registry = this.registry();
         let (plugin, declared) = declared_need(plugin_meta)?;
         let now = this.now();
         let job = job_info(plugin_meta, &plugin, &declared, now, overrides)?;
@@ -569,18 +703,18 @@ impl ReservationWait {
         if let Some(shared) = backend.shared() {
             // Wake-ups from other processes reach this one (a forked child
             // starts its own listener). Without one, waits poll.
-            if let Err(e) = listen(shared.path(), token.owner, &this.registry) {
+            if let Err(e) = listen(shared, token.owner, &registry) {
                 ReservationScheduler::log(
                     slf,
                     "warning",
                     format!(
                         "{plugin}: no wake socket beside shared ledger {} ({e}); it re-checks every poll_interval",
-                        shared.path().display()
+                        shared.display()
                     ),
                 )?;
             }
         }
-        this.registry.insert(token.id, Arc::clone(&signal));
+        registry.insert(token.id, Arc::clone(&signal));
         let patience = lock(&this.waits).poll_interval;
         let joined = ReservationScheduler::op(slf, |q, _| {
             let need = q.effective_need(&plugin, &declared);
@@ -589,7 +723,7 @@ impl ReservationWait {
             let turn = q.may_offer(id, now, patience);
             let offered = match (&first, turn) {
                 (Some((reading, processes)), true) => {
-                    Some(offer_in(q, id, &need, reading, processes, now))
+                    Some(offer_in(q, id, &need, reading, processes, now, collect))
                 }
                 _ => None,
             };
@@ -598,10 +732,13 @@ impl ReservationWait {
         let (id, need, turn, change, offered) = match joined {
             Ok(j) => j,
             Err(e) => {
-                this.registry.remove(token.id);
+                registry.remove(token.id);
                 return Err(e);
             }
         };
+        if let Some(event_loop) = event_loop {
+            registry.watch_loop(id, event_loop);
+        }
         let started = Instant::now();
         let wait = Self {
             scheduler: slf.clone().unbind(),
@@ -613,12 +750,13 @@ impl ReservationWait {
             never_fits: Mutex::new(None),
             last_reason: Mutex::new(None),
             token,
-            registry: Arc::clone(&this.registry),
+            registry,
             slot: WakeSlot::new(signal.generation()),
             signal,
             left: AtomicBool::new(false),
             turn: Mutex::new(Some((turn, this.ops.load(Ordering::Acquire)))),
             next_change: Mutex::new(change),
+            collect,
         };
         Ok((wait, offered))
     }
@@ -634,14 +772,15 @@ impl ReservationWait {
         let s = slf.get();
         let now = s.now();
         let poll = lock(&s.waits).poll_interval;
-        let id = self.id;
-        let (grant, turn, change) = ReservationScheduler::op(slf, |q, _| match q.claim(id, now) {
-            Some(g) => (Some(g), false, None),
-            None => {
-                let patience = poll + q.settings.claim_s;
-                (None, q.may_offer(id, now, patience), q.next_change(now))
-            }
-        })?;
+        let (id, collect) = (self.id, self.collect);
+        let (grant, turn, change) =
+            ReservationScheduler::op(slf, |q, _| match q.claim_as(id, now, collect) {
+                Some(g) => (Some(g), false, None),
+                None => {
+                    let patience = poll + q.settings.claim_s;
+                    (None, q.may_offer(id, now, patience), q.next_change(now))
+                }
+            })?;
         if let Some(g) = grant {
             self.done();
             return Ok(Some(PyGrant::from(&g)));
@@ -677,9 +816,10 @@ impl ReservationWait {
         let processes = this.processes_of(stats)?;
         ReservationScheduler::consult_outside_policy(slf)?;
         let now = this.now();
-        let (id, need) = (self.id, &self.need);
-        let offered =
-            ReservationScheduler::op(slf, |q, _| offer_in(q, id, need, &reading, &processes, now))?;
+        let (id, need, collect) = (self.id, &self.need, self.collect);
+        let offered = ReservationScheduler::op(slf, |q, _| {
+            offer_in(q, id, need, &reading, &processes, now, collect)
+        })?;
         self.offered(py, offered)
     }
 
@@ -733,6 +873,7 @@ impl ReservationWait {
     fn done(&self) {
         self.left.store(true, Ordering::Release);
         self.registry.remove(self.token.id);
+        self.registry.forget_loop(self.id);
     }
 
     /// Gives up the place in line (idempotent) and lets the next one try.
@@ -743,6 +884,7 @@ impl ReservationWait {
         let slf = self.scheduler(py);
         let s = slf.get();
         self.registry.remove(self.token.id);
+        self.registry.forget_loop(self.id);
         let now = s.now();
         let id = self.id;
         let wake = ReservationScheduler::op(slf, |q, _| q.leave(id, now))?;
@@ -807,6 +949,7 @@ impl ReservationWait {
 impl Drop for ReservationWait {
     fn drop(&mut self) {
         self.registry.remove(self.token.id);
+        self.registry.forget_loop(self.id);
     }
 }
 
@@ -845,8 +988,34 @@ impl ReservationWait {
         self.leave_line(py)
     }
 
-    fn subscribe(&self, wake: Py<PyAny>, event_loop: Py<PyAny>, future: Py<PyAny>) -> Option<u64> {
-        self.slot.subscribe(&self.signal, wake, event_loop, future)
+    fn subscribe(
+        slf: &Bound<'_, Self>,
+        wake: Py<PyAny>,
+        event_loop: Py<PyAny>,
+        future: Py<PyAny>,
+    ) -> PyResult<Option<u64>> {
+        let this = slf.get();
+        let on_closed = slf.getattr(intern!(slf.py(), "_loop_closed"))?.unbind();
+        Ok(this
+            .slot
+            .subscribe(&this.signal, wake, event_loop, future, Some(on_closed)))
+    }
+
+    /// A wake found this waiter's event loop closed: it can never run
+    /// again, so it leaves the line now (and whoever is next is woken).
+    fn _loop_closed(&self, py: Python<'_>) -> PyResult<()> {
+        if self.left.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.registry.remove(self.token.id);
+        self.registry.forget_loop(self.id);
+        let slf = self.scheduler(py);
+        ReservationScheduler::gone(slf, self.id)?;
+        ReservationScheduler::log(
+            slf,
+            "warning",
+            format!("{} left the line: its event loop is closed", self.plugin),
+        )
     }
 
     #[pyo3(signature = (token))]
@@ -1006,12 +1175,11 @@ impl ReservationScheduler {
                 timeout: DEFAULT_TIMEOUT,
                 poll_interval: DEFAULT_POLL_INTERVAL,
             }),
-            backend: Mutex::new(Arc::new(Backend::Local(Mutex::new(ReservationQueue::new(
-                Box::new(plugin_scheduling_core::policy::Fifo),
-                Settings::default(),
-                Peaks::in_memory(),
-            ))))),
-            registry: Arc::new(Registry::default()),
+            backend: Mutex::new(Arc::new(Backend::local(
+                default_queue(),
+                Box::new(default_queue),
+            ))),
+            registry: PerProcess::new(Arc::new(Registry::default())),
             has_pids: AtomicBool::new(false),
             ops: AtomicU64::new(0),
             clock: Mutex::new(Arc::new(SystemClock)),
@@ -1148,8 +1316,8 @@ impl ReservationScheduler {
             (_, true) => plugin_scheduling_core::paths::state_path("peaks.json"),
             _ => None,
         };
-        let (peaks, problem) = match path {
-            Some(path) => Peaks::at(path),
+        let (peaks, problem) = match &path {
+            Some(path) => Peaks::at(path.clone()),
             None => (Peaks::in_memory(), None),
         };
         let this = slf.get();
@@ -1159,23 +1327,43 @@ impl ReservationScheduler {
         };
         *lock(&this.clock) = clock;
         *lock(&this.outside_policy) = outside;
+        // What a forked child needs to build its own queue or handle.
+        let peaks_of = move |path: &Option<PathBuf>| match path {
+            Some(path) => Peaks::at(path.clone()).0,
+            None => Peaks::in_memory(),
+        };
         let backend = match (shared, spec) {
-            (Some(path), Some(spec)) => {
-                let q = py_shared_open(slf.py(), &path, mode, &spec, settings)?;
+            (Some(ledger), Some(spec)) => {
+                let q = py_shared_open(slf.py(), &ledger, mode, &spec, settings)?;
                 // A lock held past `timeout` (a stopped holder) fails the
                 // operation naming the holder.
-                q.set_lock_wait(
-                    std::time::Duration::try_from_secs_f64(timeout)
-                        .unwrap_or(std::time::Duration::MAX),
-                );
+                let lock_wait = std::time::Duration::try_from_secs_f64(timeout)
+                    .unwrap_or(std::time::Duration::MAX);
+                q.set_lock_wait(lock_wait);
                 core(q.with_peaks(|p| *p = peaks).map_err(Into::into))?;
-                Backend::Shared(q)
+                let reopen = move || {
+                    let q = SharedQueue::open(&ledger, mode, &spec, settings)?;
+                    q.set_lock_wait(lock_wait);
+                    q.with_peaks(|p| *p = peaks_of(&path))?;
+                    Ok(q)
+                };
+                Backend::shared_at(q, Box::new(reopen))
             }
-            _ => Backend::Local(Mutex::new(ReservationQueue::new(
-                core_policy,
-                settings,
-                peaks,
-            ))),
+            (_, spec) => {
+                let outside_name = core_policy.name().to_owned();
+                let rebuild = move || {
+                    let policy: Box<dyn plugin_scheduling_core::policy::Policy> =
+                        match spec.as_ref().and_then(|s| s.build(0.0).ok()) {
+                            Some(p) => p,
+                            None => Box::new(External::new(&outside_name)),
+                        };
+                    ReservationQueue::new(policy, settings, peaks_of(&path))
+                };
+                Backend::local(
+                    ReservationQueue::new(core_policy, settings, peaks),
+                    Box::new(rebuild),
+                )
+            }
         };
         *lock(&this.backend) = Arc::new(backend);
         if let Some(problem) = problem {
@@ -1192,8 +1380,11 @@ impl ReservationScheduler {
         if let Ok(p) = self.outside_policy.try_lock() {
             visit.call(&*p)?;
         }
-        for signal in self.registry.try_signals() {
-            AsyncWaker::visit_all(&signal, &visit)?;
+        if let Some(registry) = self.registry.here() {
+            for signal in registry.try_signals() {
+                AsyncWaker::visit_all(&signal, &visit)?;
+            }
+            registry.try_visit_loops(&visit)?;
         }
         Ok(())
     }
@@ -1202,9 +1393,11 @@ impl ReservationScheduler {
         if !self.constructed.get() {
             return;
         }
-        for signal in self.registry.signals() {
+        let registry = self.registry();
+        for signal in registry.signals() {
             drop(signal.take_wakers());
         }
+        registry.clear_loops();
         self.logger.set(None);
         *lock(&self.outside_policy) = None;
     }
@@ -1233,19 +1426,22 @@ impl ReservationScheduler {
     /// The shared ledger's file (`None`: this scheduler's queue is its own).
     #[getter]
     fn shared(&self) -> Option<PathBuf> {
-        self.backend().shared().map(|s| s.path().to_owned())
+        self.backend().shared().map(Path::to_owned)
     }
 
     /// Starts a wait (used by the async methods in `_drivers`).
-    #[pyo3(signature = (plugin_meta, *, priority=None, user=None, project=None, deadline_s=None, estimated_duration_s=None))]
+    #[pyo3(signature = (plugin_meta, event_loop=None, *, priority=None, user=None, project=None, deadline_s=None, estimated_duration_s=None, lease=false))]
+    #[allow(clippy::too_many_arguments)]
     fn _begin_wait<'py>(
         slf: &Bound<'py, Self>,
         plugin_meta: &Bound<'py, PyAny>,
+        event_loop: Option<Py<PyAny>>,
         priority: Option<Bound<'py, PyAny>>,
         user: Option<Bound<'py, PyAny>>,
         project: Option<Bound<'py, PyAny>>,
         deadline_s: Option<Bound<'py, PyAny>>,
         estimated_duration_s: Option<Bound<'py, PyAny>>,
+        lease: bool,
     ) -> PyResult<ReservationWait> {
         let overrides = JobOverrides {
             priority,
@@ -1254,13 +1450,15 @@ impl ReservationScheduler {
             deadline_s,
             estimated_duration_s,
         };
-        ReservationWait::begin(slf, plugin_meta, &overrides)
+        let event_loop = event_loop.filter(|l| !l.is_none(slf.py()));
+        ReservationWait::begin_with(slf, plugin_meta, &overrides, None, lease, event_loop)
+            .map(|(w, _)| w)
     }
 
     /// Blocks (GIL released, Ctrl-C honoured) until the plugin's need is
     /// reserved; raises `ReservationTimeout` after `timeout` or when it can
     /// never fit.
-    #[pyo3(signature = (plugin_meta, stats_provider, *, priority=None, user=None, project=None, deadline_s=None, estimated_duration_s=None))]
+    #[pyo3(signature = (plugin_meta, stats_provider, *, priority=None, user=None, project=None, deadline_s=None, estimated_duration_s=None, lease=false))]
     #[allow(clippy::too_many_arguments)]
     fn _reserve<'py>(
         slf: &Bound<'py, Self>,
@@ -1271,6 +1469,7 @@ impl ReservationScheduler {
         project: Option<Bound<'py, PyAny>>,
         deadline_s: Option<Bound<'py, PyAny>>,
         estimated_duration_s: Option<Bound<'py, PyAny>>,
+        lease: bool,
     ) -> PyResult<PyGrant> {
         let py = slf.py();
         require_callable("stats_provider", stats_provider)?;
@@ -1297,7 +1496,8 @@ impl ReservationScheduler {
             }
             None => None,
         };
-        let (wait, mut offered) = ReservationWait::begin_with(slf, plugin_meta, &overrides, first)?;
+        let (wait, mut offered) =
+            ReservationWait::begin_with(slf, plugin_meta, &overrides, first, lease, None)?;
         let signal = Arc::clone(&wait.signal);
         let result = (|| loop {
             if let Some(offered) = offered.take() {
@@ -1367,6 +1567,7 @@ impl ReservationScheduler {
             project,
             deadline_s,
             estimated_duration_s,
+            false,
         ) {
             Ok(_) => Ok(true),
             Err(e) if e.is_instance_of::<ReservationTimeout>(slf.py()) => Ok(false),
@@ -1374,39 +1575,79 @@ impl ReservationScheduler {
         }
     }
 
-    /// Marks the oldest unstarted reservation of `plugin_name` started.
+    /// Marks started the oldest unstarted reservation of `plugin_name` this
+    /// thread allocated, else one whose thread has ended (see the core's
+    /// `Ledger::start_by`).
     fn on_execution_start(slf: &Bound<'_, Self>, plugin_name: PluginName) -> PyResult<()> {
         let backend = slf.get().backend();
-        let me = backend.me();
-        let started = Self::op(slf, |q, owners| match &*backend {
-            Backend::Local(_) => q.start(&plugin_name),
-            Backend::Shared(_) => start_owned(q, owners, me, &plugin_name),
-        })?;
+        // Who this process is matters on a shared ledger only.
+        let me = backend.shared().map(|_| backend.me());
+        let by = Some(caller(slf.py())?);
+        let start = |q: &mut Queue, owners: &Owners, others: &Others<'_>| match me {
+            None => q.start_by(&plugin_name, by, others, &|_| true),
+            Some(me) => start_owned(q, owners, me, &plugin_name),
+        };
+        let mut started = Self::op(slf, |q, owners| start(q, owners, &Others::Unknown))?;
+        if started.is_none() && backend.shared().is_none() {
+            // None of this thread's own: an orphan of an ended thread?
+            let live = live_callers(slf.py())?;
+            let ended = |c: Caller| live.contains(&c);
+            started = Self::op(slf, |q, owners| start(q, owners, &Others::Ended(&ended)))?;
+        }
         if started.is_none() {
             Self::log(
                 slf,
                 "warning",
                 format!(
-                    "on_execution_start({plugin_name:?}): no unstarted reservation for it (never allocated, already started, or expired after start_timeout)"
+                    "on_execution_start({plugin_name:?}): no unstarted reservation of this thread (or of one that has ended) for it (never allocated, already started, expired after start_timeout, or another running thread's)"
                 ),
             )?;
         }
         Ok(())
     }
 
-    /// Releases the oldest started reservation of `plugin_name` and wakes
+    /// Releases this thread's oldest started execution of `plugin_name`,
+    /// else its unstarted one, else one of a thread that has ended; never
+    /// another running thread's (see the core's `Ledger::finish_by`). Wakes
     /// the waiter whose turn it is.
     fn on_execution_finish(slf: &Bound<'_, Self>, plugin_name: PluginName) -> PyResult<()> {
         let this = slf.get();
         let now = this.now();
         let backend = this.backend();
-        let me = backend.me();
-        let (released, wake) = Self::op(slf, |q, owners| match &*backend {
-            Backend::Local(_) => q.finish(&plugin_name, now),
-            Backend::Shared(_) => finish_owned(q, owners, me, &plugin_name, now),
-        })?;
+        let me = backend.shared().map(|_| backend.me());
+        let by = Some(caller(slf.py())?);
+        let finish = |q: &mut Queue, owners: &Owners, others: &Others<'_>| match me {
+            None => q.finish_by(&plugin_name, by, others, &|_| true, now),
+            Some(me) => match finish_owned(q, owners, me, &plugin_name, now) {
+                (Some(g), wake) => (Finished::Released(Box::new(g)), wake),
+                (None, wake) => (Finished::NoneHeld, wake),
+            },
+        };
+        let (mut done, mut wake) = Self::op(slf, |q, owners| finish(q, owners, &Others::Unknown))?;
+        if done == Finished::NotYours {
+            // None of this thread's own: an orphan of an ended thread?
+            let live = live_callers(slf.py())?;
+            let ended = |c: Caller| live.contains(&c);
+            (done, wake) = Self::op(slf, |q, owners| finish(q, owners, &Others::Ended(&ended)))?;
+        }
         this.wake(wake);
-        Self::log_release(slf, released.as_ref())
+        match done {
+            Finished::Released(g) => Self::log_release(slf, Some(&g)),
+            Finished::NotYours => Self::log(
+                slf,
+                "warning",
+                format!(
+                    "on_execution_finish({plugin_name:?}): this thread holds no execution of it; the reservations of {plugin_name:?} held belong to other running threads (or wait to be collected): nothing released (finish in the thread that started it, or use lease())"
+                ),
+            ),
+            Finished::NoneHeld => Self::log(
+                slf,
+                "info",
+                format!(
+                    "on_execution_finish({plugin_name:?}): no reservation of it is held (never allocated, already finished, or expired): nothing released"
+                ),
+            ),
+        }
     }
 
     fn _start_grant(slf: &Bound<'_, Self>, grant_id: u64) -> PyResult<bool> {
@@ -1790,13 +2031,13 @@ impl ReservationScheduler {
         out.set_item("reserved_pools", pools)?;
         out.set_item("policy", policy)?;
         if let Some(s) = backend.shared() {
-            out.set_item("shared", s.path())?;
+            out.set_item("shared", s)?;
         }
         Ok(out)
     }
 
     fn _pending_wakers(&self) -> usize {
-        self.registry
+        self.registry()
             .signals()
             .iter()
             .map(|s| s.pending_wakers())
@@ -1820,12 +2061,21 @@ impl ReservationScheduler {
         let shared = this
             .backend()
             .shared()
-            .map(|s| format!(", shared={:?}", s.path().display().to_string()))
+            .map(|s| format!(", shared={:?}", s.display().to_string()))
             .unwrap_or_default();
         Ok(format!(
             "ReservationScheduler(timeout={timeout}, poll_interval={poll}, headroom={headroom}, policy={policy:?}, grants={grants}, waiting={waiting}{shared})"
         ))
     }
+}
+
+/// The queue of a scheduler before `__init__` (and its rebuild).
+fn default_queue() -> Queue {
+    ReservationQueue::new(
+        Box::new(plugin_scheduling_core::policy::Fifo),
+        Settings::default(),
+        Peaks::in_memory(),
+    )
 }
 
 /// `shared=` as a path: `None`/`False` → none, `True` → the per-user

@@ -15,12 +15,13 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError, Weak};
 use std::time::Duration;
 
 use plugin_scheduling_core::error::Error;
 use plugin_scheduling_core::reserve::peaks::Peaks;
-use plugin_scheduling_core::reserve::queue::ReservationQueue;
+use plugin_scheduling_core::reserve::per_process::PerProcess;
+use plugin_scheduling_core::reserve::queue::{ReservationQueue, WaiterId};
 use plugin_scheduling_core::reserve::shared::{
     Done, Owner, Owners, SharedError, SharedQueue, Token,
 };
@@ -41,11 +42,47 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The signals of a scheduler's waiters in this process, by token id.
+/// The signals of a scheduler's waiters in this process, by token id, and
+/// the event loop of each async waiter (to tell when one is gone).
 #[derive(Default)]
-pub struct Registry(Mutex<HashMap<u64, Signal>>);
+pub struct Registry(
+    Mutex<HashMap<u64, Signal>>,
+    Mutex<HashMap<WaiterId, Py<PyAny>>>,
+);
 
 impl Registry {
+    /// Remembers the event loop an async waiter runs on.
+    pub fn watch_loop(&self, waiter: WaiterId, event_loop: Py<PyAny>) {
+        lock(&self.1).insert(waiter, event_loop);
+    }
+
+    pub fn forget_loop(&self, waiter: WaiterId) {
+        let gone = lock(&self.1).remove(&waiter);
+        drop(gone);
+    }
+
+    /// The event loop of an async waiter of this process, if it is one.
+    pub fn loop_of(&self, py: Python<'_>, waiter: WaiterId) -> Option<Py<PyAny>> {
+        lock(&self.1).get(&waiter).map(|l| l.clone_ref(py))
+    }
+
+    /// Every remembered loop, or none while another thread holds the map
+    /// (for the garbage collector, which must not block).
+    pub fn try_visit_loops(
+        &self,
+        visit: &pyo3::gc::PyVisit<'_>,
+    ) -> Result<(), pyo3::PyTraverseError> {
+        match self.1.try_lock() {
+            Ok(m) => m.values().try_for_each(|l| visit.call(l)),
+            Err(_) => Ok(()),
+        }
+    }
+
+    pub fn clear_loops(&self) {
+        let all = std::mem::take(&mut *lock(&self.1));
+        drop(all);
+    }
+
     pub fn insert(&self, id: u64, signal: Signal) {
         lock(&self.0).insert(id, signal);
     }
@@ -80,10 +117,26 @@ pub fn next_token_id() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-/// Where the queue lives.
+/// Builds a process's own queue (a forked child's, when its parent's was
+/// locked at the fork).
+pub type Rebuild = Box<dyn Fn() -> Queue + Send + Sync>;
+
+/// Opens this process's own handle on a shared ledger (a forked child's).
+pub type Reopen = Box<dyn Fn() -> Result<SharedQueue, SharedError> + Send + Sync>;
+
+/// Where the queue lives. Either way the state is this process's own: a
+/// forked child never locks what its parent's threads may have held locked
+/// at the fork (`PerProcess`).
 pub enum Backend {
-    Local(Mutex<Queue>),
-    Shared(SharedQueue),
+    Local {
+        queue: PerProcess<Mutex<Queue>>,
+        rebuild: Rebuild,
+    },
+    Shared {
+        path: PathBuf,
+        queue: PerProcess<SharedQueue>,
+        reopen: Reopen,
+    },
 }
 
 /// What an operation on a shared ledger found besides its result: grants
@@ -101,21 +154,70 @@ impl Reclaims {
 }
 
 impl Backend {
-    /// This process as the ledger knows it.
-    pub fn me(&self) -> Owner {
-        match self {
-            Backend::Local(_) => Owner {
-                pid: std::process::id(),
-                start: 0,
-            },
-            Backend::Shared(s) => s.me(),
+    pub fn local(queue: Queue, rebuild: Rebuild) -> Self {
+        Backend::Local {
+            queue: PerProcess::new(Mutex::new(queue)),
+            rebuild,
         }
     }
 
-    pub fn shared(&self) -> Option<&SharedQueue> {
+    pub fn shared_at(queue: SharedQueue, reopen: Reopen) -> Self {
+        Backend::Shared {
+            path: queue.path().to_owned(),
+            queue: PerProcess::new(queue),
+            reopen,
+        }
+    }
+
+    /// This process's queue. In a forked child: the parent's queue when
+    /// no thread held it at the fork (its waiters dropped: none of them
+    /// waits in the child), else a fresh one.
+    fn local_queue<'a>(queue: &'a PerProcess<Mutex<Queue>>, rebuild: &Rebuild) -> &'a Mutex<Queue> {
+        let fresh = |parent: &Mutex<Queue>| {
+            let mut q = match parent.try_lock() {
+                Ok(mut q) => std::mem::replace(&mut *q, rebuild()),
+                Err(TryLockError::Poisoned(p)) => {
+                    std::mem::replace(&mut *p.into_inner(), rebuild())
+                }
+                Err(TryLockError::WouldBlock) => rebuild(),
+            };
+            q.check_fork();
+            Ok::<_, std::convert::Infallible>(Mutex::new(q))
+        };
+        match queue.get(fresh) {
+            Ok(q) => q,
+            Err(never) => match never {},
+        }
+    }
+
+    /// This process's handle on the shared ledger (a forked child opens
+    /// its own).
+    fn shared_queue<'a>(
+        queue: &'a PerProcess<SharedQueue>,
+        reopen: &Reopen,
+    ) -> PyResult<&'a SharedQueue> {
+        queue
+            .get(|_| reopen())
+            .map_err(|e| core_error(Error::Shared(e)))
+    }
+
+    /// This process as the ledger knows it.
+    pub fn me(&self) -> Owner {
+        let pid = std::process::id();
         match self {
-            Backend::Local(_) => None,
-            Backend::Shared(s) => Some(s),
+            Backend::Local { .. } => Owner { pid, start: 0 },
+            Backend::Shared { queue, reopen, .. } => match Self::shared_queue(queue, reopen) {
+                Ok(s) => s.me(),
+                Err(_) => Owner::current().unwrap_or(Owner { pid, start: 0 }),
+            },
+        }
+    }
+
+    /// The shared ledger's file, if the queue is one.
+    pub fn shared(&self) -> Option<&Path> {
+        match self {
+            Backend::Local { .. } => None,
+            Backend::Shared { path, .. } => Some(path),
         }
     }
 
@@ -132,11 +234,13 @@ impl Backend {
         op: impl FnOnce(&mut Queue, &Owners) -> R + Send,
     ) -> PyResult<(R, Reclaims)> {
         match self {
-            Backend::Local(q) => {
+            Backend::Local { queue, rebuild } => {
                 let owners = Owners::new();
+                let q = Self::local_queue(queue, rebuild);
                 Ok((op(&mut lock(q), &owners), Reclaims::default()))
             }
-            Backend::Shared(s) => {
+            Backend::Shared { queue, reopen, .. } => {
+                let s = Self::shared_queue(queue, reopen)?;
                 let Done {
                     value,
                     reclaimed,
@@ -166,10 +270,15 @@ impl Backend {
         op: impl FnOnce(&mut Queue, &Owners) -> R + Send,
     ) -> PyResult<R> {
         match self {
-            Backend::Local(q) => Ok(op(&mut lock(q), &Owners::new())),
-            Backend::Shared(s) => py
-                .detach(|| s.read(op))
-                .map_err(|e| core_error(Error::Shared(e))),
+            Backend::Local { queue, rebuild } => {
+                let q = Self::local_queue(queue, rebuild);
+                Ok(op(&mut lock(q), &Owners::new()))
+            }
+            Backend::Shared { queue, reopen, .. } => {
+                let s = Self::shared_queue(queue, reopen)?;
+                py.detach(|| s.read(op))
+                    .map_err(|e| core_error(Error::Shared(e)))
+            }
         }
     }
 
@@ -182,10 +291,14 @@ impl Backend {
         f: impl FnOnce(&mut Peaks) -> R + Send,
     ) -> PyResult<R> {
         match self {
-            Backend::Local(q) => Ok(f(lock(q).peaks_mut())),
-            Backend::Shared(s) => py
-                .detach(|| s.with_peaks(f))
-                .map_err(|e| core_error(Error::Shared(e))),
+            Backend::Local { queue, rebuild } => {
+                Ok(f(lock(Self::local_queue(queue, rebuild)).peaks_mut()))
+            }
+            Backend::Shared { queue, reopen, .. } => {
+                let s = Self::shared_queue(queue, reopen)?;
+                py.detach(|| s.with_peaks(f))
+                    .map_err(|e| core_error(Error::Shared(e)))
+            }
         }
     }
 
@@ -195,13 +308,13 @@ impl Backend {
         let pid = std::process::id();
         for t in tokens {
             if t.owner.pid != pid {
-                if let Backend::Shared(s) = self {
-                    wake(s.path(), &t);
+                if let Some(path) = self.shared() {
+                    wake(path, &t);
                 }
             } else if !registry.notify(t.id) {
                 // Another scheduler of this process on the same ledger.
-                if let Backend::Shared(s) = self {
-                    notify_listeners(s.path(), t.id);
+                if let Some(path) = self.shared() {
+                    notify_listeners(path, t.id);
                 }
             }
         }

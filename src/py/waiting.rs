@@ -23,6 +23,9 @@ pub struct AsyncWaker {
     pub wake: Py<PyAny>,
     pub event_loop: Py<PyAny>,
     pub future: Py<PyAny>,
+    /// Called (no arguments) when `wake` finds the event loop closed: the
+    /// waiter can never run again.
+    pub on_closed: Option<Py<PyAny>>,
 }
 
 impl AsyncWaker {
@@ -34,7 +37,8 @@ impl AsyncWaker {
         signal.try_visit_wakers(|waker| {
             visit.call(&waker.wake)?;
             visit.call(&waker.event_loop)?;
-            visit.call(&waker.future)
+            visit.call(&waker.future)?;
+            visit.call(&waker.on_closed)
         })
     }
 }
@@ -42,8 +46,18 @@ impl AsyncWaker {
 impl Waker for AsyncWaker {
     fn wake(self) {
         Python::attach(|py| {
-            if let Err(err) = self.wake.call1(py, (self.event_loop, self.future)) {
-                err.write_unraisable(py, None);
+            // `_drivers.wake` answers False when the loop is closed.
+            let closed = match self.wake.call1(py, (self.event_loop, self.future)) {
+                Ok(r) => r.bind(py).is(pyo3::types::PyBool::new(py, false)),
+                Err(err) => {
+                    err.write_unraisable(py, None);
+                    false
+                }
+            };
+            if let Some(on_closed) = self.on_closed.filter(|_| closed) {
+                if let Err(err) = on_closed.call0(py) {
+                    err.write_unraisable(py, None);
+                }
             }
         })
     }
@@ -109,11 +123,13 @@ impl WakeSlot {
         wake: Py<PyAny>,
         event_loop: Py<PyAny>,
         future: Py<PyAny>,
+        on_closed: Option<Py<PyAny>>,
     ) -> Option<u64> {
         let waker = AsyncWaker {
             wake,
             event_loop,
             future,
+            on_closed,
         };
         // On `Err` the waker is handed back and dropped here, not run.
         signal.subscribe(self.seen(), waker).ok().map(u64::from)

@@ -200,6 +200,38 @@ pub struct Ledger {
     /// Grants in grant order (= time order) that may still be settling.
     recent: VecDeque<GrantId>,
     unstarted: BTreeSet<GrantId>,
+    /// Grants made for a waiter that has not collected them yet: nobody's
+    /// execution, so name-based start/finish never touch them.
+    pending: BTreeSet<GrantId>,
+    /// The caller (thread) whose execution holds each collected grant, as
+    /// far as known (a ledger read back from a file knows none).
+    callers: HashMap<GrantId, Caller>,
+}
+
+/// Who runs an execution: an opaque id of the calling thread (the binding
+/// uses Python's thread ident). Name-based start/finish pair a caller with
+/// its own grants first.
+pub type Caller = u64;
+
+/// How a name-based start or finish may pick a grant besides the caller's
+/// own: those of callers that have ended (or are unknown) are orphans,
+/// anyone's to start or finish.
+pub enum Others<'a> {
+    /// Only the caller's own grants and those with no known caller.
+    Unknown,
+    /// Also grants of callers for which `alive` says false.
+    Ended(&'a dyn Fn(Caller) -> bool),
+}
+
+/// What a name-based finish released, or why nothing.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Finished {
+    Released(Box<Grant>),
+    /// Executions of the plugin exist but belong to other callers that are
+    /// still running (or to waiters that have not collected them).
+    NotYours,
+    /// No execution of the plugin is held.
+    NoneHeld,
 }
 
 /// `f64`s where NaN (unknown) is written as `null` (JSON has no NaN).
@@ -588,15 +620,92 @@ impl Ledger {
         }
     }
 
-    /// Marks the oldest unstarted grant of `plugin` started.
+    /// Marks the oldest unstarted grant of `plugin` started (see
+    /// [`Ledger::start_by`]; no caller: any grant not held by a lease and
+    /// collected).
     pub fn start(&mut self, plugin: &str) -> Option<GrantId> {
-        let ids = self.by_plugin.get(plugin)?;
-        let id = ids
-            .iter()
-            .copied()
-            .find(|id| self.grants.get(id).is_some_and(|g| !g.started && !g.leased))?;
+        self.start_by(plugin, None, &Others::Unknown, &|_| true)
+    }
+
+    /// The name-based start: marks started the oldest unstarted grant of
+    /// `plugin` that `caller` collected, else the oldest unstarted orphan
+    /// (its caller ended or is unknown); the caller then owns it. Grants
+    /// waiting for a waiter to collect them, grants held by leases and
+    /// those `may` refuses are never picked.
+    pub fn start_by(
+        &mut self,
+        plugin: &str,
+        caller: Option<Caller>,
+        others: &Others<'_>,
+        may: &dyn Fn(&Grant) -> bool,
+    ) -> Option<GrantId> {
+        let id = self
+            .pick(
+                plugin,
+                caller,
+                others,
+                may,
+                &[(true, false), (false, false)],
+            )
+            .ok()?;
         self.mark_started(id, false);
+        if let Some(c) = caller {
+            self.callers.insert(id, c);
+        }
         Some(id)
+    }
+
+    /// The oldest grant of `plugin` in the first class of `order` that has
+    /// one ((own, started) pairs: own means collected or started by
+    /// `caller`, else an orphan); `Err` with whether some execution of
+    /// `plugin` (another caller's) was passed over.
+    fn pick(
+        &self,
+        plugin: &str,
+        caller: Option<Caller>,
+        others: &Others<'_>,
+        may: &dyn Fn(&Grant) -> bool,
+        order: &[(bool, bool)],
+    ) -> Result<GrantId, bool> {
+        let Some(ids) = self.by_plugin.get(plugin) else {
+            return Err(false);
+        };
+        let mut best: Option<(usize, GrantId)> = None;
+        let mut seen = false;
+        for id in ids {
+            let Some(g) = self.grants.get(id) else {
+                continue;
+            };
+            if g.leased || self.pending.contains(id) || !may(g) {
+                continue;
+            }
+            seen = true;
+            let whose = self.callers.get(id).copied();
+            let own = caller.is_some() && whose == caller;
+            let orphan = match (whose, others) {
+                // No caller named, or none known: no pairing to keep.
+                _ if caller.is_none() => true,
+                (None, _) => true,
+                (Some(_), _) if own => false,
+                (Some(_), Others::Unknown) => false,
+                (Some(c), Others::Ended(alive)) => !alive(c),
+            };
+            if !own && !orphan {
+                continue;
+            }
+            let rank = order
+                .iter()
+                .position(|&(o, st)| o == own && st == g.started);
+            if let Some(rank) = rank {
+                if best.is_none_or(|(r, _)| rank < r) {
+                    best = Some((rank, *id));
+                    if rank == 0 {
+                        break;
+                    }
+                }
+            }
+        }
+        best.map(|(_, id)| id).ok_or(seen)
     }
 
     fn mark_started(&mut self, id: GrantId, leased: bool) -> bool {
@@ -646,19 +755,65 @@ impl Ledger {
     }
 
     /// Releases the oldest started grant of `plugin` (or, if none started,
-    /// the oldest unstarted one); grants held by leases are not touched.
+    /// the oldest unstarted one) that no lease holds and no waiter still
+    /// has to collect.
     pub fn finish(&mut self, plugin: &str) -> Option<Grant> {
-        let ids = self.by_plugin.get(plugin)?;
-        let candidates = || {
-            ids.iter()
-                .filter_map(|id| self.grants.get(id))
-                .filter(|g| !g.leased)
-        };
-        let id = candidates()
-            .find(|g| g.started)
-            .or_else(|| candidates().next())
-            .map(|g| g.id)?;
-        self.release(id)
+        match self.finish_by(plugin, None, &Others::Unknown, &|_| true) {
+            Finished::Released(g) => Some(*g),
+            _ => None,
+        }
+    }
+
+    /// The name-based finish, pairing executions with their own grants:
+    /// releases `caller`'s oldest started grant of `plugin`, else its
+    /// oldest unstarted one (allocated, never started), else the oldest
+    /// started orphan (its caller ended or is unknown), else the oldest
+    /// unstarted orphan. Another running caller's execution is never
+    /// released (nor a lease's, nor a grant a waiter has yet to collect).
+    pub fn finish_by(
+        &mut self,
+        plugin: &str,
+        caller: Option<Caller>,
+        others: &Others<'_>,
+        may: &dyn Fn(&Grant) -> bool,
+    ) -> Finished {
+        const ORDER: [(bool, bool); 4] =
+            [(true, true), (true, false), (false, true), (false, false)];
+        match self.pick(plugin, caller, others, may, &ORDER) {
+            Ok(id) => self
+                .release(id)
+                .map_or(Finished::NoneHeld, |g| Finished::Released(Box::new(g))),
+            Err(true) => Finished::NotYours,
+            Err(false) => match self.by_plugin.contains_key(plugin) {
+                true => Finished::NotYours,
+                false => Finished::NoneHeld,
+            },
+        }
+    }
+
+    /// A grant made for a waiter, to be collected by it (until then it is
+    /// nobody's execution).
+    pub fn hold_for_waiter(&mut self, id: GrantId) {
+        if self.grants.contains_key(&id) {
+            self.pending.insert(id);
+        }
+    }
+
+    /// Whether grant `id` waits for its waiter to collect it.
+    pub fn is_pending(&self, id: GrantId) -> bool {
+        self.pending.contains(&id)
+    }
+
+    /// The waiter collected grant `id`: from now on it is `caller`'s
+    /// execution, or a lease's (released by id only). `None` if it is gone.
+    pub fn collect(&mut self, id: GrantId, caller: Option<Caller>, lease: bool) -> Option<&Grant> {
+        self.pending.remove(&id);
+        let g = self.grants.get_mut(&id)?;
+        g.leased |= lease;
+        if let Some(c) = caller.filter(|_| !lease) {
+            self.callers.insert(id, c);
+        }
+        Some(g)
     }
 
     /// The next moment the ledger changes by itself: a recent grant leaves
@@ -700,6 +855,8 @@ impl Ledger {
             }
         }
         self.unstarted.remove(&id);
+        self.pending.remove(&id);
+        self.callers.remove(&id);
         Some(grant)
     }
 

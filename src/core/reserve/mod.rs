@@ -3,6 +3,7 @@
 
 pub mod ledger;
 pub mod peaks;
+pub mod per_process;
 pub mod queue;
 pub mod shared;
 pub use shared::wake as shared_wake;

@@ -17,7 +17,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound::{Excluded, Unbounded};
 use std::sync::Arc;
 
-use super::ledger::{Grant, GrantId, Ledger, Limits, Need, Reading, Refusal};
+use super::ledger::{
+    Caller, Finished, Grant, GrantId, Ledger, Limits, Need, Others, Reading, Refusal,
+};
 use super::peaks::{effective, Peaks};
 use crate::policy::admit::{admit, Placement, Plan};
 use crate::policy::{Admission, Ctx, JobInfo, Policy, RunningJob};
@@ -102,10 +104,32 @@ struct Waiter<W> {
 /// Events the caller logs (after unlocking).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    Granted { grant: Grant },
-    Expired { grant: Grant },
-    Reclaimed { plugin: String, waited_s: f64 },
-    AdmittedWithoutGpuFigures { plugin: String },
+    Granted {
+        grant: Grant,
+    },
+    Expired {
+        grant: Grant,
+    },
+    /// A waiter did not collect its grant (or take its turn) in time: it is
+    /// passed over; the caller may check whether it is gone (see
+    /// [`ReservationQueue::gone`]).
+    Reclaimed {
+        waiter: WaiterId,
+        plugin: String,
+        waited_s: f64,
+    },
+    AdmittedWithoutGpuFigures {
+        plugin: String,
+    },
+}
+
+/// Whose execution a collected grant becomes: the calling thread's (so
+/// name-based start/finish pair it with its own grants first), or a
+/// lease's (released by id only, never by name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Collect {
+    pub caller: Option<Caller>,
+    pub lease: bool,
 }
 
 /// What an offer produced.
@@ -385,6 +409,9 @@ impl<W: Clone> ReservationQueue<W> {
                 ));
             }
             q.next_waiter = q.next_waiter.max(w.id.0 + 1);
+            if let Some((g, _)) = w.granted {
+                q.ledger.hold_for_waiter(g);
+            }
             let (k, s) = q.key_of(&w.job, w.job.submitted);
             let key = (k, s, w.id);
             q.index.insert(key);
@@ -459,7 +486,9 @@ impl<W: Clone> ReservationQueue<W> {
 
     /// After `fork()` the child has a copy of the parent's waiters, none of
     /// which is waiting in the child: they are dropped. (Grants stay: the
-    /// memory they stand for is real.)
+    /// memory they stand for is real.) The owner of a queue calls this when
+    /// it hands a parent's queue to a forked child (the binding keeps each
+    /// process's queue apart: `per_process`).
     pub fn check_fork(&mut self) -> bool {
         let pid = std::process::id();
         if pid == self.owner_pid {
@@ -518,7 +547,6 @@ impl<W: Clone> ReservationQueue<W> {
 
     /// Adds a waiter submitted at `job.submitted` (its id is set here).
     pub fn join(&mut self, plugin: &str, need: Need, mut job: JobInfo, waker: W) -> WaiterId {
-        self.check_fork();
         let id = WaiterId(self.next_waiter);
         self.next_waiter += 1;
         job.id = id.0;
@@ -681,13 +709,35 @@ impl<W: Clone> ReservationQueue<W> {
     /// Collects a grant made for this waiter by some pass (it leaves the
     /// line), or `None`. Shows life: a passed-over waiter is eligible again.
     pub fn claim(&mut self, id: WaiterId, now: f64) -> Option<Grant> {
+        self.claim_as(id, now, Collect::default())
+    }
+
+    /// As [`ReservationQueue::claim`]; the grant becomes `collect`'s. A
+    /// grant that is gone meanwhile (expired) leaves the waiter in line,
+    /// waiting again: a waiter never leaves without its grant.
+    pub fn claim_as(&mut self, id: WaiterId, now: f64, collect: Collect) -> Option<Grant> {
         let w = self.waiters.get_mut(&id)?;
         w.stalled = false;
         w.last_active = now;
         w.woken_at = None;
         let (grant, _) = w.granted?;
+        if self.ledger.get(grant).is_none() {
+            w.granted = None;
+            self.watched.remove(&id);
+            return None;
+        }
         self.remove_waiter(id);
-        self.ledger.get(grant).cloned()
+        self.ledger
+            .collect(grant, collect.caller, collect.lease)
+            .cloned()
+    }
+
+    /// A waiter seen dead (its event loop closed, its task gone, its
+    /// process gone) leaves the line at once, as [`ReservationQueue::leave`]:
+    /// its uncollected grant is released and it no longer costs anyone a
+    /// `claim_s`. Returns the waker of the waiter whose turn it now is.
+    pub fn gone(&mut self, id: WaiterId, now: f64) -> Vec<W> {
+        self.leave(id, now)
     }
 
     /// Whether the waiter is still in line.
@@ -698,7 +748,6 @@ impl<W: Clone> ReservationQueue<W> {
     /// Housekeeping before a decision: unstarted grants expire, uncollected
     /// grants are taken back.
     fn tidy(&mut self, now: f64, events: &mut Vec<Event>) {
-        self.check_fork();
         let s = self.settings;
         for grant in self.ledger.expire(now, s.start_timeout_s) {
             events.push(Event::Expired { grant });
@@ -719,6 +768,7 @@ impl<W: Clone> ReservationQueue<W> {
                 self.ledger.release(grant);
                 w.stalled = true;
                 events.push(Event::Reclaimed {
+                    waiter: id,
                     plugin: w.plugin.clone(),
                     waited_s: now - at,
                 });
@@ -730,6 +780,7 @@ impl<W: Clone> ReservationQueue<W> {
                 w.stalled = true;
                 w.woken_at = None;
                 events.push(Event::Reclaimed {
+                    waiter: id,
                     plugin: w.plugin.clone(),
                     waited_s: now - at,
                 });
@@ -751,6 +802,19 @@ impl<W: Clone> ReservationQueue<W> {
     /// A waiter (`from`, or an outside caller with `None`) brings a fresh
     /// reading: one admission pass over the line in policy order.
     pub fn offer(&mut self, from: Option<WaiterId>, reading: &Reading, now: f64) -> Offer<W> {
+        self.offer_as(from, reading, now, Collect::default())
+    }
+
+    /// As [`ReservationQueue::offer`]; the offering waiter's own grant
+    /// becomes `collect`'s. Grants made for other waiters are nobody's
+    /// execution until those collect them.
+    pub fn offer_as(
+        &mut self,
+        from: Option<WaiterId>,
+        reading: &Reading,
+        now: f64,
+        collect: Collect,
+    ) -> Offer<W> {
         let mut events = Vec::new();
         self.tidy(now, &mut events);
         if let Some(w) = from.and_then(|id| self.waiters.get_mut(&id)) {
@@ -848,8 +912,12 @@ impl<W: Clone> ReservationQueue<W> {
             });
             if Some(c.id) == from {
                 self.remove_waiter(c.id);
-                mine = Some(granted);
+                mine = self
+                    .ledger
+                    .collect(granted.id, collect.caller, collect.lease)
+                    .cloned();
             } else {
+                self.ledger.hold_for_waiter(granted.id);
                 w.granted = Some((granted.id, now));
                 w.last_refusal = None;
                 w.woken_at.get_or_insert(now);
@@ -977,6 +1045,37 @@ impl<W: Clone> ReservationQueue<W> {
     /// Marks the oldest unstarted grant of `plugin` started.
     pub fn start(&mut self, plugin: &str) -> Option<GrantId> {
         self.ledger.start(plugin)
+    }
+
+    /// The name-based start for `caller` (see [`Ledger::start_by`]).
+    pub fn start_by(
+        &mut self,
+        plugin: &str,
+        caller: Option<Caller>,
+        others: &Others<'_>,
+        may: &dyn Fn(&Grant) -> bool,
+    ) -> Option<GrantId> {
+        self.ledger.start_by(plugin, caller, others, may)
+    }
+
+    /// The name-based finish for `caller` (see [`Ledger::finish_by`]); with
+    /// the waker of the waiter whose turn it now is.
+    pub fn finish_by(
+        &mut self,
+        plugin: &str,
+        caller: Option<Caller>,
+        others: &Others<'_>,
+        may: &dyn Fn(&Grant) -> bool,
+        now: f64,
+    ) -> (Finished, Vec<W>) {
+        match self.ledger.finish_by(plugin, caller, others, may) {
+            Finished::Released(g) => {
+                self.ended(&g, now);
+                let wake = self.head_waker(now);
+                (Finished::Released(g), wake)
+            }
+            other => (other, Vec::new()),
+        }
     }
 
     /// Marks grant `id` started (not as a lease); `false` if it is gone.
@@ -1368,6 +1467,181 @@ mod tests {
         q.owner_pid = q.owner_pid.wrapping_add(1);
         assert!(q.check_fork());
         assert_eq!(q.waiting(), 0);
+    }
+
+    #[test]
+    fn a_grant_made_for_a_waiter_is_nobodys_until_collected() {
+        let mut q = queue("fifo");
+        let r = machine(&[24_000.0]);
+        let me = Collect {
+            caller: Some(1),
+            lease: false,
+        };
+        let a = q.join("p", gpu(8_000.0), job(0.0, 50.0), 1);
+        let b = q.join("p", gpu(8_000.0), job(1.0, 50.0), 2);
+        // b's reading grants a (first in line) and b; a has not collected.
+        let offer = q.offer_as(Some(b), &r, 2.0, me);
+        let mine = offer.mine.unwrap_or_else(|| panic!("granted"));
+        assert_eq!(offer.wake, vec![1]);
+        // b's start and finish pair with b's grant, never with a's.
+        assert_eq!(
+            q.start_by("p", Some(1), &Others::Unknown, &|_| true),
+            Some(mine.id)
+        );
+        let (done, _) = q.finish_by("p", Some(1), &Others::Unknown, &|_| true, 3.0);
+        assert!(matches!(done, Finished::Released(ref g) if g.id == mine.id));
+        // A duplicate finish finds only a's uncollected grant: not released.
+        let (dup, _) = q.finish_by("p", Some(1), &Others::Ended(&|_| false), &|_| true, 3.0);
+        assert_eq!(dup, Finished::NotYours);
+        assert!(q.finish("p", 3.0).0.is_none());
+        let theirs = q
+            .claim_as(
+                a,
+                3.0,
+                Collect {
+                    caller: Some(2),
+                    lease: false,
+                },
+            )
+            .unwrap_or_else(|| panic!("a collects its grant"));
+        assert_eq!(q.ledger().len(), 1);
+        // Another running caller's execution is not caller 1's to finish.
+        let (other, _) = q.finish_by("p", Some(1), &Others::Ended(&|_| true), &|_| true, 4.0);
+        assert_eq!(other, Finished::NotYours);
+        // Once caller 2 has ended, its execution is an orphan: anyone's.
+        let (orphan, _) = q.finish_by("p", Some(1), &Others::Ended(&|_| false), &|_| true, 4.0);
+        assert!(matches!(orphan, Finished::Released(ref g) if g.id == theirs.id));
+        assert!(q.ledger().is_empty());
+    }
+
+    #[test]
+    fn executions_of_one_name_pair_with_their_callers_grants() {
+        let mut q = queue("fifo");
+        let r = machine(&[24_000.0]);
+        let by = |caller| Collect {
+            caller: Some(caller),
+            lease: false,
+        };
+        let a = q.join("p", gpu(1_000.0), job(0.0, 50.0), 1);
+        let ga = q
+            .offer_as(Some(a), &r, 0.0, by(1))
+            .mine
+            .unwrap_or_else(|| panic!("a"));
+        let b = q.join("p", gpu(1_000.0), job(0.0, 50.0), 2);
+        let gb = q
+            .offer_as(Some(b), &r, 0.0, by(2))
+            .mine
+            .unwrap_or_else(|| panic!("b"));
+        // b starts first: its own grant, not the older one of a.
+        assert_eq!(
+            q.start_by("p", Some(2), &Others::Unknown, &|_| true),
+            Some(gb.id)
+        );
+        // a fails before starting: finishing releases its own unstarted grant.
+        let (fa, _) = q.finish_by("p", Some(1), &Others::Unknown, &|_| true, 1.0);
+        assert!(matches!(fa, Finished::Released(ref g) if g.id == ga.id));
+        assert!(q.ledger().get(gb.id).is_some_and(|g| g.started));
+        // A hand-off: a thread that allocated nothing starts an orphan.
+        let c = q.join("p", gpu(1_000.0), job(0.0, 50.0), 3);
+        let gc = q
+            .offer_as(Some(c), &r, 0.0, by(3))
+            .mine
+            .unwrap_or_else(|| panic!("c"));
+        assert_eq!(
+            q.start_by("p", Some(4), &Others::Ended(&|c| c != 3), &|_| true),
+            Some(gc.id)
+        );
+        let (f4, _) = q.finish_by("p", Some(4), &Others::Unknown, &|_| true, 2.0);
+        assert!(matches!(f4, Finished::Released(ref g) if g.id == gc.id));
+        let (nothing, _) = q.finish_by("x", Some(4), &Others::Unknown, &|_| true, 2.0);
+        assert_eq!(nothing, Finished::NoneHeld);
+    }
+
+    #[test]
+    fn a_lease_is_marked_when_collected() {
+        let mut q = queue("fifo");
+        let r = machine(&[24_000.0]);
+        let lease = Collect {
+            caller: Some(1),
+            lease: true,
+        };
+        let a = q.join("p", gpu(1_000.0), job(0.0, 50.0), 1);
+        let g = q
+            .offer_as(Some(a), &r, 0.0, lease)
+            .mine
+            .unwrap_or_else(|| panic!("a"));
+        assert!(g.leased);
+        assert!(q.start("p").is_none());
+        assert!(q.finish("p", 1.0).0.is_none());
+        assert!(q.release(g.id, 1.0).0.is_some());
+    }
+
+    #[test]
+    fn a_waiter_whose_grant_expired_waits_again() {
+        let mut q = queue("fifo");
+        q.settings.start_timeout_s = 0.5;
+        q.settings.claim_s = 10.0;
+        let r = machine(&[24_000.0]);
+        let a = q.join("a", gpu(20_000.0), job(0.0, 50.0), 1);
+        let b = q.join("b", gpu(1_000.0), job(0.0, 50.0), 2);
+        let _ = q.offer(Some(b), &r, 0.0);
+        // a's grant expires before a collects it: a is still in line.
+        let _ = q.offer(Some(b), &r, 1.0);
+        assert!(q.claim(a, 1.0).is_none());
+        assert!(q.is_waiting(a));
+        assert!(q.offer(Some(a), &r, 1.0).mine.is_some());
+    }
+
+    #[test]
+    fn a_dead_waiter_leaves_the_line_and_costs_nobody_a_claim() {
+        let mut q = queue("fifo");
+        let r = machine(&[24_000.0]);
+        let dead: Vec<WaiterId> = (0..20)
+            .map(|i| q.join("dead", gpu(20_000.0), job(f64::from(i), 50.0), 9))
+            .collect();
+        let live = q.join("live", gpu(20_000.0), job(100.0, 50.0), 1);
+        // The first pass grants the first dead waiter; it is reported
+        // passed over after claim_s, and seen dead it leaves.
+        let first = q.offer(Some(live), &r, 200.0);
+        assert!(first.mine.is_none());
+        let second = q.offer(Some(live), &r, 201.5);
+        let reclaimed: Vec<WaiterId> = second
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Reclaimed { waiter, .. } => Some(*waiter),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(reclaimed, vec![dead[0]]);
+        for id in &dead {
+            q.gone(*id, 201.5);
+        }
+        assert_eq!(q.waiting(), 1);
+        // The live waiter is first now and granted at once.
+        assert!(q.may_offer(live, 201.5, 0.0));
+        assert!(q.offer(Some(live), &r, 201.5).mine.is_some());
+    }
+
+    #[test]
+    fn restored_uncollected_grants_stay_nobodys() {
+        let mut q = queue("fifo");
+        let r = machine(&[24_000.0]);
+        let a = q.join("p", gpu(1_000.0), job(0.0, 50.0), 1);
+        let _ = q.offer(None, &r, 0.0);
+        let (waiters, next) = q.export();
+        let mut back = ReservationQueue::restore(
+            by_name("fifo", None).unwrap_or_else(|| panic!("fifo")),
+            settings(),
+            Peaks::in_memory(),
+            q.ledger().clone(),
+            waiters,
+            next,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(back.finish("p", 1.0).0.is_none());
+        assert!(back.claim(a, 1.0).is_some());
+        assert!(back.finish("p", 1.0).0.is_some());
     }
 
     #[test]

@@ -41,7 +41,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::ledger::{Grant, GrantId, Ledger};
+use super::ledger::{Finished, Grant, GrantId, Ledger, Others};
 use super::peaks::Peaks;
 use super::queue::{ReservationQueue, Settings, WaiterState};
 use crate::policy::PolicySpec;
@@ -526,7 +526,9 @@ impl SharedQueue {
 }
 
 /// The oldest started (else unstarted) grant of `plugin` that `me` holds,
-/// released; with the wakers of whoever's turn it is now.
+/// released; with the wakers of whoever's turn it is now. Grants held by
+/// leases and grants a waiter has yet to collect are never released by name
+/// (the queue's pairing rule, [`ReservationQueue::finish_by`]).
 pub fn finish_owned(
     q: &mut ReservationQueue<Token>,
     owners: &Owners,
@@ -534,33 +536,23 @@ pub fn finish_owned(
     plugin: &str,
     now: f64,
 ) -> Released {
-    let own = |g: &&Grant| g.plugin == plugin && !g.leased && owners.get(&g.id) == Some(&me);
-    let id = q
-        .ledger()
-        .grants()
-        .filter(own)
-        .find(|g| g.started)
-        .or_else(|| q.ledger().grants().find(own))
-        .map(|g| g.id);
-    match id {
-        Some(id) => q.release(id, now),
-        None => (None, Vec::new()),
+    let mine = |g: &Grant| owners.get(&g.id) == Some(&me);
+    match q.finish_by(plugin, None, &Others::Unknown, &mine, now) {
+        (Finished::Released(g), wake) => (Some(*g), wake),
+        (_, wake) => (None, wake),
     }
 }
 
-/// Marks the oldest unstarted grant of `plugin` that `me` holds started.
+/// Marks the oldest unstarted grant of `plugin` that `me` holds started
+/// (never a lease's, nor one a waiter has yet to collect).
 pub fn start_owned(
     q: &mut ReservationQueue<Token>,
     owners: &Owners,
     me: Owner,
     plugin: &str,
 ) -> Option<GrantId> {
-    let id = q
-        .ledger()
-        .grants()
-        .find(|g| g.plugin == plugin && !g.started && !g.leased && owners.get(&g.id) == Some(&me))
-        .map(|g| g.id)?;
-    q.start_id(id).then_some(id)
+    let mine = |g: &Grant| owners.get(&g.id) == Some(&me);
+    q.start_by(plugin, None, &Others::Unknown, &mine)
 }
 
 #[cfg(test)]

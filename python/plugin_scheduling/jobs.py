@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Literal, Mapping, Sequence, cast
 
+from . import _joblogs
 from ._core import (
     InvalidTransition,
     JobTable,
@@ -506,29 +507,6 @@ def _kill_survivors(pgid: int | None, survivors: Sequence[tuple[int, int]]) -> N
             os.killpg(pgid, signal.SIGKILL)
 
 
-def _log_file(journal: str, job_id: int) -> int:
-    """The output file of a command in adopt mode (it must survive the
-    scheduler, a pipe would not): ``<journal>.logs/<job_id>.log``, 0600,
-    never through a symlink."""
-    d = Path(journal + ".logs")
-    d.mkdir(mode=0o700, exist_ok=True)
-    st = os.lstat(d)
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
-        raise PermissionError(f"{d} must be a directory of this user that no one else can write (not a symlink)")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
-    return os.open(d / f"{job_id}.log", flags, 0o600)
-
-
-def _log_tail(journal: str, job_id: int, size: int = 4000) -> str:
-    try:
-        with open(Path(journal + ".logs") / f"{job_id}.log", "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(f.tell() - size, 0))
-            return f.read().decode(errors="replace")
-    except OSError:
-        return ""
-
-
 async def _wait_gone(proc: _AdoptedProcess) -> None:
     """Waits for a process that is not our child to end (pidfd readable on
     exit; polling ``/proc`` where pidfds are missing)."""
@@ -587,13 +565,16 @@ class JobScheduler:
     scheduler opening the journal after a crash kills whatever of them
     survived (their descendants) before it requeues anything.
     ``recovery_mode="adopt"``: the commands outlive the scheduler (their
-    output goes to ``<journal>.logs/<job_id>.log``, not to a pipe); the
+    output goes straight to their files, not to a pipe); the
     recovering scheduler keeps a survivor running, its job RUNNING with its
     cores, quota and reservation taken again, and waits for it: its exit
     status cannot be known (it is not this scheduler's child), so the job
     ends COMPLETED with ``result`` None and says so in its history. A pid
     is matched with its start time, so a reused pid is never mistaken for
-    a job's process. With a quota provider that records holders
+    a job's process. A command's output is kept (with a journal) in
+    ``<journal>.logs/<job_id>.{stdout,stderr}.log``, bounded by
+    ``log_limit_bytes`` per stream (see ``_joblogs``), read back with
+    ``job_logs``. With a quota provider that records holders
     (``LocalQuotaProvider`` on SQLite, ``supports_holds``), what a job held
     is released exactly once at recovery (kept for an adopted job).
     """
@@ -623,6 +604,7 @@ class JobScheduler:
         history: Any = None,
         history_interval: float = 1.0,
         recovery_mode: str = "kill",
+        log_limit_bytes: int = _joblogs.DEFAULT_LIMIT,
     ) -> None:
         self._policy_name = _policy_name(policy)
         self._policy_obj = policy
@@ -667,6 +649,9 @@ class JobScheduler:
         self._cpu_cores = float(cpu_cores if cpu_cores is not None else (os.cpu_count() or 1))
         self._max_retries = max_retries
         self._oom_growth = float(oom_growth)
+        if isinstance(log_limit_bytes, bool) or not isinstance(log_limit_bytes, int) or log_limit_bytes < 1024:
+            raise ValueError(f"log_limit_bytes must be an int >= 1024, got {log_limit_bytes!r}")
+        self._log_limit = log_limit_bytes
         self._cancel_grace = float(cancel_grace_s)
         self._preempt_grace = float(preempt_grace_s)
         self._poll = float(poll_interval)
@@ -950,6 +935,24 @@ class JobScheduler:
     def pending_jobs(self, limit: int | None = None) -> list[int]:
         """Pending ids in the order the policy considers them now."""
         return self._table.pending() if limit is None else self._table.pending(limit)
+
+    def job_logs(self, job_id: int, tail: int | None = None) -> dict[str, Any] | None:
+        """The output a ``Command`` job wrote: ``{"stdout", "stderr",
+        "truncated"}`` (the last ``tail`` lines of each stream, all that is
+        kept when None), or None when the job has none kept (not a command,
+        or no journal). Kept in ``<journal>.logs/<job_id>.{stdout,stderr}.log``,
+        bounded by ``log_limit_bytes`` per stream (one rotated part more),
+        across restarts. ``UnknownJob`` for an unknown id."""
+        if tail is not None and (isinstance(tail, bool) or not isinstance(tail, int) or tail < 1):
+            raise ValueError(f"tail must be an int >= 1 or None, got {tail!r}")
+        job = self._table.job(job_id)
+        journal = self._table.journal_path
+        if job["kind"] != "command" or journal is None:
+            return None
+        d = _joblogs.directory(journal)
+        out, t1 = _joblogs.read(d, job_id, "stdout", tail)
+        err, t2 = _joblogs.read(d, job_id, "stderr", tail)
+        return {"stdout": out, "stderr": err, "truncated": t1 or t2}
 
     def flush(self) -> None:
         """Commits the journal's buffered writes now (the dispatcher does so
@@ -1709,7 +1712,8 @@ class JobScheduler:
             env[_MARKER_VAR] = token
             self._table.process_intent(job_id, token)
         adopt = self._recovery_mode == "adopt" and journal is not None
-        log_fd = _log_file(journal, job_id) if adopt and journal is not None else None
+        logs = None if journal is None else _joblogs.checked_directory(journal)
+        sinks = [_joblogs.Sink(logs, job_id, s, self._log_limit, direct=adopt) for s in _joblogs.STREAMS]
         try:
             try:
                 proc = await asyncio.create_subprocess_exec(
@@ -1718,50 +1722,52 @@ class JobScheduler:
                     cwd=command.cwd,
                     # adopt mode: nothing of the scheduler's may tie it (its stdin included)
                     stdin=asyncio.subprocess.DEVNULL if adopt else None,
-                    stdout=asyncio.subprocess.PIPE if log_fd is None else log_fd,
-                    stderr=asyncio.subprocess.PIPE if log_fd is None else log_fd,
+                    # kill mode: pipes the scheduler copies to the bounded
+                    # files; adopt mode: the files themselves (it must outlive us)
+                    stdout=sinks[0].fd if adopt else asyncio.subprocess.PIPE,
+                    stderr=sinks[1].fd if adopt else asyncio.subprocess.PIPE,
                     start_new_session=True,  # its own process group: signals reach its children
                     # kill mode: the command dies with the scheduler; adopt
                     # mode: it must outlive it, to be adopted.
                     preexec_fn=None if adopt else _die_with_parent(),
                 )
-            finally:
-                if log_fd is not None:
-                    os.close(log_fd)
-        except BaseException:
-            if token is not None:
-                self._table.process_ended(job_id)
-            raise
-        rt.proc = proc
-        try:
-            if token is not None:
-                self._table.process_spawned(job_id, proc.pid, proc.pid)
-            if rt.grant is not None:
-                self._reservations.attach_pid(rt.grant.id, proc.pid)
-            if rt.stop is not None:  # stopped before it started
-                self._signal(proc, signal.SIGTERM)
-            elif self._table.state(job_id) == "PAUSED":
-                self._signal(proc, signal.SIGSTOP)
-            try:
-                out, err = await proc.communicate()
-            except asyncio.CancelledError:
-                self._signal(proc, signal.SIGKILL)
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(proc.wait())
+            except BaseException:
+                if token is not None:
+                    self._table.process_ended(job_id)
                 raise
-        except BaseException:
-            if proc.returncode is None:  # a journal write failed: it must not run unrecorded
-                self._signal(proc, signal.SIGKILL)
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(proc.wait())
-            raise
+            rt.proc = proc
+            try:
+                if token is not None:
+                    self._table.process_spawned(job_id, proc.pid, proc.pid)
+                if rt.grant is not None:
+                    self._reservations.attach_pid(rt.grant.id, proc.pid)
+                if rt.stop is not None:  # stopped before it started
+                    self._signal(proc, signal.SIGTERM)
+                elif self._table.state(job_id) == "PAUSED":
+                    self._signal(proc, signal.SIGSTOP)
+                try:
+                    if adopt:
+                        await _joblogs.watch(proc.wait(), sinks)
+                    else:
+                        await asyncio.gather(_joblogs.pump(proc.stdout, sinks[0]), _joblogs.pump(proc.stderr, sinks[1]), proc.wait())
+                except asyncio.CancelledError:
+                    self._signal(proc, signal.SIGKILL)
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(proc.wait())
+                    raise
+            except BaseException:
+                if proc.returncode is None:  # a journal write failed: it must not run unrecorded
+                    self._signal(proc, signal.SIGKILL)
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(proc.wait())
+                raise
+            finally:
+                if token is not None and proc.returncode is not None:
+                    self._table.process_ended(job_id)
+            tail = sinks[1].end() + sinks[0].end()
         finally:
-            if token is not None and proc.returncode is not None:
-                self._table.process_ended(job_id)
-        if log_fd is not None and journal is not None:
-            tail = _log_tail(journal, job_id)
-        else:
-            tail = (err or b"")[-2000:].decode(errors="replace") + (out or b"")[-2000:].decode(errors="replace")
+            for sink in sinks:
+                sink.close()
         rc = proc.returncode
         if rc == 0:
             return 0
@@ -1778,7 +1784,14 @@ class JobScheduler:
         try:
             if self._table.state(job_id) == "PAUSED":
                 self._signal(proc, signal.SIGSTOP)
-            await _wait_gone(proc)
+            journal = self._table.journal_path
+            logs = None if journal is None else _joblogs.checked_directory(journal)
+            sinks = [_joblogs.Sink(logs, job_id, s, self._log_limit, direct=True, new_attempt=False) for s in _joblogs.STREAMS] if logs is not None else []
+            try:
+                await _joblogs.watch(_wait_gone(proc), sinks)  # its files kept within the bound
+            finally:
+                for sink in sinks:
+                    sink.close()
         except asyncio.CancelledError:
             self._signal(proc, signal.SIGKILL)
             with contextlib.suppress(Exception):

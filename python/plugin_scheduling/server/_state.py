@@ -14,7 +14,6 @@ import math
 import time
 from typing import Any, Iterable, Mapping
 
-from .._logcapture_paths import split_wrapped
 
 _TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
 #: Jobs the start estimate walks at most: a job further back is "unknown".
@@ -182,7 +181,7 @@ class Snapshot:
         if d["kind"] == "command":
             try:
                 argv = json.loads(d["payload"])["argv"]
-                command = split_wrapped(argv)[1]
+                command = list(argv)
             except (ValueError, KeyError, TypeError):
                 command = None
         r = d["requirements"]

@@ -954,6 +954,99 @@ class JobScheduler:
         err, t2 = _joblogs.read(d, job_id, "stderr", tail)
         return {"stdout": out, "stderr": err, "truncated": t1 or t2}
 
+    # ----------------------------------------------------- read access
+
+    def job_record(self, job_id: int) -> dict[str, Any]:
+        """The table's raw record of a job (a dict; times on the table's
+        clock, ``submitted_unix`` in Unix seconds). ``UnknownJob``."""
+        return dict(self._table.job(job_id))
+
+    def job_records(self, state: JobState | str | None = None) -> list[dict[str, Any]]:
+        """Raw records of all jobs (or those in ``state``), by id."""
+        name = None if state is None else (state.value if isinstance(state, JobState) else str(state).upper())
+        return list(self._table.records(name))  # type: ignore[arg-type]
+
+    def clock(self) -> float:
+        """The table's clock now (the clock of ``job_record``'s times)."""
+        return float(self._table.now())
+
+    def describe_order(self, job_id: int) -> str:
+        """Why the policy puts a pending job where it is."""
+        return str(self._table.describe(job_id))
+
+    def job_counts(self) -> dict[str, int]:
+        """Jobs per state name."""
+        return {str(k): int(v) for k, v in self._table.counts().items()}
+
+    def capacity(self) -> tuple[float, int, float]:
+        """``(cpu_cores, gpus, memory_mb)`` of the machine as last read
+        (GPUs and memory 0 before the first reading)."""
+        return self._capacity()
+
+    def last_stats(self) -> Mapping[str, Any]:
+        """The last machine reading the dispatcher took (empty before one)."""
+        return self._last_stats or {}
+
+    @property
+    def quotas(self) -> Any:
+        """The quota provider (None without one)."""
+        return self._quotas
+
+    @property
+    def event_drops(self) -> int:
+        """Events dropped because a subscriber was slow."""
+        return int(self._event_drops)
+
+    def _plan_totals(self) -> tuple[float, int, float | None, float | None]:
+        stats = self._last_stats or {}
+        devices = (stats.get("details") or {}).get("gpus") or []
+        mem = stats.get("memory_total_mb")
+        vram = [g.get("memory_total_mb") for g in devices]
+        vram_total = float(sum(vram)) if vram and all(isinstance(v, (int, float)) for v in vram) else None
+        return self._cpu_cores, len(devices), (float(mem) if mem else None), vram_total
+
+    def queue_plan(self, limit: int = 500) -> list[dict[str, Any]]:
+        """The first ``limit`` pending jobs in the policy's order, each
+        ``{"job_id", "position", "ahead", "estimated_start"}``: who is ahead
+        and when it should start (Unix seconds; None when unknown), planned
+        by the core (``jobs::plan``) per resource -- CPU cores, memory, GPUs,
+        VRAM -- from the running jobs' estimated ends. Unknown from the first
+        job that needs room only a job without an estimate would free, or
+        more than the machine has."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ValueError(f"limit must be an int >= 0, got {limit!r}")
+        cpu, gpus, mem, vram = self._plan_totals()
+        return [
+            {"job_id": j, "position": pos, "ahead": pos - 1, "estimated_start": est}
+            for j, pos, est in self._table.plan(cpu, gpus, mem, vram, limit)
+        ]
+
+    def explain_job(self, job_id: int) -> dict[str, Any]:
+        """Why job ``job_id`` is where it is: ``{"job_id", "state",
+        "position", "ahead", "estimated_start", "block_reason", "order"}``
+        (``position``/``ahead``/``estimated_start`` for a QUEUED job, else
+        None; ``block_reason``: what the last pass said; ``order``: the
+        policy's explanation). A job next in line with no block reason is
+        estimated to start now. ``UnknownJob``."""
+        state = self._table.state(job_id)
+        out: dict[str, Any] = {"job_id": job_id, "state": state, "position": None, "ahead": None, "estimated_start": None,
+                               "block_reason": self.block_reason(job_id) if state in ("QUEUED", "PAUSED") else None, "order": None}
+        if state != "QUEUED":
+            return out
+        order = self._table.pending()
+        try:
+            position = order.index(job_id) + 1
+        except ValueError:
+            return out
+        out["position"], out["ahead"] = position, position - 1
+        out["order"] = self.describe_order(job_id)
+        if position == 1 and out["block_reason"] is None:
+            out["estimated_start"] = time.time()
+        elif position <= 500:
+            plan = self.queue_plan(position)
+            out["estimated_start"] = plan[-1]["estimated_start"] if plan and plan[-1]["job_id"] == job_id else None
+        return out
+
     def flush(self) -> None:
         """Commits the journal's buffered writes now (the dispatcher does so
         every ``flush_interval`` seconds while writes are pending)."""

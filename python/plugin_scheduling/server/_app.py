@@ -193,7 +193,7 @@ def create_app(
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
     if quotas is _FROM_SCHEDULER:
-        quotas = getattr(scheduler, "_quotas", None)
+        quotas = getattr(scheduler, "quotas", None)
     view = SchedulerView(scheduler)
     sse_drops = [0]
     metrics = Metrics(view, lambda: sse_drops[0])

@@ -406,3 +406,18 @@ def test_adopt_mode_log_files_are_rotated_by_the_scheduler(tmp_path: Path) -> No
     again = _joblogs.Sink(d, 7, "stdout", 4096)  # a new attempt: the previous one's output moves to .1
     again.close()
     assert (d / "7.stdout.log.1").read_bytes() == b"after\n" and (d / "7.stdout.log").read_bytes() == b""
+
+
+def test_a_log_directory_that_is_a_symlink_fails_the_command_with_the_reason(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "j.db.logs").symlink_to(elsewhere)
+    s = JobScheduler(journal=tmp_path / "j.db", poll_interval=0.01)
+    from plugin_scheduling.jobs import Command
+
+    job_id = s.submit_job("echo", run=Command(["echo", "hi"]))
+    s.run_until_complete(timeout=30)
+    job = s.get_job(job_id)
+    assert job.state.value == "FAILED" and "j.db.logs" in (job.error or ""), job
+    assert list(elsewhere.iterdir()) == []  # nothing written through the link
+    assert s._table.processes() == []  # no process record left behind

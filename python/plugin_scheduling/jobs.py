@@ -1805,8 +1805,16 @@ class JobScheduler:
             env[_MARKER_VAR] = token
             self._table.process_intent(job_id, token)
         adopt = self._recovery_mode == "adopt" and journal is not None
-        logs = None if journal is None else _joblogs.checked_directory(journal)
-        sinks = [_joblogs.Sink(logs, job_id, s, self._log_limit, direct=adopt) for s in _joblogs.STREAMS]
+        sinks: list[_joblogs.Sink] = []
+        try:  # a log directory refused (symlink, another owner): the job fails with why
+            logs = None if journal is None else _joblogs.checked_directory(journal)
+            sinks = [_joblogs.Sink(logs, job_id, s, self._log_limit, direct=adopt) for s in _joblogs.STREAMS]
+        except BaseException:
+            for sink in sinks:
+                sink.close()
+            if token is not None:
+                self._table.process_ended(job_id)
+            raise
         try:
             try:
                 proc = await asyncio.create_subprocess_exec(

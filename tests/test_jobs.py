@@ -822,3 +822,31 @@ async def test_a_preempted_subprocess_gets_sigterm_to_checkpoint_and_runs_again(
         s.cancel_job(low)
         await s.wait_job(low, timeout=20)
     assert leaked(s) == []
+
+
+def test_queue_plan_and_explain_job_come_from_the_core_in_policy_order() -> None:
+    """Who is ahead and when a job should start: the core's plan (jobs::plan)
+    in the policy's order, per resource; unknown from a job with no estimate."""
+    clock = Clock(100.0)
+    s = make(SchedulingAlgorithm.PRIORITY_BASED, cpu_cores=2, clock=clock)
+    low = s.submit_job("low", priority=20, requirements=ResourceRequirements(cpu_cores=1), estimated_duration=5)
+    high = s.submit_job("high", priority=90, requirements=ResourceRequirements(cpu_cores=2), estimated_duration=10)
+    unknown = s.submit_job("open-ended", priority=50, requirements=ResourceRequirements(cpu_cores=2))
+    last = s.submit_job("last", priority=15, requirements=ResourceRequirements(cpu_cores=1), estimated_duration=1)
+    plan = s.queue_plan()
+    assert [p["job_id"] for p in plan] == [high, unknown, low, last] == s.pending_jobs()
+    assert [(p["position"], p["ahead"]) for p in plan] == [(1, 0), (2, 1), (3, 2), (4, 3)]
+    t0 = plan[0]["estimated_start"]
+    assert t0 is not None and abs(plan[1]["estimated_start"] - t0 - 10) < 1e-6  # after "high" (10 s)
+    assert plan[2]["estimated_start"] is None and plan[3]["estimated_start"] is None  # behind one with no estimate
+    assert len(s.queue_plan(2)) == 2
+    e = s.explain_job(unknown)
+    assert (e["state"], e["position"], e["ahead"]) == ("QUEUED", 2, 1)
+    assert e["estimated_start"] == plan[1]["estimated_start"] and "priority" in e["order"].lower()
+    assert s.explain_job(low)["estimated_start"] is None
+    s.cancel_job(high)
+    assert s.explain_job(high)["position"] is None and s.explain_job(unknown)["position"] == 1
+    with pytest.raises(ValueError, match="limit"):
+        s.queue_plan(-1)
+    with pytest.raises(UnknownJob):
+        s.explain_job(999)

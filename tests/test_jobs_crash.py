@@ -382,3 +382,42 @@ def test_records_of_a_live_scheduler_are_not_touched(tmp_path: Path) -> None:
         for p in (owner, job):
             p.kill()
             p.wait()
+
+
+def test_adopt_mode_log_files_are_rotated_by_the_scheduler(tmp_path: Path) -> None:
+    """Adopt mode: the command writes its file itself (O_APPEND); the
+    scheduler's check copies the end to .1 and truncates, and the command's
+    next write lands at the start of the truncated file."""
+    from plugin_scheduling import _joblogs
+
+    d = _joblogs.checked_directory(str(tmp_path / "j.db"))
+    sink = _joblogs.Sink(d, 7, "stdout", 4096, direct=True)
+    assert sink.fd is not None
+    child_fd = os.dup(sink.fd)  # what the command holds (the same open file)
+    os.write(child_fd, b"a\n" * 2500 + b"END-OF-FIRST\n")
+    sink.check()
+    os.write(child_fd, b"after\n")
+    os.close(child_fd)
+    assert (d / "7.stdout.log").read_bytes() == b"after\n"
+    old = (d / "7.stdout.log.1").read_bytes()
+    assert len(old) == 4096 and old.endswith(b"END-OF-FIRST\n")
+    assert _joblogs.read(d, 7, "stdout", 2) == ("END-OF-FIRST\nafter\n", True)
+    sink.close()
+    again = _joblogs.Sink(d, 7, "stdout", 4096)  # a new attempt: the previous one's output moves to .1
+    again.close()
+    assert (d / "7.stdout.log.1").read_bytes() == b"after\n" and (d / "7.stdout.log").read_bytes() == b""
+
+
+def test_a_log_directory_that_is_a_symlink_fails_the_command_with_the_reason(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "j.db.logs").symlink_to(elsewhere)
+    s = JobScheduler(journal=tmp_path / "j.db", poll_interval=0.01)
+    from plugin_scheduling.jobs import Command
+
+    job_id = s.submit_job("echo", run=Command(["echo", "hi"]))
+    s.run_until_complete(timeout=30)
+    job = s.get_job(job_id)
+    assert job.state.value == "FAILED" and "j.db.logs" in (job.error or ""), job
+    assert list(elsewhere.iterdir()) == []  # nothing written through the link
+    assert s._table.processes() == []  # no process record left behind

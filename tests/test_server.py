@@ -316,14 +316,20 @@ def test_logs_of_a_command_with_tail(clean: ServerProc) -> None:
 
 
 def test_logs_are_bounded(tmp_path: Path) -> None:
-    from plugin_scheduling import _logcapture_paths
+    from plugin_scheduling.jobs import Command, JobScheduler
 
-    argv = _logcapture_paths.wrap([sys.executable, "-c", "import sys\nfor i in range(200000): print(i)"], tmp_path, 10_000)
-    assert subprocess.run(argv, capture_output=True, timeout=60).returncode == 0
-    sizes = {p.name: p.stat().st_size for p in tmp_path.iterdir()}
-    assert sizes["stdout.log"] <= 10_000 and sizes["stdout.log.1"] <= 10_000, sizes
-    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in tmp_path.iterdir())
-    assert (tmp_path / "stdout.log").read_text().endswith("199999\n")
+    s = JobScheduler(journal=tmp_path / "j.db", log_limit_bytes=10_000, poll_interval=0.01)
+    job_id = s.submit_job("loud", run=Command([sys.executable, "-c", "import sys\nfor i in range(200000): print(i)"]))
+    s.run_until_complete(timeout=60)
+    logs = tmp_path / "j.db.logs"
+    sizes = {p.name: p.stat().st_size for p in logs.iterdir()}
+    assert sizes[f"{job_id}.stdout.log"] <= 10_000 and sizes[f"{job_id}.stdout.log.1"] <= 10_000, sizes
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in logs.iterdir())
+    assert (logs / f"{job_id}.stdout.log").read_text().endswith("199999\n")
+    kept = s.job_logs(job_id, tail=2)
+    assert kept == {"stdout": "199998\n199999\n", "stderr": "", "truncated": True}
+    with pytest.raises(ValueError, match="tail"):
+        s.job_logs(job_id, tail=0)
 
 
 # ------------------------------------------------------------- seed 004
@@ -529,15 +535,17 @@ def test_restart_after_sigkill_keeps_jobs_history_and_quotas(tmp_path: Path) -> 
         assert a.patch("/api/v1/queues/quota/vision", json={"cpu_quota": 4}).status_code == 200
         done = submit(c, ["echo", "before"])
         until_state(c, done["id"], "COMPLETED")
-        running = submit(c, ["sleep", "61.25"], requirements={"cpu_cores": 1})
+        running = submit(c, ["sh", "-c", "echo first-attempt $$; exec sleep 61.25"], requirements={"cpu_cores": 1})
         until_state(c, running["id"], "RUNNING")
         queued = [submit(c, ["sleep", "1"], requirements={"cpu_cores": 1}, name=f"q{i}")["id"] for i in range(5)]
+        import psutil
+
+        def survivors() -> list[int]:
+            return [p.pid for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [])[-2:] == ["sleep", "61.25"]]
+
+        first = wait_for(lambda: survivors() and c.get(f"/api/v1/jobs/{running['id']}/logs").json()["stdout"] and survivors(), what="the job's first attempt")
+        assert len(first) == 1
     s.kill()
-    import psutil
-
-    def survivors() -> list[int]:
-        return [p.pid for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [])[-2:] == ["sleep", "61.25"]]
-
     wait_for(lambda: not survivors(), timeout=3.0, what="the job's process to die with its server")  # at most once
     s.start()
     try:
@@ -547,6 +555,8 @@ def test_restart_after_sigkill_keeps_jobs_history_and_quotas(tmp_path: Path) -> 
             assert jobs[done["id"]]["state"] == "COMPLETED"
             assert c.get(f"/api/v1/jobs/{done['id']}/logs").json()["stdout"] == "before\n"
             assert jobs[running["id"]]["state"] in ("QUEUED", "RUNNING", "FAILED")
+            # the output of the attempt that died with the server is still there (the scheduler's own files)
+            assert f"first-attempt {first[0]}\n" in c.get(f"/api/v1/jobs/{running['id']}/logs").json()["stdout"]
             assert all(jobs[q]["state"] in ("QUEUED", "RUNNING", "COMPLETED") for q in queued)
             assert c.get("/api/v1/queues/quota/vision").json()["cpu_quota"] == 4
             error(bob.get(f"/api/v1/jobs/{done['id']}"), 404)

@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Literal, Mapping, Sequence, cast
 
+from . import _joblogs
 from ._core import (
     InvalidTransition,
     JobTable,
@@ -506,29 +507,6 @@ def _kill_survivors(pgid: int | None, survivors: Sequence[tuple[int, int]]) -> N
             os.killpg(pgid, signal.SIGKILL)
 
 
-def _log_file(journal: str, job_id: int) -> int:
-    """The output file of a command in adopt mode (it must survive the
-    scheduler, a pipe would not): ``<journal>.logs/<job_id>.log``, 0600,
-    never through a symlink."""
-    d = Path(journal + ".logs")
-    d.mkdir(mode=0o700, exist_ok=True)
-    st = os.lstat(d)
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
-        raise PermissionError(f"{d} must be a directory of this user that no one else can write (not a symlink)")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
-    return os.open(d / f"{job_id}.log", flags, 0o600)
-
-
-def _log_tail(journal: str, job_id: int, size: int = 4000) -> str:
-    try:
-        with open(Path(journal + ".logs") / f"{job_id}.log", "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(f.tell() - size, 0))
-            return f.read().decode(errors="replace")
-    except OSError:
-        return ""
-
-
 async def _wait_gone(proc: _AdoptedProcess) -> None:
     """Waits for a process that is not our child to end (pidfd readable on
     exit; polling ``/proc`` where pidfds are missing)."""
@@ -587,13 +565,16 @@ class JobScheduler:
     scheduler opening the journal after a crash kills whatever of them
     survived (their descendants) before it requeues anything.
     ``recovery_mode="adopt"``: the commands outlive the scheduler (their
-    output goes to ``<journal>.logs/<job_id>.log``, not to a pipe); the
+    output goes straight to their files, not to a pipe); the
     recovering scheduler keeps a survivor running, its job RUNNING with its
     cores, quota and reservation taken again, and waits for it: its exit
     status cannot be known (it is not this scheduler's child), so the job
     ends COMPLETED with ``result`` None and says so in its history. A pid
     is matched with its start time, so a reused pid is never mistaken for
-    a job's process. With a quota provider that records holders
+    a job's process. A command's output is kept (with a journal) in
+    ``<journal>.logs/<job_id>.{stdout,stderr}.log``, bounded by
+    ``log_limit_bytes`` per stream (see ``_joblogs``), read back with
+    ``job_logs``. With a quota provider that records holders
     (``LocalQuotaProvider`` on SQLite, ``supports_holds``), what a job held
     is released exactly once at recovery (kept for an adopted job).
     """
@@ -623,6 +604,7 @@ class JobScheduler:
         history: Any = None,
         history_interval: float = 1.0,
         recovery_mode: str = "kill",
+        log_limit_bytes: int = _joblogs.DEFAULT_LIMIT,
     ) -> None:
         self._policy_name = _policy_name(policy)
         self._policy_obj = policy
@@ -667,6 +649,9 @@ class JobScheduler:
         self._cpu_cores = float(cpu_cores if cpu_cores is not None else (os.cpu_count() or 1))
         self._max_retries = max_retries
         self._oom_growth = float(oom_growth)
+        if isinstance(log_limit_bytes, bool) or not isinstance(log_limit_bytes, int) or log_limit_bytes < 1024:
+            raise ValueError(f"log_limit_bytes must be an int >= 1024, got {log_limit_bytes!r}")
+        self._log_limit = log_limit_bytes
         self._cancel_grace = float(cancel_grace_s)
         self._preempt_grace = float(preempt_grace_s)
         self._poll = float(poll_interval)
@@ -950,6 +935,117 @@ class JobScheduler:
     def pending_jobs(self, limit: int | None = None) -> list[int]:
         """Pending ids in the order the policy considers them now."""
         return self._table.pending() if limit is None else self._table.pending(limit)
+
+    def job_logs(self, job_id: int, tail: int | None = None) -> dict[str, Any] | None:
+        """The output a ``Command`` job wrote: ``{"stdout", "stderr",
+        "truncated"}`` (the last ``tail`` lines of each stream, all that is
+        kept when None), or None when the job has none kept (not a command,
+        or no journal). Kept in ``<journal>.logs/<job_id>.{stdout,stderr}.log``,
+        bounded by ``log_limit_bytes`` per stream (one rotated part more),
+        across restarts. ``UnknownJob`` for an unknown id."""
+        if tail is not None and (isinstance(tail, bool) or not isinstance(tail, int) or tail < 1):
+            raise ValueError(f"tail must be an int >= 1 or None, got {tail!r}")
+        job = self._table.job(job_id)
+        journal = self._table.journal_path
+        if job["kind"] != "command" or journal is None:
+            return None
+        d = _joblogs.directory(journal)
+        out, t1 = _joblogs.read(d, job_id, "stdout", tail)
+        err, t2 = _joblogs.read(d, job_id, "stderr", tail)
+        return {"stdout": out, "stderr": err, "truncated": t1 or t2}
+
+    # ----------------------------------------------------- read access
+
+    def job_record(self, job_id: int) -> dict[str, Any]:
+        """The table's raw record of a job (a dict; times on the table's
+        clock, ``submitted_unix`` in Unix seconds). ``UnknownJob``."""
+        return dict(self._table.job(job_id))
+
+    def job_records(self, state: JobState | str | None = None) -> list[dict[str, Any]]:
+        """Raw records of all jobs (or those in ``state``), by id."""
+        name = None if state is None else (state.value if isinstance(state, JobState) else str(state).upper())
+        return list(self._table.records(name))  # type: ignore[arg-type]
+
+    def clock(self) -> float:
+        """The table's clock now (the clock of ``job_record``'s times)."""
+        return float(self._table.now())
+
+    def describe_order(self, job_id: int) -> str:
+        """Why the policy puts a pending job where it is."""
+        return str(self._table.describe(job_id))
+
+    def job_counts(self) -> dict[str, int]:
+        """Jobs per state name."""
+        return {str(k): int(v) for k, v in self._table.counts().items()}
+
+    def capacity(self) -> tuple[float, int, float]:
+        """``(cpu_cores, gpus, memory_mb)`` of the machine as last read
+        (GPUs and memory 0 before the first reading)."""
+        return self._capacity()
+
+    def last_stats(self) -> Mapping[str, Any]:
+        """The last machine reading the dispatcher took (empty before one)."""
+        return self._last_stats or {}
+
+    @property
+    def quotas(self) -> Any:
+        """The quota provider (None without one)."""
+        return self._quotas
+
+    @property
+    def event_drops(self) -> int:
+        """Events dropped because a subscriber was slow."""
+        return int(self._event_drops)
+
+    def _plan_totals(self) -> tuple[float, int, float | None, float | None]:
+        stats = self._last_stats or {}
+        devices = (stats.get("details") or {}).get("gpus") or []
+        mem = stats.get("memory_total_mb")
+        vram = [g.get("memory_total_mb") for g in devices]
+        vram_total = float(sum(vram)) if vram and all(isinstance(v, (int, float)) for v in vram) else None
+        return self._cpu_cores, len(devices), (float(mem) if mem else None), vram_total
+
+    def queue_plan(self, limit: int = 500) -> list[dict[str, Any]]:
+        """The first ``limit`` pending jobs in the policy's order, each
+        ``{"job_id", "position", "ahead", "estimated_start"}``: who is ahead
+        and when it should start (Unix seconds; None when unknown), planned
+        by the core (``jobs::plan``) per resource -- CPU cores, memory, GPUs,
+        VRAM -- from the running jobs' estimated ends. Unknown from the first
+        job that needs room only a job without an estimate would free, or
+        more than the machine has."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ValueError(f"limit must be an int >= 0, got {limit!r}")
+        cpu, gpus, mem, vram = self._plan_totals()
+        return [
+            {"job_id": j, "position": pos, "ahead": pos - 1, "estimated_start": est}
+            for j, pos, est in self._table.plan(cpu, gpus, mem, vram, limit)
+        ]
+
+    def explain_job(self, job_id: int) -> dict[str, Any]:
+        """Why job ``job_id`` is where it is: ``{"job_id", "state",
+        "position", "ahead", "estimated_start", "block_reason", "order"}``
+        (``position``/``ahead``/``estimated_start`` for a QUEUED job, else
+        None; ``block_reason``: what the last pass said; ``order``: the
+        policy's explanation). A job next in line with no block reason is
+        estimated to start now. ``UnknownJob``."""
+        state = self._table.state(job_id)
+        out: dict[str, Any] = {"job_id": job_id, "state": state, "position": None, "ahead": None, "estimated_start": None,
+                               "block_reason": self.block_reason(job_id) if state in ("QUEUED", "PAUSED") else None, "order": None}
+        if state != "QUEUED":
+            return out
+        order = self._table.pending()
+        try:
+            position = order.index(job_id) + 1
+        except ValueError:
+            return out
+        out["position"], out["ahead"] = position, position - 1
+        out["order"] = self.describe_order(job_id)
+        if position == 1 and out["block_reason"] is None:
+            out["estimated_start"] = time.time()
+        elif position <= 500:
+            plan = self.queue_plan(position)
+            out["estimated_start"] = plan[-1]["estimated_start"] if plan and plan[-1]["job_id"] == job_id else None
+        return out
 
     def flush(self) -> None:
         """Commits the journal's buffered writes now (the dispatcher does so
@@ -1709,7 +1805,16 @@ class JobScheduler:
             env[_MARKER_VAR] = token
             self._table.process_intent(job_id, token)
         adopt = self._recovery_mode == "adopt" and journal is not None
-        log_fd = _log_file(journal, job_id) if adopt and journal is not None else None
+        sinks: list[_joblogs.Sink] = []
+        try:  # a log directory refused (symlink, another owner): the job fails with why
+            logs = None if journal is None else _joblogs.checked_directory(journal)
+            sinks = [_joblogs.Sink(logs, job_id, s, self._log_limit, direct=adopt) for s in _joblogs.STREAMS]
+        except BaseException:
+            for sink in sinks:
+                sink.close()
+            if token is not None:
+                self._table.process_ended(job_id)
+            raise
         try:
             try:
                 proc = await asyncio.create_subprocess_exec(
@@ -1718,50 +1823,52 @@ class JobScheduler:
                     cwd=command.cwd,
                     # adopt mode: nothing of the scheduler's may tie it (its stdin included)
                     stdin=asyncio.subprocess.DEVNULL if adopt else None,
-                    stdout=asyncio.subprocess.PIPE if log_fd is None else log_fd,
-                    stderr=asyncio.subprocess.PIPE if log_fd is None else log_fd,
+                    # kill mode: pipes the scheduler copies to the bounded
+                    # files; adopt mode: the files themselves (it must outlive us)
+                    stdout=sinks[0].fd if adopt else asyncio.subprocess.PIPE,
+                    stderr=sinks[1].fd if adopt else asyncio.subprocess.PIPE,
                     start_new_session=True,  # its own process group: signals reach its children
                     # kill mode: the command dies with the scheduler; adopt
                     # mode: it must outlive it, to be adopted.
                     preexec_fn=None if adopt else _die_with_parent(),
                 )
-            finally:
-                if log_fd is not None:
-                    os.close(log_fd)
-        except BaseException:
-            if token is not None:
-                self._table.process_ended(job_id)
-            raise
-        rt.proc = proc
-        try:
-            if token is not None:
-                self._table.process_spawned(job_id, proc.pid, proc.pid)
-            if rt.grant is not None:
-                self._reservations.attach_pid(rt.grant.id, proc.pid)
-            if rt.stop is not None:  # stopped before it started
-                self._signal(proc, signal.SIGTERM)
-            elif self._table.state(job_id) == "PAUSED":
-                self._signal(proc, signal.SIGSTOP)
-            try:
-                out, err = await proc.communicate()
-            except asyncio.CancelledError:
-                self._signal(proc, signal.SIGKILL)
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(proc.wait())
+            except BaseException:
+                if token is not None:
+                    self._table.process_ended(job_id)
                 raise
-        except BaseException:
-            if proc.returncode is None:  # a journal write failed: it must not run unrecorded
-                self._signal(proc, signal.SIGKILL)
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(proc.wait())
-            raise
+            rt.proc = proc
+            try:
+                if token is not None:
+                    self._table.process_spawned(job_id, proc.pid, proc.pid)
+                if rt.grant is not None:
+                    self._reservations.attach_pid(rt.grant.id, proc.pid)
+                if rt.stop is not None:  # stopped before it started
+                    self._signal(proc, signal.SIGTERM)
+                elif self._table.state(job_id) == "PAUSED":
+                    self._signal(proc, signal.SIGSTOP)
+                try:
+                    if adopt:
+                        await _joblogs.watch(proc.wait(), sinks)
+                    else:
+                        await asyncio.gather(_joblogs.pump(proc.stdout, sinks[0]), _joblogs.pump(proc.stderr, sinks[1]), proc.wait())
+                except asyncio.CancelledError:
+                    self._signal(proc, signal.SIGKILL)
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(proc.wait())
+                    raise
+            except BaseException:
+                if proc.returncode is None:  # a journal write failed: it must not run unrecorded
+                    self._signal(proc, signal.SIGKILL)
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(proc.wait())
+                raise
+            finally:
+                if token is not None and proc.returncode is not None:
+                    self._table.process_ended(job_id)
+            tail = sinks[1].end() + sinks[0].end()
         finally:
-            if token is not None and proc.returncode is not None:
-                self._table.process_ended(job_id)
-        if log_fd is not None and journal is not None:
-            tail = _log_tail(journal, job_id)
-        else:
-            tail = (err or b"")[-2000:].decode(errors="replace") + (out or b"")[-2000:].decode(errors="replace")
+            for sink in sinks:
+                sink.close()
         rc = proc.returncode
         if rc == 0:
             return 0
@@ -1778,7 +1885,14 @@ class JobScheduler:
         try:
             if self._table.state(job_id) == "PAUSED":
                 self._signal(proc, signal.SIGSTOP)
-            await _wait_gone(proc)
+            journal = self._table.journal_path
+            logs = None if journal is None else _joblogs.checked_directory(journal)
+            sinks = [_joblogs.Sink(logs, job_id, s, self._log_limit, direct=True, new_attempt=False) for s in _joblogs.STREAMS] if logs is not None else []
+            try:
+                await _joblogs.watch(_wait_gone(proc), sinks)  # its files kept within the bound
+            finally:
+                for sink in sinks:
+                    sink.close()
         except asyncio.CancelledError:
             self._signal(proc, signal.SIGKILL)
             with contextlib.suppress(Exception):

@@ -15,6 +15,7 @@ use super::errors::{describe, job_error};
 use plugin_scheduling_core::clock::{Clock, SystemClock};
 use plugin_scheduling_core::jobs::evict::{Memory, Plugins};
 use plugin_scheduling_core::jobs::journal::Journal;
+use plugin_scheduling_core::jobs::plan::{self, Totals};
 use plugin_scheduling_core::jobs::queue::{Capacity, JobQueue, Recovery, Requeue};
 use plugin_scheduling_core::jobs::recovery::{self as procs, Mode, Verdict};
 use plugin_scheduling_core::jobs::{Job, JobSpec, JobState, Resources};
@@ -910,5 +911,47 @@ impl LoadedPlugins {
             out.set_item(&p.name, d)?;
         }
         Ok(out)
+    }
+}
+
+/// Start planning (core `jobs::plan`).
+#[pymethods]
+impl JobTable {
+    /// The first `limit` pending jobs in the policy's order, each as
+    /// `(job_id, position, estimated_start)`: the start in Unix seconds,
+    /// None when unknown. A total given as None is not known (it never
+    /// delays a start).
+    #[pyo3(signature = (cpu_cores, gpus, memory_mb = None, vram_mb = None, limit = 500))]
+    fn plan(
+        &self,
+        py: Python<'_>,
+        cpu_cores: f64,
+        gpus: i64,
+        memory_mb: Option<f64>,
+        vram_mb: Option<f64>,
+        limit: usize,
+    ) -> PyResult<Vec<(u64, usize, Option<f64>)>> {
+        let gpus = u32::try_from(gpus).map_err(|_| {
+            PyValueError::new_err(format!("gpus must be an int in 0..=4294967295, got {gpus}"))
+        })?;
+        let now = self.now(py)?;
+        let mut t = self.table()?;
+        let totals = Totals {
+            cpu_cores,
+            gpus,
+            memory_mb: memory_mb.unwrap_or(f64::INFINITY),
+            vram_mb: vram_mb.unwrap_or(f64::INFINITY),
+        };
+        let planned = plan::explain(&mut t, now, totals, limit).map_err(job_error)?;
+        Ok(planned
+            .into_iter()
+            .map(|p| {
+                (
+                    p.job_id,
+                    p.position,
+                    p.estimated_start.map(|s| t.to_unix(s)),
+                )
+            })
+            .collect())
     }
 }

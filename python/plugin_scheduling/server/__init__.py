@@ -5,10 +5,10 @@ dashboard over a ``JobScheduler`` (``pip install 'plugin-scheduling[server]'``).
 with uvicorn or mount in a Starlette/FastAPI/FastHTML app;
 ``python -m plugin_scheduling serve`` runs one. Contract: DESIGN "Service".
 
-Logs: a ``Command`` submitted through the server runs wrapped by
-``plugin_scheduling/_logcapture.py`` (argv, no shell), which captures its
-stdout/stderr to ``logs/<id>/{stdout,stderr}.log`` beside the journal,
-bounded (``log_limit_bytes`` per stream, one rotated part kept).
+Logs: a ``Command`` submitted through the server runs as its argv (no
+shell); its stdout/stderr are the ones the ``JobScheduler`` keeps for every
+Command job (``JobScheduler.job_logs``: ``<journal>.logs/``, bounded by
+``log_limit_bytes`` per stream, one rotated part kept, across restarts).
 """
 
 from __future__ import annotations

@@ -7,7 +7,6 @@ import contextlib
 import json
 import logging
 import os
-import uuid
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
 
@@ -19,7 +18,6 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .. import _logcapture_paths
 from ..jobs import Command, InvalidTransition, JournalError, ResourceRequirements, UnknownJob
 from ._auth import Identity, TokenStore, load_tokens
 from ._metrics import Metrics
@@ -167,8 +165,6 @@ def create_app(
     tokens: TokenStore | Mapping[str, Any] | str | os.PathLike[str],
     *,
     quotas: Any = _FROM_SCHEDULER,
-    log_dir: str | os.PathLike[str] | None | Any = _FROM_SCHEDULER,
-    log_limit_bytes: int = 1 << 20,
     max_body_bytes: int = 1 << 20,
     public_metrics: bool = False,
     manage_scheduler: bool = True,
@@ -178,9 +174,10 @@ def create_app(
 
     ``tokens``: a ``TokenStore``, a mapping ``{token: {"user", "projects",
     "admin"}}`` or the path of a tokens file (mode 0600). ``quotas``: the
-    quota provider for the quota routes (default: the scheduler's).
-    ``log_dir``: where Command jobs' stdout/stderr go (default: ``logs/``
-    beside the journal; ``None``: not captured). ``manage_scheduler``: start
+    quota provider for the quota routes (default: the scheduler's). A
+    Command job's output is the one the scheduler keeps
+    (``JobScheduler.job_logs``: beside its journal, bounded by its
+    ``log_limit_bytes``). ``manage_scheduler``: start
     the scheduler on startup and stop it on shutdown (the app's lifespan; a
     host app that mounts this one runs its own lifespan, so it starts and
     stops the scheduler itself)."""
@@ -192,15 +189,11 @@ def create_app(
         store = load_tokens(tokens)
     else:
         raise TypeError(f"tokens must be a TokenStore, a mapping or a tokens file path, got {tokens!r}")
-    for name, value in (("log_limit_bytes", log_limit_bytes), ("max_body_bytes", max_body_bytes), ("event_queue_size", event_queue_size)):
+    for name, value in (("max_body_bytes", max_body_bytes), ("event_queue_size", event_queue_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
     if quotas is _FROM_SCHEDULER:
-        quotas = getattr(scheduler, "_quotas", None)
-    if log_dir is _FROM_SCHEDULER:
-        journal = scheduler.journal_path
-        log_dir = None if journal is None else Path(journal).parent / "logs"
-    logs_root = None if log_dir is None else Path(log_dir)
+        quotas = getattr(scheduler, "quotas", None)
     view = SchedulerView(scheduler)
     sse_drops = [0]
     metrics = Metrics(view, lambda: sse_drops[0])
@@ -432,9 +425,6 @@ def create_app(
         elif not ident.may_see(project):
             raise ApiError(403, "forbidden", f"user {ident.user!r} is not a member of project {project!r}", "project")
         argv = list(body.command)
-        if logs_root is not None:
-            job_logs = _new_log_dir(logs_root)
-            argv = _logcapture_paths.wrap(argv, job_logs, log_limit_bytes)
         try:
             command = Command(argv, env=body.env, cwd=body.cwd)
             r = body.requirements
@@ -519,16 +509,11 @@ def create_app(
 
     @app.get("/api/v1/jobs/{job_id}/logs", response_model=JobLogs, tags=["jobs"])
     async def job_logs(job_id: JobId, tail: int = Query(100, ge=1, le=100_000), ident: Identity = Depends(identity)) -> dict[str, Any]:
-        d = visible(ident, job_id)
-        directory = None
-        if d["kind"] == "command":
-            with contextlib.suppress(ValueError, KeyError, TypeError):
-                directory, _ = _logcapture_paths.split_wrapped(json.loads(d["payload"])["argv"])
-        if directory is None:
-            raise ApiError(404, "no_logs", f"job {job_id} has no captured output (only Command jobs submitted through this server have)", "job_id")
-        out, t1 = await asyncio.to_thread(_tail, Path(directory), "stdout", tail)
-        err, t2 = await asyncio.to_thread(_tail, Path(directory), "stderr", tail)
-        return {"job_id": job_id, "tail": tail, "stdout": out, "stderr": err, "truncated": t1 or t2}
+        visible(ident, job_id)
+        kept = scheduler.job_logs(job_id, tail)
+        if kept is None:
+            raise ApiError(404, "no_logs", f"job {job_id} has no captured output (only Command jobs of a scheduler with a journal have)", "job_id")
+        return {"job_id": job_id, "tail": tail, "stdout": kept["stdout"], "stderr": kept["stderr"], "truncated": kept["truncated"]}
 
     # -------------------------------------------------------------- live
 
@@ -661,37 +646,6 @@ def _event_json(ev: Any, view: SchedulerView) -> dict[str, Any]:
         "progress": ev.progress,
         "at": iso(view.now_unix() - view.now() + ev.at) if ev.at else None,
     }
-
-
-def _new_log_dir(root: Path) -> Path:
-    root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if root.is_symlink():
-        raise ApiError(500, "internal", f"log directory {root} is a symlink; refusing to write there")
-    d = root / uuid.uuid4().hex
-    d.mkdir(mode=0o700)
-    return d
-
-
-def _tail(directory: Path, stream: str, lines: int) -> tuple[str, bool]:
-    """The last ``lines`` lines of a captured stream (its rotated part too)."""
-    chunks = []
-    truncated = False
-    for path in (directory / f"{stream}.log.1", directory / f"{stream}.log"):
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
-            continue
-        except OSError:
-            continue
-        with os.fdopen(fd, "rb") as f:
-            chunks.append(f.read())
-        if path.name.endswith(".1"):
-            truncated = True  # older output than .1 was dropped, perhaps
-    text = b"".join(chunks).decode("utf-8", errors="replace")
-    parts = text.splitlines(keepends=True)
-    if len(parts) > lines:
-        truncated = True
-    return "".join(parts[-lines:]), truncated
 
 
 def _submit_field(message: str) -> str:

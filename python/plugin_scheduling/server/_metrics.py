@@ -22,7 +22,7 @@ class _SchedulerCollector(Collector):
     def collect(self) -> Iterator[Any]:
         v = self.view
         jobs = GaugeMetricFamily("plugin_scheduling_jobs", "Jobs in the journal by state", labels=["state"])
-        for state, n in v.scheduler._table.counts().items():
+        for state, n in v.scheduler.job_counts().items():
             jobs.add_metric([state], n)
         yield jobs
         queued = GaugeMetricFamily("plugin_scheduling_queue_length", "Queued jobs per queue and project", labels=["queue", "project"])
@@ -51,7 +51,7 @@ class _SchedulerCollector(Collector):
         yield used
         yield reserved
         drops = GaugeMetricFamily("plugin_scheduling_event_drops", "Events dropped because a subscriber was slow (scheduler and SSE streams)")
-        drops.add_metric([], float(v.scheduler._event_drops + self.drops()))
+        drops.add_metric([], float(v.scheduler.event_drops + self.drops()))
         yield drops
 
 

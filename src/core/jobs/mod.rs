@@ -9,6 +9,7 @@
 
 pub mod evict;
 pub mod journal;
+pub mod plan;
 pub mod queue;
 pub mod recovery;
 

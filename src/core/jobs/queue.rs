@@ -671,6 +671,11 @@ impl JobQueue {
         (self.active_cpu, self.active_gpus, self.active_mem)
     }
 
+    /// Running and paused jobs (those holding resources), by id.
+    pub fn active_jobs(&self) -> impl Iterator<Item = &Job> + '_ {
+        self.active_ids.iter().filter_map(|id| self.jobs.get(id))
+    }
+
     /// Jobs (optionally in one state), by id.
     pub fn list(&self, state: Option<JobState>) -> Vec<&Job> {
         let mut out: Vec<&Job> = self

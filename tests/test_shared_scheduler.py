@@ -461,13 +461,20 @@ def test_uvicorn_workers_share_one_card(ledger: Path, tmp_path: Path) -> None:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        with httpx.Client(trust_env=False, timeout=5) as client:
-            def up() -> bool:
-                try:
-                    return client.get(f"{url}/health").status_code == 200
-                except httpx.HTTPError:
-                    return False
-            eventually(up, timeout=60)
+        # Every worker up before the load (on a busy machine the first one can
+        # answer long before the others have started): new connections are
+        # spread by the kernel, so distinct pids show up once they listen.
+        seen: set[int] = set()
+        def up() -> bool:
+            try:
+                with httpx.Client(trust_env=False, timeout=5) as client:
+                    r = client.get(f"{url}/health", headers={"Connection": "close"})
+                    if r.status_code == 200:
+                        seen.add(int(r.json()["pid"]))
+            except httpx.HTTPError:
+                pass
+            return len(seen) >= 2
+        eventually(up, timeout=60)
 
         async def hammer() -> list[dict[str, Any]]:
             async with httpx.AsyncClient(trust_env=False, timeout=120,

@@ -605,8 +605,29 @@ class JobTable:
         journal: str | os.PathLike[str] | None = None,
         clock: Callable[[], float] | None = None,
         batch: int = 1024,
+        own: bool = False,
+        durability: Literal["batched", "sync"] | str = "batched",
+        retention_jobs: int | None = 10000,
+        retention_age_s: float | None = 604800.0,
     ) -> JobTable: ...
     def now(self) -> float: ...
+    @property
+    def durability(self) -> Literal["batched", "sync"]: ...
+    @property
+    def took_over(self) -> dict[str, Any] | None:
+        """The dead owner whose journal was taken over at open: ``pid``, ``start_ticks``, ``since``."""
+    def set_machine(
+        self, cpu_cores: float | None = None, memory_mb: float | None = None, gpu_vram_mb: list[float] | None = None
+    ) -> None:
+        """What the machine has (None: unknown): later submissions that can never fit are refused."""
+    def refuse_never_fit(self) -> list[tuple[int, str]]:
+        """Fails the queued jobs that can never fit the machine: ``[(job_id, why)]``."""
+    def prune(self) -> list[int]:
+        """Applies the retention now; the ids dropped (and those dropped earlier, not yet taken)."""
+    def take_pruned(self) -> list[int]:
+        """Ids dropped by retention since the last call."""
+    def close(self) -> None:
+        """Commits and gives the journal (and its ownership) up."""
     @property
     def policy(self) -> str: ...
     @property

@@ -15,7 +15,9 @@ use plugin_scheduling_core::clock::{Clock, SystemClock};
 use plugin_scheduling_core::jobs::evict::{Memory, Plugins};
 use plugin_scheduling_core::jobs::journal::Journal;
 use plugin_scheduling_core::jobs::queue::{Capacity, JobQueue, Recovery, Requeue};
-use plugin_scheduling_core::jobs::{Job, JobSpec, JobState, Resources};
+use plugin_scheduling_core::jobs::{
+    Durability, Job, JobSpec, JobState, Machine, Resources, Retention,
+};
 use plugin_scheduling_core::policy;
 
 /// The job table: records, validated transitions, the pending set in the
@@ -113,6 +115,9 @@ fn job_dict<'py>(py: Python<'py>, job: &Job, to_unix: f64) -> PyResult<Bound<'py
     d.set_item("progress_message", job.progress_message.as_deref())?;
     d.set_item("started", job.started)?;
     d.set_item("ended", job.ended)?;
+    d.set_item("submitted_at", i.submitted + to_unix)?;
+    d.set_item("started_at", job.started.map(|t| t + to_unix))?;
+    d.set_item("ended_at", job.ended.map(|t| t + to_unix))?;
     d.set_item("ran_s", job.ran_s)?;
     Ok(d)
 }
@@ -181,16 +186,32 @@ impl JobTable {
 impl JobTable {
     /// `policy`: a core policy name; `journal`: an SQLite path, or None (in
     /// memory); `clock`: a callable returning seconds (default monotonic);
-    /// `batch`: journal writes per commit at most.
+    /// `batch`: journal writes per commit at most; `own`: take the journal
+    /// as its one owner (refused while a live scheduler owns it; viewers
+    /// pass False); `durability`: `"sync"` (every write committed before
+    /// the call returns) or `"batched"` (the caller flushes);
+    /// `retention_jobs`/`retention_age_s`: finished jobs kept (None: no bound).
     #[new]
-    #[pyo3(signature = (policy = "fifo", journal = None, clock = None, batch = 1024))]
+    #[pyo3(signature = (policy = "fifo", journal = None, clock = None, batch = 1024, own = false,
+                        durability = "batched", retention_jobs = Some(10_000),
+                        retention_age_s = Some(604_800.0)))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         policy: &str,
         journal: Option<PathBuf>,
         clock: Option<Py<PyAny>>,
         batch: usize,
+        own: bool,
+        durability: &str,
+        retention_jobs: Option<usize>,
+        retention_age_s: Option<f64>,
     ) -> PyResult<Self> {
+        let Some(durability) = Durability::parse(durability) else {
+            return Err(PyValueError::new_err(format!(
+                "durability must be 'sync' or 'batched', got {durability:?}"
+            )));
+        };
         let Some(p) = policy::by_name(policy, None) else {
             return Err(PyValueError::new_err(format!(
                 "policy must be one of {}, got {policy:?}",
@@ -205,13 +226,22 @@ impl JobTable {
                 )));
             }
         }
+        let now = clock_now(clock.as_ref(), py)?;
+        let retention = Retention {
+            max_jobs: retention_jobs,
+            max_age_s: retention_age_s,
+        }
+        .checked()
+        .map_err(job_error)?;
         let journal = match journal {
+            Some(path) if own => Some(Journal::open_owned(&path, batch).map_err(job_error)?),
             Some(path) => Some(Journal::open(&path, batch).map_err(job_error)?),
             None => None,
         };
-        let now = clock_now(clock.as_ref(), py)?;
         let mut table = JobQueue::new(p, journal);
         table.set_clock(now);
+        table.set_durability(durability);
+        table.set_retention(retention, now).map_err(job_error)?;
         Ok(Self {
             inner: Mutex::new(table),
             owner: AtomicU64::new(0),
@@ -222,6 +252,72 @@ impl JobTable {
     /// The table's clock, in seconds.
     fn now(&self, py: Python<'_>) -> PyResult<f64> {
         clock_now(self.clock.as_ref(), py)
+    }
+
+    /// `"sync"` or `"batched"`.
+    #[getter]
+    fn durability(&self) -> PyResult<&'static str> {
+        Ok(match self.table()?.durability() {
+            Durability::Sync => "sync",
+            Durability::Batched => "batched",
+        })
+    }
+
+    /// The dead owner whose journal was taken over at open:
+    /// `{"pid", "start_ticks", "since"}`, or None.
+    #[getter]
+    fn took_over<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let t = self.table()?;
+        let Some(o) = t.took_over() else {
+            return Ok(None);
+        };
+        let d = PyDict::new(py);
+        d.set_item("pid", o.pid)?;
+        d.set_item("start_ticks", o.start)?;
+        d.set_item("since", o.since)?;
+        Ok(Some(d))
+    }
+
+    /// What the machine has (None: not known): later submissions that can
+    /// never fit are refused. `gpu_vram_mb`: each GPU's total VRAM.
+    #[pyo3(signature = (cpu_cores = None, memory_mb = None, gpu_vram_mb = None))]
+    fn set_machine(
+        &self,
+        cpu_cores: Option<f64>,
+        memory_mb: Option<f64>,
+        gpu_vram_mb: Option<Vec<f64>>,
+    ) -> PyResult<()> {
+        self.table()?.set_machine(Machine {
+            cpu_cores,
+            memory_mb,
+            gpu_vram_mb,
+        });
+        Ok(())
+    }
+
+    /// Fails the queued jobs that can never fit the machine: `[(job_id, why)]`.
+    fn refuse_never_fit(&self, py: Python<'_>) -> PyResult<Vec<(u64, String)>> {
+        let now = self.now(py)?;
+        self.table()?.refuse_never_fit(now).map_err(job_error)
+    }
+
+    /// Applies the retention now; ids dropped (this call's and earlier ones'
+    /// not yet taken).
+    fn prune(&self, py: Python<'_>) -> PyResult<Vec<u64>> {
+        let now = self.now(py)?;
+        let mut t = self.table()?;
+        t.prune(now).map_err(job_error)?;
+        Ok(t.take_pruned())
+    }
+
+    /// Ids dropped by retention since the last call.
+    fn take_pruned(&self) -> PyResult<Vec<u64>> {
+        Ok(self.table()?.take_pruned())
+    }
+
+    /// Commits and gives the journal (and its ownership) up.
+    fn close(&self) -> PyResult<()> {
+        self.table()?.close().map_err(job_error)
     }
 
     #[getter]
@@ -424,7 +520,7 @@ impl JobTable {
             gpus,
             memory_mb,
         };
-        let outcome = self.table()?.dispatch(
+        let (outcome, committed) = self.table()?.dispatch_durable(
             now,
             capacity,
             |job| -> PyResult<Option<String>> {
@@ -468,6 +564,7 @@ impl JobTable {
         }
         let error: Option<Bound<'py, PyAny>> = outcome
             .error
+            .or_else(|| committed.err().map(job_error))
             .map(|e| e.into_value(py).into_bound(py).into_any());
         PyTuple::new(
             py,

@@ -117,6 +117,9 @@ enum Op {
     },
     /// A finished job dropped by retention: its row and its history.
     Delete(u64),
+    /// The ids from this one on were never handed out (a clean close gives
+    /// the rest of its reserved block back).
+    NextId(u64),
     Queue {
         name: String,
         priority: i64,
@@ -517,6 +520,14 @@ impl Journal {
         self.commit(Some(upto))
     }
 
+    /// Buffers giving back the reserved ids from `next` on (none of them
+    /// was handed out): a clean shutdown leaves no gap in the numbering.
+    pub fn give_back_ids(&mut self, next: u64) -> Result<(), JobError> {
+        self.writable()?;
+        self.pending.push(Op::NextId(next));
+        Ok(())
+    }
+
     /// Buffers a queue's settings.
     pub fn queue(
         &mut self,
@@ -563,6 +574,13 @@ impl Journal {
     fn writable(&self) -> Result<(), JobError> {
         if self.closed {
             return Err(self.err("it is closed (the scheduler was closed)"));
+        }
+        if self.token.is_some() && self.pid != std::process::id() {
+            return Err(self.err(format!(
+                "it is owned by the scheduler of pid {}; a forked child (pid {}) cannot write to it (create its own JobScheduler with another journal)",
+                self.pid,
+                std::process::id()
+            )));
         }
         Ok(())
     }
@@ -741,6 +759,12 @@ impl Journal {
                         .execute(params![*id as i64])?;
                     tx.prepare_cached("DELETE FROM history WHERE job_id = ?1")?
                         .execute(params![*id as i64])?;
+                }
+                Op::NextId(next) => {
+                    tx.prepare_cached(
+                        "INSERT OR REPLACE INTO meta (key, value) VALUES ('next_id', ?1)",
+                    )?
+                    .execute(params![(*next).min(i64::MAX as u64) as i64])?;
                 }
                 Op::Queue {
                     name,

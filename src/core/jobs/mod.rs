@@ -291,6 +291,12 @@ impl Retention {
     };
 
     pub fn checked(self) -> Result<Self, JobError> {
+        if self.max_jobs == Some(0) {
+            return Err(invalid(
+                "retention.max_jobs",
+                "must be at least 1 (the job that just ended is kept), got 0".into(),
+            ));
+        }
         if let Some(age) = self.max_age_s {
             if !(age.is_finite() && age >= 0.0) {
                 return Err(invalid(

@@ -326,9 +326,18 @@ impl JobQueue {
     /// Commits what is buffered and gives the journal up (its ownership
     /// with it); journaled writes after this are refused.
     pub fn close(&mut self) -> Result<(), JobError> {
+        self.give_back_ids();
         match self.journal.as_mut() {
             Some(j) => j.close(),
             None => Ok(()),
+        }
+    }
+
+    fn give_back_ids(&mut self) {
+        if let Some(j) = self.journal.as_mut() {
+            if self.id_reserved > 0 && j.owned() && j.give_back_ids(self.next_id).is_ok() {
+                self.id_reserved = 0;
+            }
         }
     }
 
@@ -1190,6 +1199,14 @@ impl JobQueue {
     }
 }
 
+impl Drop for JobQueue {
+    /// A table dropped without a crash gives its unused ids back (the
+    /// journal commits as it drops).
+    fn drop(&mut self) {
+        self.give_back_ids();
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Free {
     cpu: f64,
@@ -1624,6 +1641,15 @@ mod tests {
         assert!(r.queued.is_empty(), "the batch was lost");
         let next = t.submit(spec("after", 50.0), 1.0).expect("submit");
         assert!(next > *ids.last().expect("ids"), "{next} reuses an id");
+        t.close().expect("close");
+        drop(t);
+        let mut t = owned(&path);
+        t.recover(2.0).expect("recover");
+        assert_eq!(
+            t.submit(spec("clean", 50.0), 2.0).expect("submit"),
+            next + 1,
+            "a clean close leaves no gap"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

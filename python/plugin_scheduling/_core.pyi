@@ -607,8 +607,8 @@ class JobTable:
         batch: int = 1024,
         own: bool = False,
         durability: Literal["batched", "sync"] | str = "batched",
-        retention_jobs: int | None = 10000,
-        retention_age_s: float | None = 604800.0,
+        retention_jobs: int | None = ...,
+        retention_age_s: float | None = ...,
     ) -> JobTable: ...
     def now(self) -> float: ...
     @property

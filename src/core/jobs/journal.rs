@@ -65,6 +65,23 @@ pub struct JournalOwner {
     pub since: f64,
 }
 
+/// The owner row (None: nobody owns the journal).
+fn read_owner(conn: &Connection) -> rusqlite::Result<Option<JournalOwner>> {
+    conn.query_row(
+        "SELECT pid, start_ticks, token, since_unix FROM owner WHERE id = 1",
+        [],
+        |r| {
+            Ok(JournalOwner {
+                pid: r.get::<_, i64>(0)?.clamp(0, i64::from(u32::MAX)) as u32,
+                start: r.get::<_, i64>(1)?.max(0) as u64,
+                token: r.get::<_, i64>(2)?.max(0) as u64,
+                since: r.get(3)?,
+            })
+        },
+    )
+    .optional()
+}
+
 /// Whether `owner` (as recorded) is a process that runs now and is not
 /// this process's own leftover.
 fn owner_live(owner: &JournalOwner) -> bool {
@@ -369,21 +386,7 @@ impl Journal {
             path: path_text.clone(),
             message: e.to_string(),
         };
-        let current: Option<JournalOwner> = tx
-            .query_row(
-                "SELECT pid, start_ticks, token, since_unix FROM owner WHERE id = 1",
-                [],
-                |r| {
-                    Ok(JournalOwner {
-                        pid: r.get::<_, i64>(0)?.clamp(0, i64::from(u32::MAX)) as u32,
-                        start: r.get::<_, i64>(1)?.max(0) as u64,
-                        token: r.get::<_, i64>(2)?.max(0) as u64,
-                        since: r.get(3)?,
-                    })
-                },
-            )
-            .optional()
-            .map_err(sql_err)?;
+        let current = read_owner(&tx).map_err(sql_err)?;
         if let Some(owner) = &current {
             if owner_live(owner) {
                 let name = Owner {
@@ -434,21 +437,7 @@ impl Journal {
 
     /// The owner row as recorded (None: nobody owns it).
     pub fn owner(&self) -> Result<Option<JournalOwner>, JobError> {
-        self.conn()?
-            .query_row(
-                "SELECT pid, start_ticks, token, since_unix FROM owner WHERE id = 1",
-                [],
-                |r| {
-                    Ok(JournalOwner {
-                        pid: r.get::<_, i64>(0)?.clamp(0, i64::from(u32::MAX)) as u32,
-                        start: r.get::<_, i64>(1)?.max(0) as u64,
-                        token: r.get::<_, i64>(2)?.max(0) as u64,
-                        since: r.get(3)?,
-                    })
-                },
-            )
-            .optional()
-            .map_err(|e| self.err(e))
+        read_owner(self.conn()?).map_err(|e| self.err(e))
     }
 
     /// Commits what is buffered and gives the file up (its owner row goes);

@@ -418,6 +418,8 @@ DEFAULT_RETENTION_AGE_S = 7 * 24 * 3600.0
 def _number(field: str, value: Any, *, optional: bool = False) -> float | None:
     """``value`` as a float, or a ``TypeError``/``ValueError`` naming ``field``
     (the core checks the range)."""
+    if type(value) is float:  # the common case, first
+        return value
     if value is None and optional:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -431,6 +433,8 @@ def _number(field: str, value: Any, *, optional: bool = False) -> float | None:
 def _count(field: str, value: Any, *, optional: bool = False) -> int | None:
     """``value`` as an int that the binding can carry (0 … 2**32-1), or an
     error naming ``field`` (the core checks its own, smaller, limits)."""
+    if type(value) is int and 0 <= value <= 0xFFFF_FFFF:  # the common case, first
+        return value
     if value is None and optional:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
@@ -445,6 +449,8 @@ def _text(field: str, value: Any, *, optional: bool = True) -> str | None:
         return None
     if not isinstance(value, str):
         raise TypeError(f"{field} must be a str, got {value!r}")
+    if value.isascii():
+        return value
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:

@@ -1794,6 +1794,12 @@ mod tests {
         assert_eq!(t.pending_order(100.0, 10), vec![b], "only b reruns");
         assert_eq!(t.get(a).expect("a").state, JobState::Running);
         assert_eq!(t.get(a).expect("a").attempts, 1, "not a new attempt");
+        assert_eq!(t.get(c).expect("c").started, Some(100.0), "starts now");
+        let a_started = t.get(a).expect("a").started.expect("a started");
+        assert!(
+            (a_started - 100.0).abs() > 1.0,
+            "a keeps its journaled start (its process ran on): {a_started}"
+        );
         assert_eq!(t.active().0, 4.0, "the adopted jobs' cores are held again");
         let h = t.history(Some(a), 10).expect("history");
         assert_eq!(h.last().map(|r| r.call.as_str()), Some("adopt"));

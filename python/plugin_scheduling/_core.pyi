@@ -634,8 +634,29 @@ class JobTable:
         journal: str | os.PathLike[str] | None = None,
         clock: Callable[[], float] | None = None,
         batch: int = 1024,
+        own: bool = False,
+        durability: Literal["batched", "sync"] | str = "batched",
+        retention_jobs: int | None = ...,
+        retention_age_s: float | None = ...,
     ) -> JobTable: ...
     def now(self) -> float: ...
+    @property
+    def durability(self) -> Literal["batched", "sync"]: ...
+    @property
+    def took_over(self) -> dict[str, Any] | None:
+        """The dead owner whose journal was taken over at open: ``pid``, ``start_ticks``, ``since``."""
+    def set_machine(
+        self, cpu_cores: float | None = None, memory_mb: float | None = None, gpu_vram_mb: list[float] | None = None
+    ) -> None:
+        """What the machine has (None: unknown): later submissions that can never fit are refused."""
+    def refuse_never_fit(self) -> list[tuple[int, str]]:
+        """Fails the queued jobs that can never fit the machine: ``[(job_id, why)]``."""
+    def prune(self) -> list[int]:
+        """Applies the retention now; the ids dropped (and those dropped earlier, not yet taken)."""
+    def take_pruned(self) -> list[int]:
+        """Ids dropped by retention since the last call."""
+    def close(self) -> None:
+        """Commits and gives the journal (and its ownership) up."""
     @property
     def policy(self) -> str: ...
     @property
@@ -701,17 +722,16 @@ class JobTable:
     def journal_id(self) -> str | None:
         """The journal's identity (names job markers and quota holders); None without a journal."""
     def process_intent(self, job_id: int, token: str) -> None:
-        """Records (committed at once) that the job is about to be spawned by this process."""
+        """Records (committed at once, whatever the durability) that the job is about to be spawned."""
     def process_spawned(self, job_id: int, pid: int, pgid: int) -> int:
         """Records (committed at once) the job's spawned process; its start time (0 if already gone)."""
-    def process_adopted(self, job_id: int) -> None:
-        """The job's process is now this process's (adopted), committed at once."""
     def process_ended(self, job_id: int) -> None:
         """Forgets the job's process record, at once."""
     def processes(self) -> list[dict[str, Any]]:
         """The journal's process records."""
     def recovery_plan(self, mode: Literal["kill", "adopt"]) -> list[dict[str, Any]]:
-        """What to do, per job, with the previous incarnation's processes."""
+        """What to do, per job, with the previous incarnation's processes (a decision: the
+        journal's owner acts on it, before it spawns anything)."""
     def recover_adopting(self, adopt: list[int]) -> dict[str, list[int]]:
         """``recover()``, keeping the jobs in ``adopt`` running (their process survived)."""
     @staticmethod

@@ -29,10 +29,13 @@ import json
 import logging
 import math
 import os
+import atexit
+import concurrent.futures
 import signal
 import stat
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Literal, Mapping, Sequence, cast
 
@@ -235,6 +238,10 @@ class Job:
     started: float | None
     ended: float | None
     ran_s: float
+    #: Wall-clock Unix seconds of the submission, the last start and the end.
+    submitted_at: float = 0.0
+    started_at: float | None = None
+    ended_at: float | None = None
     cancel_requested: bool = False
     result: Any = None
 
@@ -341,7 +348,7 @@ class _Runtime:
     """Python-side state of a job being run."""
 
     __slots__ = (
-        "ctx", "proc", "task", "stop", "stop_reason", "lease", "grant", "quota", "holder", "result", "oom", "stopper"
+        "ctx", "proc", "task", "stop", "stop_reason", "lease", "grant", "quota", "result", "oom", "stopper"
     )
 
     def __init__(self) -> None:
@@ -353,7 +360,6 @@ class _Runtime:
         self.lease: Any = None
         self.grant: Any = None
         self.quota: bool = False
-        self.holder: str | None = None  # the quota holder (providers with supports_holds)
         self.result: Any = None
         self.oom: str | None = None
         self.stopper: asyncio.Task[None] | None = None
@@ -536,6 +542,120 @@ async def _wait_gone(proc: _AdoptedProcess) -> None:
         os.close(fd)
 
 
+#: Finished jobs kept by default: the newest 10,000, none older than 7 days.
+DEFAULT_RETENTION_JOBS = 10_000
+DEFAULT_RETENTION_AGE_S = 7 * 24 * 3600.0
+
+
+def _number(field: str, value: Any, *, optional: bool = False) -> float | None:
+    """``value`` as a float, or a ``TypeError``/``ValueError`` naming ``field``
+    (the core checks the range)."""
+    if type(value) is float:  # the common case, first
+        return value
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{field} must be a number, got {value!r}")
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"{field} is too large, got {value!r}") from None
+
+
+def _count(field: str, value: Any, *, optional: bool = False) -> int | None:
+    """``value`` as an int that the binding can carry (0 … 2**32-1), or an
+    error naming ``field`` (the core checks its own, smaller, limits)."""
+    if type(value) is int and 0 <= value <= 0xFFFF_FFFF:  # the common case, first
+        return value
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{field} must be an int, got {value!r}")
+    if not 0 <= value <= 0xFFFF_FFFF:
+        raise ValueError(f"{field} must be an int between 0 and {0xFFFF_FFFF}, got {value!r}")
+    return value
+
+
+def _text(field: str, value: Any, *, optional: bool = True) -> str | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"{field} must be a str, got {value!r}")
+    if value.isascii():
+        return value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{field} must be valid text (no lone surrogates), got {value!r}") from None
+    return value
+
+
+class _JournalWriter:
+    """The background writer of batched journals: one daemon thread for every
+    ``JobScheduler(durability="batched")`` of the process, started by the
+    first that needs it (never at import), that commits each scheduler's
+    buffered writes every ``flush_interval``; at interpreter exit everything
+    is committed. A forked child starts with none (the parent's schedulers,
+    connections and thread are not the child's)."""
+
+    def __init__(self) -> None:
+        self._setup()
+        self._hooks = False
+
+    def _setup(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._schedulers: "weakref.WeakSet[JobScheduler]" = weakref.WeakSet()
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+
+    def add(self, scheduler: "JobScheduler") -> None:
+        with self._cond:
+            if not self._hooks:
+                self._hooks = True
+                atexit.register(self.flush_all)
+                os.register_at_fork(after_in_child=self._setup)
+            self._schedulers.add(scheduler)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="plugin-scheduling-journal-writer", daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+
+    def remove(self, scheduler: "JobScheduler") -> None:
+        with self._cond:
+            self._schedulers.discard(scheduler)
+            self._cond.notify_all()
+
+    def _loop(self) -> None:
+        me = threading.current_thread()
+        while True:
+            with self._cond:
+                if self._thread is not me or self._pid != os.getpid():
+                    return
+                schedulers = list(self._schedulers)
+                if not schedulers:
+                    self._thread = None
+                    return
+                interval = min(s._flush_interval for s in schedulers)
+                del schedulers
+                self._cond.wait(interval)
+                schedulers = list(self._schedulers)
+            for s in schedulers:
+                s._commit_buffered()
+            del schedulers
+
+    def flush_all(self) -> None:
+        """Commits every scheduler's buffered writes (interpreter exit)."""
+        if self._pid != os.getpid():
+            return
+        with self._cond:
+            schedulers = list(self._schedulers)
+        for s in schedulers:
+            s._commit_buffered()
+
+
+_WRITER = _JournalWriter()
+
+
 class JobScheduler:
     """Jobs with a lifecycle, a journal, events, preemption and OOM retry.
 
@@ -558,12 +678,43 @@ class JobScheduler:
     used idle ones are unloaded, only as many as needed, never an active or
     pinned one. ``keep_alive_s``: idle plugins are unloaded after this long.
 
+    Durability (``journal`` set): ``durability="batched"`` (default): writes
+    are buffered and a background writer thread (one per process, started by
+    the first scheduler that needs it) commits them every ``flush_interval``
+    seconds (0.05 by default), whether or not an event loop runs; ``flush()``,
+    ``close()`` and interpreter exit commit at once. A SIGKILL loses at most
+    the submissions and transitions acknowledged in the last
+    ``flush_interval`` (plus the time of one commit); their ids are never
+    handed to another job (ids are reserved in durable blocks).
+    ``durability="sync"``: every submission and transition is committed
+    before the call returns (a SIGKILL loses nothing acknowledged). Commits
+    use SQLite WAL with ``synchronous=NORMAL``: durable across a crash of the
+    process, not across a power loss of the machine (submit rates of each:
+    ``benches/bench_jobs.py``, the performance page of the docs).
+
+    One owner per journal: constructing a second scheduler (in this process
+    or another) on a journal a live scheduler owns raises ``JournalError``
+    naming the path and the owner's pid; a dead owner (its pid gone, or
+    reused by a process with another start time) is taken over, logged.
+    ``close()`` gives the journal up.
+
+    Refused at ``submit_job`` with a ``ValueError`` naming the field, the need
+    and the capacity: a need the machine can never meet (CPU cores, memory,
+    GPU count, VRAM per GPU), a queue that can never run it, a project quota
+    it can never fit; malformed or absurd figures (NaN, negative, beyond the
+    core's ``limits``). Finished jobs are kept ``retention_jobs`` (newest
+    10,000 by default) and ``retention_age_s`` (7 days) at most, in memory
+    and in the journal (None: no bound).
+
     At most one copy of a job, across a crash: a ``Command`` runs in its own
     process group, and its pid, process start time and group are in the
-    journal before it can do anything. ``recovery_mode="kill"`` (default):
+    journal (committed at once, whatever the ``durability``) before it can
+    do anything. ``recovery_mode="kill"`` (default):
     the commands die with the scheduler (``PR_SET_PDEATHSIG``), and a
     scheduler opening the journal after a crash kills whatever of them
-    survived (their descendants) before it requeues anything.
+    survived (their descendants) before it requeues anything -- and only
+    after it has taken the journal as its one owner (below): a scheduler
+    refused because a live one owns the journal sends no signal.
     ``recovery_mode="adopt"``: the commands outlive the scheduler (their
     output goes straight to their files, not to a pipe); the
     recovering scheduler keeps a survivor running, its job RUNNING with its
@@ -576,7 +727,8 @@ class JobScheduler:
     ``log_limit_bytes`` per stream (see ``_joblogs``), read back with
     ``job_logs``. With a quota provider that records holders
     (``LocalQuotaProvider`` on SQLite, ``supports_holds``), what a job held
-    is released exactly once at recovery (kept for an adopted job).
+    is released exactly once at recovery (kept for an adopted job), in the
+    quota thread when the scheduler is made inside a running event loop.
     """
 
     def __init__(
@@ -603,31 +755,24 @@ class JobScheduler:
         keep_alive_s: float | None = None,
         history: Any = None,
         history_interval: float = 1.0,
+        durability: str = "batched",
+        retention_jobs: int | None = DEFAULT_RETENTION_JOBS,
+        retention_age_s: float | None = DEFAULT_RETENTION_AGE_S,
         recovery_mode: str = "kill",
         log_limit_bytes: int = _joblogs.DEFAULT_LIMIT,
     ) -> None:
         self._policy_name = _policy_name(policy)
         self._policy_obj = policy
+        if durability not in ("batched", "sync"):
+            raise ValueError(f"durability must be 'batched' or 'sync', got {durability!r}")
         if recovery_mode not in ("kill", "adopt"):
             raise ValueError(f"recovery_mode must be 'kill' or 'adopt', got {recovery_mode!r}")
         self._recovery_mode: Literal["kill", "adopt"] = "adopt" if recovery_mode == "adopt" else "kill"
-        if journal is _DEFAULT:
-            journal = default_journal_path()
-        self._table = JobTable(self._policy_name, None if journal is None else os.fspath(journal), clock, journal_batch)
-        self._journal_id = self._table.journal_id()
-        # The previous incarnation's processes are killed (or adopted)
-        # before any job is requeued, so nothing can run twice.
-        self._adopt: dict[int, _AdoptedProcess] = self._recover_processes() if journal is not None else {}
-        if journal is not None:
-            self._recovery = self._table.recover_adopting(sorted(self._adopt))
-            # A survivor of a job that has ended meanwhile (its end was
-            # journaled, its process had not gone yet) is not adopted: killed.
-            stray = sorted(set(self._adopt) - set(self._recovery["adopted"]))
-            for job_id in stray:
-                self._adopt.pop(job_id)
-            self._kill_until_gone(stray)
-        else:
-            self._recovery = {"queued": [], "requeued": [], "failed": [], "adopted": []}
+        flush = _number("flush_interval", flush_interval)
+        if flush is None or not (math.isfinite(flush) and 0 < flush <= 3600):
+            raise ValueError(f"flush_interval must be a number of seconds in (0, 3600], got {flush_interval!r}")
+        keep_jobs = _count("retention_jobs", retention_jobs, optional=True)
+        keep_age = _number("retention_age_s", retention_age_s, optional=True)
         if priority_scale not in ("auto", "0-100", "1-10"):
             raise ValueError(f"priority_scale must be 'auto', '0-100' or '1-10', got {priority_scale!r}")
         if not (isinstance(max_retries, int) and max_retries >= 0):
@@ -637,16 +782,70 @@ class JobScheduler:
         for name, value in (("cancel_grace_s", cancel_grace_s), ("preempt_grace_s", preempt_grace_s), ("poll_interval", poll_interval)):
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
-        self._scale = priority_scale
-        if quotas is None and os.environ.get("QUOTA_PROVIDER"):
-            from .quotas import quota_provider_from_env
+        if keep_alive_s is not None and not (math.isfinite(keep_alive_s) and keep_alive_s >= 0):
+            raise ValueError(f"keep_alive_s must be a finite number of seconds >= 0, got {keep_alive_s!r}")
+        cores = _number("cpu_cores", cpu_cores, optional=True)
+        if cores is not None and not (math.isfinite(cores) and cores > 0):
+            raise ValueError(f"cpu_cores must be a finite number > 0, got {cpu_cores!r}")
+        if journal is _DEFAULT:
+            journal = default_journal_path()
+        self._pid = os.getpid()
+        self._closed = False
+        self._flush_interval = flush
+        self._flush_failed_at: float | None = None
+        self._table = JobTable(
+            self._policy_name,
+            None if journal is None else os.fspath(journal),
+            clock,
+            journal_batch,
+            own=True,
+            durability=durability,
+            retention_jobs=keep_jobs,
+            retention_age_s=keep_age,
+        )
+        # The table owns the journal now (a live owner was refused above,
+        # before anything below could signal a process): on any failure
+        # below it is given up again.
+        try:
+            took = self._table.took_over
+            if took is not None:
+                logger.warning(
+                    "job journal %s: took over from its previous owner, pid %d (no longer running since it took the journal at %.0f)",
+                    journal,
+                    took["pid"],
+                    took["since"],
+                )
+            self._journal_id = self._table.journal_id()
+            # The previous incarnation's processes are killed (or adopted)
+            # before any job is requeued, so nothing can run twice.
+            self._adopt: dict[int, _AdoptedProcess] = self._recover_processes() if journal is not None else {}
+            if journal is not None:
+                self._recovery = self._table.recover_adopting(sorted(self._adopt))
+                # A survivor of a job that has ended meanwhile (its end was
+                # journaled, its process had not gone yet) is not adopted: killed.
+                stray = sorted(set(self._adopt) - set(self._recovery["adopted"]))
+                for job_id in stray:
+                    self._adopt.pop(job_id)
+                self._kill_until_gone(stray)
+            else:
+                self._recovery = {"queued": [], "requeued": [], "failed": [], "adopted": []}
+            if quotas is None and os.environ.get("QUOTA_PROVIDER"):
+                from .quotas import quota_provider_from_env
 
-            quotas = quota_provider_from_env()  # seed 004's configuration
-        self._quotas = quotas
-        self._adopted_holders = self._recover_quota()
+                quotas = quota_provider_from_env()  # seed 004's configuration
+            self._quotas = quotas
+            self._holds = self._journal_id is not None and bool(getattr(quotas, "supports_holds", False))
+            self._quota_pool: concurrent.futures.ThreadPoolExecutor | None = None
+            self._quota_pool_pid = 0
+            self._adopted_holders = self._recover_quota()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self._table.close()
+            raise
+        self._scale = priority_scale
         self._reservations = reservations if reservations is not None else ReservationScheduler(timeout=0.0)
         self._stats_provider = stats_provider
-        self._cpu_cores = float(cpu_cores if cpu_cores is not None else (os.cpu_count() or 1))
+        self._cpu_cores = cores if cores is not None else float(os.cpu_count() or 1)
         self._max_retries = max_retries
         self._oom_growth = float(oom_growth)
         if isinstance(log_limit_bytes, bool) or not isinstance(log_limit_bytes, int) or log_limit_bytes < 1024:
@@ -656,13 +855,10 @@ class JobScheduler:
         self._preempt_grace = float(preempt_grace_s)
         self._poll = float(poll_interval)
         self._event_queue_size = int(event_queue_size)
-        self._flush_interval = float(flush_interval)
         self._release_on_pause = bool(release_on_pause)
         self._resume_pending: set[int] = set()
         self._plugins = LoadedPlugins()
         self._unload = unload
-        if keep_alive_s is not None and not (math.isfinite(keep_alive_s) and keep_alive_s >= 0):
-            raise ValueError(f"keep_alive_s must be a finite number of seconds >= 0, got {keep_alive_s!r}")
         self._keep_alive = keep_alive_s
         self._explained: Mapping[str, Any] | None = None
         self._evicting: set[asyncio.Task[None]] = set()
@@ -691,6 +887,14 @@ class JobScheduler:
         self._refusal: str | None = None
         self._quota_refused = False
         self._took: int | None = None
+        self._machine_known: tuple[Any, ...] | None = None
+        self._poisoned: dict[int, str] = {}
+        self._quota_checks: dict[tuple[Any, ...], Any] = {}
+        self._quota_wants: dict[int, Any] = {}
+        self._quota_held: dict[int, Any] = {}
+        self._table.set_machine(cpu_cores=self._cpu_cores)
+        if journal is not None and durability == "batched":
+            _WRITER.add(self)
         for job_id in self._recovery["queued"] + self._recovery["requeued"] + self._recovery["adopted"]:
             job = self._table.job(job_id)
             if job["deadline"] is not None:
@@ -708,7 +912,11 @@ class JobScheduler:
     def add_queue(self, name: str, priority: int = 0, max_concurrent_jobs: int | None = None) -> None:
         """A named queue: every job of a higher-priority queue is considered
         before any of a lower one; at most ``max_concurrent_jobs`` run at once."""
-        self._table.add_queue(name, priority, max_concurrent_jobs)
+        name = cast(str, _text("name", name, optional=False))
+        if isinstance(priority, bool) or not isinstance(priority, int) or not -(2**63) <= priority < 2**63:
+            raise ValueError(f"priority must be an int (64-bit), got {priority!r}")
+        limit = _count("max_concurrent_jobs", max_concurrent_jobs, optional=True)
+        self._table.add_queue(name, priority, limit)
 
     @property
     def policy(self) -> str:
@@ -734,19 +942,17 @@ class JobScheduler:
     def _recover_processes(self) -> dict[int, _AdoptedProcess]:
         """Kills (``recovery_mode="kill"``) the processes the previous
         incarnation left running, and waits until they are gone; in adopt
-        mode keeps those whose leader still runs. The adoption candidates, by job."""
+        mode keeps those whose leader still runs. The adoption candidates, by job.
+
+        Runs only once this scheduler owns the journal (a live owner was
+        refused at ``JobTable(own=True)``), before it spawns anything: every
+        process record is the previous incarnation's."""
         adopt: dict[int, _AdoptedProcess] = {}
         kill: list[int] = []
         for d in self._table.recovery_plan(self._recovery_mode):
             job_id, verdict = d["job_id"], d["verdict"]
-            if verdict == "owner_alive":
-                raise JournalError(
-                    f"job journal {self._table.journal_path}: job {job_id}'s process belongs to the scheduler process "
-                    f"{d['owner_pid']}, which is still alive; one scheduler per journal"
-                )
             if verdict == "adopt":
                 adopt[job_id] = _AdoptedProcess(d["pid"], d["start_time"])
-                self._table.process_adopted(job_id)
                 logger.warning("job %d: adopting its process %d, which survived the previous scheduler", job_id, d["pid"])
             elif verdict == "kill":
                 kill.append(job_id)
@@ -782,19 +988,51 @@ class JobScheduler:
                 )
             time.sleep(0.005)
 
-    def _recover_quota(self) -> dict[int, str]:
+    def _holder(self, job_id: int) -> str | None:
+        """Job ``job_id``'s quota holder (a provider with ``supports_holds``
+        and a journal): its allocations are recorded under it, so recovery
+        releases them exactly once."""
+        return JobTable.marker_token(self._journal_id, job_id) if self._holds and self._journal_id is not None else None
+
+    def _recover_quota(self) -> "concurrent.futures.Future[dict[int, str]] | None":
         """Releases, exactly once, what the previous incarnation's jobs held
         in the quota store (a provider with ``supports_holds``), except what
-        adopted jobs hold: those holders, by job."""
-        if self._journal_id is None or self._quotas is None or not getattr(self._quotas, "supports_holds", False):
-            return {}
-        prefix = f"{self._journal_id}:"
-        holders = self._quotas.quota_holds(prefix)
-        for holder in JobTable.holders_to_release(holders, self._journal_id, sorted(self._adopt)):
-            if self._quotas.release_quota_held(holder):
-                logger.warning("quota holder %s released at recovery (its job no longer runs)", holder)
-        kept = {int(h[len(prefix):]): h for h in holders if h[len(prefix):].isdigit()}
-        return {job_id: h for job_id, h in kept.items() if job_id in self._adopt}
+        adopted jobs hold. The calls run in the quota thread, ahead of any
+        allocation this scheduler makes; made outside an event loop, the
+        constructor waits for them, inside a running one it does not block
+        the loop (``start()`` waits). The result: the adopted jobs' holders."""
+        quotas, journal_id = self._quotas, self._journal_id
+        if not self._holds or journal_id is None:
+            return None
+        adopted = sorted(self._adopt)
+        prefix = f"{journal_id}:"
+
+        def recover() -> dict[int, str]:
+            holders = quotas.quota_holds(prefix)
+            for holder in JobTable.holders_to_release(holders, journal_id, adopted):
+                if quotas.release_quota_held(holder):
+                    logger.warning("quota holder %s released at recovery (its job no longer runs)", holder)
+            kept = {int(h[len(prefix):]): h for h in holders if h[len(prefix):].isdigit()}
+            return {job_id: h for job_id, h in kept.items() if job_id in adopted}
+
+        future = self._quota_executor().submit(recover)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # no loop to block: done before the constructor returns
+            future.result()
+            return future
+
+        def failed(f: "concurrent.futures.Future[dict[int, str]]") -> None:
+            if not f.cancelled() and f.exception() is not None:
+                logger.error("job journal %s: releasing the previous incarnation's quota failed: %r", self.journal_path, f.exception())
+
+        future.add_done_callback(failed)
+        return future
+
+    async def _recovered_holders(self) -> dict[int, str]:
+        """The adopted jobs' quota holders, once the quota recovery is done."""
+        future = self._adopted_holders
+        return {} if future is None else await asyncio.wrap_future(future)
 
     @property
     def reservations(self) -> Any:
@@ -805,7 +1043,10 @@ class JobScheduler:
     def _priority(self, priority: Any) -> float:
         if isinstance(priority, bool) or not isinstance(priority, (int, float)):
             raise TypeError(f"priority must be a number (0-100, or seed 003's 1-10), got {priority!r}")
-        p = float(priority)
+        try:
+            p = float(priority)
+        except OverflowError:
+            raise ValueError(f"priority must be between 0 and 100, got {priority!r}") from None
         if not math.isfinite(p) or p < 0:
             raise ValueError(f"priority must be between 0 and 100, got {priority!r}")
         if self._scale == "1-10" or (self._scale == "auto" and p <= 10):
@@ -834,16 +1075,25 @@ class JobScheduler:
         async or sync function (called with a ``JobContext``), a ``Command``,
         the name of a registered function, or None (the function registered
         as ``module``, else a simulated job lasting ``estimated_duration``)."""
-        if not isinstance(module, str):
-            raise TypeError(f"module must be a str, got {module!r}")
+        if self._closed:
+            raise RuntimeError("submit_job: this JobScheduler is closed")
+        module = cast(str, _text("module", module, optional=False))
         req = requirements if requirements is not None else _NO_REQUIREMENTS
         if not isinstance(req, ResourceRequirements):
             raise TypeError(f"requirements must be a ResourceRequirements, got {req!r}")
+        user = _text("user", user)
+        project = _text("project", project)
+        queue = _text("queue", queue)
+        deadline = _number("deadline", deadline, optional=True)
+        estimated_duration = _number("estimated_duration", estimated_duration, optional=True)
+        cost_per_second = _number("cost_per_second", cost_per_second, optional=True)
+        gpu_count = cast(int, _count("requirements.gpu_count", req.gpu_count))
         if user is None and self._policy_name in _ACCOUNT_POLICIES:
             user = module  # seed 003: fair share (and turns) across modules
         retries = self._max_retries if max_retries is None else max_retries
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise ValueError(f"max_retries must be an int >= 0, got {max_retries!r}")
+        retries = cast(int, _count("max_retries", retries))
         fn = None
         if run is None:
             if module in self._registry:
@@ -862,10 +1112,12 @@ class JobScheduler:
             kind, payload, fn = "function", "", run
         else:
             raise TypeError(f"run must be a function, a Command, a PluginCall, a registered name or None, got {run!r}")
+        if self._machine_known is None:
+            self._learn_machine(None)
         if self._quotas is not None and project is not None:
             detail = getattr(self._quotas, "check_quota_detail", None)
             if detail is not None:
-                decision = detail(project, _quota_resources(req.cpu_cores, req.memory_mb, req.gpu_count, req.vram_mb), QUOTA_JOB_TYPE)
+                decision = detail(project, _quota_resources(req.cpu_cores, req.memory_mb, gpu_count, req.vram_mb), QUOTA_JOB_TYPE)
                 if getattr(decision, "never_fits", False):
                     raise ValueError(f"job {module!r} can never fit the quota of project {project!r}: {decision.reason}")
         job_id = self._table.submit(
@@ -879,7 +1131,7 @@ class JobScheduler:
             queue,
             req.cpu_cores,
             req.memory_mb,
-            req.gpu_count,
+            gpu_count,
             req.vram_mb,
             kind,
             payload,
@@ -924,6 +1176,9 @@ class JobScheduler:
             started=d["started"],
             ended=d["ended"],
             ran_s=d["ran_s"],
+            submitted_at=d["submitted_at"],
+            started_at=d["started_at"],
+            ended_at=d["ended_at"],
             cancel_requested=bool(rt is not None and rt.stop == "cancel"),
             result=self._results.get(job_id),
         )
@@ -1048,9 +1303,77 @@ class JobScheduler:
         return out
 
     def flush(self) -> None:
-        """Commits the journal's buffered writes now (the dispatcher does so
-        every ``flush_interval`` seconds while writes are pending)."""
+        """Commits the journal's buffered writes now (the background writer
+        does so every ``flush_interval`` seconds under ``durability="batched"``)."""
         self._table.flush()
+
+    def close(self) -> None:
+        """Commits and gives the journal up (another scheduler may then own
+        it); the scheduler accepts no more submissions. Stop it first."""
+        if self._closed:
+            return
+        _WRITER.remove(self)
+        self._table.close()
+        self._closed = True
+        pool, self._quota_pool = self._quota_pool, None
+        if pool is not None and self._quota_pool_pid == os.getpid():
+            pool.shutdown(wait=False)
+
+    @property
+    def durability(self) -> str:
+        """``"batched"`` or ``"sync"``."""
+        return self._table.durability
+
+    def _commit_buffered(self) -> None:
+        """The background writer's commit (any thread; never raises)."""
+        if self._closed or self._pid != os.getpid():
+            return
+        try:
+            if self._table.unflushed:
+                self._table.flush()
+            self._flush_failed_at = None
+        except JournalError as e:
+            now = self._table.now()
+            if self._flush_failed_at is None or now - self._flush_failed_at > 10.0:
+                logger.error("job journal %s: commit failed (writes kept for the next try): %s", self.journal_path, e)
+                self._flush_failed_at = now
+        except RuntimeError:
+            pass  # the table is busy in a dispatch callback of this thread: next tick
+
+    def _learn_machine(self, stats: Mapping[str, Any] | None) -> None:
+        """Tells the core what the machine has (from ``stats``, or a sync
+        snapshot of the stats source), and fails queued jobs that can never
+        fit it once it is known."""
+        if stats is None:
+            if self._stats_provider is None:
+                self._stats_provider = SystemMonitor().snapshot_async
+            source = getattr(self._stats_provider, "__self__", None)
+            snap = getattr(source, "snapshot", None)
+            if not callable(snap):
+                self._machine_known = ()
+                return
+            try:
+                stats = snap()
+            except Exception:
+                logger.debug("stats snapshot for the machine's totals failed", exc_info=True)
+                self._machine_known = ()
+                return
+        memory = stats.get("memory_total_mb") if isinstance(stats, Mapping) else None
+        details = stats.get("details") if isinstance(stats, Mapping) else None
+        gpus = None
+        # GPUs that cannot be read (no driver, NVML failing) are unknown, not
+        # absent: the reservation admits GPU jobs then, and so does submit.
+        if isinstance(details, Mapping) and isinstance(details.get("gpus"), list) and not details.get("gpu_unavailable"):
+            gpus = [float(g.get("memory_total_mb") or 0.0) for g in details["gpus"] if isinstance(g, Mapping)]
+        mem = float(memory) if isinstance(memory, (int, float)) and not isinstance(memory, bool) and memory > 0 else None
+        key = (mem, tuple(gpus) if gpus is not None else None)
+        if key == self._machine_known:
+            return
+        self._machine_known = key
+        self._table.set_machine(cpu_cores=self._cpu_cores, memory_mb=mem, gpu_vram_mb=gpus)
+        for job_id, why in self._table.refuse_never_fit():
+            logger.warning("job %d can never run here: %s", job_id, why)
+            self._after_transition(job_id, "QUEUED", "FAILED", why)
 
     def history(self, job_id: int | None = None, limit: int = 1000) -> list[dict[str, Any]]:
         """Journaled transitions (of one job, or all), oldest first."""
@@ -1248,6 +1571,8 @@ class JobScheduler:
                 for f in futures:
                     if not f.done():
                         f.set_result(job)
+            for gone in self._table.take_pruned():
+                self._forget(gone)
         self._poke()
 
     def _progress(self, job_id: int, fraction: float, message: str | None) -> None:
@@ -1360,7 +1685,10 @@ class JobScheduler:
         try:
             if timeout is None:
                 return await asyncio.shield(future)
-            return await asyncio.wait_for(asyncio.shield(future), timeout)
+            try:
+                return await asyncio.wait_for(asyncio.shield(future), timeout)
+            except asyncio.TimeoutError:
+                raise asyncio.TimeoutError(f"wait_job({job_id}) timed out after {timeout:g} s: {self._why_pending(job_id)}") from None
         finally:
             lst = self._waiters.get(job_id)
             if lst is not None and future in lst and not future.done():
@@ -1379,8 +1707,9 @@ class JobScheduler:
         self._stopping = False
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
+        held = await self._recovered_holders()
         if self._adopt:
-            self._reattach(await self._stats())
+            self._reattach(await self._stats(), held)
         self._loop_task = asyncio.get_running_loop().create_task(self._dispatcher(), name="JobScheduler.dispatcher")
 
     async def stop(self, cancel_running: bool = True) -> None:
@@ -1404,6 +1733,12 @@ class JobScheduler:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
             self._loop_task = None
+        if self._quota_held:
+            held, self._quota_held = self._quota_held, {}
+            for job_id, req in held.items():
+                self._quota_release_off_loop(job_id, req)
+        if self._quota_pool is not None and self._quota_pool_pid == os.getpid():
+            await self._in_quota_thread(lambda: None)  # the quota calls made so far are done
         self._table.flush()
         for sub in list(self._subscribers):
             with contextlib.suppress(asyncio.QueueFull):
@@ -1424,7 +1759,10 @@ class JobScheduler:
                             return
                         await asyncio.sleep(0.01)
 
-                await asyncio.wait_for(idle(), timeout)
+                try:
+                    await asyncio.wait_for(idle(), timeout)
+                except asyncio.TimeoutError:
+                    raise asyncio.TimeoutError(f"run_until_complete timed out after {timeout:g} s: {self._pending_summary()}") from None
             finally:
                 await self.stop()
             return self.get_scheduler_stats()
@@ -1443,6 +1781,7 @@ class JobScheduler:
             self._stats_provider = SystemMonitor().snapshot_async
         stats = await self._stats_provider()
         self._last_stats = stats
+        self._learn_machine(stats)
         if self._history is not None:
             now = self._table.now()
             if self._history_at is None or now - self._history_at >= self._history_interval:
@@ -1488,20 +1827,165 @@ class JobScheduler:
 
     async def trigger_async(self, project_id: str | None = None) -> dict[str, int]:
         """One admission pass now: ``{"scheduled_count", "remaining_pending"}``.
-        With ``project_id``, only that project's jobs may start in it."""
+        With ``project_id``, only that project's jobs may start in it.
+
+        Quota calls (check, allocate, release) never run on the event loop:
+        they run in the scheduler's quota thread, between passes (a job whose
+        quota is not allocated yet waits for the next pass, which follows at
+        once). A job whose admission raises (a requirement the reservation or
+        quota cannot take) fails with the reason; the pass goes on without it."""
         stats = await self._stats()
         scheduled = 0
-        # A job whose quota was checked before the pass but refused at its
-        # allocation (an earlier job of its project took the room) would
-        # block the line: the next pass passes over it (check_quota says no).
-        for _ in range(3):
+        for _ in range(8):
+            if self._quotas is not None:
+                await self._quota_check_queued(project_id)
             self._quota_refused = False
+            self._quota_wants = {}
+            self._poisoned = {}
             scheduled += self._pass(stats, project_id)
-            if not self._quota_refused:
+            again = self._fail_poisoned()
+            if self._quota_wants:
+                again = await self._quota_allocate() or again
+            if not (again or self._quota_refused):
                 break
+        if self._quota_held:
+            held, self._quota_held = self._quota_held, {}
+            for job_id, req in held.items():
+                self._quota_release_off_loop(job_id, req)
+        for job_id in self._table.prune():
+            self._forget(job_id)
         self._check_deadlines()
         self._last_pass = {"scheduled_count": scheduled, "remaining_pending": self._table.counts()["QUEUED"]}
         return dict(self._last_pass)
+
+    # ---------------------------------------------------------- quota thread
+
+    def _quota_executor(self) -> concurrent.futures.ThreadPoolExecutor:
+        """One worker thread per scheduler, made at the first quota call (a
+        forked child makes its own): calls run in the order they are made, so
+        a release is done before a later allocation."""
+        if self._quota_pool is None or self._quota_pool_pid != os.getpid():
+            self._quota_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="plugin-scheduling-quota")
+            self._quota_pool_pid = os.getpid()
+        return self._quota_pool
+
+    async def _in_quota_thread(self, fn: Callable[[], Any]) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._quota_executor(), fn)
+
+    async def _quota_check_queued(self, project_id: str | None) -> None:
+        """``check_quota`` for every distinct (project, need) of the queued jobs,
+        in the quota thread; the pass reads the answers."""
+        quotas = self._quotas
+        needs: set[tuple[Any, ...]] = set()
+        self._pass_jobs = {d["job_id"]: d for d in self._table.records("QUEUED")}
+        for d in self._pass_jobs.values():
+            project = d["project"]
+            if project is None or (project_id is not None and project != project_id):
+                continue
+            r = d["requirements"]
+            needs.add((project, r["cpu_cores"], r["memory_mb"], r["gpu_count"], r["vram_mb"]))
+
+        def check() -> dict[tuple[Any, ...], Any]:
+            out: dict[tuple[Any, ...], Any] = {}
+            for key in needs:
+                project, cpu, mem, gpu, vram = key
+                try:
+                    out[key] = _quota_call(quotas, "check_quota", project, _quota_resources(cpu, mem, gpu, vram))
+                except Exception as e:
+                    out[key] = e
+            return out
+
+        self._quota_checks = await self._in_quota_thread(check) if needs else {}
+
+    async def _quota_allocate(self) -> bool:
+        """``allocate_quota`` for the jobs the pass found waiting for it, in
+        the quota thread; whether any allocation was made (a pass follows)."""
+        quotas = self._quotas
+        wants = list(self._quota_wants.items())[:64]
+        self._quota_wants = {}
+        holders = {job_id: self._holder(job_id) for job_id, _want in wants}
+
+        def allocate() -> list[tuple[int, Any, Any]]:
+            out = []
+            for job_id, (project, req) in wants:
+                holder = holders[job_id]
+                try:
+                    if holder is not None:
+                        # Recorded under the job, in the quota store's own
+                        # transaction: recovery releases it exactly once.
+                        decision = quotas.allocate_quota_held(holder, project, req, QUOTA_JOB_TYPE)
+                    else:
+                        decision = _quota_call(quotas, "allocate_quota", project, req)
+                    out.append((job_id, req, decision))
+                except Exception as e:
+                    out.append((job_id, req, e))
+            return out
+
+        got = False
+        projects = {job_id: project for job_id, (project, _req) in wants}
+        for job_id, req, decision in await self._in_quota_thread(allocate):
+            project = projects[job_id]
+            if isinstance(decision, Exception):
+                logger.error("allocate_quota for job %d (project %r) raised: %r", job_id, project, decision)
+                self._set_block_reason(job_id, f"quota of project {project!r}: allocate_quota raised {type(decision).__name__}: {decision}")
+            elif decision:
+                self._quota_held[job_id] = req
+                got = True
+            else:
+                self._set_block_reason(job_id, _quota_reason(decision, project, "refused the allocation"))
+                self._quota_refused = True
+        return got
+
+    def _quota_release_off_loop(self, job_id: int, resources: Any, project: str | None = None) -> None:
+        """``release_quota`` in the quota thread (never blocks the caller); by
+        the job's holder where the provider records holders (what it holds,
+        once: a second release does nothing)."""
+        quotas = self._quotas
+        if quotas is None:
+            return
+        holder = self._holder(job_id)
+        if holder is None and project is None:
+            try:
+                project = self._table.job(job_id)["project"]
+            except UnknownJob:
+                return
+
+        def release() -> None:
+            try:
+                if holder is not None:
+                    quotas.release_quota_held(holder)
+                else:
+                    quotas.release_quota(project, resources, QUOTA_JOB_TYPE)
+            except Exception:
+                logger.exception("release_quota failed for job %d (project %r, holder %s)", job_id, project, holder)
+
+        future = self._quota_executor().submit(release)
+        future.add_done_callback(lambda _f: self._poke())
+
+    # ------------------------------------------------------- failing one job
+
+    def _fail_queued(self, job_id: int, why: str) -> None:
+        """Fails a queued job that cannot be admitted (the pass goes on)."""
+        try:
+            if self._table.state(job_id) != "QUEUED":
+                return
+            self._transition(job_id, "FAILED", "dispatch", why)
+        except (UnknownJob, InvalidTransition):
+            return
+        logger.warning("job %d failed at admission: %s", job_id, why)
+
+    def _fail_poisoned(self) -> bool:
+        poisoned, self._poisoned = self._poisoned, {}
+        for job_id, why in poisoned.items():
+            self._fail_queued(job_id, why)
+        return bool(poisoned)
+
+    def _forget(self, job_id: int) -> None:
+        """A finished job dropped by retention: its Python-side leftovers too."""
+        self._results.pop(job_id, None)
+        self._missed.discard(job_id)
+        self._block_reasons.pop(job_id, None)
+        self._functions.pop(job_id, None)
 
     def _pass(self, stats: Mapping[str, Any], project_id: str | None) -> int:
         if self._resume_pending:
@@ -1513,58 +1997,64 @@ class JobScheduler:
 
         def take(job_id: int, module: str, gpu_count: int, vram_mb: float, memory_mb: float) -> Any:
             self._took = job_id
-            meta = _Meta(module, gpu_count, vram_mb, memory_mb)
-            explained = self._reservations.explain(meta, lambda: stats)
-            if explained.get("would_wait"):
-                self._refusal = str(explained.get("reason"))
-                self._explained = explained
-                return None
             rt = _Runtime()
-            if self._quotas is not None:
-                project = self._table_project(job_id)
-                if project is not None:
-                    req = _quota_resources(self._cpu_of(job_id), memory_mb, gpu_count, vram_mb)
-                    if self._journal_id is not None and getattr(self._quotas, "supports_holds", False):
-                        # Recorded under the job, in the quota store's own
-                        # transaction: recovery releases it exactly once.
-                        rt.holder = JobTable.marker_token(self._journal_id, job_id)
-                        decision = self._quotas.allocate_quota_held(rt.holder, project, req, QUOTA_JOB_TYPE)
-                    else:
-                        decision = _quota_call(self._quotas, "allocate_quota", project, req)
-                    if not decision:
-                        self._refusal = _quota_reason(decision, project, "refused the allocation")
-                        self._quota_refused = True
-                        return None
-                    rt.quota = True
-            cm = self._reservations.lease(meta, lambda: stats)
+            project: str | None = None
+            held: Any = None
             try:
-                rt.grant = cm.__enter__()
-            except ReservationTimeout as e:
-                self._refusal = str(e)
-                self._release_quota(job_id, rt)
+                meta = _Meta(module, gpu_count, vram_mb, memory_mb)
+                explained = self._reservations.explain(meta, lambda: stats)
+                if explained.get("would_wait"):
+                    self._refusal = str(explained.get("reason"))
+                    self._explained = explained
+                    return None
+                if self._quotas is not None:
+                    project = self._table_project(job_id)
+                    if project is not None:
+                        held = self._quota_held.pop(job_id, None)
+                        if held is None:
+                            req = _quota_resources(self._cpu_of(job_id), memory_mb, gpu_count, vram_mb)
+                            self._quota_wants[job_id] = (project, req)
+                            self._refusal = f"waiting for its allocation in the quota of project {project!r}"
+                            return None
+                        rt.quota = True
+                cm = self._reservations.lease(meta, lambda: stats)
+                try:
+                    rt.grant = cm.__enter__()
+                except ReservationTimeout as e:
+                    self._refusal = str(e)
+                    if held is not None:
+                        self._quota_release_off_loop(job_id, held, project)
+                    return None
+                rt.lease = cm
+                return rt
+            except Exception as e:  # this job's own failure, not the pass's
+                if held is not None:
+                    self._quota_release_off_loop(job_id, held, project)
+                self._poisoned[job_id] = f"admission failed: {type(e).__name__}: {e}"
+                self._refusal = self._poisoned[job_id]
                 return None
-            rt.lease = cm
-            return rt
 
         eligible = None
         if self._quotas is not None or project_id is not None:
-            quotas = self._quotas
+            checks = self._quota_checks
 
             def eligible(job_id: int, project: str | None, cpu_cores: float, memory_mb: float, gpu_count: int, vram_mb: float) -> str | None:
                 if project_id is not None and project != project_id:
                     return f"trigger(project_id={project_id!r}) considers only that project"
-                if quotas is None or project is None:
-                    return None
-                req = _quota_resources(cpu_cores, memory_mb, gpu_count, vram_mb)
-                decision = _quota_call(quotas, "check_quota", project, req)
+                if self._quotas is None or project is None or job_id in self._quota_held:
+                    return None  # no quota, or its allocation is made already
+                decision = checks.get((project, cpu_cores, memory_mb, gpu_count, vram_mb))
+                if decision is None:
+                    return f"quota of project {project!r} not checked yet"
+                if isinstance(decision, Exception):
+                    return f"quota of project {project!r}: check_quota raised {type(decision).__name__}: {decision}"
                 if decision:
                     return None
                 return _quota_reason(decision, project, "exceeded")
 
         # Job details the callbacks need without calling the table (it is busy).
-        self._pass_jobs = None
-        if self._quotas is not None:
-            self._pass_jobs = {d["job_id"]: d for d in self._table.records("QUEUED")}
+        if self._quotas is None:
+            self._pass_jobs = None
         started, blocked, skipped, _head_start, error = self._table.dispatch(cpu, gpus, mem, take, eligible)
         for job_id, rt in started:
             self._block_reasons.pop(job_id, None)
@@ -1572,7 +2062,7 @@ class JobScheduler:
             self._after_transition(job_id, "QUEUED", "RUNNING", None)
         for job_id, why in skipped:
             self._set_block_reason(job_id, why)
-        if blocked is not None:
+        if blocked is not None and blocked not in self._poisoned:
             if self._took != blocked:
                 need = self._table.job(blocked)["requirements"]["cpu_cores"]
                 used = self._table.active()[0]
@@ -1580,7 +2070,8 @@ class JobScheduler:
             else:
                 reason = self._refusal or "does not fit now"
             self._set_block_reason(blocked, f"{reason}; {self._table.describe(blocked)}")
-            self._maybe_preempt(blocked, cpu, gpus, mem)
+            if blocked not in self._quota_wants:
+                self._maybe_preempt(blocked, cpu, gpus, mem)
             if self._took == blocked and self._explained is not None:
                 self._maybe_evict(blocked, self._explained)
         if self._keep_alive is not None and self._unload is not None:
@@ -1603,25 +2094,15 @@ class JobScheduler:
         return "function" if d is None else d["kind"]
 
     def _release_quota(self, job_id: int, rt: _Runtime) -> None:
+        """Gives the job's quota back, in the quota thread (never on the loop)."""
         if not rt.quota or self._quotas is None:
             return
         rt.quota = False
-        if rt.holder is not None:
-            try:
-                self._quotas.release_quota_held(rt.holder)
-            except Exception:
-                logger.exception("release_quota failed for job %d (holder %s)", job_id, rt.holder)
-            return
         d = self._table.job(job_id)
         r = d["requirements"]
-        try:
-            self._quotas.release_quota(
-                d["project"],
-                _quota_resources(r["cpu_cores"], r["memory_mb"], r["gpu_count"], r["vram_mb"]),
-                QUOTA_JOB_TYPE,
-            )
-        except Exception:
-            logger.exception("release_quota failed for job %d (project %r)", job_id, d["project"])
+        self._quota_release_off_loop(
+            job_id, _quota_resources(r["cpu_cores"], r["memory_mb"], r["gpu_count"], r["vram_mb"]), d["project"]
+        )
 
     def _set_block_reason(self, job_id: int, reason: str) -> None:
         if self._block_reasons.get(job_id) == reason:
@@ -1629,6 +2110,26 @@ class JobScheduler:
         self._block_reasons[job_id] = reason
         if self._subscribers or self._callbacks:
             self._emit(JobEvent("blocked", job_id, "QUEUED", None, reason, at=self._table.now()))
+
+    def _why_pending(self, job_id: int) -> str:
+        """What a job waits for, in words (for timeout messages)."""
+        try:
+            d = self._table.job(job_id)
+        except UnknownJob:
+            return f"job {job_id} is unknown"
+        why = self._block_reasons.get(job_id)
+        if d["state"] == "QUEUED" and why is None:
+            why = "no dispatch pass has considered it yet (is the scheduler started?)" if self._loop_task is None else "waiting for a pass"
+        text = f"job {job_id} ({d['module']!r}) is still {d['state']}"
+        return f"{text}: {why}" if why else text
+
+    def _pending_summary(self, limit: int = 5) -> str:
+        c = self._table.counts()
+        head = f"{c['QUEUED']} queued, {c['RUNNING']} running, {c['PAUSED']} paused"
+        states: tuple[_StateName, ...] = ("RUNNING", "PAUSED")
+        ids = [d["job_id"] for state in states for d in self._table.records(state)][:limit]
+        ids += self._table.pending(limit)
+        return head + "".join(f"; {self._why_pending(i)}" for i in ids[: limit * 2])
 
     def block_reason(self, job_id: int) -> str | None:
         """Why a pending job waits (the last pass's reason), if known."""
@@ -1901,16 +2402,15 @@ class JobScheduler:
         finally:
             self._table.process_ended(job_id)
 
-    def _reattach(self, stats: Mapping[str, Any]) -> None:
+    def _reattach(self, stats: Mapping[str, Any], held: Mapping[int, str]) -> None:
         """Runs the adopted jobs again here: their reservation taken again
-        (when it still fits: the process runs either way), then waited for."""
+        (when it still fits: the process runs either way), then waited for;
+        ``held``: the quota holders they kept (released when they end)."""
         adopt, self._adopt = self._adopt, {}
         for job_id, proc in sorted(adopt.items()):
             rt = _Runtime()
             rt.proc = proc
-            holder = self._adopted_holders.get(job_id)
-            if holder is not None:
-                rt.quota, rt.holder = True, holder
+            rt.quota = job_id in held
             r = self._table.job(job_id)
             req = r["requirements"]
             meta = _Meta(r["module"], req["gpu_count"], req["vram_mb"], req["memory_mb"])

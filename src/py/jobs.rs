@@ -18,7 +18,9 @@ use plugin_scheduling_core::jobs::journal::Journal;
 use plugin_scheduling_core::jobs::plan::{self, Totals};
 use plugin_scheduling_core::jobs::queue::{Capacity, JobQueue, Recovery, Requeue};
 use plugin_scheduling_core::jobs::recovery::{self as procs, Mode, Verdict};
-use plugin_scheduling_core::jobs::{Job, JobSpec, JobState, Resources};
+use plugin_scheduling_core::jobs::{
+    Durability, Job, JobSpec, JobState, Machine, Resources, Retention,
+};
 use plugin_scheduling_core::policy;
 
 /// The job table: records, validated transitions, the pending set in the
@@ -116,6 +118,9 @@ fn job_dict<'py>(py: Python<'py>, job: &Job, to_unix: f64) -> PyResult<Bound<'py
     d.set_item("progress_message", job.progress_message.as_deref())?;
     d.set_item("started", job.started)?;
     d.set_item("ended", job.ended)?;
+    d.set_item("submitted_at", i.submitted + to_unix)?;
+    d.set_item("started_at", job.started.map(|t| t + to_unix))?;
+    d.set_item("ended_at", job.ended.map(|t| t + to_unix))?;
     d.set_item("ran_s", job.ran_s)?;
     Ok(d)
 }
@@ -185,16 +190,32 @@ impl JobTable {
 impl JobTable {
     /// `policy`: a core policy name; `journal`: an SQLite path, or None (in
     /// memory); `clock`: a callable returning seconds (default monotonic);
-    /// `batch`: journal writes per commit at most.
+    /// `batch`: journal writes per commit at most; `own`: take the journal
+    /// as its one owner (refused while a live scheduler owns it; viewers
+    /// pass False); `durability`: `"sync"` (every write committed before
+    /// the call returns) or `"batched"` (the caller flushes);
+    /// `retention_jobs`/`retention_age_s`: finished jobs kept (None: no bound).
     #[new]
-    #[pyo3(signature = (policy = "fifo", journal = None, clock = None, batch = 1024))]
+    #[pyo3(signature = (policy = "fifo", journal = None, clock = None, batch = 1024, own = false,
+                        durability = "batched", retention_jobs = Some(10_000),
+                        retention_age_s = Some(604_800.0)))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         policy: &str,
         journal: Option<PathBuf>,
         clock: Option<Py<PyAny>>,
         batch: usize,
+        own: bool,
+        durability: &str,
+        retention_jobs: Option<usize>,
+        retention_age_s: Option<f64>,
     ) -> PyResult<Self> {
+        let Some(durability) = Durability::parse(durability) else {
+            return Err(PyValueError::new_err(format!(
+                "durability must be 'sync' or 'batched', got {durability:?}"
+            )));
+        };
         let Some(p) = policy::by_name(policy, None) else {
             return Err(PyValueError::new_err(format!(
                 "policy must be one of {}, got {policy:?}",
@@ -209,13 +230,22 @@ impl JobTable {
                 )));
             }
         }
+        let now = clock_now(clock.as_ref(), py)?;
+        let retention = Retention {
+            max_jobs: retention_jobs,
+            max_age_s: retention_age_s,
+        }
+        .checked()
+        .map_err(job_error)?;
         let journal = match journal {
+            Some(path) if own => Some(Journal::open_owned(&path, batch).map_err(job_error)?),
             Some(path) => Some(Journal::open(&path, batch).map_err(job_error)?),
             None => None,
         };
-        let now = clock_now(clock.as_ref(), py)?;
         let mut table = JobQueue::new(p, journal);
         table.set_clock(now);
+        table.set_durability(durability);
+        table.set_retention(retention, now).map_err(job_error)?;
         Ok(Self {
             inner: Mutex::new(table),
             owner: AtomicU64::new(0),
@@ -226,6 +256,72 @@ impl JobTable {
     /// The table's clock, in seconds.
     fn now(&self, py: Python<'_>) -> PyResult<f64> {
         clock_now(self.clock.as_ref(), py)
+    }
+
+    /// `"sync"` or `"batched"`.
+    #[getter]
+    fn durability(&self) -> PyResult<&'static str> {
+        Ok(match self.table()?.durability() {
+            Durability::Sync => "sync",
+            Durability::Batched => "batched",
+        })
+    }
+
+    /// The dead owner whose journal was taken over at open:
+    /// `{"pid", "start_ticks", "since"}`, or None.
+    #[getter]
+    fn took_over<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let t = self.table()?;
+        let Some(o) = t.took_over() else {
+            return Ok(None);
+        };
+        let d = PyDict::new(py);
+        d.set_item("pid", o.pid)?;
+        d.set_item("start_ticks", o.start)?;
+        d.set_item("since", o.since)?;
+        Ok(Some(d))
+    }
+
+    /// What the machine has (None: not known): later submissions that can
+    /// never fit are refused. `gpu_vram_mb`: each GPU's total VRAM.
+    #[pyo3(signature = (cpu_cores = None, memory_mb = None, gpu_vram_mb = None))]
+    fn set_machine(
+        &self,
+        cpu_cores: Option<f64>,
+        memory_mb: Option<f64>,
+        gpu_vram_mb: Option<Vec<f64>>,
+    ) -> PyResult<()> {
+        self.table()?.set_machine(Machine {
+            cpu_cores,
+            memory_mb,
+            gpu_vram_mb,
+        });
+        Ok(())
+    }
+
+    /// Fails the queued jobs that can never fit the machine: `[(job_id, why)]`.
+    fn refuse_never_fit(&self, py: Python<'_>) -> PyResult<Vec<(u64, String)>> {
+        let now = self.now(py)?;
+        self.table()?.refuse_never_fit(now).map_err(job_error)
+    }
+
+    /// Applies the retention now; ids dropped (this call's and earlier ones'
+    /// not yet taken).
+    fn prune(&self, py: Python<'_>) -> PyResult<Vec<u64>> {
+        let now = self.now(py)?;
+        let mut t = self.table()?;
+        t.prune(now).map_err(job_error)?;
+        Ok(t.take_pruned())
+    }
+
+    /// Ids dropped by retention since the last call.
+    fn take_pruned(&self) -> PyResult<Vec<u64>> {
+        Ok(self.table()?.take_pruned())
+    }
+
+    /// Commits and gives the journal (and its ownership) up.
+    fn close(&self) -> PyResult<()> {
+        self.table()?.close().map_err(job_error)
     }
 
     #[getter]
@@ -428,7 +524,7 @@ impl JobTable {
             gpus,
             memory_mb,
         };
-        let outcome = self.table()?.dispatch(
+        let (outcome, committed) = self.table()?.dispatch_durable(
             now,
             capacity,
             |job| -> PyResult<Option<String>> {
@@ -472,6 +568,7 @@ impl JobTable {
         }
         let error: Option<Bound<'py, PyAny>> = outcome
             .error
+            .or_else(|| committed.err().map(job_error))
             .map(|e| e.into_value(py).into_bound(py).into_any());
         PyTuple::new(
             py,
@@ -625,12 +722,6 @@ impl JobTable {
     }
 }
 
-/// This process's pid and start time (the owner of the processes it spawns).
-fn me() -> (u32, u64) {
-    let pid = std::process::id();
-    (pid, procs::read_stat(pid).map_or(0, |s| s.start_time))
-}
-
 fn no_journal() -> PyErr {
     PyValueError::new_err("this JobTable has no journal (journal=None): no process records")
 }
@@ -655,14 +746,12 @@ impl JobTable {
             .map_err(job_error)
     }
 
-    /// Records (committed at once) that job `job_id` is about to be
-    /// spawned by this process, with its marker `token`.
+    /// Records (committed at once, whatever the durability) that job
+    /// `job_id` is about to be spawned, with its marker `token`.
     fn process_intent(&self, job_id: u64, token: &str) -> PyResult<()> {
-        let (pid, start) = me();
         let t = self.table()?;
         let j = t.journal_ref().ok_or_else(no_journal)?;
-        j.process_intent(job_id, token, pid, start)
-            .map_err(job_error)
+        j.process_intent(job_id, token).map_err(job_error)
     }
 
     /// Records (committed at once) job `job_id`'s spawned process; its
@@ -677,14 +766,6 @@ impl JobTable {
         Ok(start)
     }
 
-    /// Job `job_id`'s process is now this process's (adopted), at once.
-    fn process_adopted(&self, job_id: u64) -> PyResult<()> {
-        let (pid, start) = me();
-        let t = self.table()?;
-        let j = t.journal_ref().ok_or_else(no_journal)?;
-        j.process_owner(job_id, pid, start).map_err(job_error)
-    }
-
     /// Forgets job `job_id`'s process record, at once.
     fn process_ended(&self, job_id: u64) -> PyResult<()> {
         let t = self.table()?;
@@ -694,7 +775,7 @@ impl JobTable {
         }
     }
 
-    /// `[{"job_id", "pid", "start_time", "pgid", "owner_pid", "owner_start"}]`.
+    /// `[{"job_id", "token", "pid", "start_time", "pgid"}]`.
     fn processes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let rows = {
             let t = self.table()?;
@@ -711,8 +792,6 @@ impl JobTable {
             d.set_item("pid", r.pid)?;
             d.set_item("start_time", r.start_time)?;
             d.set_item("pgid", r.pgid)?;
-            d.set_item("owner_pid", r.owner_pid)?;
-            d.set_item("owner_start", r.owner_start)?;
             out.append(d)?;
         }
         Ok(out)
@@ -720,8 +799,10 @@ impl JobTable {
 
     /// What to do, per job, with the previous incarnation's processes
     /// (`mode`: "kill" or "adopt"), from the journal's records and `/proc`
-    /// now: `[{"job_id", "verdict": "gone"|"owner_alive"|"adopt"|"kill",
-    /// "pid", "start_time", "pgid", "owner_pid", "survivors": [(pid, start_time)]}]`.
+    /// now: `[{"job_id", "verdict": "gone"|"adopt"|"kill", "pid",
+    /// "start_time", "pgid", "survivors": [(pid, start_time)]}]`. Only a
+    /// decision: the journal's owner (`own=True`, which a live owner
+    /// refuses) acts on it, before it spawns anything.
     fn recovery_plan<'py>(&self, py: Python<'py>, mode: &str) -> PyResult<Bound<'py, PyList>> {
         let mode = mode_arg(mode)?;
         let (records, journal_id) = {
@@ -740,35 +821,24 @@ impl JobTable {
         let decisions = py.detach(|| {
             let snapshot = procs::scan();
             let marked = procs::scan_markers(&snapshot, &journal_id);
-            procs::plan(&records, &snapshot, &marked, std::process::id(), mode)
+            procs::plan(&records, &snapshot, &marked, mode)
         });
         let out = PyList::empty(py);
         for dec in decisions {
             let d = PyDict::new(py);
             d.set_item("job_id", dec.job_id)?;
-            let (verdict, pid, start, pgid, owner, survivors) = match dec.verdict {
-                Verdict::Gone => ("gone", None, None, None, None, Vec::new()),
-                Verdict::OwnerAlive { owner_pid } => {
-                    ("owner_alive", None, None, None, Some(owner_pid), Vec::new())
-                }
+            let (verdict, pid, start, pgid, survivors) = match dec.verdict {
+                Verdict::Gone => ("gone", None, None, None, Vec::new()),
                 Verdict::Adopt {
                     pid,
                     start_time,
                     pgid,
-                } => (
-                    "adopt",
-                    Some(pid),
-                    Some(start_time),
-                    Some(pgid),
-                    None,
-                    Vec::new(),
-                ),
+                } => ("adopt", Some(pid), Some(start_time), Some(pgid), Vec::new()),
                 Verdict::Kill { pgid, survivors } => (
                     "kill",
                     None,
                     None,
                     pgid,
-                    None,
                     survivors
                         .into_iter()
                         .map(|s| (s.pid, s.start_time))
@@ -779,7 +849,6 @@ impl JobTable {
             d.set_item("pid", pid)?;
             d.set_item("start_time", start)?;
             d.set_item("pgid", pgid)?;
-            d.set_item("owner_pid", owner)?;
             d.set_item("survivors", survivors)?;
             out.append(d)?;
         }

@@ -100,22 +100,220 @@ pub struct Resources {
     pub vram_mb: f64,
 }
 
+/// The largest figures a submission may carry. Beyond them a number is a
+/// mistake or an attack (`gpu_count=65537`, `memory_mb=1e300`), refused at
+/// submit naming the field, before it can reach a dispatch pass.
+pub mod limits {
+    /// CPU cores a job may ask for.
+    pub const MAX_CPU_CORES: f64 = 1_000_000.0;
+    /// System memory (MB) a job may ask for: 1 EB.
+    pub const MAX_MEMORY_MB: f64 = 1e12;
+    /// VRAM per GPU (MB): 1 PB.
+    pub const MAX_VRAM_MB: f64 = 1e9;
+    /// GPUs a job may ask for.
+    pub const MAX_GPU_COUNT: u32 = 4096;
+    /// Retries a job may be given.
+    pub const MAX_RETRIES: u32 = 1000;
+    /// Durations and deadlines (seconds): about 317 years.
+    pub const MAX_SECONDS: f64 = 1e10;
+    /// Price per second.
+    pub const MAX_COST_PER_SECOND: f64 = 1e12;
+    /// Names (module, user, project, queue, kind), in bytes.
+    pub const MAX_NAME_BYTES: usize = 4096;
+}
+
+fn invalid(field: &str, message: String) -> JobError {
+    JobError::Invalid {
+        field: field.to_owned(),
+        message,
+    }
+}
+
+/// `v` finite, `>= 0` and at most `max`, else an error naming `field`.
+pub fn checked_number(field: &str, v: f64, max: f64) -> Result<f64, JobError> {
+    if !(v.is_finite() && v >= 0.0) {
+        return Err(invalid(
+            field,
+            format!("must be a finite number >= 0, got {v}"),
+        ));
+    }
+    if v > max {
+        return Err(invalid(field, format!("must be at most {max}, got {v}")));
+    }
+    Ok(v)
+}
+
+/// A name: non-empty when `required`, at most [`limits::MAX_NAME_BYTES`], no NUL.
+pub fn checked_name(field: &str, v: &str) -> Result<(), JobError> {
+    if v.len() > limits::MAX_NAME_BYTES {
+        return Err(invalid(
+            field,
+            format!(
+                "must be at most {} bytes, got {}",
+                limits::MAX_NAME_BYTES,
+                v.len()
+            ),
+        ));
+    }
+    if v.contains('\0') {
+        return Err(invalid(field, format!("must not contain NUL, got {v:?}")));
+    }
+    Ok(())
+}
+
+/// What the machine has, as far as it is known (`None`: not known yet).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Machine {
+    pub cpu_cores: Option<f64>,
+    pub memory_mb: Option<f64>,
+    /// Each GPU's total VRAM (MB); `Some(vec![])`: no GPU.
+    pub gpu_vram_mb: Option<Vec<f64>>,
+}
+
 impl Resources {
-    /// Every figure checked finite and non-negative (names the field).
+    /// Every figure checked finite, non-negative and within [`limits`]
+    /// (names the field).
     pub fn checked(self) -> Result<Self, JobError> {
-        for (field, v) in [
-            ("cpu_cores", self.cpu_cores),
-            ("memory_mb", self.memory_mb),
-            ("vram_mb", self.vram_mb),
+        for (field, v, max) in [
+            ("cpu_cores", self.cpu_cores, limits::MAX_CPU_CORES),
+            ("memory_mb", self.memory_mb, limits::MAX_MEMORY_MB),
+            ("vram_mb", self.vram_mb, limits::MAX_VRAM_MB),
         ] {
-            if !(v.is_finite() && v >= 0.0) {
-                return Err(JobError::Invalid {
-                    field: format!("requirements.{field}"),
-                    message: format!("must be a finite number >= 0, got {v}"),
-                });
+            checked_number(&format!("requirements.{field}"), v, max)?;
+        }
+        if self.gpu_count > limits::MAX_GPU_COUNT {
+            return Err(invalid(
+                "requirements.gpu_count",
+                format!(
+                    "must be at most {}, got {}",
+                    limits::MAX_GPU_COUNT,
+                    self.gpu_count
+                ),
+            ));
+        }
+        Ok(self)
+    }
+
+    /// Why a job asking for this can never run on `machine` (names the
+    /// resource, the need and the capacity), or `None` if it may.
+    pub fn never_fits(&self, machine: &Machine) -> Option<JobError> {
+        let never = |field: &str, what: String| {
+            Some(invalid(
+                &format!("requirements.{field}"),
+                format!("{what}: the job can never fit"),
+            ))
+        };
+        if let Some(cores) = machine.cpu_cores {
+            if self.cpu_cores > cores + 1e-9 {
+                return never(
+                    "cpu_cores",
+                    format!(
+                        "needs {} CPU cores, the machine has {cores}",
+                        self.cpu_cores
+                    ),
+                );
+            }
+        }
+        if let Some(mem) = machine.memory_mb {
+            if self.memory_mb > mem + 1e-9 {
+                return never(
+                    "memory_mb",
+                    format!(
+                        "needs {} MB of memory, the machine has {mem} MB",
+                        self.memory_mb
+                    ),
+                );
+            }
+        }
+        if let Some(gpus) = &machine.gpu_vram_mb {
+            let n = self.gpu_count as usize;
+            if n > gpus.len() {
+                return never(
+                    "gpu_count",
+                    format!(
+                        "needs {} GPUs, the machine has {}",
+                        self.gpu_count,
+                        gpus.len()
+                    ),
+                );
+            }
+            if n > 0 && self.vram_mb > 0.0 {
+                let big = gpus.iter().filter(|&&v| v + 1e-9 >= self.vram_mb).count();
+                if big < n {
+                    let largest = gpus.iter().copied().fold(0.0_f64, f64::max);
+                    return never(
+                        "vram_mb",
+                        format!(
+                            "needs {} MB of VRAM on each of {n} GPU(s), {big} of the machine's {} GPUs have that much (the largest has {largest} MB)",
+                            self.vram_mb,
+                            gpus.len()
+                        ),
+                    );
+                }
+            }
+        }
+        None
+    }
+}
+
+/// How soon a write reaches the journal's file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Committed before the call that made it returns.
+    Sync,
+    /// Buffered; the front end commits within its `flush_interval`.
+    #[default]
+    Batched,
+}
+
+impl Durability {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "sync" => Some(Self::Sync),
+            "batched" => Some(Self::Batched),
+            _ => None,
+        }
+    }
+}
+
+/// How many finished jobs (completed, failed, cancelled) are kept, in
+/// memory and in the journal: the oldest beyond `max_jobs`, and any that
+/// ended more than `max_age_s` ago, are dropped.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Retention {
+    pub max_jobs: Option<usize>,
+    pub max_age_s: Option<f64>,
+}
+
+impl Retention {
+    /// 10,000 finished jobs, 7 days.
+    pub const DEFAULT: Retention = Retention {
+        max_jobs: Some(10_000),
+        max_age_s: Some(7.0 * 24.0 * 3600.0),
+    };
+
+    pub fn checked(self) -> Result<Self, JobError> {
+        if self.max_jobs == Some(0) {
+            return Err(invalid(
+                "retention.max_jobs",
+                "must be at least 1 (the job that just ended is kept), got 0".into(),
+            ));
+        }
+        if let Some(age) = self.max_age_s {
+            if !(age.is_finite() && age >= 0.0) {
+                return Err(invalid(
+                    "retention.max_age_s",
+                    format!("must be a finite number of seconds >= 0, got {age}"),
+                ));
             }
         }
         Ok(self)
+    }
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self::DEFAULT
     }
 }
 
@@ -288,5 +486,101 @@ mod tests {
             ..Resources::default()
         };
         assert!(nan.checked().is_err());
+    }
+
+    #[test]
+    fn poison_figures_are_refused_naming_the_field() {
+        for (r, field) in [
+            (
+                Resources {
+                    gpu_count: 65537,
+                    ..Resources::default()
+                },
+                "requirements.gpu_count",
+            ),
+            (
+                Resources {
+                    vram_mb: 1e300,
+                    ..Resources::default()
+                },
+                "requirements.vram_mb",
+            ),
+            (
+                Resources {
+                    memory_mb: 1e300,
+                    ..Resources::default()
+                },
+                "requirements.memory_mb",
+            ),
+            (
+                Resources {
+                    cpu_cores: f64::INFINITY,
+                    ..Resources::default()
+                },
+                "requirements.cpu_cores",
+            ),
+        ] {
+            let e = r.checked().unwrap_err().to_string();
+            assert!(e.starts_with(field), "{e}");
+        }
+        assert!(checked_number("deadline", 1e11, limits::MAX_SECONDS).is_err());
+        assert!(checked_name("queue", "a\0b").is_err());
+        assert!(checked_name("queue", &"x".repeat(5000)).is_err());
+    }
+
+    #[test]
+    fn never_fits_names_resource_need_and_capacity() {
+        let m = Machine {
+            cpu_cores: Some(2.0),
+            memory_mb: Some(16000.0),
+            gpu_vram_mb: Some(vec![24000.0, 80000.0]),
+        };
+        let cpu = Resources {
+            cpu_cores: 500.0,
+            ..Resources::default()
+        };
+        let e = cpu.never_fits(&m).expect("never").to_string();
+        assert!(
+            e.contains("cpu_cores") && e.contains("500") && e.contains("has 2"),
+            "{e}"
+        );
+        let gpus = Resources {
+            gpu_count: 3,
+            ..Resources::default()
+        };
+        assert!(gpus
+            .never_fits(&m)
+            .expect("never")
+            .to_string()
+            .contains("has 2"));
+        let vram = Resources {
+            gpu_count: 2,
+            vram_mb: 40000.0,
+            ..Resources::default()
+        };
+        let e = vram.never_fits(&m).expect("never").to_string();
+        assert!(
+            e.contains("vram_mb") && e.contains("40000") && e.contains("80000"),
+            "{e}"
+        );
+        let one_big = Resources {
+            gpu_count: 1,
+            vram_mb: 40000.0,
+            ..Resources::default()
+        };
+        assert!(one_big.never_fits(&m).is_none());
+        let mem = Resources {
+            memory_mb: 16001.0,
+            ..Resources::default()
+        };
+        assert!(mem
+            .never_fits(&m)
+            .expect("never")
+            .to_string()
+            .contains("16000 MB"));
+        assert!(
+            cpu.never_fits(&Machine::default()).is_none(),
+            "unknown: no refusal"
+        );
     }
 }

@@ -10,11 +10,14 @@
 //! computed afresh at each pass.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
-use super::journal::{unix_now, HistoryRow, Journal, Row};
-use super::{allowed, rerunnable, Job, JobError, JobSpec, JobState, Resources};
+use super::journal::{unix_now, HistoryRow, Journal, JournalOwner, Row, ID_BLOCK};
+use super::{
+    allowed, checked_name, checked_number, limits, rerunnable, Durability, Job, JobError, JobSpec,
+    JobState, Machine, Resources, Retention,
+};
 use crate::policy::admit::{admit_each, Placement, Plan};
 use crate::policy::{Ctx, JobInfo, Policy, RunningJob};
 
@@ -147,20 +150,26 @@ pub struct JobQueue {
     active_mem: f64,
     /// Running and paused jobs (a pass looks at these, not at every job).
     active_ids: BTreeSet<u64>,
+    durability: Durability,
+    retention: Retention,
+    /// Finished jobs, oldest end first (retention drops from the front).
+    finished: VecDeque<u64>,
+    /// Finished jobs dropped by retention, not yet told to the front end.
+    pruned: Vec<u64>,
+    /// What the machine has (never-fit refusals at submit).
+    machine: Machine,
+    /// Ids below this are durably reserved (0: no block yet).
+    id_reserved: u64,
+    /// Inside [`JobQueue::dispatch_durable`]: commits wait for its end.
+    in_pass: bool,
 }
 
 fn state_index(s: JobState) -> usize {
     s as usize
 }
 
-fn finite_opt(field: &str, v: Option<f64>) -> Result<Option<f64>, JobError> {
-    match v {
-        Some(x) if !(x.is_finite() && x >= 0.0) => Err(JobError::Invalid {
-            field: field.into(),
-            message: format!("must be a finite number >= 0, got {x}"),
-        }),
-        _ => Ok(v),
-    }
+fn finite_opt(field: &str, v: Option<f64>, max: f64) -> Result<Option<f64>, JobError> {
+    v.map(|x| checked_number(field, x, max)).transpose()
 }
 
 impl JobQueue {
@@ -198,7 +207,151 @@ impl JobQueue {
             active_gpus: 0,
             active_mem: 0.0,
             active_ids: BTreeSet::new(),
+            durability: Durability::default(),
+            retention: Retention::DEFAULT,
+            finished: VecDeque::new(),
+            pruned: Vec::new(),
+            machine: Machine::default(),
+            id_reserved: 0,
+            in_pass: false,
         }
+    }
+
+    /// When writes are committed (see [`Durability`]).
+    pub fn set_durability(&mut self, durability: Durability) {
+        self.durability = durability;
+    }
+
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    /// How many finished jobs are kept (applied at once).
+    pub fn set_retention(&mut self, retention: Retention, now: f64) -> Result<(), JobError> {
+        self.retention = retention.checked()?;
+        self.prune(now)?;
+        Ok(())
+    }
+
+    /// What the machine has: later submissions that can never fit it are
+    /// refused (see [`JobQueue::refuse_never_fit`] for those already queued).
+    pub fn set_machine(&mut self, machine: Machine) {
+        self.machine = machine;
+    }
+
+    pub fn machine(&self) -> &Machine {
+        &self.machine
+    }
+
+    /// Fails the queued jobs that can never fit the machine (it became
+    /// known after they were submitted), each with the reason.
+    pub fn refuse_never_fit(&mut self, now: f64) -> Result<Vec<(u64, String)>, JobError> {
+        let doomed: Vec<(u64, String)> = self
+            .keys
+            .keys()
+            .filter_map(|id| {
+                let job = self.jobs.get(id)?;
+                job.resources
+                    .never_fits(&self.machine)
+                    .map(|e| (*id, e.to_string()))
+            })
+            .collect();
+        let mut out = Vec::new();
+        for (id, why) in doomed {
+            self.transition(id, JobState::Failed, "never_fits", Some(&why), now)?;
+            out.push((id, why));
+        }
+        Ok(out)
+    }
+
+    /// Commits now under [`Durability::Sync`] (outside a pass).
+    fn durable(&mut self) -> Result<(), JobError> {
+        if self.durability == Durability::Sync && !self.in_pass {
+            self.flush()
+        } else {
+            Ok(())
+        }
+    }
+
+    /// [`JobQueue::dispatch`], its transitions committed together at the end
+    /// under [`Durability::Sync`] (the second value: that commit's outcome).
+    pub fn dispatch_durable<H, E>(
+        &mut self,
+        now: f64,
+        capacity: Capacity,
+        eligible: impl FnMut(&Job) -> Result<Option<String>, E>,
+        take: impl FnMut(&Job) -> Result<Option<H>, E>,
+    ) -> (PassOutcome<H, E>, Result<(), JobError>) {
+        self.in_pass = true;
+        let outcome = self.dispatch(now, capacity, eligible, take);
+        self.in_pass = false;
+        let committed = self.durable();
+        (outcome, committed)
+    }
+
+    /// Drops finished jobs beyond the retention (count, then age at `now`),
+    /// from memory and the journal; their ids.
+    pub fn prune(&mut self, now: f64) -> Result<Vec<u64>, JobError> {
+        let mut dropped = Vec::new();
+        while let Some(&id) = self.finished.front() {
+            let Some(job) = self.jobs.get(&id) else {
+                self.finished.pop_front();
+                continue;
+            };
+            if !job.state.is_terminal() {
+                self.finished.pop_front();
+                continue;
+            }
+            let over = self
+                .retention
+                .max_jobs
+                .is_some_and(|m| self.finished.len() > m);
+            let old = self
+                .retention
+                .max_age_s
+                .is_some_and(|a| job.ended.is_some_and(|e| now - e > a));
+            if !(over || old) {
+                break;
+            }
+            self.finished.pop_front();
+            let state = job.state;
+            self.jobs.remove(&id);
+            self.counts[state_index(state)] = self.counts[state_index(state)].saturating_sub(1);
+            if let Some(j) = self.journal.as_mut() {
+                j.delete(id)?;
+            }
+            dropped.push(id);
+        }
+        self.pruned.extend_from_slice(&dropped);
+        Ok(dropped)
+    }
+
+    /// Ids dropped by retention since the last call.
+    pub fn take_pruned(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.pruned)
+    }
+
+    /// Commits what is buffered and gives the journal up (its ownership
+    /// with it); journaled writes after this are refused.
+    pub fn close(&mut self) -> Result<(), JobError> {
+        self.give_back_ids();
+        match self.journal.as_mut() {
+            Some(j) => j.close(),
+            None => Ok(()),
+        }
+    }
+
+    fn give_back_ids(&mut self) {
+        if let Some(j) = self.journal.as_mut() {
+            if self.id_reserved > 0 && j.owned() && j.give_back_ids(self.next_id).is_ok() {
+                self.id_reserved = 0;
+            }
+        }
+    }
+
+    /// The dead owner whose journal this table took over at open.
+    pub fn took_over(&self) -> Option<&JournalOwner> {
+        self.journal.as_ref().and_then(Journal::took_over)
     }
 
     /// Sets how clock seconds map to Unix seconds (`unix − clock now`),
@@ -233,12 +386,26 @@ impl JobQueue {
         priority: i64,
         max_concurrent_jobs: Option<u32>,
     ) -> Result<(), JobError> {
+        self.add_queue_in_memory(name, priority, max_concurrent_jobs)?;
+        if let Some(j) = self.journal.as_mut() {
+            j.queue(name, priority, max_concurrent_jobs)?;
+        }
+        self.durable()
+    }
+
+    fn add_queue_in_memory(
+        &mut self,
+        name: &str,
+        priority: i64,
+        max_concurrent_jobs: Option<u32>,
+    ) -> Result<(), JobError> {
         if name.is_empty() {
             return Err(JobError::Invalid {
                 field: "name".into(),
                 message: "a queue needs a non-empty name".into(),
             });
         }
+        checked_name("name", name)?;
         let key = self.intern(name);
         let q = self.queues.entry(key.clone()).or_insert(QueueStats {
             name: key,
@@ -357,7 +524,13 @@ impl JobQueue {
         Ok(())
     }
 
-    /// Submits a job at clock time `now`; its id.
+    /// Submits a job at clock time `now`; its id. Refused, naming the
+    /// field: a malformed figure or name, a figure beyond [`limits`], a need
+    /// the machine can never meet ([`Resources::never_fits`]), a queue that
+    /// does not exist or can never run a job. Its id is never handed out
+    /// again, even after a crash (ids are reserved in durable blocks); under
+    /// [`Durability::Sync`] the job is committed before this returns (and
+    /// not kept if the commit fails).
     pub fn submit(&mut self, spec: JobSpec, now: f64) -> Result<u64, JobError> {
         if spec.name.is_empty() {
             return Err(JobError::Invalid {
@@ -365,16 +538,48 @@ impl JobQueue {
                 message: "a job needs a non-empty module name".into(),
             });
         }
+        checked_name("module", &spec.name)?;
+        for (field, v) in [
+            ("user", spec.user.as_deref()),
+            ("project", spec.project.as_deref()),
+            ("queue", spec.queue.as_deref()),
+            ("kind", Some(spec.kind.as_str())),
+        ] {
+            if let Some(v) = v {
+                checked_name(field, v)?;
+            }
+        }
         if !(spec.priority.is_finite() && (0.0..=100.0).contains(&spec.priority)) {
             return Err(JobError::Invalid {
                 field: "priority".into(),
                 message: format!("must be between 0 and 100, got {}", spec.priority),
             });
         }
-        let deadline_in = finite_opt("deadline", spec.deadline_in)?;
-        let estimated = finite_opt("estimated_duration", spec.estimated_duration)?;
-        let cost = finite_opt("cost_per_second", spec.cost_per_second)?;
+        let deadline_in = finite_opt("deadline", spec.deadline_in, limits::MAX_SECONDS)?;
+        let estimated = finite_opt(
+            "estimated_duration",
+            spec.estimated_duration,
+            limits::MAX_SECONDS,
+        )?;
+        let cost = finite_opt(
+            "cost_per_second",
+            spec.cost_per_second,
+            limits::MAX_COST_PER_SECOND,
+        )?;
+        if spec.max_retries > limits::MAX_RETRIES {
+            return Err(JobError::Invalid {
+                field: "max_retries".into(),
+                message: format!(
+                    "must be at most {}, got {}",
+                    limits::MAX_RETRIES,
+                    spec.max_retries
+                ),
+            });
+        }
         let resources = spec.resources.checked()?;
+        if let Some(e) = resources.never_fits(&self.machine) {
+            return Err(e);
+        }
         let queue_name = spec.queue.as_deref().unwrap_or(DEFAULT_QUEUE);
         let Some(queue) = self.queues.get(queue_name).map(|q| q.name.clone()) else {
             return Err(JobError::Invalid {
@@ -389,13 +594,27 @@ impl JobQueue {
                 ),
             });
         };
+        if self
+            .queues
+            .get(&queue)
+            .is_some_and(|q| q.max_concurrent_jobs == Some(0))
+        {
+            return Err(JobError::Invalid {
+                field: "queue".into(),
+                message: format!(
+                    "queue {queue_name:?} has max_concurrent_jobs=0: a job in it can never run"
+                ),
+            });
+        }
+        self.reserve_id()?;
+        let mark = self.journal.as_ref().map_or(0, Journal::unflushed);
         let id = self.next_id;
         self.next_id += 1;
         let name = self.intern(&spec.name);
         let user = spec.user.as_deref().map(|u| self.intern(u));
         let project = spec.project.as_deref().map(|p| self.intern(p));
         let kind = self.intern(&spec.kind);
-        let payload = self.intern(&spec.payload);
+        let payload: Arc<str> = Arc::from(spec.payload.as_str());
         let info = JobInfo {
             id,
             name,
@@ -433,9 +652,42 @@ impl JobQueue {
         self.counts[state_index(JobState::Queued)] += 1;
         self.counters.submitted += 1;
         self.enqueue(id, now);
-        self.journal_job(id)?;
-        self.journal_history(id, None, JobState::Queued, "submit_job", None)?;
+        let journaled = self
+            .journal_job(id)
+            .and_then(|()| self.journal_history(id, None, JobState::Queued, "submit_job", None))
+            .and_then(|()| self.durable());
+        if let Err(e) = journaled {
+            // Not acknowledged: not kept either (its id stays burnt).
+            self.dequeue(id);
+            self.jobs.remove(&id);
+            if let Some(q) = self.queues.get_mut(&queue) {
+                q.total_jobs = q.total_jobs.saturating_sub(1);
+            }
+            self.counts[state_index(JobState::Queued)] -= 1;
+            self.counters.submitted -= 1;
+            if let Some(j) = self.journal.as_mut() {
+                j.discard_from(mark);
+            }
+            return Err(e);
+        }
         Ok(id)
+    }
+
+    /// Makes sure `next_id` lies in a durably reserved block.
+    fn reserve_id(&mut self) -> Result<(), JobError> {
+        let Some(journal) = self.journal.as_mut() else {
+            return Ok(());
+        };
+        if self.next_id < self.id_reserved {
+            return Ok(());
+        }
+        if self.id_reserved == 0 {
+            self.next_id = self.next_id.max(journal.next_free_id()?);
+        }
+        let upto = self.next_id.saturating_add(ID_BLOCK);
+        journal.reserve_ids(upto)?;
+        self.id_reserved = upto;
+        Ok(())
     }
 
     pub fn get(&self, id: u64) -> Option<&Job> {
@@ -537,6 +789,11 @@ impl JobQueue {
         }
         self.journal_job(id)?;
         self.journal_history(id, Some(from), to, call, reason)?;
+        if to.is_terminal() {
+            self.finished.push_back(id);
+            self.prune(now)?;
+        }
+        self.durable()?;
         Ok(from)
     }
 
@@ -592,19 +849,14 @@ impl JobQueue {
         if queued {
             self.enqueue(id, now);
         }
-        self.journal_job(id)
+        self.journal_job(id)?;
+        self.durable()
     }
 
     /// Raises a job's memory needs (out-of-memory retry); never lowers them.
     pub fn grow(&mut self, id: u64, memory_mb: f64, vram_mb: f64) -> Result<Resources, JobError> {
-        for (field, v) in [("memory_mb", memory_mb), ("vram_mb", vram_mb)] {
-            if !(v.is_finite() && v >= 0.0) {
-                return Err(JobError::Invalid {
-                    field: field.into(),
-                    message: format!("must be a finite number >= 0, got {v}"),
-                });
-            }
-        }
+        checked_number("memory_mb", memory_mb, limits::MAX_MEMORY_MB)?;
+        checked_number("vram_mb", vram_mb, limits::MAX_VRAM_MB)?;
         let job = self.job(id)?;
         if job.state.is_terminal() {
             return Err(self.refuse(job, "grow"));
@@ -621,6 +873,7 @@ impl JobQueue {
         }
         let r = job.resources;
         self.journal_job(id)?;
+        self.durable()?;
         Ok(r)
     }
 
@@ -898,11 +1151,18 @@ impl JobQueue {
             return Ok(Recovery::default());
         };
         let rows = journal.load()?;
+        let queues = journal.load_queues()?;
+        let next_free = journal.next_free_id()?;
+        self.next_id = self.next_id.max(next_free);
+        for (name, priority, max) in queues {
+            self.add_queue_in_memory(&name, priority, max)?;
+        }
         let mut report = Recovery::default();
+        let mut finished: Vec<(f64, u64)> = Vec::new();
         for row in rows {
             let queue = row.queue.clone();
             if !self.queues.contains_key(queue.as_str()) {
-                self.add_queue(&queue, 0, None)?;
+                self.add_queue_in_memory(&queue, 0, None)?;
             }
             let mut job = row.into_job(self.offset);
             job.queue = self.intern(&queue);
@@ -923,8 +1183,11 @@ impl JobQueue {
                 if was == JobState::Queued {
                     job.state = JobState::Running;
                     job.attempts += 1;
+                    job.started = Some(now);
                 }
-                job.started = Some(now);
+                // Otherwise it keeps its journaled (wall-clock) start: its
+                // process ran on meanwhile.
+                job.started = job.started.or(Some(now));
                 self.active_cpu += job.resources.cpu_cores;
                 self.active_gpus += job.resources.gpu_count;
                 self.active_mem += job.resources.memory_mb;
@@ -948,6 +1211,9 @@ impl JobQueue {
             let state = job.state;
             let error = job.error.clone();
             let queue_key = job.queue.clone();
+            if state.is_terminal() {
+                finished.push((job.ended.unwrap_or(f64::NEG_INFINITY), id));
+            }
             self.counts[state_index(state)] += 1;
             self.jobs.insert(id, job);
             if matches!(state, JobState::Running | JobState::Paused) {
@@ -990,7 +1256,10 @@ impl JobQueue {
                 )?;
             }
         }
+        finished.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        self.finished.extend(finished.into_iter().map(|(_, id)| id));
         if apply {
+            self.prune(now)?;
             self.flush()?;
         }
         Ok(report)
@@ -1019,6 +1288,14 @@ impl JobQueue {
     /// Clock seconds → Unix seconds.
     pub fn to_unix(&self, t: f64) -> f64 {
         t + self.offset
+    }
+}
+
+impl Drop for JobQueue {
+    /// A table dropped without a crash gives its unused ids back (the
+    /// journal commits as it drops).
+    fn drop(&mut self) {
+        self.give_back_ids();
     }
 }
 
@@ -1522,6 +1799,12 @@ mod tests {
         assert_eq!(t.pending_order(100.0, 10), vec![b], "only b reruns");
         assert_eq!(t.get(a).expect("a").state, JobState::Running);
         assert_eq!(t.get(a).expect("a").attempts, 1, "not a new attempt");
+        assert_eq!(t.get(c).expect("c").started, Some(100.0), "starts now");
+        let a_started = t.get(a).expect("a").started.expect("a started");
+        assert!(
+            (a_started - 100.0).abs() > 1.0,
+            "a keeps its journaled start (its process ran on): {a_started}"
+        );
         assert_eq!(t.active().0, 4.0, "the adopted jobs' cores are held again");
         let h = t.history(Some(a), 10).expect("history");
         assert_eq!(h.last().map(|r| r.call.as_str()), Some("adopt"));
@@ -1757,5 +2040,239 @@ mod tests {
                 }
             }
         }
+    }
+
+    fn journal_dir(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("ps-jobs-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn owned(path: &std::path::Path) -> JobQueue {
+        let mut t = JobQueue::new(
+            by_name("fifo", None).expect("fifo"),
+            Some(Journal::open_owned(path, 100_000).expect("journal")),
+        );
+        t.set_clock(0.0);
+        t
+    }
+
+    #[test]
+    fn ids_are_never_reused_after_a_crash_that_lost_acknowledged_jobs() {
+        let dir = journal_dir("ids");
+        let path = dir.join("jobs.db");
+        let mut t = owned(&path);
+        let ids: Vec<u64> = (0..10)
+            .map(|i| t.submit(spec(&format!("j{i}"), 50.0), 0.0).expect("submit"))
+            .collect();
+        assert_eq!(t.unflushed(), 20, "batched: nothing committed yet");
+        let token = t
+            .journal
+            .as_ref()
+            .and_then(|j| j.owner().ok().flatten())
+            .map(|o| o.token)
+            .expect("owner");
+        // SIGKILL: no drop, no commit (and a new process knows no token).
+        std::mem::forget(t);
+        super::super::journal::tests_support::forget_owner_token(token);
+        let mut t = owned(&path);
+        let r = t.recover(1.0).expect("recover");
+        assert!(r.queued.is_empty(), "the batch was lost");
+        let next = t.submit(spec("after", 50.0), 1.0).expect("submit");
+        assert!(next > *ids.last().expect("ids"), "{next} reuses an id");
+        t.close().expect("close");
+        drop(t);
+        let mut t = owned(&path);
+        t.recover(2.0).expect("recover");
+        assert_eq!(
+            t.submit(spec("clean", 50.0), 2.0).expect("submit"),
+            next + 1,
+            "a clean close leaves no gap"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn sync_durability_commits_before_submit_returns() {
+        let dir = journal_dir("sync");
+        let path = dir.join("jobs.db");
+        let mut t = owned(&path);
+        t.set_durability(Durability::Sync);
+        let a = t.submit(spec("a", 50.0), 0.0).expect("a");
+        take_all(&mut t, 1.0);
+        t.transition(a, JobState::Completed, "finish", None, 2.0)
+            .expect("done");
+        assert_eq!(t.unflushed(), 0);
+        let reader = Journal::open(&path, 1).expect("reader");
+        let rows = reader.load().expect("load");
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].state, JobState::Completed);
+        assert!(rows[0].started_unix.is_some() && rows[0].ended_unix.is_some());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_live_owner_refuses_a_second_scheduler_and_a_closed_one_lets_go() {
+        let dir = journal_dir("owner");
+        let path = dir.join("jobs.db");
+        let mut first = owned(&path);
+        let e = Journal::open_owned(&path, 10).unwrap_err().to_string();
+        assert!(e.contains(&path.display().to_string()), "{e}");
+        assert!(e.contains(&format!("pid {}", std::process::id())), "{e}");
+        assert!(Journal::open(&path, 10).is_ok(), "viewers may read");
+        first.close().expect("close");
+        assert!(first.submit(spec("late", 50.0), 0.0).is_err(), "closed");
+        let second = Journal::open_owned(&path, 10).expect("after close");
+        assert!(second.took_over().is_none());
+        drop(second);
+        // A dead owner (a pid that no longer runs) is taken over.
+        let conn = rusqlite::Connection::open(&path).expect("conn");
+        conn.execute(
+            "INSERT OR REPLACE INTO owner (id, pid, start_ticks, token, since_unix) VALUES (1, 4194303, 1, 7, 0)",
+            [],
+        )
+        .expect("fake owner");
+        let third = Journal::open_owned(&path, 10).expect("stale owner");
+        assert_eq!(third.took_over().map(|o| o.pid), Some(4_194_303));
+        // Our own pid with another start time is another process: stale too.
+        drop(third);
+        let me = crate::reserve::shared::Owner::current().expect("me");
+        conn.execute(
+            "INSERT OR REPLACE INTO owner (id, pid, start_ticks, token, since_unix) VALUES (1, ?1, ?2, 7, 0)",
+            rusqlite::params![i64::from(me.pid), me.start as i64 + 1],
+        )
+        .expect("reused pid");
+        assert!(Journal::open_owned(&path, 10).is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn never_fit_and_poison_submissions_are_refused_naming_the_field() {
+        let mut t = q("fifo");
+        t.set_machine(Machine {
+            cpu_cores: Some(2.0),
+            memory_mb: Some(8000.0),
+            gpu_vram_mb: Some(vec![16000.0]),
+        });
+        let mut s = spec("big", 50.0);
+        s.resources.cpu_cores = 500.0;
+        let e = t.submit(s, 0.0).unwrap_err().to_string();
+        assert!(
+            e.contains("cpu_cores") && e.contains("500") && e.contains("2"),
+            "{e}"
+        );
+        let mut s = spec("gpus", 50.0);
+        s.resources.gpu_count = 65537;
+        assert!(t
+            .submit(s, 0.0)
+            .unwrap_err()
+            .to_string()
+            .contains("gpu_count"));
+        let mut s = spec("d", 50.0);
+        s.deadline_in = Some(1e300);
+        assert!(t
+            .submit(s, 0.0)
+            .unwrap_err()
+            .to_string()
+            .starts_with("deadline"));
+        let mut s = spec("r", 50.0);
+        s.max_retries = u32::MAX;
+        assert!(t
+            .submit(s, 0.0)
+            .unwrap_err()
+            .to_string()
+            .starts_with("max_retries"));
+        t.add_queue("closed", 0, Some(0)).expect("queue");
+        let mut s = spec("q", 50.0);
+        s.queue = Some("closed".into());
+        assert!(t
+            .submit(s, 0.0)
+            .unwrap_err()
+            .to_string()
+            .contains("max_concurrent_jobs=0"));
+        assert!(t.is_empty());
+        // Queued before the machine was known: failed with the reason.
+        let mut u = q("fifo");
+        let mut s = spec("huge", 50.0);
+        s.resources.memory_mb = 1e9;
+        let id = u.submit(s, 0.0).expect("unknown machine");
+        u.set_machine(Machine {
+            memory_mb: Some(1000.0),
+            ..Machine::default()
+        });
+        let failed = u.refuse_never_fit(1.0).expect("refuse");
+        assert_eq!(failed.len(), 1);
+        assert_eq!(u.get(id).expect("job").state, JobState::Failed);
+        assert!(u
+            .get(id)
+            .expect("job")
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("1000 MB"));
+    }
+
+    #[test]
+    fn retention_bounds_finished_jobs_in_memory_and_in_the_journal() {
+        let dir = journal_dir("retention");
+        let path = dir.join("jobs.db");
+        let mut t = owned(&path);
+        t.set_retention(
+            Retention {
+                max_jobs: Some(5),
+                max_age_s: Some(100.0),
+            },
+            0.0,
+        )
+        .expect("retention");
+        for i in 0..20 {
+            let id = t.submit(spec("j", 50.0), f64::from(i)).expect("submit");
+            t.transition(id, JobState::Cancelled, "cancel_job", None, f64::from(i))
+                .expect("cancel");
+        }
+        let waiting = t.submit(spec("waits", 50.0), 20.0).expect("waits");
+        assert_eq!(t.len(), 6, "5 finished + 1 queued");
+        assert_eq!(t.count(JobState::Cancelled), 5);
+        assert_eq!(t.take_pruned().len(), 15);
+        t.prune(200.0).expect("prune");
+        assert_eq!(t.len(), 1, "all finished ones too old");
+        assert!(t.get(waiting).is_some());
+        t.flush().expect("flush");
+        let reader = Journal::open(&path, 1).expect("reader");
+        assert_eq!(reader.load().expect("load").len(), 1);
+        assert!(reader
+            .read_history(None, 1000)
+            .expect("h")
+            .iter()
+            .all(|h| h.job_id == waiting));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn queue_settings_and_times_survive_a_restart() {
+        let dir = journal_dir("queues");
+        let path = dir.join("jobs.db");
+        {
+            let mut t = owned(&path);
+            t.add_queue("gpu", 7, Some(2)).expect("queue");
+            let mut s = spec("a", 50.0);
+            s.queue = Some("gpu".into());
+            let a = t.submit(s, 0.0).expect("a");
+            take_all(&mut t, 1.0);
+            t.transition(a, JobState::Completed, "finish", None, 3.0)
+                .expect("done");
+        }
+        let mut t = owned(&path);
+        t.recover(10.0).expect("recover");
+        let gpu = t
+            .queues()
+            .find(|q| q.name.as_ref() == "gpu")
+            .expect("gpu")
+            .clone();
+        assert_eq!((gpu.priority, gpu.max_concurrent_jobs), (7, Some(2)));
+        let job = t.get(1).expect("job");
+        assert_eq!(job.started.map(|s| s.round()), Some(1.0));
+        assert_eq!(job.ended.map(|s| s.round()), Some(3.0));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

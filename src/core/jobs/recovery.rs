@@ -3,14 +3,17 @@
 //!
 //! Every `Command` job runs as the leader of its own session and process
 //! group (`pgid == pid`). Before it is spawned the journal records an
-//! *intent* row (job id, the scheduler's pid and start time, a marker
-//! token the child inherits in its environment as
+//! *intent* row (job id, a marker token the child inherits in its environment as
 //! `PLUGIN_SCHEDULING_JOB=<token>`); right after, the same row gets the
 //! child's pid, process start time (field 22 of `/proc/<pid>/stat`, clock
 //! ticks since boot) and process group. Both writes are committed at once.
 //!
 //! A recovering scheduler reads those rows and a snapshot of `/proc`, and
-//! [`plan`] decides per job:
+//! [`plan`] decides per job. Every record is the previous incarnation's:
+//! the journal has one owner (its `owner` table, see
+//! [`super::journal::Journal::open_owned`]), a live one refuses the
+//! recovering scheduler before it reads a record, and recovery runs when
+//! the journal is taken, before this incarnation spawns anything.
 //!
 //! * the leader counts as alive only when a process with its pid has the
 //!   recorded start time (so a reused pid never fools it);
@@ -131,9 +134,6 @@ pub struct ProcessRecord {
     pub pid: Option<u32>,
     pub start_time: Option<u64>,
     pub pgid: Option<u32>,
-    /// The scheduler that spawned it.
-    pub owner_pid: u32,
-    pub owner_start: u64,
 }
 
 /// What a recovering scheduler does with the previous incarnation's processes.
@@ -167,9 +167,6 @@ pub struct Survivor {
 pub enum Verdict {
     /// Nothing of it is alive: the record can go; the job is recovered as usual.
     Gone,
-    /// The scheduler that spawned it is alive (and is not this process):
-    /// not ours to touch.
-    OwnerAlive { owner_pid: u32 },
     /// Keep the leader running: the job stays RUNNING, waiting for it.
     Adopt {
         pid: u32,
@@ -193,14 +190,14 @@ pub struct Decision {
 
 /// Decides, per journaled job, what to do with what survived of it
 /// (see the module doc). `procs`: a snapshot of `/proc`; `marked`:
-/// `(pid, job_id)` found by the marker; `me`: this process's pid (an owner
-/// that is this process counts as a previous incarnation). Jobs found only
-/// by a marker get a decision too. Sorted by job id.
+/// `(pid, job_id)` found by the marker. Every record counts as the
+/// previous incarnation's (the caller owns the journal and has spawned
+/// nothing yet). Jobs found only by a marker get a decision too. Sorted by
+/// job id.
 pub fn plan(
     records: &[ProcessRecord],
     procs: &[ProcStat],
     marked: &[(u32, u64)],
-    me: u32,
     mode: Mode,
 ) -> Vec<Decision> {
     let live: BTreeMap<u32, &ProcStat> = procs
@@ -226,61 +223,45 @@ pub fn plan(
                 start_time: p.start_time,
             })
             .collect();
-        let verdict = match record {
-            Some(r)
-                if r.owner_pid != me
-                    && live
-                        .get(&r.owner_pid)
-                        .is_some_and(|o| o.start_time == r.owner_start) =>
-            {
-                Verdict::OwnerAlive {
-                    owner_pid: r.owner_pid,
-                }
-            }
+        let leader = record.and_then(|r| {
+            let (pid, start) = (r.pid?, r.start_time?);
+            live.get(&pid)
+                .filter(|p| p.start_time == start)
+                .map(|p| (p.pid, p.start_time))
+        });
+        // The group is the job's unless its number now names
+        // another process (the group emptied and the number was
+        // reused).
+        let group = record.and_then(|r| {
+            let g = r.pgid?;
+            let reused = live
+                .get(&g)
+                .is_some_and(|p| !(r.pid == Some(g) && r.start_time == Some(p.start_time)));
+            (!reused).then_some(g)
+        });
+        let verdict = match (mode, leader, group) {
+            (Mode::Adopt, Some((pid, start_time)), _) => Verdict::Adopt {
+                pid,
+                start_time,
+                pgid: group.unwrap_or(pid),
+            },
             _ => {
-                let leader = record.and_then(|r| {
-                    let (pid, start) = (r.pid?, r.start_time?);
-                    live.get(&pid)
-                        .filter(|p| p.start_time == start)
-                        .map(|p| (p.pid, p.start_time))
-                });
-                // The group is the job's unless its number now names
-                // another process (the group emptied and the number was
-                // reused).
-                let group = record.and_then(|r| {
-                    let g = r.pgid?;
-                    let reused = live
-                        .get(&g)
-                        .is_some_and(|p| !(r.pid == Some(g) && r.start_time == Some(p.start_time)));
-                    (!reused).then_some(g)
-                });
-                match (mode, leader, group) {
-                    (Mode::Adopt, Some((pid, start_time)), _) => Verdict::Adopt {
-                        pid,
-                        start_time,
-                        pgid: group.unwrap_or(pid),
-                    },
-                    _ => {
-                        if let Some((pid, start_time)) = leader {
-                            survivors.insert(Survivor { pid, start_time });
-                        }
-                        if let Some(g) = group {
-                            survivors.extend(live.values().filter(|p| p.pgrp == g).map(|p| {
-                                Survivor {
-                                    pid: p.pid,
-                                    start_time: p.start_time,
-                                }
-                            }));
-                        }
-                        if survivors.is_empty() {
-                            Verdict::Gone
-                        } else {
-                            let pgid = group.filter(|g| live.values().any(|p| p.pgrp == *g));
-                            Verdict::Kill {
-                                pgid,
-                                survivors: survivors.into_iter().collect(),
-                            }
-                        }
+                if let Some((pid, start_time)) = leader {
+                    survivors.insert(Survivor { pid, start_time });
+                }
+                if let Some(g) = group {
+                    survivors.extend(live.values().filter(|p| p.pgrp == g).map(|p| Survivor {
+                        pid: p.pid,
+                        start_time: p.start_time,
+                    }));
+                }
+                if survivors.is_empty() {
+                    Verdict::Gone
+                } else {
+                    let pgid = group.filter(|g| live.values().any(|p| p.pgrp == *g));
+                    Verdict::Kill {
+                        pgid,
+                        survivors: survivors.into_iter().collect(),
                     }
                 }
             }
@@ -336,12 +317,8 @@ mod tests {
             pid: Some(pid),
             start_time: Some(start),
             pgid: Some(pid),
-            owner_pid: 50,
-            owner_start: 5,
         }
     }
-
-    const ME: u32 = 60;
 
     #[test]
     fn stat_parses_names_with_spaces_and_parentheses() {
@@ -370,16 +347,16 @@ mod tests {
     #[test]
     fn a_reused_pid_is_not_the_job() {
         // Job 1's pid 100 now belongs to a process started later.
-        let d = plan(&[rec(1, 100, 10)], &[p(100, 100, 99)], &[], ME, Mode::Kill);
+        let d = plan(&[rec(1, 100, 10)], &[p(100, 100, 99)], &[], Mode::Kill);
         assert_eq!(d[0].verdict, Verdict::Gone);
-        let d = plan(&[rec(1, 100, 10)], &[p(100, 100, 99)], &[], ME, Mode::Adopt);
+        let d = plan(&[rec(1, 100, 10)], &[p(100, 100, 99)], &[], Mode::Adopt);
         assert_eq!(d[0].verdict, Verdict::Gone, "nor adopted");
     }
 
     #[test]
     fn kill_mode_kills_the_leader_and_its_group() {
         let procs = [p(100, 100, 10), p(101, 100, 11), p(200, 200, 12)];
-        let d = plan(&[rec(1, 100, 10)], &procs, &[], ME, Mode::Kill);
+        let d = plan(&[rec(1, 100, 10)], &procs, &[], Mode::Kill);
         assert_eq!(
             d[0].verdict,
             Verdict::Kill {
@@ -402,7 +379,7 @@ mod tests {
     fn a_dead_leader_leaves_its_group_to_kill_even_in_adopt_mode() {
         let procs = [p(101, 100, 11)];
         for mode in [Mode::Kill, Mode::Adopt] {
-            let d = plan(&[rec(1, 100, 10)], &procs, &[], ME, mode);
+            let d = plan(&[rec(1, 100, 10)], &procs, &[], mode);
             assert!(
                 matches!(&d[0].verdict, Verdict::Kill { pgid: Some(100), survivors } if survivors.len() == 1),
                 "{mode:?}: {:?}",
@@ -416,14 +393,14 @@ mod tests {
         // The leader died, its number went to a new session leader with
         // members of its own: none of them is the job's.
         let procs = [p(100, 100, 50), p(101, 100, 51)];
-        let d = plan(&[rec(1, 100, 10)], &procs, &[], ME, Mode::Kill);
+        let d = plan(&[rec(1, 100, 10)], &procs, &[], Mode::Kill);
         assert_eq!(d[0].verdict, Verdict::Gone);
     }
 
     #[test]
     fn adopt_mode_keeps_a_live_leader() {
         let procs = [p(100, 100, 10), p(101, 100, 11)];
-        let d = plan(&[rec(1, 100, 10)], &procs, &[], ME, Mode::Adopt);
+        let d = plan(&[rec(1, 100, 10)], &procs, &[], Mode::Adopt);
         assert_eq!(
             d[0].verdict,
             Verdict::Adopt {
@@ -435,37 +412,6 @@ mod tests {
     }
 
     #[test]
-    fn a_live_owner_is_left_alone_but_this_process_is_a_previous_incarnation() {
-        let owner = p(50, 50, 5);
-        let d = plan(
-            &[rec(1, 100, 10)],
-            &[owner, p(100, 100, 10)],
-            &[],
-            ME,
-            Mode::Kill,
-        );
-        assert_eq!(d[0].verdict, Verdict::OwnerAlive { owner_pid: 50 });
-        // The owner's pid reused by another process: a dead owner.
-        let d = plan(
-            &[rec(1, 100, 10)],
-            &[p(50, 50, 6), p(100, 100, 10)],
-            &[],
-            ME,
-            Mode::Kill,
-        );
-        assert!(matches!(d[0].verdict, Verdict::Kill { .. }));
-        // This very process wrote it (a second scheduler on the journal).
-        let d = plan(
-            &[rec(1, 100, 10)],
-            &[owner, p(100, 100, 10)],
-            &[],
-            50,
-            Mode::Kill,
-        );
-        assert!(matches!(d[0].verdict, Verdict::Kill { .. }));
-    }
-
-    #[test]
     fn markers_find_unrecorded_processes_and_strays() {
         // Intent only (crash between spawn and the second write).
         let mut r = rec(1, 0, 0);
@@ -473,7 +419,7 @@ mod tests {
         r.start_time = None;
         r.pgid = None;
         let procs = [p(300, 300, 30), p(400, 77, 40)];
-        let d = plan(&[r], &procs, &[(300, 1), (400, 2)], ME, Mode::Adopt);
+        let d = plan(&[r], &procs, &[(300, 1), (400, 2)], Mode::Adopt);
         assert_eq!(d.len(), 2, "job 2 found by its marker alone");
         for (job, pid) in [(1, 300), (2, 400)] {
             let v = &d.iter().find(|x| x.job_id == job).expect("job").verdict;

@@ -1,8 +1,6 @@
 //! Who a process is (pid and start time), whether it still runs, and this
 //! process's uid and pid namespace.
 
-use std::sync::{Mutex, PoisonError};
-
 use serde::{Deserialize, Serialize};
 
 use super::SharedError;
@@ -61,23 +59,31 @@ impl Owner {
 }
 
 /// This process's pid namespace (the inode of `/proc/self/ns/pid`), read
-/// once per process (a forked child reads its own).
+/// once per process (a forked child reads its own). Lock-free, so a child
+/// forked while another thread is in here never waits on a lock that thread
+/// held: every thread of one process stores the same two values (the
+/// namespace first, then the pid that marks it valid), and a child sees its
+/// parent's pid and reads its own.
 pub(super) fn pid_namespace() -> Option<u64> {
-    static SEEN: Mutex<Option<(u32, Option<u64>)>> = Mutex::new(None);
-    let pid = std::process::id();
-    let mut seen = SEEN.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some((p, ns)) = *seen {
-        if p == pid {
-            return ns;
-        }
+    use std::sync::atomic::{AtomicU64, Ordering};
+    const NONE: u64 = u64::MAX;
+    const UNSET: u64 = u64::MAX;
+    static PID: AtomicU64 = AtomicU64::new(UNSET);
+    static NS: AtomicU64 = AtomicU64::new(NONE);
+    let pid = u64::from(std::process::id());
+    if PID.load(Ordering::Acquire) == pid {
+        let ns = NS.load(Ordering::Relaxed);
+        return (ns != NONE).then_some(ns);
     }
     let ns = std::fs::read_link("/proc/self/ns/pid")
         .ok()
         .and_then(|link| {
             let text = link.to_string_lossy();
             text.strip_prefix("pid:[")?.strip_suffix(']')?.parse().ok()
-        });
-    *seen = Some((pid, ns));
+        })
+        .filter(|&ns: &u64| ns != NONE);
+    NS.store(ns.unwrap_or(NONE), Ordering::Relaxed);
+    PID.store(pid, Ordering::Release);
     ns
 }
 

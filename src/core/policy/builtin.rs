@@ -5,7 +5,16 @@ use std::sync::Arc;
 
 use super::fair_share::{FairShare, ShareKey, UsageBook};
 use super::preempt::victims;
-use super::{Admission, Ctx, JobInfo, Policy, RunningJob};
+use super::{Admission, Ctx, JobInfo, KeyScope, Policy, RunningJob};
+
+/// The lower of two keys as the job table compares them (`total_cmp`).
+fn lowest(a: f64, b: f64) -> f64 {
+    if a.total_cmp(&b).is_le() {
+        a
+    } else {
+        b
+    }
+}
 
 /// First come, first served, strictly: nobody passes the head, so nobody
 /// starves (the default).
@@ -157,6 +166,21 @@ impl Policy for Deadline {
     fn time_varying(&self) -> bool {
         true
     }
+    /// Without a deadline the key is `−priority` at every instant; with
+    /// one it is `−(priority + boost·u)` for an urgency `u` in [0, 1], which
+    /// is monotone in `u` (each rounding step is), so it lies between its
+    /// values at `u = 0` and `u = 1`, computed here by the same expression.
+    /// A job far from its deadline has a floor `boost` below its key: the
+    /// pass looks at the jobs whose floor is under the head's key.
+    fn key_floor(&self, job: &JobInfo) -> Option<f64> {
+        Some(match job.deadline {
+            None => -job.priority,
+            Some(_) => {
+                let at = |u: f64| -(job.priority + self.boost * u);
+                lowest(at(0.0), at(1.0))
+            }
+        })
+    }
     fn describe(&self, job: &JobInfo, ctx: &Ctx) -> String {
         match job.deadline {
             None => format!("priority {} (no deadline)", job.priority),
@@ -205,6 +229,15 @@ impl Policy for ShortestJobFirst {
     }
     fn epoch(&self) -> u64 {
         self.epoch
+    }
+    /// A declared estimate is the job's own; otherwise the key is the mean
+    /// of its module's history, the same for every job of that module, and
+    /// a learned run changes only that module's entry.
+    fn key_scope(&self, job: &JobInfo) -> KeyScope {
+        match job.estimated_duration {
+            Some(_) => KeyScope::Fixed,
+            None => KeyScope::Shared(job.name.clone()),
+        }
     }
     fn on_finish(&mut self, job: &JobInfo, ran_s: f64, _now: f64) {
         if !(ran_s.is_finite() && ran_s >= 0.0) {
@@ -255,6 +288,12 @@ impl Policy for RoundRobin {
     }
     fn epoch(&self) -> u64 {
         self.served
+    }
+    /// The key is the account's last turn: the same for all its jobs
+    /// (arrival order within an account), so a start re-keys one entry per
+    /// account, not every job.
+    fn key_scope(&self, job: &JobInfo) -> KeyScope {
+        KeyScope::Shared(self.by.account(job))
     }
     fn on_start(&mut self, job: &JobInfo, _now: f64) {
         self.served += 1;
@@ -354,21 +393,26 @@ impl Multifactor {
         } else {
             1.0
         };
+        let [p, size] = self.own_factors(job);
+        [age, self.share.factor(job, now), p, size]
+    }
+
+    /// The factors that depend on the job alone: (priority, size).
+    fn own_factors(&self, job: &JobInfo) -> [f64; 2] {
+        let w = &self.weights;
         let size = if w.size_norm > 0.0 {
             (job.size / w.size_norm).clamp(0.0, 1.0)
         } else {
             0.0
         };
-        [
-            age,
-            self.share.factor(job, now),
-            (job.priority / 100.0).clamp(0.0, 1.0),
-            size,
-        ]
+        [(job.priority / 100.0).clamp(0.0, 1.0), size]
     }
 
     pub fn score(&self, job: &JobInfo, now: f64) -> f64 {
-        let [age, fs, p, size] = self.factors(job, now);
+        self.weigh(self.factors(job, now))
+    }
+
+    fn weigh(&self, [age, fs, p, size]: [f64; 4]) -> f64 {
         let w = &self.weights;
         w.age * age + w.fair_share * fs + w.priority * p + w.size * size
     }
@@ -383,6 +427,20 @@ impl Policy for Multifactor {
     }
     fn time_varying(&self) -> bool {
         self.weights.age != 0.0
+    }
+    /// The age and fair-share factors lie in [0, 1] and the score is
+    /// monotone in each (every rounding step is), so the key is at least
+    /// the lowest of its values at the four corners, computed by the same
+    /// expression. The floor ignores how much of the fair-share weight an
+    /// account has used up, so with a large fair-share weight a pass may
+    /// look at many jobs (still no sort of the whole queue).
+    fn key_floor(&self, job: &JobInfo) -> Option<f64> {
+        let [p, size] = self.own_factors(job);
+        let at = |age: f64, fs: f64| -self.weigh([age, fs, p, size]);
+        Some(lowest(
+            lowest(at(0.0, 0.0), at(0.0, 1.0)),
+            lowest(at(1.0, 0.0), at(1.0, 1.0)),
+        ))
     }
     fn epoch(&self) -> u64 {
         self.share.epoch()

@@ -16,7 +16,8 @@
 //!   head; a state change ([`Policy::epoch`]) re-keys one entry per group,
 //!   and the pass merges the sub-queues lazily;
 //! - keys that move with time ([`Policy::time_varying`]): sorted by the
-//!   policy's [`Policy::key_floor`] (which does not move); the pass computes
+//!   policy's [`Policy::key_floor`] (asked again only once it no longer
+//!   holds: a deadline job's window opening); the pass computes
 //!   exact keys in floor order and yields a job once no job not yet looked
 //!   at can have a lower key (its floor is above), so the order is exactly
 //!   the full re-sort's.
@@ -72,8 +73,9 @@ impl Ord for Key {
 #[derive(Debug, Clone)]
 enum Slot {
     /// In `pending` under this key (exact, or its floor when time-varying);
-    /// whether any state change may move it (counted in `unscoped`).
-    Sorted(Key, bool),
+    /// whether any state change may move it (counted in `unscoped`); until
+    /// when the floor holds (in `expiring` when finite).
+    Sorted(Key, bool, f64),
     /// In the group's sub-queue, under this key (the group's key unused).
     Grouped(Key, Arc<str>),
 }
@@ -292,6 +294,8 @@ pub struct JobQueue {
     unscoped: usize,
     /// Whether `pending` holds floors (a time-varying policy), not keys.
     floored: bool,
+    /// Floors that hold only until a time (in `tier`), soonest first.
+    expiring: BTreeSet<Key>,
     /// Clock time the keys of a state-keyed policy were computed at.
     keyed_at: f64,
     /// CPU cores asked for by pending jobs (bits of the non-negative
@@ -355,6 +359,7 @@ impl JobQueue {
             heads: BTreeSet::new(),
             unscoped: 0,
             floored,
+            expiring: BTreeSet::new(),
             keyed_at: 0.0,
             pending_cpu: BTreeMap::new(),
             keyed_epoch,
@@ -455,6 +460,7 @@ impl JobQueue {
         self.pending.clear();
         self.groups.clear();
         self.heads.clear();
+        self.expiring.clear();
         self.unscoped = 0;
         self.floored = self.policy.time_varying();
         self.keyed_at = now;
@@ -496,13 +502,16 @@ impl JobQueue {
             id,
         };
         if self.floored {
-            let floor = self
+            let (floor, until) = self
                 .policy
-                .key_floor(&job.info)
-                .unwrap_or(f64::NEG_INFINITY);
+                .key_floor(&job.info, self.keyed_at)
+                .unwrap_or((f64::NEG_INFINITY, f64::INFINITY));
             let k = at(floor);
             self.pending.insert(k);
-            self.keys.insert(id, Slot::Sorted(k, false));
+            if until < f64::INFINITY {
+                self.expiring.insert(Self::expiry(until, id));
+            }
+            self.keys.insert(id, Slot::Sorted(k, false, until));
             return;
         }
         match self.policy.key_scope(&job.info) {
@@ -530,8 +539,19 @@ impl JobQueue {
                 self.unscoped += usize::from(anything);
                 let k = self.key_of(job, self.keyed_at);
                 self.pending.insert(k);
-                self.keys.insert(id, Slot::Sorted(k, anything));
+                self.keys
+                    .insert(id, Slot::Sorted(k, anything, f64::INFINITY));
             }
+        }
+    }
+
+    /// `expiring`'s entry for a floor of job `id` that holds until `until`.
+    fn expiry(until: f64, id: u64) -> Key {
+        Key {
+            tier: until,
+            key: 0.0,
+            submitted: 0.0,
+            id,
         }
     }
 
@@ -539,8 +559,11 @@ impl JobQueue {
     fn unplace(&mut self, id: u64) -> bool {
         match self.keys.remove(&id) {
             None => false,
-            Some(Slot::Sorted(k, anything)) => {
+            Some(Slot::Sorted(k, anything, until)) => {
                 self.pending.remove(&k);
+                if until < f64::INFINITY {
+                    self.expiring.remove(&Self::expiry(until, id));
+                }
                 self.unscoped -= usize::from(anything);
                 true
             }
@@ -960,12 +983,23 @@ impl JobQueue {
     }
 
     /// Brings the order up to date before a pass at `now`: a time-varying
-    /// policy's floors never move (exact keys are the pass's); a state
+    /// policy's floors are asked again where they no longer hold (exact
+    /// keys are the pass's); a state
     /// change re-keys the groups, or everything if some key may move
     /// otherwise.
     fn refresh_keys(&mut self, now: f64) {
         if self.policy.time_varying() != self.floored {
             self.rekey_all(now);
+        } else if self.floored {
+            self.keyed_at = now;
+            while let Some(e) = self.expiring.first().copied() {
+                if e.tier >= now {
+                    break;
+                }
+                // Its floor no longer holds: a fresh one, asked at `now`.
+                self.unplace(e.id);
+                self.place(e.id);
+            }
         } else if !self.floored && self.policy.epoch() != self.keyed_epoch {
             if self.unscoped > 0 {
                 self.rekey_all(now);
@@ -2089,7 +2123,7 @@ mod tests {
                 ),
                 gpus in 0u32..5,
                 rounds in proptest::collection::vec(
-                    (proptest::collection::vec(any::<bool>(), 4), 0usize..3, any::<u8>(), any::<bool>(), any::<bool>(), 0u8..101),
+                    (proptest::collection::vec(any::<bool>(), 4), 0usize..4, any::<u8>(), any::<bool>(), any::<bool>(), 0u8..101),
                     6,
                 ),
             ) {
@@ -2123,7 +2157,8 @@ mod tests {
                             let mut s = spec(&job.info.name, job.info.priority);
                             s.resources = job.resources;
                             s.estimated_duration = job.info.estimated_duration;
-                            s.deadline_in = job.info.deadline;
+                            // Some windows (300 s) open during later rounds.
+                            s.deadline_in = job.info.deadline.map(|d| d + 270.0);
                             s.user = job.info.user.as_deref().map(str::to_owned);
                             s.project = job.info.project.as_deref().map(str::to_owned);
                             s.queue = Some(job.queue.to_string());

@@ -166,20 +166,27 @@ impl Policy for Deadline {
     fn time_varying(&self) -> bool {
         true
     }
-    /// Without a deadline the key is `−priority` at every instant; with
-    /// one it is `−(priority + boost·u)` for an urgency `u` in [0, 1], which
-    /// is monotone in `u` (each rounding step is), so it lies between its
-    /// values at `u = 0` and `u = 1`, computed here by the same expression.
-    /// A job far from its deadline has a floor `boost` below its key: the
-    /// pass looks at the jobs whose floor is under the head's key.
-    fn key_floor(&self, job: &JobInfo) -> Option<f64> {
-        Some(match job.deadline {
-            None => -job.priority,
-            Some(_) => {
-                let at = |u: f64| -(job.priority + self.boost * u);
-                lowest(at(0.0), at(1.0))
-            }
-        })
+    /// Without a deadline the key is `−priority` at every instant. With
+    /// one, until its window opens the urgency is 0 and the key is exactly
+    /// its value at `u = 0` (the window's start less a margin far above
+    /// the rounding of `deadline − now`), so a job far from its deadline is
+    /// ordered by its exact key; from then on the key is
+    /// `−(priority + boost·u)` for an urgency `u` in [0, 1], monotone in
+    /// `u` (each rounding step is), so at least the lower of its values at
+    /// `u = 0` and `u = 1`, computed by the same expression. Only jobs in
+    /// their window are bounded loosely (by `boost`).
+    fn key_floor(&self, job: &JobInfo, now: f64) -> Option<(f64, f64)> {
+        let Some(deadline) = job.deadline else {
+            return Some((-job.priority, f64::INFINITY));
+        };
+        let at = |u: f64| -(job.priority + self.boost * u);
+        let opens = deadline - self.window_s.max(0.0);
+        let until = opens - 1e-6 * (1.0 + deadline.abs() + self.window_s.abs());
+        if now <= until {
+            Some((at(0.0), until))
+        } else {
+            Some((lowest(at(0.0), at(1.0)), f64::INFINITY))
+        }
     }
     fn describe(&self, job: &JobInfo, ctx: &Ctx) -> String {
         match job.deadline {
@@ -434,13 +441,14 @@ impl Policy for Multifactor {
     /// expression. The floor ignores how much of the fair-share weight an
     /// account has used up, so with a large fair-share weight a pass may
     /// look at many jobs (still no sort of the whole queue).
-    fn key_floor(&self, job: &JobInfo) -> Option<f64> {
+    fn key_floor(&self, job: &JobInfo, _now: f64) -> Option<(f64, f64)> {
         let [p, size] = self.own_factors(job);
         let at = |age: f64, fs: f64| -self.weigh([age, fs, p, size]);
-        Some(lowest(
+        let floor = lowest(
             lowest(at(0.0, 0.0), at(0.0, 1.0)),
             lowest(at(1.0, 0.0), at(1.0, 1.0)),
-        ))
+        );
+        Some((floor, f64::INFINITY))
     }
     fn epoch(&self) -> u64 {
         self.share.epoch()

@@ -146,13 +146,15 @@ pub trait Policy: Send + Sync + fmt::Debug {
         KeyScope::Anything
     }
 
-    /// For a time-varying policy: a value `job`'s key never goes below, at
-    /// any time and in any state of the policy (compared as keys are, with
-    /// `f64::total_cmp`). The job table keeps waiting jobs sorted by it and
-    /// computes exact keys only for those whose floor is below the keys it
-    /// has already found, so the tighter the floor, the less a pass looks
-    /// at. `None` (the default): no bound (every job is looked at).
-    fn key_floor(&self, _job: &JobInfo) -> Option<f64> {
+    /// For a time-varying policy, asked at `now`: `(floor, until)`, a value
+    /// `job`'s key does not go below at any time up to `until` (inclusive;
+    /// `f64::INFINITY`: ever), in any state of the policy (compared as keys
+    /// are, with `f64::total_cmp`); asked again once a pass is later than
+    /// `until`. The job table keeps waiting jobs sorted by it and computes
+    /// exact keys only for those whose floor is below the keys it has
+    /// already found, so the tighter the floor, the less a pass looks at.
+    /// `None` (the default): no bound (every job is looked at).
+    fn key_floor(&self, _job: &JobInfo, _now: f64) -> Option<(f64, f64)> {
         None
     }
 

@@ -4,6 +4,7 @@ latency after a release.
 
     python benches/bench_jobs.py            # everything
     python benches/bench_jobs.py dispatch   # only the dispatch-rate table
+    python benches/bench_jobs.py dispatch sjf "deadline:deadlines 1 h"   # only those rows
 
 Dispatch rate (issue 24 #10): a table with N jobs queued (1 CPU core each) on
 a 1-core machine; each round is one admission pass (one job starts) and that
@@ -75,12 +76,25 @@ async def dispatch_latency(samples: int = 200) -> tuple[float, float]:
     return statistics.median(gaps) * 1e3, sorted(gaps)[int(len(gaps) * 0.95)] * 1e3
 
 
-def dispatch_rate(policy: str, queued: int, rounds: int = 2000, budget_s: float = 2.0) -> float:
+# Workload variants: (deadline in s or None, declared estimate or None, users).
+VARIANTS = {
+    "": (None, 1.0, 0),
+    "no estimates": (None, None, 0),
+    "deadlines 1 h": (3600.0, 1.0, 0),
+    "100 users": (None, 1.0, 100),
+}
+
+
+def dispatch_rate(policy: str, queued: int, rounds: int = 2000, budget_s: float = 2.0, variant: str = "") -> float:
     """Jobs started per second, one per pass, with ``queued`` jobs waiting
     (``rounds`` passes, or fewer if they take longer than ``budget_s``)."""
+    deadline, estimate, users = VARIANTS[variant]
     t = JobTable(policy)
     for i in range(queued + rounds):
-        t.submit("m", float(i % 100), None, 1.0, None, None, None, None, 1.0, 100.0, 0, 0.0, "simulated", "", 0)
+        user = f"u{i % users}" if users else None
+        # Deadlines spread over [deadline, 2·deadline): windows open as it runs.
+        d = deadline * (1 + (i % 1000) / 1000) if deadline is not None else None
+        t.submit("m", float(i % 100), d, estimate, None, user, None, None, 1.0, 100.0, 0, 0.0, "simulated", "", 0)
 
     def take(job_id: int, module: str, gpu_count: int, vram_mb: float, memory_mb: float) -> bool:
         return True
@@ -96,16 +110,24 @@ def dispatch_rate(policy: str, queued: int, rounds: int = 2000, budget_s: float 
 
 
 def dispatch_table() -> None:
-    sizes = (20_000, 50_000, 100_000, 200_000)
+    sizes = tuple(int(n) for n in os.environ.get("SIZES", "20000,50000,100000,200000").split(","))
     print("dispatch rate, jobs/s (one job per pass, 1-core machine, N queued):")
-    print(f"  {'policy':<18}" + "".join(f"{n:>12,}" for n in sizes))
-    for policy in ("fifo", "priority", "best_effort_fifo", "backfill"):
-        print(f"  {policy:<18}" + "".join(f"{dispatch_rate(policy, n):>12,.0f}" for n in sizes), flush=True)
+    print(f"  {'policy':<30}" + "".join(f"{n:>12,}" for n in sizes))
+    policies = sys.argv[2:] or [
+        "fifo", "priority", "best_effort_fifo", "backfill", "las",
+        "round_robin", "round_robin:100 users", "fair_share", "fair_share:100 users",
+        "sjf", "sjf:no estimates", "deadline", "deadline:deadlines 1 h", "multifactor", "multifactor:100 users",
+    ]
+    for row in policies:
+        policy, _, variant = row.partition(":")
+        label = f"{policy} ({variant})" if variant else policy
+        rates = "".join(f"{dispatch_rate(policy, n, variant=variant):>12,.0f}" for n in sizes)
+        print(f"  {label:<30}" + rates, flush=True)
 
 
 def main() -> None:
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
-    if sys.argv[1:] == ["dispatch"]:
+    if sys.argv[1:2] == ["dispatch"]:
         dispatch_table()
         return
     print(f"submit, journal in memory: {submit_rate(None):,.0f} jobs/s")

@@ -3,14 +3,32 @@
 //!
 //! Order: queues' priorities first (a tier, as Slurm's partition
 //! `PriorityTier`), then the policy's [`Policy::key`] with the same
-//! tie-break as [`crate::policy::compare`] (submitted, then id). For a
-//! policy whose keys do not move with time the pending set is a sorted
-//! index (submit and dispatch are O(log n)); it is re-keyed when the
-//! policy's [`Policy::epoch`] changes, and a time-varying policy's keys are
-//! computed afresh at each pass.
+//! tie-break as [`crate::policy::compare`] (submitted, then id). A pass
+//! reads the pending set lazily in that order and stops early, so what it
+//! costs must not grow with the queue. Three layouts keep it so:
+//!
+//! - keys that do not move with time ([`KeyScope::Fixed`], or any key of a
+//!   policy whose [`Policy::epoch`] never changes): a sorted index (submit
+//!   and dispatch are O(log n));
+//! - keys shared by a group ([`KeyScope::Shared`]: an account's turn or
+//!   fair-share factor, a module's measured mean): each (tier, group) is a
+//!   sub-queue in arrival order, and the groups are ordered by their key and
+//!   head; a state change ([`Policy::epoch`]) re-keys one entry per group,
+//!   and the pass merges the sub-queues lazily;
+//! - keys that move with time ([`Policy::time_varying`]): sorted by the
+//!   policy's [`Policy::key_floor`] (asked again only once it no longer
+//!   holds: a deadline job's window opening); the pass computes
+//!   exact keys in floor order and yields a job once no job not yet looked
+//!   at can have a lower key (its floor is above), so the order is exactly
+//!   the full re-sort's.
+//!
+//! Keys of a policy whose state changes them in any other way
+//! ([`KeyScope::Anything`]) are recomputed for every waiting job at each
+//! change, as before.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{btree_set, BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use super::journal::{unix_now, HistoryRow, Journal, JournalOwner, Row, ID_BLOCK};
@@ -19,7 +37,7 @@ use super::{
     JobState, Machine, Resources, Retention,
 };
 use crate::policy::admit::{admit_each, Placement, Plan};
-use crate::policy::{Ctx, JobInfo, Policy, RunningJob};
+use crate::policy::{Ctx, JobInfo, KeyScope, Policy, RunningJob};
 
 /// The default queue's name.
 pub const DEFAULT_QUEUE: &str = "default";
@@ -51,6 +69,145 @@ impl Ord for Key {
             .then(self.key.total_cmp(&o.key))
             .then(self.submitted.total_cmp(&o.submitted))
             .then(self.id.cmp(&o.id))
+    }
+}
+
+/// Where a pending job is kept.
+#[derive(Debug, Clone)]
+enum Slot {
+    /// In `pending` under this key (exact, or its floor when time-varying);
+    /// whether any state change may move it (counted in `unscoped`); until
+    /// when the floor holds (in `expiring` when finite).
+    Sorted(Key, bool, f64),
+    /// In the group's sub-queue, under this key (the group's key unused).
+    Grouped(Key, Arc<str>),
+}
+
+/// A (tier, group) sub-queue: jobs that share one key, in arrival order.
+#[derive(Debug)]
+struct Group {
+    key: f64,
+    /// `Key`s with `key` 0 (they order by submitted, then id).
+    members: BTreeSet<Key>,
+}
+
+type GroupId = (u64, Arc<str>);
+
+fn group_id(tier: f64, name: &Arc<str>) -> GroupId {
+    ((tier + 0.0).to_bits(), name.clone())
+}
+
+impl Group {
+    /// The group's first job's place in the whole order.
+    fn head(&self) -> Option<Key> {
+        self.members.first().map(|m| Key {
+            key: self.key,
+            ..*m
+        })
+    }
+}
+
+/// An entry of the pass's merge: a job's exact place, and for a group's
+/// job the rest of its sub-queue (with the group's key).
+struct Next<'a> {
+    key: Key,
+    rest: Option<(btree_set::Iter<'a, Key>, f64)>,
+}
+
+impl PartialEq for Next<'_> {
+    fn eq(&self, o: &Self) -> bool {
+        self.key == o.key
+    }
+}
+impl Eq for Next<'_> {}
+impl PartialOrd for Next<'_> {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Next<'_> {
+    fn cmp(&self, o: &Self) -> Ordering {
+        self.key.cmp(&o.key)
+    }
+}
+
+/// The pending set in exact order, read lazily: a merge of the sorted
+/// index (exact keys, or floors whose exact keys are computed as they are
+/// reached) and the groups' sub-queues (a group is opened when its head is
+/// reached). An entry is yielded once nothing not yet opened can come
+/// before it: every unopened entry's place is at or above its bound (a
+/// floor, a group's head), and the bound shares the tie-break fields.
+struct Ordered<'a> {
+    policy: &'a dyn Policy,
+    jobs: &'a HashMap<u64, Job>,
+    ctx: Ctx,
+    floored: bool,
+    sorted: std::iter::Peekable<btree_set::Iter<'a, Key>>,
+    heads: std::iter::Peekable<btree_set::Iter<'a, (Key, Arc<str>)>>,
+    groups: &'a HashMap<GroupId, Group>,
+    heap: BinaryHeap<Reverse<Next<'a>>>,
+}
+
+impl Iterator for Ordered<'_> {
+    type Item = u64;
+
+    fn next(&mut self) -> Option<u64> {
+        loop {
+            let sorted = self.sorted.peek().copied().copied();
+            let head = self.heads.peek().map(|h| h.0);
+            let bound = match (sorted, head) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let ready = match (self.heap.peek(), bound) {
+                (Some(Reverse(top)), Some(b)) => top.key < b,
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            if ready {
+                let Reverse(mut top) = self.heap.pop()?;
+                let id = top.key.id;
+                if let Some((mut rest, key)) = top.rest.take() {
+                    if let Some(m) = rest.next() {
+                        self.heap.push(Reverse(Next {
+                            key: Key { key, ..*m },
+                            rest: Some((rest, key)),
+                        }));
+                    }
+                }
+                return Some(id);
+            }
+            let b = bound?;
+            if sorted == Some(b) {
+                self.sorted.next();
+                let key = if self.floored {
+                    match self.jobs.get(&b.id) {
+                        Some(job) => Key {
+                            key: self.policy.key(&job.info, &self.ctx),
+                            ..b
+                        },
+                        None => continue,
+                    }
+                } else {
+                    b
+                };
+                self.heap.push(Reverse(Next { key, rest: None }));
+            } else {
+                let Some((h, name)) = self.heads.next() else {
+                    continue;
+                };
+                let Some(g) = self.groups.get(&group_id(h.tier, name)) else {
+                    continue;
+                };
+                let mut rest = g.members.iter();
+                if rest.next().is_some() {
+                    self.heap.push(Reverse(Next {
+                        key: *h,
+                        rest: Some((rest, g.key)),
+                    }));
+                }
+            }
+        }
     }
 }
 
@@ -130,8 +287,20 @@ pub struct Recovery {
 pub struct JobQueue {
     policy: Box<dyn Policy>,
     jobs: HashMap<u64, Job>,
-    keys: HashMap<u64, Key>,
+    keys: HashMap<u64, Slot>,
     pending: BTreeSet<Key>,
+    /// Jobs with a shared key, by (tier, group).
+    groups: HashMap<GroupId, Group>,
+    /// Each group's head (its place in the order) and name.
+    heads: BTreeSet<(Key, Arc<str>)>,
+    /// Pending jobs whose key any state change may move.
+    unscoped: usize,
+    /// Whether `pending` holds floors (a time-varying policy), not keys.
+    floored: bool,
+    /// Floors that hold only until a time (in `tier`), soonest first.
+    expiring: BTreeSet<Key>,
+    /// Clock time the keys of a state-keyed policy were computed at.
+    keyed_at: f64,
     /// CPU cores asked for by pending jobs (bits of the non-negative
     /// figure, which order as the numbers do) → how many: a pass stops
     /// once the free cores are fewer than the smallest need.
@@ -176,6 +345,7 @@ impl JobQueue {
     /// A table ordered by `policy`, journaled when `journal` is given.
     pub fn new(policy: Box<dyn Policy>, journal: Option<Journal>) -> Self {
         let keyed_epoch = policy.epoch();
+        let floored = policy.time_varying();
         let mut queues = BTreeMap::new();
         let default: Arc<str> = Arc::from(DEFAULT_QUEUE);
         queues.insert(
@@ -194,6 +364,12 @@ impl JobQueue {
             jobs: HashMap::new(),
             keys: HashMap::new(),
             pending: BTreeSet::new(),
+            groups: HashMap::new(),
+            heads: BTreeSet::new(),
+            unscoped: 0,
+            floored,
+            expiring: BTreeSet::new(),
+            keyed_at: 0.0,
             pending_cpu: BTreeMap::new(),
             keyed_epoch,
             queues,
@@ -428,33 +604,155 @@ impl JobQueue {
         self.queues.values()
     }
 
-    fn key_of(&self, job: &Job, now: f64) -> Key {
-        let tier = self
-            .queues
+    fn tier_of(&self, job: &Job) -> f64 {
+        self.queues
             .get(&job.queue)
-            .map_or(0.0, |q| -(q.priority as f64));
+            .map_or(0.0, |q| -(q.priority as f64))
+    }
+
+    fn key_of(&self, job: &Job, now: f64) -> Key {
         Key {
-            tier,
+            tier: self.tier_of(job),
             key: self.policy.key(&job.info, &Ctx { now }),
             submitted: job.info.submitted,
             id: job.id(),
         }
     }
 
+    /// Every pending job placed afresh (a tier changed, the policy's kind of
+    /// keys changed, or a state change may move any key).
     fn rekey_all(&mut self, now: f64) {
-        let mut all: Vec<Key> = Vec::with_capacity(self.keys.len());
-        for id in self.keys.keys() {
-            if let Some(job) = self.jobs.get(id) {
-                all.push(self.key_of(job, now));
+        let ids: Vec<u64> = self.keys.keys().copied().collect();
+        self.keys.clear();
+        self.pending.clear();
+        self.groups.clear();
+        self.heads.clear();
+        self.expiring.clear();
+        self.unscoped = 0;
+        self.floored = self.policy.time_varying();
+        self.keyed_at = now;
+        self.keyed_epoch = self.policy.epoch();
+        for id in ids {
+            self.place(id);
+        }
+    }
+
+    /// After a state change that moves only shared keys: each group's key
+    /// recomputed from its first job, the heads re-sorted (one entry per
+    /// group, however many jobs wait).
+    fn regroup(&mut self, now: f64) {
+        self.keyed_at = now;
+        self.keyed_epoch = self.policy.epoch();
+        self.heads.clear();
+        let ctx = Ctx { now };
+        for ((_, name), g) in self.groups.iter_mut() {
+            let Some(first) = g.members.first().and_then(|m| self.jobs.get(&m.id)) else {
+                continue;
+            };
+            g.key = self.policy.key(&first.info, &ctx);
+            if let Some(h) = g.head() {
+                self.heads.insert((h, name.clone()));
             }
         }
-        for k in &all {
-            self.keys.insert(k.id, *k);
+    }
+
+    /// Puts pending job `id` where its policy's kind of key keeps it.
+    fn place(&mut self, id: u64) {
+        let Some(job) = self.jobs.get(&id) else {
+            return;
+        };
+        let tier = self.tier_of(job);
+        let at = |key: f64| Key {
+            tier,
+            key,
+            submitted: job.info.submitted,
+            id,
+        };
+        if self.floored {
+            let (floor, until) = self
+                .policy
+                .key_floor(&job.info, self.keyed_at)
+                .unwrap_or((f64::NEG_INFINITY, f64::INFINITY));
+            let k = at(floor);
+            self.pending.insert(k);
+            if until < f64::INFINITY {
+                self.expiring.insert(Self::expiry(until, id));
+            }
+            self.keys.insert(id, Slot::Sorted(k, false, until));
+            return;
         }
-        // Sorted, then built in one go (cheaper than n inserts).
-        all.sort_unstable();
-        self.pending = all.into_iter().collect();
-        self.keyed_epoch = self.policy.epoch();
+        match self.policy.key_scope(&job.info) {
+            KeyScope::Shared(name) => {
+                let member = at(0.0);
+                let gid = group_id(tier, &name);
+                let g = match self.groups.entry(gid) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(e) => e.insert(Group {
+                        key: self.policy.key(&job.info, &Ctx { now: self.keyed_at }),
+                        members: BTreeSet::new(),
+                    }),
+                };
+                if let Some(h) = g.head() {
+                    self.heads.remove(&(h, name.clone()));
+                }
+                g.members.insert(member);
+                if let Some(h) = g.head() {
+                    self.heads.insert((h, name.clone()));
+                }
+                self.keys.insert(id, Slot::Grouped(member, name));
+            }
+            scope => {
+                let anything = scope == KeyScope::Anything;
+                self.unscoped += usize::from(anything);
+                let k = self.key_of(job, self.keyed_at);
+                self.pending.insert(k);
+                self.keys
+                    .insert(id, Slot::Sorted(k, anything, f64::INFINITY));
+            }
+        }
+    }
+
+    /// `expiring`'s entry for a floor of job `id` that holds until `until`.
+    fn expiry(until: f64, id: u64) -> Key {
+        Key {
+            tier: until,
+            key: 0.0,
+            submitted: 0.0,
+            id,
+        }
+    }
+
+    /// Takes pending job `id` out of the order.
+    fn unplace(&mut self, id: u64) -> bool {
+        match self.keys.remove(&id) {
+            None => false,
+            Some(Slot::Sorted(k, anything, until)) => {
+                self.pending.remove(&k);
+                if until < f64::INFINITY {
+                    self.expiring.remove(&Self::expiry(until, id));
+                }
+                self.unscoped -= usize::from(anything);
+                true
+            }
+            Some(Slot::Grouped(member, name)) => {
+                let gid = group_id(member.tier, &name);
+                if let Some(g) = self.groups.get_mut(&gid) {
+                    if let Some(h) = g.head() {
+                        self.heads.remove(&(h, name.clone()));
+                    }
+                    g.members.remove(&member);
+                    match g.head() {
+                        Some(h) => {
+                            self.heads.insert((h, name));
+                        }
+                        None => {
+                            self.groups.remove(&gid);
+                        }
+                    }
+                }
+                true
+            }
+        }
     }
 
     /// `cpu_cores` as a key of `pending_cpu` (−0 counted as 0).
@@ -462,9 +760,8 @@ impl JobQueue {
         (cpu_cores + 0.0).max(0.0).to_bits()
     }
 
-    fn enqueue(&mut self, id: u64, now: f64) {
+    fn enqueue(&mut self, id: u64, _now: f64) {
         if let Some(job) = self.jobs.get(&id) {
-            let k = self.key_of(job, now);
             if let Some(q) = self.queues.get_mut(&job.queue) {
                 q.pending_jobs += 1;
             }
@@ -472,14 +769,12 @@ impl JobQueue {
                 .pending_cpu
                 .entry(Self::cpu_bits(job.resources.cpu_cores))
                 .or_insert(0) += 1;
-            self.keys.insert(id, k);
-            self.pending.insert(k);
+            self.place(id);
         }
     }
 
     fn dequeue(&mut self, id: u64) {
-        if let Some(k) = self.keys.remove(&id) {
-            self.pending.remove(&k);
+        if self.unplace(id) {
             if let Some(job) = self.jobs.get(&id) {
                 let bits = Self::cpu_bits(job.resources.cpu_cores);
                 if let Some(n) = self.pending_cpu.get_mut(&bits) {
@@ -940,16 +1235,52 @@ impl JobQueue {
         out
     }
 
+    /// Brings the order up to date before a pass at `now`: a time-varying
+    /// policy's floors are asked again where they no longer hold (exact
+    /// keys are the pass's); a state
+    /// change re-keys the groups, or everything if some key may move
+    /// otherwise.
     fn refresh_keys(&mut self, now: f64) {
-        if self.policy.time_varying() || self.policy.epoch() != self.keyed_epoch {
+        if self.policy.time_varying() != self.floored {
             self.rekey_all(now);
+        } else if self.floored {
+            self.keyed_at = now;
+            while let Some(e) = self.expiring.first().copied() {
+                if e.tier >= now {
+                    break;
+                }
+                // Its floor no longer holds: a fresh one, asked at `now`.
+                self.unplace(e.id);
+                self.place(e.id);
+            }
+        } else if !self.floored && self.policy.epoch() != self.keyed_epoch {
+            if self.unscoped > 0 {
+                self.rekey_all(now);
+            } else {
+                self.regroup(now);
+            }
+        }
+    }
+
+    /// The pending set in order at `now` (after [`Self::refresh_keys`]),
+    /// read lazily.
+    fn ordered(&self, now: f64) -> Ordered<'_> {
+        Ordered {
+            policy: self.policy.as_ref(),
+            jobs: &self.jobs,
+            ctx: Ctx { now },
+            floored: self.floored,
+            sorted: self.pending.iter().peekable(),
+            heads: self.heads.iter().peekable(),
+            groups: &self.groups,
+            heap: BinaryHeap::new(),
         }
     }
 
     /// Pending job ids in the order they would be considered now.
     pub fn pending_order(&mut self, now: f64, limit: usize) -> Vec<u64> {
         self.refresh_keys(now);
-        self.pending.iter().take(limit).map(|k| k.id).collect()
+        self.ordered(now).take(limit).collect()
     }
 
     /// Why the policy puts job `id` where it is.
@@ -1001,14 +1332,14 @@ impl JobQueue {
         let skipped = &mut outcome.skipped;
         let mut eligible_error: Option<E> = None;
         let mut refused: HashMap<Need, String> = HashMap::new();
-        let mut walk = self.pending.iter();
+        let mut walk = self.ordered(now);
         // Pending jobs in order, less those passed over (listed in `skipped`).
         let candidates = std::iter::from_fn(|| {
             if eligible_error.is_some() {
                 return None;
             }
-            for k in walk.by_ref() {
-                let Some(job) = jobs.get(&k.id) else {
+            for id in walk.by_ref() {
+                let Some((id, job)) = jobs.get_key_value(&id) else {
                     continue;
                 };
                 if let Some(left) = room.get_mut(job.queue.as_ref()) {
@@ -1019,7 +1350,7 @@ impl JobQueue {
                                 .and_then(|q| q.max_concurrent_jobs)
                                 .unwrap_or(0);
                             skipped.push((
-                                k.id,
+                                *id,
                                 format!("queue {:?} is at max_concurrent_jobs={max}", job.queue),
                             ));
                         }
@@ -1029,13 +1360,13 @@ impl JobQueue {
                 }
                 let need = Need::of(job);
                 if let Some(why) = refused.get(&need) {
-                    skipped.push((k.id, why.clone()));
+                    skipped.push((*id, why.clone()));
                     continue;
                 }
                 match eligible(job) {
-                    Ok(None) => return Some((k.id, &k.id)),
+                    Ok(None) => return Some((*id, id)),
                     Ok(Some(why)) => {
-                        skipped.push((k.id, why.clone()));
+                        skipped.push((*id, why.clone()));
                         refused.insert(need, why);
                     }
                     Err(e) => {
@@ -1865,6 +2196,26 @@ mod tests {
             }
         }
 
+        /// Every pending job keyed afresh and sorted (what the table's
+        /// layouts must agree with): keys at `now` for a time-varying
+        /// policy, else as of the table's last re-keying (after
+        /// [`JobQueue::refresh_keys`]).
+        pub(in super::super) fn full_order(t: &JobQueue, now: f64) -> Vec<u64> {
+            let at = if t.policy.time_varying() {
+                now
+            } else {
+                t.keyed_at
+            };
+            let mut all: Vec<Key> = t
+                .jobs
+                .values()
+                .filter(|j| j.state == JobState::Queued)
+                .map(|j| t.key_of(j, at))
+                .collect();
+            all.sort_unstable();
+            all.into_iter().map(|k| k.id).collect()
+        }
+
         /// (started, blocked, head start, skipped).
         pub(super) type Outcome = (Vec<u64>, Option<u64>, Option<f64>, Vec<(u64, String)>);
 
@@ -1884,7 +2235,7 @@ mod tests {
                 }
             }
             let mut candidates = Vec::new();
-            for id in t.pending_order(now, usize::MAX) {
+            for id in full_order(t, now) {
                 let job = &t.jobs[&id];
                 if let Some(left) = room.get_mut(&job.queue) {
                     if *left == 0 {
@@ -2037,6 +2388,83 @@ mod tests {
                             naive.transition(*id, JobState::Completed, "finish", None, now + 1.0).expect("end");
                         }
                     }
+                }
+            }
+
+            /// The policies whose keys are shared by a group or move with
+            /// time, with what can make a layout stale between passes: new
+            /// jobs (new groups while the state has changed), priority
+            /// changes, preempted jobs back in the queue, a queue's tier
+            /// changed. The whole order (not only what a pass looks at)
+            /// agrees with a full re-sort, and so do the passes.
+            #[test]
+            fn scoped_and_floored_orders_equal_full_rescan(
+                policy in 0usize..5,
+                specs in proptest::collection::vec(
+                    (0u8..101, 0usize..5, 0u32..3, proptest::option::of(1u8..40), 0usize..4, 0usize..3, 0usize..3),
+                    0..40,
+                ),
+                gpus in 0u32..5,
+                rounds in proptest::collection::vec(
+                    (proptest::collection::vec(any::<bool>(), 4), 0usize..4, any::<u8>(), any::<bool>(), any::<bool>(), 0u8..101),
+                    6,
+                ),
+            ) {
+                let name = ["round_robin", "fair_share", "sjf", "deadline", "multifactor"][policy];
+                let cap = Capacity { cpu_cores: 8.0, gpus, memory_mb: 1e6 };
+                let mut fast = table(name, &specs);
+                let mut naive = table(name, &specs);
+                for (round, (finish, new_jobs, pick, preempt, retier, prio)) in rounds.iter().enumerate() {
+                    let now = 40.0 + round as f64 * 7.0;
+                    let a = run_pass(&mut fast, true, now, cap);
+                    let b = run_pass(&mut naive, false, now, cap);
+                    prop_assert_eq!(&a.0, &b.0, "{} round {}: started", name, round);
+                    prop_assert_eq!(a.1, b.1, "{} round {}: blocked", name, round);
+                    let running: Vec<u64> = fast.active_ids.iter().copied().collect();
+                    for (i, (id, end)) in running.iter().zip(finish.iter().cycle()).enumerate() {
+                        if *preempt && i == 0 {
+                            for t in [&mut fast, &mut naive] {
+                                t.requeue(*id, Requeue::Preempted, "preempted", now + 0.5).expect("requeue");
+                            }
+                        } else if *end {
+                            for t in [&mut fast, &mut naive] {
+                                t.transition(*id, JobState::Completed, "finish", None, now + 1.0).expect("end");
+                            }
+                        }
+                    }
+                    for k in 0..*new_jobs {
+                        let more = [(*prio, k % 5, (k % 3) as u32, Some(*pick % 40 + 1).filter(|_| k != 1), (k + round) % 4, k % 3, (*pick as usize + k) % 4)];
+                        for t in [&mut fast, &mut naive] {
+                            let extra = table(name, &more);
+                            let job = extra.jobs.values().next().expect("job");
+                            let mut s = spec(&job.info.name, job.info.priority);
+                            s.resources = job.resources;
+                            s.estimated_duration = job.info.estimated_duration;
+                            // Some windows (300 s) open during later rounds.
+                            s.deadline_in = job.info.deadline.map(|d| d + 270.0);
+                            s.user = job.info.user.as_deref().map(str::to_owned);
+                            s.project = job.info.project.as_deref().map(str::to_owned);
+                            s.queue = Some(job.queue.to_string());
+                            t.submit(s, now + 2.0).expect("submit");
+                        }
+                    }
+                    let queued = fast.pending_order(now + 3.0, usize::MAX);
+                    if let Some(&id) = queued.get(usize::from(*pick) % queued.len().max(1)) {
+                        for t in [&mut fast, &mut naive] {
+                            t.set_priority(id, f64::from(*prio), now + 3.0).expect("priority");
+                        }
+                    }
+                    if *retier {
+                        for t in [&mut fast, &mut naive] {
+                            t.add_queue("limited", i64::from(*prio % 7) - 3, Some(2)).expect("queue");
+                        }
+                    }
+                    naive.refresh_keys(now + 4.0);
+                    prop_assert_eq!(
+                        fast.pending_order(now + 4.0, usize::MAX),
+                        naive::full_order(&naive, now + 4.0),
+                        "{} round {}: whole order", name, round
+                    );
                 }
             }
         }

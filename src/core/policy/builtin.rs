@@ -5,7 +5,16 @@ use std::sync::Arc;
 
 use super::fair_share::{FairShare, ShareKey, UsageBook};
 use super::preempt::victims;
-use super::{Admission, Ctx, JobInfo, Policy, RunningJob};
+use super::{Admission, Ctx, JobInfo, KeyScope, Policy, RunningJob};
+
+/// The lower of two keys as the job table compares them (`total_cmp`).
+fn lowest(a: f64, b: f64) -> f64 {
+    if a.total_cmp(&b).is_le() {
+        a
+    } else {
+        b
+    }
+}
 
 /// First come, first served, strictly: nobody passes the head, so nobody
 /// starves (the default).
@@ -157,6 +166,28 @@ impl Policy for Deadline {
     fn time_varying(&self) -> bool {
         true
     }
+    /// Without a deadline the key is `−priority` at every instant. With
+    /// one, until its window opens the urgency is 0 and the key is exactly
+    /// its value at `u = 0` (the window's start less a margin far above
+    /// the rounding of `deadline − now`), so a job far from its deadline is
+    /// ordered by its exact key; from then on the key is
+    /// `−(priority + boost·u)` for an urgency `u` in [0, 1], monotone in
+    /// `u` (each rounding step is), so at least the lower of its values at
+    /// `u = 0` and `u = 1`, computed by the same expression. Only jobs in
+    /// their window are bounded loosely (by `boost`).
+    fn key_floor(&self, job: &JobInfo, now: f64) -> Option<(f64, f64)> {
+        let Some(deadline) = job.deadline else {
+            return Some((-job.priority, f64::INFINITY));
+        };
+        let at = |u: f64| -(job.priority + self.boost * u);
+        let opens = deadline - self.window_s.max(0.0);
+        let until = opens - 1e-6 * (1.0 + deadline.abs() + self.window_s.abs());
+        if now <= until {
+            Some((at(0.0), until))
+        } else {
+            Some((lowest(at(0.0), at(1.0)), f64::INFINITY))
+        }
+    }
     fn describe(&self, job: &JobInfo, ctx: &Ctx) -> String {
         match job.deadline {
             None => format!("priority {} (no deadline)", job.priority),
@@ -205,6 +236,15 @@ impl Policy for ShortestJobFirst {
     }
     fn epoch(&self) -> u64 {
         self.epoch
+    }
+    /// A declared estimate is the job's own; otherwise the key is the mean
+    /// of its module's history, the same for every job of that module, and
+    /// a learned run changes only that module's entry.
+    fn key_scope(&self, job: &JobInfo) -> KeyScope {
+        match job.estimated_duration {
+            Some(_) => KeyScope::Fixed,
+            None => KeyScope::Shared(job.name.clone()),
+        }
     }
     fn on_finish(&mut self, job: &JobInfo, ran_s: f64, _now: f64) {
         if !(ran_s.is_finite() && ran_s >= 0.0) {
@@ -255,6 +295,12 @@ impl Policy for RoundRobin {
     }
     fn epoch(&self) -> u64 {
         self.served
+    }
+    /// The key is the account's last turn: the same for all its jobs
+    /// (arrival order within an account), so a start re-keys one entry per
+    /// account, not every job.
+    fn key_scope(&self, job: &JobInfo) -> KeyScope {
+        KeyScope::Shared(self.by.account(job))
     }
     fn on_start(&mut self, job: &JobInfo, _now: f64) {
         self.served += 1;
@@ -354,21 +400,26 @@ impl Multifactor {
         } else {
             1.0
         };
+        let [p, size] = self.own_factors(job);
+        [age, self.share.factor(job, now), p, size]
+    }
+
+    /// The factors that depend on the job alone: (priority, size).
+    fn own_factors(&self, job: &JobInfo) -> [f64; 2] {
+        let w = &self.weights;
         let size = if w.size_norm > 0.0 {
             (job.size / w.size_norm).clamp(0.0, 1.0)
         } else {
             0.0
         };
-        [
-            age,
-            self.share.factor(job, now),
-            (job.priority / 100.0).clamp(0.0, 1.0),
-            size,
-        ]
+        [(job.priority / 100.0).clamp(0.0, 1.0), size]
     }
 
     pub fn score(&self, job: &JobInfo, now: f64) -> f64 {
-        let [age, fs, p, size] = self.factors(job, now);
+        self.weigh(self.factors(job, now))
+    }
+
+    fn weigh(&self, [age, fs, p, size]: [f64; 4]) -> f64 {
         let w = &self.weights;
         w.age * age + w.fair_share * fs + w.priority * p + w.size * size
     }
@@ -383,6 +434,21 @@ impl Policy for Multifactor {
     }
     fn time_varying(&self) -> bool {
         self.weights.age != 0.0
+    }
+    /// The age and fair-share factors lie in [0, 1] and the score is
+    /// monotone in each (every rounding step is), so the key is at least
+    /// the lowest of its values at the four corners, computed by the same
+    /// expression. The floor ignores how much of the fair-share weight an
+    /// account has used up, so with a large fair-share weight a pass may
+    /// look at many jobs (still no sort of the whole queue).
+    fn key_floor(&self, job: &JobInfo, _now: f64) -> Option<(f64, f64)> {
+        let [p, size] = self.own_factors(job);
+        let at = |age: f64, fs: f64| -self.weigh([age, fs, p, size]);
+        let floor = lowest(
+            lowest(at(0.0, 0.0), at(0.0, 1.0)),
+            lowest(at(1.0, 0.0), at(1.0, 1.0)),
+        );
+        Some((floor, f64::INFINITY))
     }
     fn epoch(&self) -> u64 {
         self.share.epoch()

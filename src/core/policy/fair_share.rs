@@ -17,7 +17,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection};
 
-use super::{Ctx, JobInfo, Policy, RunningJob};
+use super::{Ctx, JobInfo, KeyScope, Policy, RunningJob};
 use crate::error::{Error, Result};
 
 /// What fair share is counted over.
@@ -325,6 +325,11 @@ impl Policy for FairShare {
     }
     fn key(&self, job: &JobInfo, ctx: &Ctx) -> f64 {
         -self.factor(job, ctx.now)
+    }
+    /// The key is the account's factor, the same for all its jobs (arrival
+    /// order within an account): a charge re-keys one entry per account.
+    fn key_scope(&self, job: &JobInfo) -> KeyScope {
+        KeyScope::Shared(self.by.account(job))
     }
     fn epoch(&self) -> u64 {
         self.usage.epoch()

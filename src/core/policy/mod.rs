@@ -138,6 +138,26 @@ pub trait Policy: Send + Sync + fmt::Debug {
         0
     }
 
+    /// What `job`'s key depends on besides the job, for a policy whose
+    /// state changes keys ([`Policy::epoch`]), so that the job table
+    /// re-keys only what a change can move (see [`KeyScope`]). The default,
+    /// [`KeyScope::Anything`], re-keys every waiting job at each change.
+    fn key_scope(&self, _job: &JobInfo) -> KeyScope {
+        KeyScope::Anything
+    }
+
+    /// For a time-varying policy, asked at `now`: `(floor, until)`, a value
+    /// `job`'s key does not go below at any time up to `until` (inclusive;
+    /// `f64::INFINITY`: ever), in any state of the policy (compared as keys
+    /// are, with `f64::total_cmp`); asked again once a pass is later than
+    /// `until`. The job table keeps waiting jobs sorted by it and computes
+    /// exact keys only for those whose floor is below the keys it has
+    /// already found, so the tighter the floor, the less a pass looks at.
+    /// `None` (the default): no bound (every job is looked at).
+    fn key_floor(&self, _job: &JobInfo, _now: f64) -> Option<(f64, f64)> {
+        None
+    }
+
     /// A job was started (round robin remembers whom it served).
     fn on_start(&mut self, _job: &JobInfo, _now: f64) {}
 
@@ -181,6 +201,20 @@ pub trait Policy: Send + Sync + fmt::Debug {
     fn as_repack(&mut self) -> Option<&mut dyn Repack> {
         None
     }
+}
+
+/// What a job's key depends on besides the job itself ([`Policy::key_scope`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyScope {
+    /// Anything of the policy's state: every state change may move it.
+    Anything,
+    /// Only the job (and the policy's fixed settings): never re-keyed.
+    Fixed,
+    /// The same key as every other job of the named group (an account, a
+    /// module), which only the policy's state for groups changes: waiting
+    /// jobs of a group keep their relative order (arrival), and a state
+    /// change re-keys one entry per group, not every job.
+    Shared(Arc<str>),
 }
 
 /// What a re-pack decided: jobs to stop, jobs to start (in packing order)

@@ -8,6 +8,8 @@ import ipaddress
 import sys
 from typing import Any
 
+from ._cli_sim import _positive_int
+
 
 def add_parser(commands: Any) -> None:
     serve = commands.add_parser(
@@ -29,6 +31,10 @@ def add_parser(commands: Any) -> None:
     serve.add_argument("--public-metrics", action="store_true", help="serve /metrics and /openapi.json without a token")
     serve.add_argument("--cpu-cores", type=float, metavar="N", help="CPU cores the jobs may use (default: all)")
     serve.add_argument("--simulated-gpus", metavar="MB,MB", help="for demos and tests: simulated GPUs of these sizes instead of this machine's")
+    serve.add_argument("--event-queue-size", type=_positive_int, default=256, metavar="N",
+                       help="events kept for each /api/v1/events stream that reads slowly (default 256); beyond that a "
+                            "stream's events are dropped, counted in /metrics and told to it as a 'dropped' event, "
+                            "and the scheduler never waits for it")
     serve.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
                        help="server log level (default info)")
 
@@ -76,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
             sizes = [float(x) for x in args.simulated_gpus.split(",") if x.strip()]
             kwargs["stats_provider"] = SimulatedSystem(gpus=sizes).snapshot_async
         scheduler = JobScheduler(args.policy, **kwargs)
-        app = server.create_app(scheduler, tokens=tokens, public_metrics=args.public_metrics)
+        app = server.create_app(scheduler, tokens=tokens, public_metrics=args.public_metrics, event_queue_size=args.event_queue_size)
     except (ValueError, TypeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -369,9 +369,12 @@ class _Subscription:
     """``async for event in scheduler.events()``: a bounded queue; events that
     do not fit are dropped and counted (``dropped``)."""
 
-    def __init__(self, scheduler: "JobScheduler", job_id: int | None, maxsize: int) -> None:
+    def __init__(
+        self, scheduler: "JobScheduler", job_id: int | None, maxsize: int, accept: Callable[[JobEvent], bool] | None = None
+    ) -> None:
         self._scheduler = scheduler
         self.job_id = job_id
+        self._accept = accept
         self.queue: asyncio.Queue[JobEvent | None] = asyncio.Queue(maxsize)
         self.dropped = 0
         scheduler._subscribers.add(self)
@@ -379,6 +382,16 @@ class _Subscription:
     def _offer(self, event: JobEvent) -> None:
         if self.job_id is not None and event.job_id != self.job_id:
             return
+        if self._accept is not None:
+            # Filtered before queueing: events this subscriber may not have
+            # neither take its queue's room nor count as its drops.
+            try:
+                wanted = self._accept(event)
+            except Exception:  # fail closed, and never into the scheduler's transition
+                logger.exception("event filter %r failed on %s event of job %d: not delivered", self._accept, event.type, event.job_id)
+                return
+            if not wanted:
+                return
         try:
             self.queue.put_nowait(event)
         except asyncio.QueueFull:
@@ -560,6 +573,16 @@ def _number(field: str, value: Any, *, optional: bool = False) -> float | None:
         return float(value)
     except OverflowError:
         raise ValueError(f"{field} is too large, got {value!r}") from None
+
+
+def _queue_size(field: str, value: Any) -> int:
+    """An event queue's bound: an int >= 1 (``asyncio.Queue`` takes 0 or less
+    as "unbounded", which a slow subscriber would turn into unbounded memory)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{field} must be an int >= 1, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{field} must be an int >= 1, got {value!r}")
+    return value
 
 
 def _count(field: str, value: Any, *, optional: bool = False) -> int | None:
@@ -787,6 +810,10 @@ class JobScheduler:
         cores = _number("cpu_cores", cpu_cores, optional=True)
         if cores is not None and not (math.isfinite(cores) and cores > 0):
             raise ValueError(f"cpu_cores must be a finite number > 0, got {cpu_cores!r}")
+        # Checked before the journal is opened (and owned): a bad value must not leave it held.
+        if isinstance(log_limit_bytes, bool) or not isinstance(log_limit_bytes, int) or log_limit_bytes < 1024:
+            raise ValueError(f"log_limit_bytes must be an int >= 1024, got {log_limit_bytes!r}")
+        queue_size = _queue_size("event_queue_size", event_queue_size)
         if journal is _DEFAULT:
             journal = default_journal_path()
         self._pid = os.getpid()
@@ -848,13 +875,11 @@ class JobScheduler:
         self._cpu_cores = cores if cores is not None else float(os.cpu_count() or 1)
         self._max_retries = max_retries
         self._oom_growth = float(oom_growth)
-        if isinstance(log_limit_bytes, bool) or not isinstance(log_limit_bytes, int) or log_limit_bytes < 1024:
-            raise ValueError(f"log_limit_bytes must be an int >= 1024, got {log_limit_bytes!r}")
         self._log_limit = log_limit_bytes
         self._cancel_grace = float(cancel_grace_s)
         self._preempt_grace = float(preempt_grace_s)
         self._poll = float(poll_interval)
-        self._event_queue_size = int(event_queue_size)
+        self._event_queue_size = queue_size
         self._release_on_pause = bool(release_on_pause)
         self._resume_pending: set[int] = set()
         self._plugins = LoadedPlugins()
@@ -1510,10 +1535,14 @@ class JobScheduler:
 
     # ---------------------------------------------------------------- events
 
-    def events(self, job_id: int | None = None, maxsize: int | None = None) -> _Subscription:
+    def events(
+        self, job_id: int | None = None, maxsize: int | None = None, accept: Callable[[JobEvent], bool] | None = None
+    ) -> _Subscription:
         """``async for event in scheduler.events(job_id=None)``: events from now
-        on (of one job, or all) in a bounded queue (drops counted)."""
-        return _Subscription(self, job_id, self._event_queue_size if maxsize is None else maxsize)
+        on (of one job, or all) in a bounded queue (drops counted). ``accept``:
+        only the events it returns true for are queued (or dropped and counted);
+        it runs when the event happens, so it must be quick and not block."""
+        return _Subscription(self, job_id, self._event_queue_size if maxsize is None else _queue_size("maxsize", maxsize), accept)
 
     def on_event(self, callback: Callable[[JobEvent], Any], job_id: int | None = None) -> Callable[[], None]:
         """Calls ``callback(event)`` for each event; returns the unsubscribe function."""

@@ -195,8 +195,9 @@ def create_app(
     if quotas is _FROM_SCHEDULER:
         quotas = getattr(scheduler, "quotas", None)
     view = SchedulerView(scheduler)
-    sse_drops = [0]
-    metrics = Metrics(view, lambda: sse_drops[0])
+    # The streams' drops are the scheduler's (``event_drops`` counts every
+    # subscription's): counting them here as well counted each one twice.
+    metrics = Metrics(view)
     project_cache: dict[int, str | None] = {}
     commit = _GroupCommit(scheduler)
 
@@ -537,19 +538,19 @@ def create_app(
     async def events(request: Request, job_id: JobId | None = None, ident: Identity = Depends(identity)) -> EventSourceResponse:
         if job_id is not None:
             visible(ident, job_id)
-        sub = scheduler.events(job_id=job_id, maxsize=event_queue_size)
+        # Filtered as the event happens, before the queue: another user's
+        # events neither reach this stream nor take its room (a flood of them
+        # would push out this user's own) nor show in its drop count.
+        sub = scheduler.events(job_id=job_id, maxsize=event_queue_size, accept=lambda ev: ident.may_see(project_of(ev.job_id)))
 
         async def stream() -> AsyncIterator[dict[str, str]]:
             reported = 0
             try:
                 yield {"event": "ready", "data": json.dumps({"type": "ready", "job_id": None, "user": ident.user})}
                 async for ev in sub:
-                    if sub.dropped > reported:
-                        sse_drops[0] += sub.dropped - reported
+                    if sub.dropped > reported:  # cumulative: all this stream has lost so far
                         reported = sub.dropped
                         yield {"data": json.dumps({"type": "dropped", "job_id": None, "count": reported})}
-                    if not ident.may_see(project_of(ev.job_id)):
-                        continue
                     yield {"data": encoded(ev)}
             finally:
                 sub.close()

@@ -15,9 +15,8 @@ WAIT_BUCKETS = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
 
 
 class _SchedulerCollector(Collector):
-    def __init__(self, view: SchedulerView, drops: Any) -> None:
+    def __init__(self, view: SchedulerView) -> None:
         self.view = view
-        self.drops = drops
 
     def collect(self) -> Iterator[Any]:
         v = self.view
@@ -50,14 +49,14 @@ class _SchedulerCollector(Collector):
         yield cap
         yield used
         yield reserved
-        drops = GaugeMetricFamily("plugin_scheduling_event_drops", "Events dropped because a subscriber was slow (scheduler and SSE streams)")
-        drops.add_metric([], float(v.scheduler.event_drops + self.drops()))
+        drops = GaugeMetricFamily("plugin_scheduling_event_drops", "Events dropped because a subscriber was slow (SSE streams and in-process subscribers)")
+        drops.add_metric([], float(v.scheduler.event_drops))
         yield drops
 
 
 class Metrics:
-    def __init__(self, view: SchedulerView, sse_drops: Any) -> None:
+    def __init__(self, view: SchedulerView) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.submits = Counter("plugin_scheduling_submits", "Jobs submitted (rate() gives submits/s)", ["project"], registry=self.registry)
         self.wait = Histogram("plugin_scheduling_wait_seconds", "Seconds a job waited queued before it started", buckets=WAIT_BUCKETS, registry=self.registry)
-        self.registry.register(_SchedulerCollector(view, sse_drops))
+        self.registry.register(_SchedulerCollector(view))

@@ -28,6 +28,7 @@ from typing import Any, Sequence
 
 import pytest
 
+import plugin_scheduling
 from plugin_scheduling import SimulatedSystem
 from plugin_scheduling._core import JobTable
 from plugin_scheduling.jobs import JobScheduler, JournalError
@@ -35,7 +36,9 @@ from plugin_scheduling.quotas import LocalQuotaProvider, Resources
 
 pytestmark = pytest.mark.timeout(120)
 
-PY = Path(__file__).resolve().parent.parent / "python"
+# The children import the package this test imports (the source tree's with an
+# editable install, site-packages' with a wheel).
+PY = Path(plugin_scheduling.__file__).resolve().parent.parent
 
 WORKER = textwrap.dedent(
     """

@@ -23,11 +23,14 @@ from typing import Any
 
 import pytest
 
+import plugin_scheduling
 from plugin_scheduling import ReservationScheduler, SimulatedSystem
 from plugin_scheduling._core import JobTable
 from plugin_scheduling.jobs import Command, JobScheduler, JobState, JournalError, ResourceRequirements
 
-PY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python")
+# The children import the package this test imports (the source tree's with an
+# editable install, site-packages' with a wheel).
+PY = os.path.dirname(os.path.dirname(os.path.abspath(plugin_scheduling.__file__)))
 
 
 def child_env() -> dict[str, str]:

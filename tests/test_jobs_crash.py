@@ -328,7 +328,10 @@ def test_quota_held_across_a_crash_is_released_exactly_once(tmp_path: Path) -> N
                             stats_provider=SimulatedSystem(gpus=[]).snapshot_async, quotas=q)
 
     s = reopen()
-    assert sorted(s.recovery["requeued"]) == [1, 2]
+    # Both run again: requeued, or (batched durability: the SIGKILL came within
+    # flush_interval of their start) still queued as far as the journal knows.
+    assert {s.get_job(j).state.value for j in (1, 2)} == {"QUEUED"}
+    assert set(s.recovery["requeued"]) <= {1, 2}
     assert q.usage("p").cpu == 0, "released at recovery"
     assert q.quota_holds("") == []
     s.close()  # one scheduler per journal: the first gives it up

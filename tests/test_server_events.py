@@ -279,3 +279,29 @@ def test_a_bad_argument_leaves_the_journal_free(tmp_path: Path, bad: dict[str, A
     again = JobScheduler("fifo", journal=tmp_path / "jobs.db")
     assert again.job_counts() is not None and caught.value is not None
     again.close()
+
+
+@pytest.mark.asyncio
+async def test_the_event_filter_remembers_a_bounded_number_of_projects(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A long-running server sees jobs without end: the filter's job -> project
+    # memory is bounded, and an evicted job is looked up again, never shown to
+    # the wrong user.
+    from plugin_scheduling.server import _app
+
+    monkeypatch.setattr(_app, "PROJECT_CACHE_SIZE", 3)
+    scheduler = JobScheduler("fifo", journal=None)
+    app = create_app(scheduler, tokens=TOKENS, event_queue_size=1000, manage_scheduler=False)
+    ann = await Subscriber(app, ANN).connect()  # vision
+    bob = await Subscriber(app, BOB).connect()  # nlp
+    await ann.until(1)
+    await bob.until(1)
+    ids = [scheduler.submit_job(f"j{i}", project="vision" if i % 2 else "nlp") for i in range(40)]
+    for job_id in ids:  # every job's events again, long after its entry was evicted
+        scheduler.cancel_job(job_id)
+    await ann.until(1 + 40)
+    await bob.until(1 + 40)
+    vision = [j for i, j in enumerate(ids) if i % 2]
+    nlp = [j for i, j in enumerate(ids) if not i % 2]
+    assert sorted(set(ann.jobs())) == vision and sorted(set(bob.jobs())) == nlp
+    await ann.leave()
+    await bob.leave()

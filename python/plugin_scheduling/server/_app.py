@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -44,6 +45,8 @@ from ._state import SchedulerView, Snapshot, iso
 logger = logging.getLogger("plugin_scheduling.server")
 
 COOKIE = "plugin_scheduling_token"
+# Jobs whose project the event filter remembers (least recently used out).
+PROJECT_CACHE_SIZE = 65_536
 #: Header a cookie-authenticated (browser) request must carry to change
 #: anything: a cross-site form cannot set it (CSRF).
 CSRF_HEADER = "x-plugin-scheduling"
@@ -198,7 +201,10 @@ def create_app(
     # The streams' drops are the scheduler's (``event_drops`` counts every
     # subscription's): counting them here as well counted each one twice.
     metrics = Metrics(view)
-    project_cache: dict[int, str | None] = {}
+    # job id -> project, for filtering events without a lookup per event;
+    # bounded (least recently used out): a long-running server's finished jobs
+    # leave with retention, and an evicted entry is just read again.
+    project_cache: "collections.OrderedDict[int, str | None]" = collections.OrderedDict()
     commit = _GroupCommit(scheduler)
 
     def on_event(event: Any) -> None:
@@ -442,7 +448,7 @@ def create_app(
             )
         except (ValueError, TypeError) as e:
             raise ApiError(422, "invalid", str(e), _submit_field(str(e))) from None
-        project_cache[job_id] = project
+        remember_project(job_id, project)
         view_ = Snapshot(view).job_view(view.raw(job_id))
         await commit.wait()  # a 201 is a job in the journal, whatever the scheduler's batching
         return view_
@@ -526,13 +532,22 @@ def create_app(
             last_encoded[0], last_encoded[1] = ev, json.dumps(_event_json(ev, view))
         return str(last_encoded[1])
 
+    def remember_project(job_id: int, project: str | None) -> None:
+        project_cache[job_id] = project
+        project_cache.move_to_end(job_id)
+        while len(project_cache) > PROJECT_CACHE_SIZE:
+            project_cache.popitem(last=False)
+
     def project_of(job_id: int) -> str | None:
-        if job_id not in project_cache:
-            try:
-                project_cache[job_id] = view.raw(job_id)["project"]
-            except (UnknownJob, KeyError):
-                return None
-        return project_cache[job_id]
+        if job_id in project_cache:
+            project_cache.move_to_end(job_id)
+            return project_cache[job_id]
+        try:
+            project: str | None = view.raw(job_id)["project"]
+        except (UnknownJob, KeyError):
+            return None
+        remember_project(job_id, project)
+        return project
 
     @app.get("/api/v1/events", tags=["live"], responses={200: {"content": {"text/event-stream": {}}, "description": "server-sent events"}})
     async def events(request: Request, job_id: JobId | None = None, ident: Identity = Depends(identity)) -> EventSourceResponse:

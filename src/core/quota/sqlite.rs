@@ -104,6 +104,17 @@ impl SqliteStore {
     }
 }
 
+/// The four amounts stored in columns `first..first + 4` of a row (the
+/// order of `Amounts`' fields, as every query that reads them lists them).
+fn amounts_at(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Amounts> {
+    Ok(Amounts {
+        cpu_milli: r.get(first)?,
+        memory_kib: r.get(first + 1)?,
+        gpu: r.get(first + 2)?,
+        vram_kib: r.get(first + 3)?,
+    })
+}
+
 struct SqliteTxn<'a> {
     tx: &'a rusqlite::Transaction<'a>,
 }
@@ -124,15 +135,7 @@ impl Txn for SqliteTxn<'_> {
         let mut stmt = self.tx.prepare_cached(sql::LOAD_USED).map_err(storage)?;
         let used = stmt
             .query_map(params![project], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    Amounts {
-                        cpu_milli: r.get(1)?,
-                        memory_kib: r.get(2)?,
-                        gpu: r.get(3)?,
-                        vram_kib: r.get(4)?,
-                    },
-                ))
+                Ok((r.get::<_, String>(0)?, amounts_at(r, 1)?))
             })
             .map_err(storage)?
             .collect::<rusqlite::Result<Vec<_>>>()
@@ -225,12 +228,7 @@ impl SqliteTxn<'_> {
                     r.get::<_, String>(0)?,
                     r.get::<_, String>(1)?,
                     r.get::<_, String>(2)?,
-                    Amounts {
-                        cpu_milli: r.get(3)?,
-                        memory_kib: r.get(4)?,
-                        gpu: r.get(5)?,
-                        vram_kib: r.get(6)?,
-                    },
+                    amounts_at(r, 3)?,
                 ))
             })
             .map_err(storage)?
